@@ -87,8 +87,10 @@ pub fn verify_hash(entry: &StoredEntry) -> Result<(), ChainError> {
             computed,
         });
     }
-    crate::entry::validate_fields(&entry.kind, &entry.meta, entry.payload.len()).map_err(|error| ChainError::Invalid {
-        offset: entry.offset,
-        error,
+    crate::entry::validate_fields(&entry.kind, &entry.meta, entry.payload.len()).map_err(|error| {
+        ChainError::Invalid {
+            offset: entry.offset,
+            error,
+        }
     })
 }

@@ -30,7 +30,10 @@ pub fn encode(entry: &StoredEntry) -> Vec<u8> {
 
 /// Encodes an entry, appending to `out`.
 pub fn encode_into(entry: &StoredEntry, out: &mut Vec<u8>) {
-    debug_assert!(entry.format == FORMAT_LATEST, "only the latest format is written");
+    debug_assert!(
+        entry.format == FORMAT_LATEST,
+        "only the latest format is written"
+    );
     bincode::serde::encode_into_std_write(entry, out, config())
         // Invariant: a StoredEntry is plain fields, strings and byte strings; writing to a Vec
         // cannot fail.
@@ -58,9 +61,8 @@ pub fn decode(bytes: &[u8]) -> Result<StoredEntry, DecodeError> {
             })
         }
     }
-    let (entry, used): (StoredEntry, usize) =
-        bincode::serde::decode_from_slice(bytes, config())
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (entry, used): (StoredEntry, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(DecodeError::Trailing(bytes.len() - used));
     }
@@ -85,7 +87,9 @@ impl Writer for CompareWriter<'_> {
                 self.expected = rest;
                 Ok(())
             }
-            None => Err(EncodeError::Other("bytes differ from the canonical encoding")),
+            None => Err(EncodeError::Other(
+                "bytes differ from the canonical encoding",
+            )),
         }
     }
 }

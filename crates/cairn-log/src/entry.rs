@@ -141,7 +141,11 @@ pub const PAYLOAD_BYTES_MAX: usize =
     ENTRY_BYTES_MAX - 256 - KIND_BYTES_MAX - ACTOR_BYTES_MAX - IDEMPOTENCY_KEY_BYTES_MAX;
 
 /// Checks an entry's fields against the format's limits; the error names the field.
-pub(crate) fn validate_fields(kind: &str, meta: &Meta, payload_len: usize) -> Result<(), EntryError> {
+pub(crate) fn validate_fields(
+    kind: &str,
+    meta: &Meta,
+    payload_len: usize,
+) -> Result<(), EntryError> {
     check_kind(kind)?;
     if meta.actor.len() > ACTOR_BYTES_MAX {
         return Err(EntryError::TooLong {

@@ -7,7 +7,10 @@ use crate::limits::{ENTRY_BYTES_MAX, FRAME_HEADER_BYTES};
 
 /// Appends one frame holding `bytes` to `out`.
 pub fn write_frame(bytes: &[u8], out: &mut Vec<u8>) {
-    assert!(bytes.len() <= ENTRY_BYTES_MAX, "frame body over ENTRY_BYTES_MAX");
+    assert!(
+        bytes.len() <= ENTRY_BYTES_MAX,
+        "frame body over ENTRY_BYTES_MAX"
+    );
     out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
     out.extend_from_slice(bytes);
 }

@@ -7,7 +7,8 @@
 //!
 //! This crate knows nothing of RocksDB, tokio or the lifecycle domain. `cairn-store` implements
 //! [`LogStore`] on RocksDB; [`MemLog`] is the in-memory implementation; [`testing::suite`] is the
-//! conformance suite both must pass.
+//! conformance suite both must pass. [`StateRead`]/[`StateWrite`] are the projection's keyspace as
+//! the domain sees it, shared by the kernel and the store.
 
 mod chain;
 pub mod codec;
@@ -16,6 +17,7 @@ mod error;
 pub mod frame;
 pub mod limits;
 mod mem;
+mod state;
 mod store;
 pub mod testing;
 
@@ -23,4 +25,5 @@ pub use chain::{verify_hash, ChainCursor, Head};
 pub use entry::{EntryDraft, Hash, Meta, StoredEntry, FORMAT_LATEST, PAYLOAD_BYTES_MAX};
 pub use error::{ChainError, CorruptReason, DecodeError, EntryError, LogError};
 pub use mem::MemLog;
+pub use state::{Space, StateError, StateRead, StateWrite};
 pub use store::LogStore;

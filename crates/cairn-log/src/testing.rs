@@ -21,7 +21,9 @@ pub fn draft(i: u64, epoch: u64, payload_len: usize) -> EntryDraft {
         time_ms: 1_700_000_000_000 + i,
         meta: Meta {
             actor: "test".into(),
-            change: i.is_multiple_of(3).then(|| Uuid::from_u128(0xC0FFEE00 + i as u128)),
+            change: i
+                .is_multiple_of(3)
+                .then(|| Uuid::from_u128(0xC0FFEE00 + i as u128)),
             command: Uuid::from_u128(i as u128),
             idempotency_key: i.is_multiple_of(5).then(|| format!("key-{i}")),
         },
@@ -60,18 +62,41 @@ pub fn suite<S: LogStore>(mut make: impl FnMut() -> S) {
 }
 
 fn empty_store(s: &impl LogStore) {
-    assert_eq!(s.head().unwrap(), Head::EMPTY, "an empty store has the empty head");
-    assert_eq!(s.first_retained().unwrap(), 1, "nothing compacted: first retained is 1");
-    assert!(s.read(1, 10).unwrap().is_empty(), "an empty store reads nothing");
+    assert_eq!(
+        s.head().unwrap(),
+        Head::EMPTY,
+        "an empty store has the empty head"
+    );
+    assert_eq!(
+        s.first_retained().unwrap(),
+        1,
+        "nothing compacted: first retained is 1"
+    );
+    assert!(
+        s.read(1, 10).unwrap().is_empty(),
+        "an empty store reads nothing"
+    );
     s.append(&[]).expect("an empty append is a no-op");
-    assert_eq!(s.head().unwrap(), Head::EMPTY, "an empty append changes nothing");
+    assert_eq!(
+        s.head().unwrap(),
+        Head::EMPTY,
+        "an empty append changes nothing"
+    );
 }
 
 fn append_and_read_back(s: &impl LogStore) {
     let entries = entries_after(Head::EMPTY, 1, 1);
     s.append(&entries).unwrap();
-    assert_eq!(s.head().unwrap(), entries[0].head(), "head is the appended entry");
-    assert_eq!(s.read(1, 10).unwrap(), entries, "read returns what was appended");
+    assert_eq!(
+        s.head().unwrap(),
+        entries[0].head(),
+        "head is the appended entry"
+    );
+    assert_eq!(
+        s.read(1, 10).unwrap(),
+        entries,
+        "read returns what was appended"
+    );
 }
 
 fn batches_and_ranges(s: &impl LogStore) {
@@ -85,14 +110,34 @@ fn batches_and_ranges(s: &impl LogStore) {
         assert_eq!(s.head().unwrap(), head, "head follows every batch");
     }
     let total = all.len() as u64;
-    assert_eq!(s.read(1, usize::MAX).unwrap(), all, "a full read returns every entry in order");
-    assert_eq!(s.read(10, 5).unwrap(), all[9..14], "a range read honours from and limit");
-    assert_eq!(s.read(total, 10).unwrap(), all[all.len() - 1..], "a read at the head returns it");
-    assert!(s.read(total + 1, 10).unwrap().is_empty(), "a read past the head is empty");
-    assert!(s.read(5, 0).unwrap().is_empty(), "a zero limit reads nothing");
+    assert_eq!(
+        s.read(1, usize::MAX).unwrap(),
+        all,
+        "a full read returns every entry in order"
+    );
+    assert_eq!(
+        s.read(10, 5).unwrap(),
+        all[9..14],
+        "a range read honours from and limit"
+    );
+    assert_eq!(
+        s.read(total, 10).unwrap(),
+        all[all.len() - 1..],
+        "a read at the head returns it"
+    );
+    assert!(
+        s.read(total + 1, 10).unwrap().is_empty(),
+        "a read past the head is empty"
+    );
+    assert!(
+        s.read(5, 0).unwrap().is_empty(),
+        "a zero limit reads nothing"
+    );
     let mut cursor = ChainCursor::new(Head::EMPTY);
     for e in s.read(1, usize::MAX).unwrap() {
-        cursor.advance(&e).expect("what a store returns is a valid chain");
+        cursor
+            .advance(&e)
+            .expect("what a store returns is a valid chain");
     }
 }
 
@@ -111,11 +156,21 @@ fn refuses_gap(s: &impl LogStore) {
         ),
         "a gap is refused naming both offsets, got {err:?}"
     );
-    assert_eq!(s.head().unwrap(), first[0].head(), "a refused append writes nothing");
+    assert_eq!(
+        s.head().unwrap(),
+        first[0].head(),
+        "a refused append writes nothing"
+    );
     let again = entries_after(Head::EMPTY, 1, 1);
     let err = s.append(&again).unwrap_err();
     assert!(
-        matches!(err, LogError::Refused(ChainError::OffsetMismatch { expected: 2, found: 1 })),
+        matches!(
+            err,
+            LogError::Refused(ChainError::OffsetMismatch {
+                expected: 2,
+                found: 1
+            })
+        ),
         "re-appending an existing offset is refused, got {err:?}"
     );
 }
@@ -129,11 +184,21 @@ fn refuses_wrong_prev(s: &impl LogStore) {
     };
     let err = s.append(&entries_after(wrong_head, 1, 1)).unwrap_err();
     assert!(
-        matches!(err, LogError::Refused(ChainError::PrevMismatch { offset: 4, .. })),
+        matches!(
+            err,
+            LogError::Refused(ChainError::PrevMismatch { offset: 4, .. })
+        ),
         "a wrong prev is refused, got {err:?}"
     );
-    assert_eq!(s.head().unwrap(), first[2].head(), "a refused append writes nothing");
-    assert!(s.read(4, 1).unwrap().is_empty(), "a refused entry cannot be read");
+    assert_eq!(
+        s.head().unwrap(),
+        first[2].head(),
+        "a refused append writes nothing"
+    );
+    assert!(
+        s.read(4, 1).unwrap().is_empty(),
+        "a refused entry cannot be read"
+    );
 }
 
 fn refuses_bad_hash(s: &impl LogStore) {
@@ -141,10 +206,17 @@ fn refuses_bad_hash(s: &impl LogStore) {
     batch[0].payload.push(1);
     let err = s.append(&batch).unwrap_err();
     assert!(
-        matches!(err, LogError::Refused(ChainError::HashMismatch { offset: 1, .. })),
+        matches!(
+            err,
+            LogError::Refused(ChainError::HashMismatch { offset: 1, .. })
+        ),
         "an entry whose contents do not match its hash is refused, got {err:?}"
     );
-    assert_eq!(s.head().unwrap(), Head::EMPTY, "a refused append writes nothing");
+    assert_eq!(
+        s.head().unwrap(),
+        Head::EMPTY,
+        "a refused append writes nothing"
+    );
 }
 
 fn refuses_epoch_regression(s: &impl LogStore) {
@@ -152,7 +224,10 @@ fn refuses_epoch_regression(s: &impl LogStore) {
     s.append(&first).unwrap();
     let err = s.append(&entries_after(first[0].head(), 1, 4)).unwrap_err();
     assert!(
-        matches!(err, LogError::Refused(ChainError::EpochRegressed { offset: 2, .. })),
+        matches!(
+            err,
+            LogError::Refused(ChainError::EpochRegressed { offset: 2, .. })
+        ),
         "an entry from an older epoch is refused, got {err:?}"
     );
 }
@@ -162,17 +237,33 @@ fn refuses_whole_batch(s: &impl LogStore) {
     batch[7].time_ms += 1;
     let err = s.append(&batch).unwrap_err();
     assert!(
-        matches!(err, LogError::Refused(ChainError::HashMismatch { offset: 8, .. })),
+        matches!(
+            err,
+            LogError::Refused(ChainError::HashMismatch { offset: 8, .. })
+        ),
         "a bad entry late in a batch is refused, got {err:?}"
     );
-    assert_eq!(s.head().unwrap(), Head::EMPTY, "no entry of a refused batch is written");
-    assert!(s.read(1, 10).unwrap().is_empty(), "no entry of a refused batch is readable");
+    assert_eq!(
+        s.head().unwrap(),
+        Head::EMPTY,
+        "no entry of a refused batch is written"
+    );
+    assert!(
+        s.read(1, 10).unwrap().is_empty(),
+        "no entry of a refused batch is readable"
+    );
 }
 
 fn compacted_below_first(s: &impl LogStore) {
     let err = s.read(0, 1).unwrap_err();
     assert!(
-        matches!(err, LogError::Compacted { requested: 0, first: 1 }),
+        matches!(
+            err,
+            LogError::Compacted {
+                requested: 0,
+                first: 1
+            }
+        ),
         "offset 0 never exists, got {err:?}"
     );
 }
@@ -181,7 +272,11 @@ fn compacted_below_first(s: &impl LogStore) {
 /// entry whose canonical encoding is exactly those bytes; it never panics.
 pub fn fuzz_decode(data: &[u8]) {
     if let Ok(entry) = codec::decode(data) {
-        assert_eq!(codec::encode(&entry), data, "decode accepted a non-canonical encoding");
+        assert_eq!(
+            codec::encode(&entry),
+            data,
+            "decode accepted a non-canonical encoding"
+        );
         let _ = entry.compute_hash();
     }
 }
@@ -204,12 +299,24 @@ pub fn fuzz_chain(data: &[u8]) {
         let before = cursor.head();
         match cursor.advance(&entry) {
             Ok(()) => {
-                assert_eq!(entry.offset, before.offset + 1, "accepted entry is the next one");
+                assert_eq!(
+                    entry.offset,
+                    before.offset + 1,
+                    "accepted entry is the next one"
+                );
                 assert_eq!(entry.prev, before.hash, "accepted entry links to the head");
-                assert_eq!(entry.hash, entry.compute_hash(), "accepted entry hashes right");
+                assert_eq!(
+                    entry.hash,
+                    entry.compute_hash(),
+                    "accepted entry hashes right"
+                );
             }
             Err(_) => {
-                assert_eq!(cursor.head(), before, "a refused entry does not move the cursor");
+                assert_eq!(
+                    cursor.head(),
+                    before,
+                    "a refused entry does not move the cursor"
+                );
                 return;
             }
         }

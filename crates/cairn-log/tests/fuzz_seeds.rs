@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
     let mut out: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("seed corpus {} is missing: {e}", dir.display()))
         .map(|f| {
@@ -14,7 +16,11 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
         })
         .collect();
     out.sort();
-    assert!(out.len() >= 5, "seed corpus {} has too few seeds", dir.display());
+    assert!(
+        out.len() >= 5,
+        "seed corpus {} has too few seeds",
+        dir.display()
+    );
     out
 }
 

@@ -27,7 +27,12 @@ fn v1_drafts() -> Vec<EntryDraft> {
         EntryDraft {
             epoch: 1,
             time_ms: 1_763_683_200_000,
-            meta: meta("admin", None, 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef, None),
+            meta: meta(
+                "admin",
+                None,
+                0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+                None,
+            ),
             kind: "workspace.initialized.v1".into(),
             payload: vec![],
         },
@@ -102,7 +107,10 @@ fn format_v1_golden_file_decodes_to_the_same_values() {
         .iter()
         .map(|f| codec::decode(f).expect("golden entry decodes"))
         .collect();
-    assert_eq!(decoded, expected, "golden entries decode to the spelled-out values");
+    assert_eq!(
+        decoded, expected,
+        "golden entries decode to the spelled-out values"
+    );
 
     let hashes = std::fs::read_to_string(&hashes_path).unwrap();
     let recorded: Vec<(u64, Hash)> = hashes
@@ -115,10 +123,22 @@ fn format_v1_golden_file_decodes_to_the_same_values() {
     assert_eq!(recorded.len(), decoded.len());
     for ((offset, hash), entry) in recorded.iter().zip(&decoded) {
         assert_eq!(*offset, entry.offset);
-        assert_eq!(*hash, entry.hash, "stored hash of entry {offset} is the golden one");
-        assert_eq!(*hash, entry.compute_hash(), "hash of entry {offset} recomputes the same");
+        assert_eq!(
+            *hash, entry.hash,
+            "stored hash of entry {offset} is the golden one"
+        );
+        assert_eq!(
+            *hash,
+            entry.compute_hash(),
+            "hash of entry {offset} recomputes the same"
+        );
     }
     for (frame, entry) in frames.iter().zip(&expected) {
-        assert_eq!(*frame, codec::encode(entry), "encoding of entry {} is stable", entry.offset);
+        assert_eq!(
+            *frame,
+            codec::encode(entry),
+            "encoding of entry {} is stable",
+            entry.offset
+        );
     }
 }

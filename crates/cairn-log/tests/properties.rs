@@ -15,18 +15,20 @@ fn arb_draft() -> impl Strategy<Value = EntryDraft> {
         "[a-z0-9._:-]{1,40}",
         proptest::collection::vec(any::<u8>(), 0..300),
     )
-        .prop_map(|(epoch, time_ms, actor, change, command, key, kind, payload)| EntryDraft {
-            epoch,
-            time_ms,
-            meta: Meta {
-                actor,
-                change: change.map(Uuid::from_u128),
-                command: Uuid::from_u128(command),
-                idempotency_key: key,
+        .prop_map(
+            |(epoch, time_ms, actor, change, command, key, kind, payload)| EntryDraft {
+                epoch,
+                time_ms,
+                meta: Meta {
+                    actor,
+                    change: change.map(Uuid::from_u128),
+                    command: Uuid::from_u128(command),
+                    idempotency_key: key,
+                },
+                kind,
+                payload,
             },
-            kind,
-            payload,
-        })
+        )
 }
 
 fn arb_entry() -> impl Strategy<Value = StoredEntry> {
@@ -86,7 +88,11 @@ fn every_bit_of_a_chain_of_entries_is_covered() {
         for i in 0..bytes.len() * 8 {
             let mut flipped = bytes.clone();
             flipped[i / 8] ^= 1 << (i % 8);
-            assert!(!verify(&flipped, head), "entry {} bit {i} flip went unnoticed", e.offset);
+            assert!(
+                !verify(&flipped, head),
+                "entry {} bit {i} flip went unnoticed",
+                e.offset
+            );
         }
         head = e.head();
     }

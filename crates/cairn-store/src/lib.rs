@@ -1,1 +1,30 @@
-//! placeholder
+//! cairn's RocksDB store: the log, the projection and the metadata of one workspace, written
+//! together by one writer thread in atomic group commits.
+//!
+//! - [`Store::init`] / [`Store::open`] (exclusive, O(1) in log length) / drop to close.
+//! - [`Store::submit`] a command (decided by the [`StateMachine`] against committed state plus
+//!   the group so far) or [`Store::submit_entries`] written elsewhere; each group is one
+//!   RocksDB `WriteBatch` holding entries, state changes and the new applied offset/head.
+//! - [`Store::read`] a [`ReadView`]: a snapshot that reports the applied offset it reflects,
+//!   reads state, reads the log, verifies the chain and computes the state [`Digest`].
+//! - [`Store::backup`] a checkpoint; [`Store::rebuild`] the projection from the log.
+
+mod base;
+mod error;
+pub mod layout;
+mod lock;
+mod machine;
+mod overlay;
+mod store;
+pub mod testing;
+mod view;
+mod writer;
+
+pub use error::{CommandError, StoreError};
+pub use machine::{ApplyError, DecideCtx, DecideError, Event, StateMachine};
+pub use store::{
+    open_raw_db, system_clock_ms, Durability, Options, RebuildReport, Store, Ticket, TicketFuture,
+    BUFFERED_SYNC_INTERVAL_MS,
+};
+pub use view::{Digest, Progress, ReadView, VerifyReport};
+pub use writer::Committed;

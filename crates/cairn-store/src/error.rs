@@ -1,0 +1,129 @@
+//! The store's errors. [`StoreError`] is a failure (IO, corruption, a stopped writer);
+//! a command's rejection travels separately in [`CommandError::Rejected`].
+
+use cairn_log::{ChainError, CorruptReason, EntryError, LogError};
+
+use crate::machine::ApplyError;
+
+/// A failure of the store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// No workspace at the path.
+    #[error("{path} is not a cairn workspace (no {path}/db); initialize it first")]
+    NotInitialized {
+        /// The data directory.
+        path: String,
+    },
+    /// `init` on a directory that already holds a workspace.
+    #[error("{path} already holds a cairn workspace")]
+    AlreadyInitialized {
+        /// The data directory.
+        path: String,
+    },
+    /// Another process has the workspace open.
+    #[error("workspace is locked by pid {pid}")]
+    Locked {
+        /// The holder's pid, as written in the lock file.
+        pid: String,
+    },
+    /// The stored layout is not one this build knows.
+    #[error("workspace layout version {found} is not supported (this build reads {supported})")]
+    Layout {
+        /// Stored version.
+        found: u64,
+        /// This build's version.
+        supported: u64,
+    },
+    /// A stored log entry is corrupt.
+    #[error("corrupt entry at offset {offset}: {reason}")]
+    Corrupt {
+        /// Its offset.
+        offset: u64,
+        /// What is wrong.
+        reason: CorruptReason,
+    },
+    /// Store metadata contradicts the log (e.g. applied offset is not the last entry).
+    #[error("inconsistent store: {0}")]
+    Inconsistent(String),
+    /// Entries handed in for appending do not continue the chain; nothing was written.
+    #[error("append refused: {0}")]
+    Refused(#[from] ChainError),
+    /// A command's events break the entry format's limits; nothing was written.
+    #[error("command refused: {0}")]
+    BadEntry(#[from] EntryError),
+    /// A command yields more events than one commit may hold; nothing was written.
+    #[error("command yields {count} events, over the limit of {max} per command")]
+    TooManyEvents {
+        /// Events yielded.
+        count: usize,
+        /// `command_entries_max`.
+        max: usize,
+    },
+    /// The requested offset is not retained.
+    #[error("offset {requested} is not retained; the first retained offset is {first}")]
+    Compacted {
+        /// Asked for.
+        requested: u64,
+        /// First retained.
+        first: u64,
+    },
+    /// An entry could not be applied; the writer stopped.
+    #[error("{0}")]
+    Apply(#[from] ApplyError),
+    /// RocksDB or the file system failed.
+    #[error("{context}: {message}")]
+    Io {
+        /// What the store was doing.
+        context: String,
+        /// The underlying error.
+        message: String,
+    },
+    /// The writer stopped after an earlier failure; reopen the workspace.
+    #[error("store writer stopped after an earlier failure: {0}")]
+    Stopped(String),
+}
+
+impl StoreError {
+    /// An IO failure while doing `context`.
+    pub fn io(context: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            message: e.to_string(),
+        }
+    }
+
+    /// A RocksDB failure while doing `context`.
+    pub(crate) fn db(context: &str) -> impl FnOnce(rocksdb::Error) -> Self + '_ {
+        move |e| StoreError::io(context, e)
+    }
+
+    /// Whether this is an integrity failure (corruption or inconsistency), as opposed to IO.
+    pub fn is_integrity(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt { .. } | StoreError::Inconsistent(_)
+        )
+    }
+}
+
+impl From<StoreError> for LogError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Refused(c) => LogError::Refused(c),
+            StoreError::Corrupt { offset, reason } => LogError::Corrupt { offset, reason },
+            StoreError::Compacted { requested, first } => LogError::Compacted { requested, first },
+            other => LogError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// Why a command produced no commit.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommandError<R: std::fmt::Debug> {
+    /// The state machine refused the command; nothing was written.
+    #[error("rejected: {0:?}")]
+    Rejected(R),
+    /// The store failed; nothing of this command is acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

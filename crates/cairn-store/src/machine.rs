@@ -1,0 +1,92 @@
+//! What the store is generic over: the state machine that decides commands and applies entries.
+//!
+//! The kernel provides the real one; [`crate::testing`] has small ones for tests and benches.
+
+use cairn_log::{StateError, StateRead, StateWrite, StoredEntry};
+
+/// An event produced by `decide`, before it becomes an entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Event kind, e.g. `package.installed.v1`.
+    pub kind: String,
+    /// Encoded event.
+    pub payload: Vec<u8>,
+}
+
+/// What `decide` may know beyond state: where its events will land and when. This is the only
+/// way time enters the domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecideCtx {
+    /// Offset the command's first event will get.
+    pub next_offset: u64,
+    /// Epoch the events will carry.
+    pub epoch: u64,
+    /// Leader wall clock, ms since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// Why `decide` produced no events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecideError<R> {
+    /// The command is wrong for the current state; nothing is written.
+    Rejected(R),
+    /// Reading state failed underneath.
+    State(StateError),
+}
+
+impl<R> From<StateError> for DecideError<R> {
+    fn from(e: StateError) -> Self {
+        DecideError::State(e)
+    }
+}
+
+/// Applying an entry failed. This stops the writer: state must be the fold of the log, so an
+/// entry that cannot be applied can never be skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot apply entry {offset} of kind {kind:?}: {reason}")]
+pub struct ApplyError {
+    /// The entry's offset.
+    pub offset: u64,
+    /// The entry's kind.
+    pub kind: String,
+    /// What went wrong (unknown kind, undecodable payload, state read failure).
+    pub reason: String,
+}
+
+impl ApplyError {
+    /// An apply error about `entry`.
+    pub fn new(entry: &StoredEntry, reason: impl Into<String>) -> Self {
+        Self {
+            offset: entry.offset,
+            kind: entry.kind.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The domain plugged into the store.
+///
+/// `apply` must be a pure function of the state it reads and the entry: no clock, randomness,
+/// environment or unordered iteration. Then the state is the fold of the log, and every replica
+/// and every rebuild reaches the same digest.
+pub trait StateMachine: Send + Sync + 'static {
+    /// A request to change state.
+    type Command: Send + 'static;
+    /// Why a command was refused.
+    type Rejection: Send + std::fmt::Debug + 'static;
+
+    /// Version of the projection's layout. When it differs from the one stored, the store
+    /// rebuilds the projection from the log at open.
+    fn projection_version(&self) -> u64;
+
+    /// Validates `command` against `state` and yields the events it causes (possibly none).
+    fn decide(
+        &self,
+        state: &dyn StateRead,
+        ctx: &DecideCtx,
+        command: &Self::Command,
+    ) -> Result<Vec<Event>, DecideError<Self::Rejection>>;
+
+    /// Applies one entry to state.
+    fn apply(&self, state: &mut dyn StateWrite, entry: &StoredEntry) -> Result<(), ApplyError>;
+}

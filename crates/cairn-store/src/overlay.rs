@@ -1,0 +1,198 @@
+//! The batch being built: state writes not yet committed, layered over the committed state, so
+//! each command in a group commit is decided against everything before it.
+
+use std::collections::BTreeMap;
+
+use cairn_log::{Space, StateError, StateRead, StateWrite};
+
+use crate::base::Base;
+
+/// Pending writes over committed state. `None` marks a delete.
+pub(crate) struct Overlay<'a> {
+    base: Base<'a>,
+    writes: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
+    /// Bytes of keys and values pending, for the batch size limit.
+    bytes: usize,
+}
+
+impl<'a> Overlay<'a> {
+    pub fn new(base: Base<'a>) -> Self {
+        Self {
+            base,
+            writes: BTreeMap::new(),
+            bytes: 0,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Takes the pending writes, in key order, leaving the overlay empty.
+    pub fn drain(&mut self) -> BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>> {
+        self.bytes = 0;
+        std::mem::take(&mut self.writes)
+    }
+}
+
+impl StateRead for Overlay<'_> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        // Avoids allocating a key for the lookup in the common case of an empty overlay.
+        if !self.writes.is_empty() {
+            if let Some(v) = self.writes.get(&(space, key.to_vec())) {
+                return Ok(v.clone());
+            }
+        }
+        self.base.get(space, key)
+    }
+
+    fn scan_prefix(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        let mut pending = self
+            .writes
+            .range((space, prefix.to_vec())..)
+            .take_while(|((s, k), _)| *s == space && k.starts_with(prefix))
+            .peekable();
+        let mut go_on = true;
+        self.base.scan_prefix(space, prefix, &mut |key, value| {
+            // Emit pending writes that sort before this committed key.
+            while let Some(((_, pk), pv)) = pending.peek() {
+                if pk.as_slice() >= key {
+                    break;
+                }
+                if let Some(pv) = pv {
+                    if !visit(pk, pv) {
+                        go_on = false;
+                        return false;
+                    }
+                }
+                pending.next();
+            }
+            match pending.peek() {
+                Some(((_, pk), _)) if pk.as_slice() == key => {
+                    let (_, pv) = pending.next().expect("just peeked");
+                    if let Some(pv) = pv {
+                        go_on = visit(key, pv);
+                    }
+                }
+                _ => go_on = visit(key, value),
+            }
+            go_on
+        })?;
+        if go_on {
+            for ((_, pk), pv) in pending {
+                if let Some(pv) = pv {
+                    if !visit(pk, pv) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StateWrite for Overlay<'_> {
+    fn put(&mut self, space: Space, key: &[u8], value: &[u8]) {
+        self.bytes += key.len() + value.len();
+        self.writes
+            .insert((space, key.to_vec()), Some(value.to_vec()));
+    }
+
+    fn delete(&mut self, space: Space, key: &[u8]) {
+        self.bytes += key.len();
+        self.writes.insert((space, key.to_vec()), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::KvMachine;
+
+    fn scan(state: &dyn StateRead, prefix: &[u8], stop_after: usize) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        state
+            .scan_prefix(Space::State, prefix, &mut |k, v| {
+                out.push((
+                    String::from_utf8(k.to_vec()).unwrap(),
+                    String::from_utf8(v.to_vec()).unwrap(),
+                ));
+                out.len() < stop_after
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn scans_merge_pending_writes_over_committed_state_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::Store::<KvMachine>::init(dir.path()).unwrap();
+        let db = crate::open_raw_db(dir.path()).unwrap();
+        let cf = db.cf_handle("state").unwrap();
+        for k in ["t/b", "t/d", "t/f", "u/a"] {
+            db.put_cf(cf, k, format!("db-{k}")).unwrap();
+        }
+        let mut o = Overlay::new(Base {
+            db: &db,
+            snap: None,
+        });
+        o.put(Space::State, b"t/a", b"new-a");
+        o.put(Space::State, b"t/d", b"new-d");
+        o.delete(Space::State, b"t/f");
+        o.put(Space::State, b"t/g", b"new-g");
+        o.put(Space::Drive, b"t/c", b"other space");
+        let all = scan(&o, b"t/", usize::MAX);
+        let expect = [
+            ("t/a", "new-a"),
+            ("t/b", "db-t/b"),
+            ("t/d", "new-d"),
+            ("t/g", "new-g"),
+        ];
+        let expect: Vec<_> = expect
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(all, expect);
+        assert_eq!(
+            scan(&o, b"t/", 2),
+            expect[..2],
+            "a visitor can stop the scan"
+        );
+        assert_eq!(
+            scan(&o, b"t/", 3),
+            expect[..3],
+            "stopping on a replaced key works too"
+        );
+        assert_eq!(
+            o.get(Space::State, b"t/f").unwrap(),
+            None,
+            "a pending delete hides the key"
+        );
+        assert_eq!(
+            o.get(Space::State, b"u/a").unwrap().as_deref(),
+            Some(&b"db-u/a"[..])
+        );
+        assert_eq!(
+            o.get(Space::Drive, b"t/c").unwrap().as_deref(),
+            Some(&b"other space"[..])
+        );
+    }
+
+    #[test]
+    fn prefix_successor_bounds_every_key_with_the_prefix() {
+        use crate::base::prefix_successor;
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_successor(b"\xff\xff"), None);
+        assert_eq!(prefix_successor(b""), None);
+    }
+}

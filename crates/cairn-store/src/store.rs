@@ -1,0 +1,603 @@
+//! The store handle: init, open (O(1) in log length), submit, read, verify, digest, backup,
+//! rebuild, close.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use cairn_log::{CorruptReason, Head, LogError, LogStore, Meta, StoredEntry};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use uuid::Uuid;
+
+use crate::base::Base;
+use crate::error::{CommandError, StoreError};
+use crate::layout::{self, CFS, CF_LOG, CF_META};
+use crate::lock::WorkspaceLock;
+use crate::machine::StateMachine;
+use crate::view::{decode_stored, read_meta, Progress, ReadView};
+use crate::writer::{Committed, Request, Shared, Writer};
+
+/// How durable an acknowledged commit is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync per group commit: acknowledged means durable. The default.
+    #[default]
+    Sync,
+    /// WAL written per group commit, fsynced by a background thread at most
+    /// [`BUFFERED_SYNC_INTERVAL_MS`] later: a machine crash may lose that window, a process
+    /// crash loses nothing.
+    Buffered,
+    /// WAL written, never fsynced by the store. For tests and benches only.
+    None,
+}
+
+/// Longest time an acknowledged commit stays unsynced under [`Durability::Buffered`].
+pub const BUFFERED_SYNC_INTERVAL_MS: u64 = 100;
+
+/// Store options. Every bounded thing has its limit here.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Durability of acknowledged commits.
+    pub durability: Durability,
+    /// Requests that may wait for the writer before submitters block.
+    pub queue_depth_max: usize,
+    /// Entries in one group commit (a single command's events are never split).
+    pub batch_entries_max: usize,
+    /// Bytes (entries + state writes) in one group commit.
+    pub batch_bytes_max: usize,
+    /// Events one command may yield.
+    pub command_entries_max: usize,
+    /// Wall clock for entries' `time_ms`, in ms since the Unix epoch.
+    pub clock: fn() -> u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Sync,
+            queue_depth_max: 4096,
+            batch_entries_max: 1024,
+            batch_bytes_max: 16 * 1024 * 1024,
+            command_entries_max: 4096,
+            clock: system_clock_ms,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn system_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An answer from the writer: wait for it (`wait`) or `.await` it.
+pub struct Ticket<T, E> {
+    rx: oneshot::Receiver<Result<T, E>>,
+}
+
+impl<T, E: From<StoreError>> Ticket<T, E> {
+    /// Blocks until the writer answers.
+    pub fn wait(self) -> Result<T, E> {
+        self.rx.recv().unwrap_or_else(|_| Err(writer_gone().into()))
+    }
+}
+
+impl<T, E: From<StoreError>> std::future::IntoFuture for Ticket<T, E> {
+    type Output = Result<T, E>;
+    type IntoFuture = TicketFuture<T, E>;
+    fn into_future(self) -> Self::IntoFuture {
+        TicketFuture {
+            rx: std::future::IntoFuture::into_future(self.rx),
+        }
+    }
+}
+
+/// A [`Ticket`] being awaited.
+pub struct TicketFuture<T, E> {
+    rx: oneshot::AsyncReceiver<Result<T, E>>,
+}
+
+impl<T, E: From<StoreError>> Future for TicketFuture<T, E> {
+    type Output = Result<T, E>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(writer_gone().into())))
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Stopped("the writer thread exited".into())
+}
+
+/// What rebuilding the projection did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Entries replayed.
+    pub entries: u64,
+    /// The head after the rebuild.
+    pub head: Head,
+}
+
+/// An open workspace store.
+pub struct Store<M: StateMachine> {
+    tx: Option<SyncSender<Request<M>>>,
+    writer: Option<JoinHandle<()>>,
+    flusher: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    db: Arc<DB>,
+    machine: Arc<M>,
+    shared: Arc<Shared>,
+    durability: Durability,
+    workspace_id: Uuid,
+    data: PathBuf,
+    _lock: WorkspaceLock,
+}
+
+fn db_options() -> rocksdb::Options {
+    let mut o = rocksdb::Options::default();
+    o.set_max_background_jobs(2);
+    o.set_bytes_per_sync(1 << 20);
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o
+}
+
+fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    CFS.iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, db_options()))
+        .collect()
+}
+
+/// Opens the RocksDB database of a workspace without the store around it (no lock, no checks).
+/// For tools and tests that must look underneath; everything else uses [`Store::open`].
+pub fn open_raw_db(data: &Path) -> Result<DB, StoreError> {
+    DB::open_cf_descriptors(&db_options(), layout::db_dir(data), cf_descriptors())
+        .map_err(StoreError::db("open database"))
+}
+
+impl<M: StateMachine> Store<M> {
+    /// Creates a workspace at `data` (created if missing) and returns its id.
+    pub fn init(data: &Path) -> Result<Uuid, StoreError> {
+        let db_dir = layout::db_dir(data);
+        if db_dir.exists() {
+            return Err(StoreError::AlreadyInitialized {
+                path: data.display().to_string(),
+            });
+        }
+        std::fs::create_dir_all(data)
+            .map_err(|e| StoreError::io(format!("create {}", data.display()), e))?;
+        let _lock = WorkspaceLock::acquire(&layout::lock_path(data))?;
+        let mut opts = db_options();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = DB::open_cf_descriptors(&opts, &db_dir, cf_descriptors())
+            .map_err(StoreError::db("create database"))?;
+        let id = Uuid::new_v4();
+        let meta = db.cf_handle(CF_META).expect("meta CF was just created");
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            meta,
+            layout::META_LAYOUT,
+            layout::LAYOUT_VERSION.to_be_bytes(),
+        );
+        batch.put_cf(meta, layout::META_WORKSPACE_ID, id.as_bytes());
+        batch.put_cf(meta, layout::META_APPLIED, 0u64.to_be_bytes());
+        batch.put_cf(meta, layout::META_HEAD_HASH, [0u8; 32]);
+        batch.put_cf(meta, layout::META_HEAD_EPOCH, 0u64.to_be_bytes());
+        batch.put_cf(meta, layout::META_EPOCH, 1u64.to_be_bytes());
+        batch.put_cf(meta, layout::META_FIRST, 1u64.to_be_bytes());
+        // No projection version yet: the first open builds the (empty) projection and records it.
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(batch, &wo)
+            .map_err(StoreError::db("write initial meta"))?;
+        Ok(id)
+    }
+
+    /// Opens the workspace at `data`. Takes the workspace lock, checks that the stored applied
+    /// offset is the last log entry and that this entry verifies, rebuilds the projection if
+    /// its version differs from the machine's, and starts the writer. Work at open does not
+    /// grow with the log, except for that rebuild.
+    pub fn open(data: &Path, machine: M, opts: Options) -> Result<Self, StoreError> {
+        let lock = lock_workspace(data)?;
+        let mut db = open_raw_db(data)?;
+        let (workspace_id, meta_epoch) = check_layout(&db)?;
+        let head = check_head(&db)?;
+        let stored_projection = read_projection_version(&db)?;
+        if stored_projection != Some(machine.projection_version()) {
+            tracing::info!(
+                stored = ?stored_projection,
+                wanted = machine.projection_version(),
+                "projection version differs; rebuilding from the log"
+            );
+            rebuild_db(&mut db, &machine, &mut |_| {})?;
+        }
+        let db = Arc::new(db);
+        let machine = Arc::new(machine);
+        let shared = Arc::new(Shared::new(head.offset));
+        let (tx, rx) = mpsc::sync_channel(opts.queue_depth_max);
+        let durability = opts.durability;
+        let writer = Writer {
+            db: Arc::clone(&db),
+            machine: Arc::clone(&machine),
+            opts,
+            shared: Arc::clone(&shared),
+            head,
+            epoch: meta_epoch.max(head.epoch),
+            stopped: None,
+        };
+        let writer = std::thread::Builder::new()
+            .name("cairn-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::io("spawn writer thread", e))?;
+        let flusher = (durability == Durability::Buffered)
+            .then(|| spawn_flusher(Arc::clone(&db), Arc::clone(&shared)))
+            .transpose()?;
+        Ok(Self {
+            tx: Some(tx),
+            writer: Some(writer),
+            flusher,
+            db,
+            machine,
+            shared,
+            durability,
+            workspace_id,
+            data: data.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    /// Rebuilds the projection of the (closed) workspace at `data` from its log.
+    pub fn rebuild(
+        data: &Path,
+        machine: &M,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<RebuildReport, StoreError> {
+        let _lock = lock_workspace(data)?;
+        let mut db = open_raw_db(data)?;
+        check_layout(&db)?;
+        check_head(&db)?;
+        rebuild_db(&mut db, machine, progress)
+    }
+
+    /// Submits a command; the ticket answers once it is committed (or rejected).
+    pub fn submit(
+        &self,
+        meta: Meta,
+        command: M::Command,
+    ) -> Ticket<Committed, CommandError<M::Rejection>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Command {
+            meta,
+            command,
+            reply,
+        });
+        Ticket { rx }
+    }
+
+    /// Submits a command and waits for the answer.
+    pub fn execute(
+        &self,
+        meta: Meta,
+        command: M::Command,
+    ) -> Result<Committed, CommandError<M::Rejection>> {
+        self.submit(meta, command).wait()
+    }
+
+    /// Submits entries written elsewhere (a leader's, for a mirror). They must continue the
+    /// chain; they are applied and committed like the store's own.
+    pub fn submit_entries(&self, entries: Vec<StoredEntry>) -> Ticket<Committed, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Entries { entries, reply });
+        Ticket { rx }
+    }
+
+    fn send(&self, request: Request<M>) {
+        let tx = self.tx.as_ref().expect("sender lives until drop");
+        // If the writer is gone, the request (and its reply sender) is dropped here, and the
+        // ticket answers "writer exited".
+        let _ = tx.send(request);
+    }
+
+    /// A consistent read view at the latest commit.
+    pub fn read(&self) -> Result<ReadView, StoreError> {
+        ReadView::new(Arc::clone(&self.db))
+    }
+
+    /// The applied offset of the latest commit.
+    pub fn applied(&self) -> u64 {
+        self.shared.applied()
+    }
+
+    /// Waits until `offset` is applied or `timeout` passes; returns whether it is applied.
+    pub fn wait_for(&self, offset: u64, timeout: Duration) -> bool {
+        self.shared.wait_for(offset, timeout)
+    }
+
+    /// The workspace id, fixed at init.
+    pub fn workspace_id(&self) -> Uuid {
+        self.workspace_id
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The state machine.
+    pub fn machine(&self) -> &M {
+        &self.machine
+    }
+
+    /// Writes a consistent checkpoint (log + state + meta) into `dir`, which must not exist.
+    /// The result is a workspace directory that opens as it is.
+    pub fn backup(&self, dir: &Path) -> Result<Head, StoreError> {
+        if dir.exists() {
+            return Err(StoreError::io(
+                format!("backup to {}", dir.display()),
+                "the directory already exists",
+            ));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .map_err(StoreError::db("prepare checkpoint"))?;
+        checkpoint
+            .create_checkpoint(layout::db_dir(dir))
+            .map_err(StoreError::db("create checkpoint"))?;
+        // The checkpoint is self-consistent; report what it holds.
+        let db = open_raw_db(dir)?;
+        let head = check_head(&db)?;
+        Ok(head)
+    }
+}
+
+impl<M: StateMachine> Drop for Store<M> {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        if let Some((stop, flusher)) = self.flusher.take() {
+            drop(stop);
+            let _ = flusher.join();
+        }
+        if self.durability != Durability::None {
+            if let Err(e) = self.db.flush_wal(true) {
+                tracing::error!(error = %e, "final WAL sync failed");
+            }
+        }
+    }
+}
+
+impl<M: StateMachine> LogStore for Store<M> {
+    fn append(&self, entries: &[StoredEntry]) -> Result<(), LogError> {
+        self.submit_entries(entries.to_vec()).wait()?;
+        Ok(())
+    }
+
+    fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, LogError> {
+        Ok(Store::read(self)?.read_log(from, limit)?)
+    }
+
+    fn head(&self) -> Result<Head, LogError> {
+        Ok(Store::read(self)?.head())
+    }
+
+    fn first_retained(&self) -> Result<u64, LogError> {
+        Ok(Store::read(self)?.first_retained())
+    }
+}
+
+fn spawn_flusher(
+    db: Arc<DB>,
+    shared: Arc<Shared>,
+) -> Result<(mpsc::Sender<()>, JoinHandle<()>), StoreError> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("cairn-wal-sync".into())
+        .spawn(move || loop {
+            let done = match stopped.recv_timeout(Duration::from_millis(BUFFERED_SYNC_INTERVAL_MS))
+            {
+                Err(RecvTimeoutError::Timeout) => false,
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+            };
+            if shared
+                .dirty
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                if let Err(e) = db.flush_wal(true) {
+                    tracing::error!(error = %e, "WAL sync failed");
+                }
+            }
+            if done {
+                return;
+            }
+        })
+        .map_err(|e| StoreError::io("spawn WAL sync thread", e))?;
+    Ok((stop, handle))
+}
+
+fn lock_workspace(data: &Path) -> Result<WorkspaceLock, StoreError> {
+    if !layout::db_dir(data).is_dir() {
+        return Err(StoreError::NotInitialized {
+            path: data.display().to_string(),
+        });
+    }
+    WorkspaceLock::acquire(&layout::lock_path(data))
+}
+
+/// Checks the layout version; returns the workspace id and current epoch.
+fn check_layout(db: &DB) -> Result<(Uuid, u64), StoreError> {
+    let meta = db
+        .cf_handle(CF_META)
+        .expect("meta CF is opened with the DB");
+    let get = |key: &[u8]| db.get_cf(meta, key).map_err(StoreError::db("read meta"));
+    let layout_version = get(layout::META_LAYOUT)?
+        .and_then(|v| layout::parse_u64(&v))
+        .ok_or_else(|| StoreError::Inconsistent("meta layout_version is missing".into()))?;
+    if layout_version != layout::LAYOUT_VERSION {
+        return Err(StoreError::Layout {
+            found: layout_version,
+            supported: layout::LAYOUT_VERSION,
+        });
+    }
+    let id = get(layout::META_WORKSPACE_ID)?
+        .and_then(|v| Uuid::from_slice(&v).ok())
+        .ok_or_else(|| StoreError::Inconsistent("meta workspace_id is missing".into()))?;
+    let epoch = get(layout::META_EPOCH)?
+        .and_then(|v| layout::parse_u64(&v))
+        .ok_or_else(|| StoreError::Inconsistent("meta epoch is missing".into()))?;
+    Ok((id, epoch))
+}
+
+/// The O(1) open check: the last log key is the applied offset, and that entry decodes,
+/// hashes right and is the head recorded in meta.
+fn check_head(db: &DB) -> Result<Head, StoreError> {
+    let base = Base { db, snap: None };
+    let meta = read_meta(base)?;
+    let mut last = db.iterator_cf(base.cf(CF_LOG), IteratorMode::End);
+    let Some(item) = last.next() else {
+        if meta.head.offset != 0 {
+            return Err(StoreError::Inconsistent(format!(
+                "meta says applied offset {}, but the log is empty",
+                meta.head.offset
+            )));
+        }
+        return Ok(meta.head);
+    };
+    let (key, value) = item.map_err(StoreError::db("read last log entry"))?;
+    let last_offset = layout::parse_log_key(&key)
+        .ok_or_else(|| StoreError::Inconsistent("last log key is not an offset".into()))?;
+    if last_offset != meta.head.offset {
+        return Err(StoreError::Inconsistent(format!(
+            "the log ends at offset {last_offset}, but meta says applied offset {}",
+            meta.head.offset
+        )));
+    }
+    let entry = decode_stored(&key, &value)?;
+    if entry.head() != meta.head {
+        return Err(StoreError::Corrupt {
+            offset: entry.offset,
+            reason: CorruptReason::Chain(cairn_log::ChainError::HashMismatch {
+                offset: entry.offset,
+                stored: entry.hash,
+                computed: meta.head.hash,
+            }),
+        });
+    }
+    Ok(meta.head)
+}
+
+fn read_projection_version(db: &DB) -> Result<Option<u64>, StoreError> {
+    let meta = db
+        .cf_handle(CF_META)
+        .expect("meta CF is opened with the DB");
+    Ok(db
+        .get_cf(meta, layout::META_PROJECTION)
+        .map_err(StoreError::db("read meta"))?
+        .and_then(|v| layout::parse_u64(&v)))
+}
+
+/// Entries per rebuild batch.
+const REBUILD_BATCH_ENTRIES: usize = 16 * 1024;
+/// Pending state bytes per rebuild batch.
+const REBUILD_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// Drops the projection and replays the log through `apply`.
+///
+/// Crash safety: the projection version is deleted first and written back (synced) only after
+/// every state write is flushed to SST files, so an interrupted rebuild is redone at next open.
+/// That is why the state writes themselves can skip the WAL.
+fn rebuild_db<M: StateMachine>(
+    db: &mut DB,
+    machine: &M,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RebuildReport, StoreError> {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    {
+        let meta = db
+            .cf_handle(CF_META)
+            .expect("meta CF is opened with the DB");
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(meta, layout::META_PROJECTION);
+        db.write_opt(batch, &wo)
+            .map_err(StoreError::db("rebuild: clear projection version"))?;
+    }
+    for space in cairn_log::Space::ALL {
+        db.drop_cf(space.name())
+            .map_err(StoreError::db("rebuild: drop projection"))?;
+        db.create_cf(space.name(), &db_options())
+            .map_err(StoreError::db("rebuild: create projection"))?;
+    }
+    let db: &DB = db;
+    let base = Base { db, snap: None };
+    let meta = read_meta(base)?;
+    let total = meta.head.offset.saturating_sub(meta.first - 1);
+    let mut overlay = crate::overlay::Overlay::new(base);
+    let mut cursor: Option<cairn_log::ChainCursor> = None;
+    let mut done = 0u64;
+    let mut in_batch = 0usize;
+    let iter = db.iterator_cf(
+        base.cf(CF_LOG),
+        IteratorMode::From(&layout::log_key(meta.first), Direction::Forward),
+    );
+    for item in iter {
+        let (key, value) = item.map_err(StoreError::db("rebuild: read log"))?;
+        let entry = decode_stored(&key, &value)?;
+        let cur = cursor.get_or_insert_with(|| {
+            cairn_log::ChainCursor::new(Head {
+                offset: entry.offset - 1,
+                hash: entry.prev,
+                epoch: 0,
+            })
+        });
+        cur.advance(&entry).map_err(|e| StoreError::Corrupt {
+            offset: entry.offset,
+            reason: e.into(),
+        })?;
+        machine.apply(&mut overlay, &entry)?;
+        done += 1;
+        in_batch += 1;
+        if in_batch >= REBUILD_BATCH_ENTRIES || overlay.bytes() >= REBUILD_BATCH_BYTES {
+            crate::writer::write_overlay(db, &mut overlay, true)?;
+            in_batch = 0;
+            progress(Progress { done, total });
+        }
+    }
+    crate::writer::write_overlay(db, &mut overlay, true)?;
+    progress(Progress { done, total });
+    let head = cursor.map(|c| c.head()).unwrap_or(Head::EMPTY);
+    if head.offset != meta.head.offset || (head.offset > 0 && head.hash != meta.head.hash) {
+        return Err(StoreError::Inconsistent(format!(
+            "rebuild replayed up to offset {}, but meta says head is offset {}",
+            head.offset, meta.head.offset
+        )));
+    }
+    for space in cairn_log::Space::ALL {
+        let cf = base.cf(space.name());
+        db.flush_cf(cf)
+            .map_err(StoreError::db("rebuild: flush projection"))?;
+    }
+    let meta_cf = base.cf(CF_META);
+    let mut batch = WriteBatch::default();
+    batch.put_cf(
+        meta_cf,
+        layout::META_PROJECTION,
+        machine.projection_version().to_be_bytes(),
+    );
+    db.write_opt(batch, &wo)
+        .map_err(StoreError::db("rebuild: record projection version"))?;
+    Ok(RebuildReport {
+        entries: done,
+        head: meta.head,
+    })
+}

@@ -1,0 +1,307 @@
+//! Read views: a RocksDB snapshot of the whole store, reporting the applied offset it reflects.
+
+use std::sync::Arc;
+
+use cairn_log::{
+    codec, ChainCursor, CorruptReason, Hash, Head, Space, StateError, StateRead, StoredEntry,
+};
+use rocksdb::{Direction, IteratorMode, DB};
+
+use crate::base::{Base, Snapshot};
+use crate::error::StoreError;
+use crate::layout::{self, CF_LOG, CF_META};
+
+/// A consistent view of the log, the projection and the metadata at one commit.
+pub struct ReadView {
+    // Field order matters: `snap` borrows from `db` and must be dropped first.
+    snap: Snapshot<'static>,
+    db: Arc<DB>,
+    head: Head,
+    first: u64,
+}
+
+/// How far a long-running read has got: `done` of `total` entries (or keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Done so far.
+    pub done: u64,
+    /// Expected in all.
+    pub total: u64,
+}
+
+/// What a full verification found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// First offset checked.
+    pub first: u64,
+    /// The verified head (matches the stored applied offset and head hash).
+    pub head: Head,
+    /// Entries checked.
+    pub entries: u64,
+}
+
+/// The state digest at an applied offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digest {
+    /// The applied offset the digest reflects.
+    pub applied: u64,
+    /// blake3 over every `(column family, key, value)` of the projection, in key order.
+    pub hash: Hash,
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.applied, self.hash)
+    }
+}
+
+/// The store's metadata as read at one point.
+pub(crate) struct MetaRecord {
+    pub head: Head,
+    pub first: u64,
+}
+
+/// Reads `applied`, `head_hash`, `head_epoch` and `first_retained` from `base`.
+pub(crate) fn read_meta(base: Base<'_>) -> Result<MetaRecord, StoreError> {
+    let cf = base.cf(CF_META);
+    let get = |key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+        base.db
+            .get_cf_opt(cf, key, &base.read_opts())
+            .map_err(StoreError::db("read meta"))
+    };
+    let u64_of = |key: &[u8]| -> Result<u64, StoreError> {
+        let v = get(key)?.ok_or_else(|| {
+            StoreError::Inconsistent(format!("meta {} is missing", String::from_utf8_lossy(key)))
+        })?;
+        layout::parse_u64(&v).ok_or_else(|| {
+            StoreError::Inconsistent(format!(
+                "meta {} is malformed",
+                String::from_utf8_lossy(key)
+            ))
+        })
+    };
+    let hash = get(layout::META_HEAD_HASH)?
+        .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
+        .ok_or_else(|| StoreError::Inconsistent("meta head_hash is missing or malformed".into()))?;
+    Ok(MetaRecord {
+        head: Head {
+            offset: u64_of(layout::META_APPLIED)?,
+            hash: Hash(hash),
+            epoch: u64_of(layout::META_HEAD_EPOCH)?,
+        },
+        first: u64_of(layout::META_FIRST)?,
+    })
+}
+
+/// Decodes the `log` value stored under `key`, checking the key and the entry's own hash.
+pub(crate) fn decode_stored(key: &[u8], value: &[u8]) -> Result<StoredEntry, StoreError> {
+    let Some(offset) = layout::parse_log_key(key) else {
+        return Err(StoreError::Inconsistent(format!(
+            "log key of {} bytes is not an offset",
+            key.len()
+        )));
+    };
+    let corrupt = |reason: CorruptReason| StoreError::Corrupt { offset, reason };
+    let entry = codec::decode(value).map_err(|e| corrupt(e.into()))?;
+    if entry.offset != offset {
+        return Err(StoreError::Corrupt {
+            offset,
+            reason: CorruptReason::WrongKey { key: offset },
+        });
+    }
+    cairn_log::verify_hash(&entry).map_err(|e| corrupt(e.into()))?;
+    Ok(entry)
+}
+
+impl ReadView {
+    pub(crate) fn new(db: Arc<DB>) -> Result<Self, StoreError> {
+        let snap = db.snapshot();
+        // SAFETY: the snapshot borrows the database, which `db` keeps alive for as long as this
+        // view exists: `snap` is declared before `db`, so it is dropped first, and neither field
+        // is ever moved out of the view.
+        let snap: Snapshot<'static> = unsafe { std::mem::transmute(snap) };
+        let meta = read_meta(Base {
+            db: &db,
+            snap: Some(&snap),
+        })?;
+        Ok(Self {
+            snap,
+            db,
+            head: meta.head,
+            first: meta.first,
+        })
+    }
+
+    fn base(&self) -> Base<'_> {
+        Base {
+            db: &self.db,
+            snap: Some(&self.snap),
+        }
+    }
+
+    /// The applied offset this view reflects.
+    pub fn applied(&self) -> u64 {
+        self.head.offset
+    }
+
+    /// The chain head this view reflects.
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// The first retained offset.
+    pub fn first_retained(&self) -> u64 {
+        self.first
+    }
+
+    /// Reads up to `limit` entries from `from`, each checked against its hash, its key and the
+    /// entry before it.
+    pub fn read_log(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, StoreError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.visit_log(from, |entry| {
+            out.push(entry);
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Visits entries from `from` up to the applied offset (checked like `read_log`) until
+    /// `visit` returns false. Entries come straight off a RocksDB iterator: no batch is held.
+    pub fn visit_log(
+        &self,
+        from: u64,
+        mut visit: impl FnMut(StoredEntry) -> bool,
+    ) -> Result<(), StoreError> {
+        if from < self.first {
+            return Err(StoreError::Compacted {
+                requested: from,
+                first: self.first,
+            });
+        }
+        if from > self.head.offset {
+            return Ok(());
+        }
+        let base = self.base();
+        let key = layout::log_key(from);
+        let iter = self.db.iterator_cf_opt(
+            base.cf(CF_LOG),
+            base.read_opts(),
+            IteratorMode::From(&key, Direction::Forward),
+        );
+        let mut cursor: Option<ChainCursor> = None;
+        let mut expected = from;
+        for item in iter {
+            let (k, v) = item.map_err(StoreError::db("read log"))?;
+            if expected > self.head.offset {
+                break;
+            }
+            let entry = decode_stored(&k, &v)?;
+            if entry.offset != expected {
+                return Err(StoreError::Corrupt {
+                    offset: expected,
+                    reason: CorruptReason::Missing,
+                });
+            }
+            let cur = cursor.get_or_insert_with(|| {
+                ChainCursor::new(Head {
+                    offset: entry.offset - 1,
+                    hash: entry.prev,
+                    epoch: 0,
+                })
+            });
+            cur.advance(&entry).map_err(|e| StoreError::Corrupt {
+                offset: entry.offset,
+                reason: e.into(),
+            })?;
+            expected += 1;
+            if !visit(entry) {
+                return Ok(());
+            }
+        }
+        if expected <= self.head.offset {
+            return Err(StoreError::Corrupt {
+                offset: expected,
+                reason: CorruptReason::Missing,
+            });
+        }
+        Ok(())
+    }
+
+    /// Verifies the whole retained log: every entry decodes, sits under its own offset, hashes
+    /// to its stored hash and links to the one before; the last one is the stored head. The
+    /// error names the first bad offset.
+    pub fn verify(&self, progress: &mut dyn FnMut(Progress)) -> Result<VerifyReport, StoreError> {
+        let total = self.head.offset.saturating_sub(self.first - 1);
+        let mut last = Head::EMPTY;
+        let mut checked = 0u64;
+        self.visit_log(self.first, |entry| {
+            last = entry.head();
+            checked += 1;
+            if checked.is_multiple_of(4096) {
+                progress(Progress {
+                    done: checked,
+                    total,
+                });
+            }
+            true
+        })?;
+        progress(Progress {
+            done: checked,
+            total,
+        });
+        if last.offset != self.head.offset || last.hash != self.head.hash {
+            return Err(StoreError::Inconsistent(format!(
+                "log ends at offset {} with hash {}, but meta says head is offset {} with hash {}",
+                last.offset, last.hash, self.head.offset, self.head.hash
+            )));
+        }
+        Ok(VerifyReport {
+            first: self.first,
+            head: self.head,
+            entries: checked,
+        })
+    }
+
+    /// The state digest: blake3 over every `(column family, key, value)` of the projection
+    /// spaces in order, each part length-prefixed (u64 little endian).
+    pub fn digest(&self) -> Result<Digest, StoreError> {
+        let mut h = blake3::Hasher::new();
+        let base = self.base();
+        for space in Space::ALL {
+            let iter = self.db.iterator_cf_opt(
+                base.cf(space.name()),
+                base.read_opts(),
+                IteratorMode::Start,
+            );
+            for item in iter {
+                let (k, v) = item.map_err(StoreError::db("digest"))?;
+                for part in [space.name().as_bytes(), &k, &v] {
+                    h.update(&(part.len() as u64).to_le_bytes());
+                    h.update(part);
+                }
+            }
+        }
+        Ok(Digest {
+            applied: self.head.offset,
+            hash: Hash(*h.finalize().as_bytes()),
+        })
+    }
+}
+
+impl StateRead for ReadView {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.base().get(space, key)
+    }
+
+    fn scan_prefix(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        self.base().scan_prefix(space, prefix, visit)
+    }
+}

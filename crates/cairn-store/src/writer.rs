@@ -1,0 +1,412 @@
+//! The single writer: one OS thread owns every write, batching whatever is queued into one
+//! RocksDB `WriteBatch` per group commit.
+//!
+//! For each group the writer decides each command in arrival order against committed state plus
+//! the overlay of the group so far, seals the resulting entries onto the chain, applies them to
+//! the overlay, and finally writes entries + state changes + `applied`/`head` in one batch. Every
+//! caller is answered only after that write returns, so under `Durability::Sync` an answer
+//! means durable. A failed write or apply stops the writer: nothing after it is acknowledged.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Condvar, Mutex};
+
+use cairn_log::{codec, ChainCursor, EntryDraft, Head, Meta, Space, StoredEntry};
+use rocksdb::{WriteBatch, WriteOptions, DB};
+
+use crate::base::Base;
+use crate::error::{CommandError, StoreError};
+use crate::layout::{self, CF_LOG, CF_META};
+use crate::machine::{DecideCtx, DecideError, StateMachine};
+use crate::overlay::Overlay;
+use crate::Options;
+
+/// What a successful command or append committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// Offsets of the entries written (empty when the command yielded no events).
+    pub offsets: Range<u64>,
+    /// The store's applied offset after the commit (≥ `offsets.end - 1`).
+    pub applied: u64,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+/// A request to the writer.
+pub(crate) enum Request<M: StateMachine> {
+    /// Decide and commit a command.
+    Command {
+        meta: Meta,
+        command: M::Command,
+        reply: Reply<Result<Committed, CommandError<M::Rejection>>>,
+    },
+    /// Verify and commit entries written elsewhere (replication, `LogStore::append`).
+    Entries {
+        entries: Vec<StoredEntry>,
+        reply: Reply<Result<Committed, StoreError>>,
+    },
+}
+
+/// State the writer shares with readers of the store handle.
+pub(crate) struct Shared {
+    applied: Mutex<u64>,
+    advanced: Condvar,
+    /// Set by the writer after an unsynced write; cleared by the WAL flusher.
+    pub dirty: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(applied: u64) -> Self {
+        Self {
+            applied: Mutex::new(applied),
+            advanced: Condvar::new(),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    pub fn applied(&self) -> u64 {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn advance(&self, to: u64) {
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            to >= *applied,
+            "applied offset only moves forward ({} -> {to})",
+            *applied
+        );
+        *applied = to;
+        self.advanced.notify_all();
+    }
+
+    /// Waits until `offset` is applied or `timeout` passes; returns whether it is applied.
+    pub fn wait_for(&self, offset: u64, timeout: std::time::Duration) -> bool {
+        let applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let (applied, _) = self
+            .advanced
+            .wait_timeout_while(applied, timeout, |a| *a < offset)
+            .unwrap_or_else(|p| p.into_inner());
+        *applied >= offset
+    }
+}
+
+/// An answer waiting to be sent once the group's write returns.
+enum Pending<R: std::fmt::Debug> {
+    Command(
+        Reply<Result<Committed, CommandError<R>>>,
+        Result<Range<u64>, CommandError<R>>,
+    ),
+    Entries(
+        Reply<Result<Committed, StoreError>>,
+        Result<Range<u64>, StoreError>,
+    ),
+}
+
+/// The group being built.
+struct Group<'a, R: std::fmt::Debug> {
+    overlay: Overlay<'a>,
+    /// Encoded entries, in offset order, continuing `committed`.
+    entries: Vec<(u64, Vec<u8>)>,
+    entry_bytes: usize,
+    /// Chain position after the group's entries.
+    cursor: ChainCursor,
+    pending: Vec<Pending<R>>,
+}
+
+pub(crate) struct Writer<M: StateMachine> {
+    pub db: Arc<DB>,
+    pub machine: Arc<M>,
+    pub opts: Options,
+    pub shared: Arc<Shared>,
+    /// The committed chain head.
+    pub head: Head,
+    /// The epoch new entries are written in.
+    pub epoch: u64,
+    /// Why the writer stopped, once it has.
+    pub stopped: Option<String>,
+}
+
+impl<M: StateMachine> Writer<M> {
+    /// Runs until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Request<M>>) {
+        let mut requests = Vec::with_capacity(self.opts.batch_entries_max);
+        while let Ok(first) = rx.recv() {
+            requests.push(first);
+            while requests.len() < self.opts.batch_entries_max {
+                match rx.try_recv() {
+                    Ok(r) => requests.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.process(requests.drain(..));
+        }
+    }
+
+    fn process(&mut self, requests: impl Iterator<Item = Request<M>>) {
+        let db = Arc::clone(&self.db);
+        let mut group = Group {
+            overlay: Overlay::new(Base {
+                db: &db,
+                snap: None,
+            }),
+            entries: Vec::new(),
+            entry_bytes: 0,
+            cursor: ChainCursor::new(self.head),
+            pending: Vec::new(),
+        };
+        for request in requests {
+            if let Some(why) = &self.stopped {
+                fail_request(request, StoreError::Stopped(why.clone()));
+                continue;
+            }
+            match request {
+                Request::Command {
+                    meta,
+                    command,
+                    reply,
+                } => {
+                    let outcome = self.command(&mut group, meta, &command);
+                    group.pending.push(Pending::Command(reply, outcome));
+                }
+                Request::Entries { entries, reply } => {
+                    let outcome = self.entries(&mut group, entries);
+                    group.pending.push(Pending::Entries(reply, outcome));
+                }
+            }
+        }
+        self.commit(&mut group);
+    }
+
+    /// Decides one command and adds its entries to the group.
+    fn command(
+        &mut self,
+        group: &mut Group<'_, M::Rejection>,
+        meta: Meta,
+        command: &M::Command,
+    ) -> Result<Range<u64>, CommandError<M::Rejection>> {
+        let head = group.cursor.head();
+        let ctx = DecideCtx {
+            next_offset: head.offset + 1,
+            epoch: self.epoch,
+            time_ms: (self.opts.clock)(),
+        };
+        let events = match self.machine.decide(&group.overlay, &ctx, command) {
+            Ok(events) => events,
+            Err(DecideError::Rejected(r)) => return Err(CommandError::Rejected(r)),
+            Err(DecideError::State(e)) => return Err(StoreError::io("decide", e).into()),
+        };
+        if events.len() > self.opts.command_entries_max {
+            return Err(StoreError::TooManyEvents {
+                count: events.len(),
+                max: self.opts.command_entries_max,
+            }
+            .into());
+        }
+        let mut sealed = Vec::with_capacity(events.len());
+        let mut prev = head;
+        for event in events {
+            let draft = EntryDraft {
+                epoch: ctx.epoch,
+                time_ms: ctx.time_ms,
+                meta: meta.clone(),
+                kind: event.kind,
+                payload: event.payload,
+            };
+            let entry = draft
+                .seal(prev.offset + 1, prev.hash)
+                .map_err(StoreError::BadEntry)?;
+            prev = entry.head();
+            sealed.push(entry);
+        }
+        Ok(self.add(group, sealed)?)
+    }
+
+    /// Checks entries written elsewhere against the chain and adds them to the group.
+    fn entries(
+        &mut self,
+        group: &mut Group<'_, M::Rejection>,
+        entries: Vec<StoredEntry>,
+    ) -> Result<Range<u64>, StoreError> {
+        let mut cursor = group.cursor;
+        for entry in &entries {
+            cursor.advance(entry)?;
+        }
+        self.add(group, entries)
+    }
+
+    /// Applies chain-checked entries to the group, committing the group first if they would
+    /// overflow it. An apply failure stops the writer.
+    fn add(
+        &mut self,
+        group: &mut Group<'_, M::Rejection>,
+        entries: Vec<StoredEntry>,
+    ) -> Result<Range<u64>, StoreError> {
+        let Some(first) = entries.first() else {
+            let next = group.cursor.head().offset + 1;
+            return Ok(next..next);
+        };
+        let first = first.offset;
+        let encoded: Vec<Vec<u8>> = entries.iter().map(codec::encode).collect();
+        let bytes: usize = encoded.iter().map(Vec::len).sum();
+        let full = group.entries.len() + entries.len() > self.opts.batch_entries_max
+            || group.entry_bytes + group.overlay.bytes() + bytes > self.opts.batch_bytes_max;
+        if full && !group.entries.is_empty() {
+            self.commit(group);
+            if let Some(why) = &self.stopped {
+                return Err(StoreError::Stopped(why.clone()));
+            }
+        }
+        for entry in &entries {
+            group
+                .cursor
+                .advance(entry)
+                .expect("entries were chain-checked against the group head before add");
+            if let Err(e) = self.machine.apply(&mut group.overlay, entry) {
+                // The overlay now holds part of this entry's effects: drop the whole group.
+                let error = StoreError::Apply(e);
+                self.stop(group, &error);
+                return Err(error);
+            }
+        }
+        group.entry_bytes += bytes;
+        group
+            .entries
+            .extend(entries.iter().map(|e| e.offset).zip(encoded));
+        Ok(first..group.cursor.head().offset + 1)
+    }
+
+    /// Writes the group in one `WriteBatch` and answers everyone in it.
+    fn commit(&mut self, group: &mut Group<'_, M::Rejection>) {
+        let head = group.cursor.head();
+        if group.entries.is_empty() {
+            assert!(group.overlay.is_empty(), "state changes without entries");
+            self.answer(group, Ok(()));
+            return;
+        }
+        let mut batch = WriteBatch::default();
+        let base = Base {
+            db: &self.db,
+            snap: None,
+        };
+        let log_cf = base.cf(CF_LOG);
+        let mut expected = self.head.offset + 1;
+        for (offset, bytes) in &group.entries {
+            assert_eq!(
+                *offset, expected,
+                "group offsets are dense and follow the head"
+            );
+            batch.put_cf(log_cf, layout::log_key(*offset), bytes);
+            expected += 1;
+        }
+        assert_eq!(
+            head.offset + 1,
+            expected,
+            "group cursor is at the last entry"
+        );
+        for ((space, key), value) in group.overlay.drain() {
+            let cf = base.cf(space.name());
+            match value {
+                Some(v) => batch.put_cf(cf, key, v),
+                None => batch.delete_cf(cf, key),
+            }
+        }
+        let meta_cf = base.cf(CF_META);
+        batch.put_cf(meta_cf, layout::META_APPLIED, head.offset.to_be_bytes());
+        batch.put_cf(meta_cf, layout::META_HEAD_HASH, head.hash.0);
+        batch.put_cf(meta_cf, layout::META_HEAD_EPOCH, head.epoch.to_be_bytes());
+        if head.epoch > self.epoch {
+            self.epoch = head.epoch;
+            batch.put_cf(meta_cf, layout::META_EPOCH, self.epoch.to_be_bytes());
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.opts.durability == crate::Durability::Sync);
+        match self.db.write_opt(batch, &wo) {
+            Ok(()) => {
+                self.head = head;
+                if self.opts.durability != crate::Durability::Sync {
+                    self.shared.dirty.store(true, Ordering::Release);
+                }
+                self.shared.advance(head.offset);
+                group.entries.clear();
+                group.entry_bytes = 0;
+                self.answer(group, Ok(()));
+            }
+            Err(e) => {
+                let error = StoreError::io("commit write batch", e);
+                self.stop(group, &error);
+            }
+        }
+    }
+
+    /// Stops the writer, failing everyone in the group.
+    fn stop(&mut self, group: &mut Group<'_, M::Rejection>, error: &StoreError) {
+        tracing::error!(%error, "store writer stopped");
+        self.stopped = Some(error.to_string());
+        group.overlay.drain();
+        group.entries.clear();
+        group.entry_bytes = 0;
+        group.cursor = ChainCursor::new(self.head);
+        self.answer(group, Err(error.clone()));
+    }
+
+    fn answer(&self, group: &mut Group<'_, M::Rejection>, written: Result<(), StoreError>) {
+        let applied = self.head.offset;
+        for pending in group.pending.drain(..) {
+            match pending {
+                Pending::Command(reply, outcome) => {
+                    let result = match (&written, outcome) {
+                        (Ok(()), Ok(offsets)) => Ok(Committed { offsets, applied }),
+                        (Ok(()), Err(e)) => Err(e),
+                        (Err(w), _) => Err(CommandError::Store(w.clone())),
+                    };
+                    // A caller that stopped waiting does not undo the commit.
+                    let _ = reply.send(result);
+                }
+                Pending::Entries(reply, outcome) => {
+                    let result = match (&written, outcome) {
+                        (Ok(()), Ok(offsets)) => Ok(Committed { offsets, applied }),
+                        (Ok(()), Err(e)) => Err(e),
+                        (Err(w), _) => Err(w.clone()),
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+fn fail_request<M: StateMachine>(request: Request<M>, error: StoreError) {
+    match request {
+        Request::Command { reply, .. } => {
+            let _ = reply.send(Err(CommandError::Store(error)));
+        }
+        Request::Entries { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
+/// Writes `space` keys directly, for rebuild; see `rebuild.rs`.
+pub(crate) fn write_overlay(
+    db: &DB,
+    overlay: &mut Overlay<'_>,
+    disable_wal: bool,
+) -> Result<(), StoreError> {
+    if overlay.is_empty() {
+        return Ok(());
+    }
+    let base = Base { db, snap: None };
+    let mut batch = WriteBatch::default();
+    for ((space, key), value) in overlay.drain() {
+        let cf = base.cf(Space::name(space));
+        match value {
+            Some(v) => batch.put_cf(cf, key, v),
+            None => batch.delete_cf(cf, key),
+        }
+    }
+    let mut wo = WriteOptions::default();
+    wo.disable_wal(disable_wal);
+    db.write_opt(batch, &wo)
+        .map_err(StoreError::db("rebuild: write batch"))
+}

@@ -1,0 +1,184 @@
+//! Corruption underneath the store: a flipped byte in a stored entry, a missing entry, meta
+//! that contradicts the log. Verification names the offset; open refuses a bad head.
+
+use std::path::Path;
+
+use cairn_log::CorruptReason;
+use cairn_store::layout::{self, CF_LOG, CF_META};
+use cairn_store::testing::{meta, KvCommand, KvMachine};
+use cairn_store::{open_raw_db, Options, Store, StoreError};
+
+const ENTRIES: u64 = 20;
+
+fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    Store::<KvMachine>::init(dir.path()).unwrap();
+    let store = Store::open(dir.path(), KvMachine::default(), Options::default()).unwrap();
+    for i in 0..ENTRIES {
+        let key = format!("key-{i}");
+        store
+            .execute(
+                meta(i),
+                KvCommand::Set {
+                    key,
+                    value: vec![i as u8; 40],
+                },
+            )
+            .unwrap();
+    }
+    dir
+}
+
+fn open(dir: &Path) -> Result<Store<KvMachine>, StoreError> {
+    Store::open(dir, KvMachine::default(), Options::default())
+}
+
+/// Rewrites the stored bytes of `offset` through a raw RocksDB handle.
+fn tamper(dir: &Path, offset: u64, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let db = open_raw_db(dir).unwrap();
+    let cf = db.cf_handle(CF_LOG).unwrap();
+    let original = db.get_cf(cf, layout::log_key(offset)).unwrap().unwrap();
+    let mut bytes = original.clone();
+    f(&mut bytes);
+    db.put_cf(cf, layout::log_key(offset), &bytes).unwrap();
+    original
+}
+
+fn restore(dir: &Path, offset: u64, bytes: &[u8]) {
+    let db = open_raw_db(dir).unwrap();
+    db.put_cf(
+        db.cf_handle(CF_LOG).unwrap(),
+        layout::log_key(offset),
+        bytes,
+    )
+    .unwrap();
+}
+
+fn verify_error(dir: &Path) -> StoreError {
+    let store = open(dir).expect("a bad entry below the head does not stop open");
+    let view = store.read().unwrap();
+    view.verify(&mut |_| {}).unwrap_err()
+}
+
+#[test]
+fn a_flipped_byte_anywhere_in_an_entry_is_named_by_verify() {
+    let dir = workspace();
+    let len = tamper(dir.path(), 7, |_| {}).len();
+    for i in 0..len {
+        let original = tamper(dir.path(), 7, |b| b[i] ^= 0x04);
+        let err = verify_error(dir.path());
+        assert!(
+            matches!(err, StoreError::Corrupt { offset: 7, .. }),
+            "flip at byte {i}: {err}"
+        );
+        assert!(err.to_string().contains("offset 7"), "{err}");
+        restore(dir.path(), 7, &original);
+    }
+    open(dir.path())
+        .unwrap()
+        .read()
+        .unwrap()
+        .verify(&mut |_| {})
+        .unwrap();
+}
+
+#[test]
+fn reading_a_corrupt_range_fails_at_the_bad_offset() {
+    let dir = workspace();
+    tamper(dir.path(), 9, |b| {
+        let n = b.len();
+        b[n - 3] ^= 0xff;
+    });
+    let store = open(dir.path()).unwrap();
+    let view = store.read().unwrap();
+    assert_eq!(
+        view.read_log(1, 8).unwrap().len(),
+        8,
+        "entries before it still read"
+    );
+    let err = view.read_log(5, 10).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt { offset: 9, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn open_refuses_a_head_entry_that_fails_verification() {
+    let dir = workspace();
+    tamper(dir.path(), ENTRIES, |b| {
+        let n = b.len();
+        b[n / 2] ^= 0x01;
+    });
+    let err = open(dir.path()).err().expect("open refuses");
+    assert!(
+        matches!(
+            err,
+            StoreError::Corrupt {
+                offset: ENTRIES,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!("offset {ENTRIES}")),
+        "{err}"
+    );
+    assert!(err.is_integrity());
+}
+
+#[test]
+fn a_missing_entry_is_named() {
+    let dir = workspace();
+    {
+        let db = open_raw_db(dir.path()).unwrap();
+        db.delete_cf(db.cf_handle(CF_LOG).unwrap(), layout::log_key(12))
+            .unwrap();
+    }
+    let err = verify_error(dir.path());
+    assert!(
+        matches!(
+            err,
+            StoreError::Corrupt {
+                offset: 12,
+                reason: CorruptReason::Missing
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_entry_under_the_wrong_key_is_named() {
+    let dir = workspace();
+    {
+        let db = open_raw_db(dir.path()).unwrap();
+        let cf = db.cf_handle(CF_LOG).unwrap();
+        let five = db.get_cf(cf, layout::log_key(5)).unwrap().unwrap();
+        db.put_cf(cf, layout::log_key(6), five).unwrap();
+    }
+    let err = verify_error(dir.path());
+    assert!(
+        matches!(err, StoreError::Corrupt { offset: 6, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn open_refuses_meta_that_contradicts_the_log() {
+    let dir = workspace();
+    {
+        let db = open_raw_db(dir.path()).unwrap();
+        let cf = db.cf_handle(CF_META).unwrap();
+        db.put_cf(cf, layout::META_APPLIED, (ENTRIES - 1).to_be_bytes())
+            .unwrap();
+    }
+    let err = open(dir.path()).err().expect("open refuses");
+    assert!(matches!(err, StoreError::Inconsistent(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("the log ends at offset {ENTRIES}")),
+        "{err}"
+    );
+}

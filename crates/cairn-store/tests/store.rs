@@ -1,0 +1,520 @@
+//! The RocksDB store through its public entry points: commit, rejection, group commit,
+//! snapshots, reopen, rebuild, backup, locking, durability modes.
+
+use std::future::IntoFuture;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_log::{codec, Head, LogError, LogStore, StateRead, StoredEntry};
+use cairn_store::testing::{kv_location, meta, KvCommand, KvMachine, KvRejection, NullMachine};
+use cairn_store::{CommandError, Durability, Event, Options, Store, StoreError};
+use tempfile::TempDir;
+
+fn fresh() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    Store::<KvMachine>::init(dir.path()).unwrap();
+    dir
+}
+
+fn open(dir: &Path) -> Store<KvMachine> {
+    Store::open(dir, KvMachine::default(), Options::default()).unwrap()
+}
+
+fn set(store: &Store<KvMachine>, key: &str, value: &str) -> u64 {
+    let c = store
+        .execute(
+            meta(1),
+            KvCommand::Set {
+                key: key.into(),
+                value: value.into(),
+            },
+        )
+        .unwrap();
+    assert_eq!(c.offsets.end - c.offsets.start, 1);
+    c.offsets.start
+}
+
+fn get(store: &Store<KvMachine>, key: &str) -> Option<Vec<u8>> {
+    let (space, k) = kv_location(key);
+    store.read().unwrap().get(space, &k).unwrap()
+}
+
+/// A RocksDB store in a temp dir, as a `LogStore`, for the conformance suite.
+struct TempStore {
+    store: Store<NullMachine>,
+    _dir: TempDir,
+}
+
+impl LogStore for TempStore {
+    fn append(&self, entries: &[StoredEntry]) -> Result<(), LogError> {
+        self.store.append(entries)
+    }
+    fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, LogError> {
+        LogStore::read(&self.store, from, limit)
+    }
+    fn head(&self) -> Result<Head, LogError> {
+        self.store.head()
+    }
+    fn first_retained(&self) -> Result<u64, LogError> {
+        self.store.first_retained()
+    }
+}
+
+#[test]
+fn rocksdb_store_passes_the_conformance_suite() {
+    cairn_log::testing::suite(|| {
+        let dir = tempfile::tempdir().unwrap();
+        Store::<NullMachine>::init(dir.path()).unwrap();
+        let opts = Options {
+            durability: Durability::None,
+            ..Options::default()
+        };
+        TempStore {
+            store: Store::open(dir.path(), NullMachine, opts).unwrap(),
+            _dir: dir,
+        }
+    });
+}
+
+#[test]
+fn a_commit_writes_entry_state_and_head_together() {
+    let dir = fresh();
+    let store = open(dir.path());
+    assert_eq!(store.applied(), 0);
+    assert_eq!(set(&store, "a", "1"), 1);
+    assert_eq!(set(&store, "d/b", "2"), 2);
+    let view = store.read().unwrap();
+    assert_eq!(view.applied(), 2);
+    assert_eq!(get(&store, "a").as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        get(&store, "d/b").as_deref(),
+        Some(&b"2"[..]),
+        "drive space is written too"
+    );
+    let log = view.read_log(1, 10).unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].prev, log[0].hash, "entries are chained");
+    assert_eq!(
+        view.head(),
+        log[1].head(),
+        "the view's head is the last entry"
+    );
+    let (key, value): (String, Vec<u8>) = codec::decode_value(&log[0].payload).unwrap();
+    assert_eq!((key.as_str(), value.as_slice()), ("a", &b"1"[..]));
+}
+
+#[test]
+fn a_rejection_writes_nothing() {
+    let dir = fresh();
+    let store = open(dir.path());
+    set(&store, "a", "1");
+    let before = store.read().unwrap().digest().unwrap();
+    let err = store
+        .execute(
+            meta(2),
+            KvCommand::Delete {
+                key: "ghost".into(),
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, CommandError::Rejected(KvRejection::Missing(ref k)) if k == "ghost"));
+    let after = store.read().unwrap().digest().unwrap();
+    assert_eq!(before, after, "neither log nor state moved");
+    assert_eq!(store.read().unwrap().read_log(2, 10).unwrap(), vec![]);
+}
+
+#[test]
+fn commands_in_one_group_see_the_ones_before_them() {
+    let dir = fresh();
+    let store = open(dir.path());
+    // Submitted without waiting, so they land in the same group: the delete must be decided
+    // against the uncommitted set before it, and the second delete against both.
+    let t1 = store.submit(
+        meta(1),
+        KvCommand::Set {
+            key: "k".into(),
+            value: b"v".to_vec(),
+        },
+    );
+    let t2 = store.submit(meta(2), KvCommand::Delete { key: "k".into() });
+    let t3 = store.submit(meta(3), KvCommand::Delete { key: "k".into() });
+    assert_eq!(t1.wait().unwrap().offsets, 1..2);
+    assert_eq!(t2.wait().unwrap().offsets, 2..3);
+    assert!(matches!(
+        t3.wait(),
+        Err(CommandError::Rejected(KvRejection::Missing(_)))
+    ));
+    assert_eq!(get(&store, "k"), None);
+    assert_eq!(store.applied(), 2);
+}
+
+#[test]
+fn concurrent_writers_get_dense_unique_offsets() {
+    let dir = fresh();
+    let store = Arc::new(open(dir.path()));
+    let threads = 16;
+    let per_thread = 40;
+    let mut offsets: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                s.spawn(move || {
+                    (0..per_thread)
+                        .map(|i| set(&store, &format!("t{t}-{i}"), "x"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    offsets.sort_unstable();
+    let n = (threads * per_thread) as u64;
+    assert_eq!(offsets, (1..=n).collect::<Vec<_>>());
+    let report = store.read().unwrap().verify(&mut |_| {}).unwrap();
+    assert_eq!(report.entries, n);
+}
+
+#[test]
+fn a_multi_event_command_commits_all_or_nothing() {
+    let dir = fresh();
+    let store = open(dir.path());
+    let pairs: Vec<_> = (0..10).map(|i| (format!("m{i}"), vec![i as u8])).collect();
+    let c = store.execute(meta(1), KvCommand::SetMany(pairs)).unwrap();
+    assert_eq!(c.offsets, 1..11);
+    let log = store.read().unwrap().read_log(1, 100).unwrap();
+    assert!(
+        log.iter().all(|e| e.meta.command == log[0].meta.command),
+        "one command"
+    );
+
+    let mut bad: Vec<_> = (0..5).map(|i| (format!("n{i}"), vec![])).collect();
+    bad.push((String::new(), vec![]));
+    assert!(matches!(
+        store.execute(meta(2), KvCommand::SetMany(bad)),
+        Err(CommandError::Rejected(KvRejection::EmptyKey))
+    ));
+    assert_eq!(
+        store.applied(),
+        10,
+        "a rejected multi-event command writes none of them"
+    );
+}
+
+#[test]
+fn a_command_over_the_event_limit_is_refused_whole() {
+    let dir = fresh();
+    let opts = Options {
+        command_entries_max: 8,
+        batch_entries_max: 4,
+        ..Options::default()
+    };
+    let store = Store::open(dir.path(), KvMachine::default(), opts).unwrap();
+    let pairs: Vec<_> = (0..9).map(|i| (format!("m{i}"), vec![])).collect();
+    let err = store
+        .execute(meta(1), KvCommand::SetMany(pairs))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CommandError::Store(StoreError::TooManyEvents { count: 9, max: 8 })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(store.applied(), 0);
+    // Eight events exceed batch_entries_max (4) but are one command: never split.
+    let pairs: Vec<_> = (0..8).map(|i| (format!("m{i}"), vec![])).collect();
+    assert_eq!(
+        store
+            .execute(meta(2), KvCommand::SetMany(pairs))
+            .unwrap()
+            .offsets,
+        1..9
+    );
+}
+
+#[test]
+fn an_oversized_event_is_refused_naming_the_field() {
+    let dir = fresh();
+    let store = open(dir.path());
+    let big = vec![0u8; cairn_log::limits::ENTRY_BYTES_MAX];
+    let err = store
+        .execute(
+            meta(1),
+            KvCommand::Emit(Event {
+                kind: "kv.set.v1".into(),
+                payload: big,
+            }),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("payload"), "{err}");
+    let err = store
+        .execute(
+            meta(1),
+            KvCommand::Emit(Event {
+                kind: "Bad Kind".into(),
+                payload: vec![],
+            }),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("Bad Kind"), "{err}");
+    assert_eq!(store.applied(), 0);
+    set(&store, "still", "works");
+}
+
+#[test]
+fn an_unappliable_entry_stops_the_writer_and_writes_nothing() {
+    let dir = fresh();
+    {
+        let store = open(dir.path());
+        set(&store, "a", "1");
+        let err = store
+            .execute(
+                meta(2),
+                KvCommand::Emit(Event {
+                    kind: "nobody.knows.v1".into(),
+                    payload: vec![],
+                }),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("nobody.knows.v1"), "{err}");
+        assert!(
+            err.to_string().contains("offset") || err.to_string().contains("entry 2"),
+            "{err}"
+        );
+        let err = store
+            .execute(
+                meta(3),
+                KvCommand::Set {
+                    key: "b".into(),
+                    value: vec![],
+                },
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, CommandError::Store(StoreError::Stopped(_))),
+            "{err:?}"
+        );
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        store.applied(),
+        1,
+        "nothing of the failed group was written"
+    );
+    store.read().unwrap().verify(&mut |_| {}).unwrap();
+}
+
+#[test]
+fn a_read_view_is_a_stable_snapshot() {
+    let dir = fresh();
+    let store = open(dir.path());
+    set(&store, "a", "1");
+    let view = store.read().unwrap();
+    set(&store, "a", "2");
+    set(&store, "b", "3");
+    let (space, k) = kv_location("a");
+    assert_eq!(view.applied(), 1);
+    assert_eq!(view.get(space, &k).unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        view.read_log(1, 10).unwrap().len(),
+        1,
+        "the log is read at the snapshot too"
+    );
+    assert_eq!(store.read().unwrap().applied(), 3);
+}
+
+#[test]
+fn reopen_keeps_everything_and_the_digest() {
+    let dir = fresh();
+    let digest = {
+        let store = open(dir.path());
+        for i in 0..50 {
+            set(&store, &format!("k{i}"), "v");
+        }
+        store.read().unwrap().digest().unwrap()
+    };
+    let store = open(dir.path());
+    assert_eq!(store.applied(), 50);
+    assert_eq!(store.read().unwrap().digest().unwrap(), digest);
+    assert_eq!(
+        set(&store, "next", "v"),
+        51,
+        "appending continues the chain"
+    );
+    store.read().unwrap().verify(&mut |_| {}).unwrap();
+}
+
+#[test]
+fn rebuild_reproduces_the_digest() {
+    let dir = fresh();
+    let digest = {
+        let store = open(dir.path());
+        for i in 0..300 {
+            set(&store, &format!("k{}", i % 37), &format!("v{i}"));
+            if i % 5 == 0 {
+                store
+                    .execute(
+                        meta(i),
+                        KvCommand::Delete {
+                            key: format!("k{}", i % 37),
+                        },
+                    )
+                    .unwrap();
+            }
+        }
+        set(&store, "d/drive-key", "x");
+        store.read().unwrap().digest().unwrap()
+    };
+    let mut seen = 0;
+    let report = Store::rebuild(dir.path(), &KvMachine::default(), &mut |p| seen = p.done).unwrap();
+    assert_eq!(report.head.offset, digest.applied);
+    assert_eq!(seen, digest.applied, "progress reaches the end");
+    let store = open(dir.path());
+    assert_eq!(store.read().unwrap().digest().unwrap(), digest);
+}
+
+#[test]
+fn a_new_projection_version_rebuilds_at_open() {
+    let dir = fresh();
+    let digest = {
+        let store = open(dir.path());
+        for i in 0..20 {
+            set(&store, &format!("k{i}"), "v");
+        }
+        store.read().unwrap().digest().unwrap()
+    };
+    {
+        // Garbage in the projection that the log does not explain.
+        let db = cairn_store::open_raw_db(dir.path()).unwrap();
+        db.put_cf(db.cf_handle("state").unwrap(), b"kv/ghost", b"boo")
+            .unwrap();
+    }
+    let store = open(dir.path());
+    assert_ne!(
+        store.read().unwrap().digest().unwrap(),
+        digest,
+        "same version: no rebuild"
+    );
+    drop(store);
+    let store = Store::open(dir.path(), KvMachine { version: 2 }, Options::default()).unwrap();
+    assert_eq!(
+        store.read().unwrap().digest().unwrap(),
+        digest,
+        "rebuilt from the log"
+    );
+    assert_eq!(get(&store, "ghost"), None);
+}
+
+#[test]
+fn backup_is_a_workspace_with_the_same_state() {
+    let dir = fresh();
+    let store = open(dir.path());
+    for i in 0..30 {
+        set(&store, &format!("k{i}"), "v");
+    }
+    let digest = store.read().unwrap().digest().unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let target = backups.path().join("b1");
+    let head = store.backup(&target).unwrap();
+    assert_eq!(head.offset, 30);
+    set(&store, "after", "backup");
+    let err = store.backup(&target).unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    drop(store);
+    let restored = open(&target);
+    assert_eq!(restored.read().unwrap().digest().unwrap(), digest);
+    assert_eq!(restored.workspace_id(), open_id(dir.path()));
+    restored.read().unwrap().verify(&mut |_| {}).unwrap();
+}
+
+fn open_id(dir: &Path) -> uuid::Uuid {
+    open(dir).workspace_id()
+}
+
+#[test]
+fn a_second_opener_is_told_who_holds_the_lock() {
+    let dir = fresh();
+    let _store = open(dir.path());
+    let err = Store::open(dir.path(), KvMachine::default(), Options::default())
+        .err()
+        .expect("second open fails");
+    assert_eq!(
+        err.to_string(),
+        format!("workspace is locked by pid {}", std::process::id())
+    );
+}
+
+#[test]
+fn init_and_open_refuse_the_wrong_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::open(dir.path(), KvMachine::default(), Options::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::NotInitialized { .. }), "{err}");
+    assert!(err.to_string().contains("not a cairn workspace"));
+    Store::<KvMachine>::init(dir.path()).unwrap();
+    let err = Store::<KvMachine>::init(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::AlreadyInitialized { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_durability_mode_commits_and_survives_a_clean_close() {
+    for durability in [Durability::Sync, Durability::Buffered, Durability::None] {
+        let dir = fresh();
+        {
+            let opts = Options {
+                durability,
+                ..Options::default()
+            };
+            let store = Store::open(dir.path(), KvMachine::default(), opts).unwrap();
+            for i in 0..20 {
+                set(&store, &format!("k{i}"), "v");
+            }
+        }
+        let store = open(dir.path());
+        assert_eq!(store.applied(), 20, "{durability:?}");
+    }
+}
+
+#[test]
+fn wait_for_and_tickets_as_futures() {
+    let dir = fresh();
+    let store = Arc::new(open(dir.path()));
+    assert!(!store.wait_for(1, Duration::from_millis(1)));
+    let ticket = store.submit(
+        meta(1),
+        KvCommand::Set {
+            key: "a".into(),
+            value: vec![],
+        },
+    );
+    let committed = block_on(ticket.into_future()).unwrap();
+    assert_eq!(committed.offsets, 1..2);
+    assert!(store.wait_for(1, Duration::from_secs(5)));
+}
+
+/// A minimal executor, enough to drive a ticket as a future.
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
