@@ -23,8 +23,8 @@ mod writer;
 pub use error::{CommandError, StoreError};
 pub use machine::{ApplyError, DecideCtx, DecideError, Event, StateMachine};
 pub use store::{
-    open_raw_db, system_clock_ms, Durability, Options, RebuildReport, Store, Ticket, TicketFuture,
-    BUFFERED_SYNC_INTERVAL_MS,
+    db_options, open_raw_db, system_clock_ms, Durability, Options, RebuildReport, Store, Ticket,
+    TicketFuture, BUFFERED_SYNC_INTERVAL_MS,
 };
 pub use view::{Digest, Progress, ReadView, VerifyReport};
 pub use writer::Committed;

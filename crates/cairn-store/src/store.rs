@@ -141,8 +141,14 @@ pub struct Store<M: StateMachine> {
     _lock: WorkspaceLock,
 }
 
-fn db_options() -> rocksdb::Options {
+/// The RocksDB options every workspace database is opened with (benchmarks open their raw
+/// RocksDB peer with the same ones).
+pub fn db_options() -> rocksdb::Options {
     let mut o = rocksdb::Options::default();
+    // Reuse obsolete WAL files instead of growing fresh ones: an fdatasync of a write that
+    // stays within the file's size needs no metadata update, which roughly halves sync cost.
+    o.set_recycle_log_file_num(4);
+    o.set_write_buffer_size(8 << 20);
     o.set_max_background_jobs(2);
     o.set_bytes_per_sync(1 << 20);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -160,6 +166,15 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
 pub fn open_raw_db(data: &Path) -> Result<DB, StoreError> {
     DB::open_cf_descriptors(&db_options(), layout::db_dir(data), cf_descriptors())
         .map_err(StoreError::db("open database"))
+}
+
+/// Opens the database for a rebuild: RocksDB refuses WAL-less writes while WAL files are
+/// recycled, and a rebuild's state writes skip the WAL (see `rebuild_db`).
+fn open_for_rebuild(data: &Path) -> Result<DB, StoreError> {
+    let mut opts = db_options();
+    opts.set_recycle_log_file_num(0);
+    DB::open_cf_descriptors(&opts, layout::db_dir(data), cf_descriptors())
+        .map_err(StoreError::db("open database for rebuild"))
 }
 
 impl<M: StateMachine> Store<M> {
@@ -217,7 +232,9 @@ impl<M: StateMachine> Store<M> {
                 wanted = machine.projection_version(),
                 "projection version differs; rebuilding from the log"
             );
-            rebuild_db(&mut db, &machine, &mut |_| {})?;
+            drop(db);
+            rebuild_db(&mut open_for_rebuild(data)?, &machine, &mut |_| {})?;
+            db = open_raw_db(data)?;
         }
         let db = Arc::new(db);
         let machine = Arc::new(machine);
@@ -261,7 +278,7 @@ impl<M: StateMachine> Store<M> {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<RebuildReport, StoreError> {
         let _lock = lock_workspace(data)?;
-        let mut db = open_raw_db(data)?;
+        let mut db = open_for_rebuild(data)?;
         check_layout(&db)?;
         check_head(&db)?;
         rebuild_db(&mut db, machine, progress)

@@ -258,9 +258,11 @@ impl<M: StateMachine> Writer<M> {
             }
         }
         for entry in &entries {
+            // Hashes were computed (commands) or verified (entries) before `add`; the links
+            // are checked again because a mid-group commit may have happened in between.
             group
                 .cursor
-                .advance(entry)
+                .advance_sealed(entry)
                 .expect("entries were chain-checked against the group head before add");
             if let Err(e) = self.machine.apply(&mut group.overlay, entry) {
                 // The overlay now holds part of this entry's effects: drop the whole group.
