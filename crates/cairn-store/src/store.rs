@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cairn_log::{CorruptReason, Head, LogError, LogStore, Meta, StoredEntry};
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, WriteBatch, WriteOptions, DB};
 use uuid::Uuid;
 
 use crate::base::Base;
@@ -560,39 +560,45 @@ fn rebuild_db<M: StateMachine>(
     let meta = read_meta(base)?;
     let total = meta.head.offset.saturating_sub(meta.first - 1);
     let mut overlay = crate::overlay::Overlay::new(base);
-    let mut cursor: Option<cairn_log::ChainCursor> = None;
     let mut done = 0u64;
     let mut in_batch = 0usize;
-    let iter = db.iterator_cf(
-        base.cf(CF_LOG),
-        IteratorMode::From(&layout::log_key(meta.first), Direction::Forward),
-    );
-    for item in iter {
-        let (key, value) = item.map_err(StoreError::db("rebuild: read log"))?;
-        let entry = decode_stored(&key, &value)?;
-        let cur = cursor.get_or_insert_with(|| {
-            cairn_log::ChainCursor::new(Head {
-                offset: entry.offset - 1,
-                hash: entry.prev,
-                epoch: 0,
-            })
-        });
-        cur.advance(&entry).map_err(|e| StoreError::Corrupt {
-            offset: entry.offset,
-            reason: e.into(),
-        })?;
-        machine.apply(&mut overlay, &entry)?;
-        done += 1;
-        in_batch += 1;
-        if in_batch >= REBUILD_BATCH_ENTRIES || overlay.bytes() >= REBUILD_BATCH_BYTES {
-            crate::writer::write_overlay(db, &mut overlay, true)?;
-            in_batch = 0;
-            progress(Progress { done, total });
-        }
+    let mut failed = None;
+    let mut head = Head::EMPTY;
+    // Replays through the same checked iteration as reads and verify (key, hash, link, gaps).
+    crate::view::visit_log_at(
+        base,
+        meta.first,
+        meta.head.offset,
+        meta.first,
+        &mut |entry| {
+            let step = machine
+                .apply(&mut overlay, &entry)
+                .map_err(StoreError::from)
+                .and_then(|()| {
+                    done += 1;
+                    in_batch += 1;
+                    if in_batch >= REBUILD_BATCH_ENTRIES || overlay.bytes() >= REBUILD_BATCH_BYTES {
+                        in_batch = 0;
+                        progress(Progress { done, total });
+                        return crate::writer::write_overlay(db, &mut overlay, true);
+                    }
+                    Ok(())
+                });
+            head = entry.head();
+            match step {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        },
+    )?;
+    if let Some(e) = failed {
+        return Err(e);
     }
     crate::writer::write_overlay(db, &mut overlay, true)?;
     progress(Progress { done, total });
-    let head = cursor.map(|c| c.head()).unwrap_or(Head::EMPTY);
     if head.offset != meta.head.offset || (head.offset > 0 && head.hash != meta.head.hash) {
         return Err(StoreError::Inconsistent(format!(
             "rebuild replayed up to offset {}, but meta says head is offset {}",

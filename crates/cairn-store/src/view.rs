@@ -175,59 +175,7 @@ impl ReadView {
         from: u64,
         mut visit: impl FnMut(StoredEntry) -> bool,
     ) -> Result<(), StoreError> {
-        if from < self.first {
-            return Err(StoreError::Compacted {
-                requested: from,
-                first: self.first,
-            });
-        }
-        if from > self.head.offset {
-            return Ok(());
-        }
-        let base = self.base();
-        let key = layout::log_key(from);
-        let iter = self.db.iterator_cf_opt(
-            base.cf(CF_LOG),
-            base.read_opts(),
-            IteratorMode::From(&key, Direction::Forward),
-        );
-        let mut cursor: Option<ChainCursor> = None;
-        let mut expected = from;
-        for item in iter {
-            let (k, v) = item.map_err(StoreError::db("read log"))?;
-            if expected > self.head.offset {
-                break;
-            }
-            let entry = decode_stored(&k, &v)?;
-            if entry.offset != expected {
-                return Err(StoreError::Corrupt {
-                    offset: expected,
-                    reason: CorruptReason::Missing,
-                });
-            }
-            let cur = cursor.get_or_insert_with(|| {
-                ChainCursor::new(Head {
-                    offset: entry.offset - 1,
-                    hash: entry.prev,
-                    epoch: 0,
-                })
-            });
-            cur.advance(&entry).map_err(|e| StoreError::Corrupt {
-                offset: entry.offset,
-                reason: e.into(),
-            })?;
-            expected += 1;
-            if !visit(entry) {
-                return Ok(());
-            }
-        }
-        if expected <= self.head.offset {
-            return Err(StoreError::Corrupt {
-                offset: expected,
-                reason: CorruptReason::Missing,
-            });
-        }
-        Ok(())
+        visit_log_at(self.base(), self.first, self.head.offset, from, &mut visit)
     }
 
     /// Verifies the whole retained log: every entry decodes, sits under its own offset, hashes
@@ -304,4 +252,67 @@ impl StateRead for ReadView {
     ) -> Result<(), StateError> {
         self.base().scan_prefix(space, prefix, visit)
     }
+}
+
+/// Visits log entries `from..=last` through `base` (checked for key, hash, link and gaps) until
+/// `visit` returns false. Shared by read views and rebuild.
+pub(crate) fn visit_log_at(
+    base: Base<'_>,
+    first: u64,
+    last: u64,
+    from: u64,
+    visit: &mut dyn FnMut(StoredEntry) -> bool,
+) -> Result<(), StoreError> {
+    if from < first {
+        return Err(StoreError::Compacted {
+            requested: from,
+            first,
+        });
+    }
+    if from > last {
+        return Ok(());
+    }
+    let key = layout::log_key(from);
+    let iter = base.db.iterator_cf_opt(
+        base.cf(CF_LOG),
+        base.read_opts(),
+        IteratorMode::From(&key, Direction::Forward),
+    );
+    let mut cursor: Option<ChainCursor> = None;
+    let mut expected = from;
+    for item in iter {
+        let (k, v) = item.map_err(StoreError::db("read log"))?;
+        if expected > last {
+            break;
+        }
+        let entry = decode_stored(&k, &v)?;
+        if entry.offset != expected {
+            return Err(StoreError::Corrupt {
+                offset: expected,
+                reason: CorruptReason::Missing,
+            });
+        }
+        let cur = cursor.get_or_insert_with(|| {
+            ChainCursor::new(Head {
+                offset: entry.offset - 1,
+                hash: entry.prev,
+                epoch: 0,
+            })
+        });
+        cur.advance(&entry).map_err(|e| StoreError::Corrupt {
+            offset: entry.offset,
+            reason: e.into(),
+        })?;
+        expected += 1;
+        if !visit(entry) {
+            return Ok(());
+        }
+    }
+    if expected <= last {
+        return Err(StoreError::Corrupt {
+            offset: expected,
+            reason: CorruptReason::Missing,
+        });
+    }
+    Ok(())
 }
