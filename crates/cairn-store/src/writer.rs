@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex};
 
-use cairn_log::{codec, ChainCursor, EntryDraft, Head, Meta, Space, StoredEntry};
+use cairn_log::{codec, ChainCursor, EntryDraft, Head, Meta, StoredEntry};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use crate::base::Base;
@@ -389,7 +389,8 @@ fn fail_request<M: StateMachine>(request: Request<M>, error: StoreError) {
     }
 }
 
-/// Writes `space` keys directly, for rebuild; see `rebuild.rs`.
+/// Writes an overlay's pending state writes as one batch, outside the group-commit path: used
+/// by rebuild (`store.rs`, `rebuild_db`), whose WAL-less writes are made durable by a flush.
 pub(crate) fn write_overlay(
     db: &DB,
     overlay: &mut Overlay<'_>,
@@ -401,7 +402,7 @@ pub(crate) fn write_overlay(
     let base = Base { db, snap: None };
     let mut batch = WriteBatch::default();
     for ((space, key), value) in overlay.drain() {
-        let cf = base.cf(Space::name(space));
+        let cf = base.cf(space.name());
         match value {
             Some(v) => batch.put_cf(cf, key, v),
             None => batch.delete_cf(cf, key),
