@@ -1,0 +1,1 @@
+//! cairn: the embedder's facade and runtime.
