@@ -73,3 +73,18 @@ pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     }
     None
 }
+
+impl cairn_log::StateRead for Base<'_> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        Base::get(self, space, key)
+    }
+
+    fn scan_prefix(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        Base::scan_prefix(self, space, prefix, visit)
+    }
+}

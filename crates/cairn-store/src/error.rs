@@ -42,6 +42,9 @@ pub enum StoreError {
         /// What is wrong.
         reason: CorruptReason,
     },
+    /// The state machine refuses this workspace (e.g. its schema is newer than the binary's).
+    #[error("{0}")]
+    Incompatible(String),
     /// Store metadata contradicts the log (e.g. applied offset is not the last entry).
     #[error("inconsistent store: {0}")]
     Inconsistent(String),

@@ -2,6 +2,8 @@
 //!
 //! The kernel provides the real one; [`crate::testing`] has small ones for tests and benches.
 
+use std::ops::Range;
+
 use cairn_log::{StateError, StateRead, StateWrite, StoredEntry};
 
 /// An event produced by `decide`, before it becomes an entry.
@@ -89,4 +91,24 @@ pub trait StateMachine: Send + Sync + 'static {
 
     /// Applies one entry to state.
     fn apply(&self, state: &mut dyn StateWrite, entry: &StoredEntry) -> Result<(), ApplyError>;
+
+    /// The offsets an earlier command carrying idempotency key `key` committed, if the
+    /// projection still remembers it. A command whose key is remembered is not decided again:
+    /// its caller gets the original offsets and nothing is written. The default remembers
+    /// nothing.
+    fn idempotent(
+        &self,
+        state: &dyn StateRead,
+        key: &str,
+    ) -> Result<Option<Range<u64>>, StateError> {
+        let _ = (state, key);
+        Ok(None)
+    }
+
+    /// Checked at open, against the committed projection, before anything else runs: a
+    /// machine refuses data it cannot serve (e.g. a schema newer than it supports).
+    fn check_open(&self, state: &dyn StateRead) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
 }

@@ -225,6 +225,12 @@ impl<M: StateMachine> Store<M> {
         let mut db = open_raw_db(data)?;
         let (workspace_id, meta_epoch) = check_layout(&db)?;
         let head = check_head(&db)?;
+        machine
+            .check_open(&Base {
+                db: &db,
+                snap: None,
+            })
+            .map_err(StoreError::Incompatible)?;
         let stored_projection = read_projection_version(&db)?;
         if stored_projection != Some(machine.projection_version()) {
             tracing::info!(

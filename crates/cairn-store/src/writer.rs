@@ -29,6 +29,9 @@ pub struct Committed {
     pub offsets: Range<u64>,
     /// The store's applied offset after the commit (≥ `offsets.end - 1`).
     pub applied: u64,
+    /// The command carried an idempotency key that was already committed: `offsets` are the
+    /// original command's, and nothing was written this time.
+    pub replayed: bool,
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -95,7 +98,7 @@ impl Shared {
 enum Pending<R: std::fmt::Debug> {
     Command(
         Reply<Result<Committed, CommandError<R>>>,
-        Result<Range<u64>, CommandError<R>>,
+        Result<(Range<u64>, bool), CommandError<R>>,
     ),
     Entries(
         Reply<Result<Committed, StoreError>>,
@@ -184,7 +187,14 @@ impl<M: StateMachine> Writer<M> {
         group: &mut Group<'_, M::Rejection>,
         meta: Meta,
         command: &M::Command,
-    ) -> Result<Range<u64>, CommandError<M::Rejection>> {
+    ) -> Result<(Range<u64>, bool), CommandError<M::Rejection>> {
+        if let Some(key) = &meta.idempotency_key {
+            match self.machine.idempotent(&group.overlay, key) {
+                Ok(Some(offsets)) => return Ok((offsets, true)),
+                Ok(None) => {}
+                Err(e) => return Err(StoreError::io("idempotency lookup", e).into()),
+            }
+        }
         let head = group.cursor.head();
         let ctx = DecideCtx {
             next_offset: head.offset + 1,
@@ -219,7 +229,7 @@ impl<M: StateMachine> Writer<M> {
             prev = entry.head();
             sealed.push(entry);
         }
-        Ok(self.add(group, sealed)?)
+        Ok((self.add(group, sealed)?, false))
     }
 
     /// Checks entries written elsewhere against the chain and adds them to the group.
@@ -358,7 +368,11 @@ impl<M: StateMachine> Writer<M> {
             match pending {
                 Pending::Command(reply, outcome) => {
                     let result = match (&written, outcome) {
-                        (Ok(()), Ok(offsets)) => Ok(Committed { offsets, applied }),
+                        (Ok(()), Ok((offsets, replayed))) => Ok(Committed {
+                            offsets,
+                            applied,
+                            replayed,
+                        }),
                         (Ok(()), Err(e)) => Err(e),
                         (Err(w), _) => Err(CommandError::Store(w.clone())),
                     };
@@ -367,7 +381,11 @@ impl<M: StateMachine> Writer<M> {
                 }
                 Pending::Entries(reply, outcome) => {
                     let result = match (&written, outcome) {
-                        (Ok(()), Ok(offsets)) => Ok(Committed { offsets, applied }),
+                        (Ok(()), Ok(offsets)) => Ok(Committed {
+                            offsets,
+                            applied,
+                            replayed: false,
+                        }),
                         (Ok(()), Err(e)) => Err(e),
                         (Err(w), _) => Err(w.clone()),
                     };

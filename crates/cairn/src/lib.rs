@@ -1,1 +1,31 @@
-//! cairn: the embedder's facade and runtime.
+//! cairn: the embedder's facade and runtime (tokio).
+//!
+//! - [`Workspace::init`] / [`Workspace::open`]: one workspace directory, opened exclusively as
+//!   leader; pending schema migrations are recorded and interrupted changes resume at open.
+//! - Async commands ([`Workspace::install`], [`Workspace::uninstall`], [`Workspace::connect`],
+//!   [`Workspace::feature_set`], ...) return committed offsets or a typed rejection
+//!   ([`Error::Rejected`]).
+//! - [`Workspace::view`] snapshot reads (with `cairn_kernel::query`), [`Workspace::subscribe`],
+//!   [`Workspace::wait_for`], [`Workspace::wait_change`].
+//! - The change engine (`engine`) runs hooks ([`hooks`]) as child processes in their own
+//!   process group, or as registered in-process handlers; secrets are sealed with the
+//!   workspace key ([`vault`]) before they reach the log.
+
+// `Error::Rejected` carries the kernel's rejection, which names its entity in full for
+// messages; errors are moved once per command, so boxing buys nothing measurable.
+#![allow(clippy::result_large_err)]
+
+mod engine;
+mod error;
+pub mod hooks;
+mod machine;
+mod subscribe;
+pub mod vault;
+mod workspace;
+
+pub use cairn_kernel as kernel;
+pub use cairn_store as store;
+pub use error::Error;
+pub use machine::KernelMachine;
+pub use subscribe::{Subscription, SUBSCRIBER_BATCH_ENTRIES};
+pub use workspace::{CommandOptions, HookContext, HookHandler, Options, Workspace, VAULT_KEY_FILE};

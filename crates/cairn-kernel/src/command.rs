@@ -1,0 +1,343 @@
+//! Commands (requests to change state) and rejections (why one was refused; nothing written).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::change::End;
+use crate::event::HookResult;
+use crate::manifest::{Manifest, ManifestError};
+use crate::model::{DaemonState, FeatureState, ResourceKind, Scope};
+
+pub use crate::manifest::VAR_VALUE_BYTES_MAX;
+/// Largest queue item.
+pub const QUEUE_ITEM_BYTES_MAX: usize = 64 * 1024;
+/// Most items in one `queue put`.
+pub const QUEUE_PUT_ITEMS_MAX: usize = 1024;
+/// Largest sealed vault value (plaintext limit plus sealing overhead).
+pub const VAULT_SEALED_BYTES_MAX: usize = 64 * 1024 + 64;
+/// Most keys in one bulk var delete.
+pub const VAR_DELETE_KEYS_MAX: usize = 4096;
+/// Largest extension event payload.
+pub const EXT_PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
+/// Longest idempotency key.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+/// Idempotency keys remembered (the oldest is forgotten first).
+pub const IDEMPOTENCY_KEYS_RETAINED: u64 = 100_000;
+
+/// A request to change state. Ids (`change`) are chosen by the runtime: the kernel draws no
+/// randomness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Install a package from a validated manifest.
+    Install {
+        /// The manifest.
+        manifest: Manifest,
+        /// Id for the install change.
+        change: Uuid,
+    },
+    /// Uninstall a package.
+    Uninstall {
+        /// The package.
+        package: String,
+        /// Resource kinds to keep.
+        keep: Vec<ResourceKind>,
+        /// Abort (and return to installed) if `onuninstall` fails.
+        strict: bool,
+        /// Id for the uninstall change.
+        change: Uuid,
+    },
+    /// Connect a plug to a slot.
+    Connect {
+        /// Plug end.
+        plug: End,
+        /// Slot end.
+        slot: End,
+        /// Id for the connect change.
+        change: Uuid,
+    },
+    /// Disconnect a plug from a slot.
+    Disconnect {
+        /// Plug end.
+        plug: End,
+        /// Slot end.
+        slot: End,
+        /// Id for the disconnect change.
+        change: Uuid,
+    },
+    /// Abort a change: cancel its running task, then undo.
+    Abort {
+        /// The change.
+        change: Uuid,
+    },
+    /// Engine: perform a kernel step (or an undeclared hook's no-op) of the next task.
+    TaskRun {
+        /// The change.
+        change: Uuid,
+        /// Task index.
+        task: u32,
+        /// Undo rather than do.
+        undo: bool,
+    },
+    /// Engine: the next task's hook is starting.
+    HookStart {
+        /// The change.
+        change: Uuid,
+        /// Task index.
+        task: u32,
+        /// Undo rather than do.
+        undo: bool,
+    },
+    /// Engine: the running task's hook ended (`cancelled`: killed by an abort).
+    HookFinish {
+        /// The change.
+        change: Uuid,
+        /// Task index.
+        task: u32,
+        /// Undo rather than do.
+        undo: bool,
+        /// What happened; `None` when it was cancelled.
+        result: Option<HookResult>,
+    },
+    /// Engine: a package's `onload` is starting.
+    OnloadStart {
+        /// The package.
+        package: String,
+    },
+    /// Engine: a package's `onload` ended.
+    OnloadFinish {
+        /// The package.
+        package: String,
+        /// The attempt that ended.
+        attempt: u32,
+        /// What happened.
+        result: HookResult,
+    },
+    /// Set a variable.
+    VarSet {
+        /// Owning package.
+        owner: String,
+        /// Key.
+        key: String,
+        /// Value.
+        value: Vec<u8>,
+        /// Expected revision of the variable (0: must not exist).
+        expect_revision: Option<u64>,
+    },
+    /// Delete one or many variables (one event); each must exist.
+    VarDelete {
+        /// Owning package.
+        owner: String,
+        /// Keys.
+        keys: Vec<String>,
+    },
+    /// Append items to a queue (one event).
+    QueuePut {
+        /// Owning package.
+        owner: String,
+        /// Queue.
+        queue: String,
+        /// Items.
+        items: Vec<Vec<u8>>,
+    },
+    /// Acknowledge (and delete) items up to a sequence number.
+    QueueAck {
+        /// Owning package.
+        owner: String,
+        /// Queue.
+        queue: String,
+        /// Last item to acknowledge.
+        upto: u64,
+    },
+    /// Store a sealed secret in a declared vault.
+    VaultSet {
+        /// Owning package.
+        owner: String,
+        /// Vault.
+        vault: String,
+        /// Sealed value (the runtime encrypts; the kernel never sees plaintext).
+        sealed: Vec<u8>,
+    },
+    /// Set a daemon's desired state.
+    DaemonSet {
+        /// Owning package.
+        owner: String,
+        /// Daemon.
+        daemon: String,
+        /// Desired state.
+        desired: DaemonState,
+        /// Expected revision.
+        expect_revision: Option<u64>,
+    },
+    /// Report a daemon's observed state.
+    DaemonReport {
+        /// Owning package.
+        owner: String,
+        /// Daemon.
+        daemon: String,
+        /// Observed state.
+        observed: DaemonState,
+    },
+    /// Change a feature's state.
+    FeatureSet {
+        /// Feature.
+        name: String,
+        /// New state.
+        state: FeatureState,
+        /// Expected revision.
+        expect_revision: Option<u64>,
+    },
+    /// Report a feature's observed state (from the service side).
+    FeatureReport {
+        /// Feature.
+        name: String,
+        /// Observed state.
+        observed: FeatureState,
+    },
+    /// Sync a feature's scope.
+    FeatureScopeSync {
+        /// Feature.
+        name: String,
+        /// Scope.
+        scope: Scope,
+    },
+    /// Record a registered schema migration (the runtime issues these at open).
+    MigrateSchema {
+        /// Schema.
+        schema: String,
+        /// Version before.
+        from: u32,
+        /// Version after.
+        to: u32,
+    },
+    /// Append an extension event.
+    Ext {
+        /// Kind, `ext.<app>.<name>.v<N>`.
+        kind: String,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// What a rejection is about, for messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entity {
+    /// A package.
+    Package(String),
+    /// A feature.
+    Feature(String),
+    /// A package-owned resource.
+    Resource(ResourceKind, String, String),
+    /// A plug.
+    Plug(End),
+    /// A slot.
+    Slot(End),
+    /// A connection.
+    Connection(End, End),
+    /// A change.
+    Change(Uuid),
+    /// A schema.
+    Schema(String),
+    /// An extension app.
+    Extension(String),
+}
+
+impl fmt::Display for Entity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Entity::Package(p) => write!(f, "package {p:?}"),
+            Entity::Feature(n) => write!(f, "feature {n:?}"),
+            Entity::Resource(kind, owner, name) => {
+                let what = match kind {
+                    ResourceKind::Vars => "var",
+                    ResourceKind::Queues => "queue",
+                    ResourceKind::Vaults => "vault",
+                    ResourceKind::Daemons => "daemon",
+                    ResourceKind::Model => "model type",
+                };
+                write!(f, "{what} {name:?} of package {owner:?}")
+            }
+            Entity::Plug((p, n)) => write!(f, "plug {p}:{n}"),
+            Entity::Slot((p, n)) => write!(f, "slot {p}:{n}"),
+            Entity::Connection(plug, slot) => {
+                write!(
+                    f,
+                    "connection {}:{} → {}:{}",
+                    plug.0, plug.1, slot.0, slot.1
+                )
+            }
+            Entity::Change(id) => write!(f, "change {id}"),
+            Entity::Schema(s) => write!(f, "schema {s:?}"),
+            Entity::Extension(a) => write!(f, "extension {a:?}"),
+        }
+    }
+}
+
+/// Why a command was refused. Nothing was written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The entity does not exist.
+    #[error("{0} does not exist")]
+    NotFound(Entity),
+    /// The entity already exists.
+    #[error("{0} already exists")]
+    Exists(Entity),
+    /// A change is in progress on the entity.
+    #[error("{entity} has {kind} change in progress (change {change})")]
+    Busy {
+        /// The busy entity.
+        entity: Entity,
+        /// The change's kind, with its article (`an uninstall`).
+        kind: String,
+        /// The change.
+        change: Uuid,
+    },
+    /// Optimistic concurrency: the entity changed since the caller read it.
+    #[error("{entity} is at revision {actual}, not the expected {expected}")]
+    RevisionMismatch {
+        /// The entity.
+        entity: Entity,
+        /// What the caller expected.
+        expected: u64,
+        /// What it is.
+        actual: u64,
+    },
+    /// The command makes no sense for the entity's current state.
+    #[error("{entity}: {reason}")]
+    State {
+        /// The entity.
+        entity: Entity,
+        /// Why.
+        reason: String,
+    },
+    /// A bad argument (name, size, value).
+    #[error("{0}")]
+    Invalid(String),
+    /// A bad manifest.
+    #[error("{0}")]
+    Manifest(#[from] ManifestError),
+}
+
+impl Rejection {
+    /// A stable machine-readable code: `not_found`, `exists`, `conflict`, `revision_mismatch`,
+    /// `invalid_state`, `invalid`, `bad_manifest`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::NotFound(_) => "not_found",
+            Rejection::Exists(_) => "exists",
+            Rejection::Busy { .. } => "conflict",
+            Rejection::RevisionMismatch { .. } => "revision_mismatch",
+            Rejection::State { .. } => "invalid_state",
+            Rejection::Invalid(_) => "invalid",
+            Rejection::Manifest(_) => "bad_manifest",
+        }
+    }
+
+    pub(crate) fn state(entity: Entity, reason: impl Into<String>) -> Self {
+        Rejection::State {
+            entity,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,784 @@
+//! Events: what happened, as stored in log entries. Each has a versioned kind string; the
+//! payload is the event struct encoded with the log's codec. A changed event layout is a new
+//! kind version (`.v2`), never an edit of an existing one: old logs must replay forever.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::change::{ChangeRecord, End, TaskOutcome};
+use crate::manifest::Manifest;
+use crate::model::{DaemonState, FeatureState, ResourceKind, Scope};
+use crate::records::PackageStatus;
+
+/// Longest hook output tail recorded per stream.
+pub const HOOK_OUTPUT_BYTES_MAX: usize = 64 * 1024;
+
+/// How a hook run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookOutcome {
+    /// Exit 0.
+    Succeeded,
+    /// Non-zero exit or killed by a signal.
+    Failed,
+    /// Killed after its timeout.
+    TimedOut,
+    /// Could not be started.
+    SpawnFailed,
+}
+
+impl HookOutcome {
+    /// The outcome's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookOutcome::Succeeded => "succeeded",
+            HookOutcome::Failed => "failed",
+            HookOutcome::TimedOut => "timed_out",
+            HookOutcome::SpawnFailed => "spawn_failed",
+        }
+    }
+}
+
+/// A finished hook run, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookResult {
+    /// How it ended.
+    pub outcome: HookOutcome,
+    /// Exit code, if it exited.
+    pub exit: Option<i32>,
+    /// Signal, if it was killed by one.
+    pub signal: Option<i32>,
+    /// Wall time, ms.
+    pub duration_ms: u64,
+    /// Last bytes of stdout (≤ [`HOOK_OUTPUT_BYTES_MAX`]).
+    pub stdout_tail: String,
+    /// Last bytes of stderr (≤ [`HOOK_OUTPUT_BYTES_MAX`]).
+    pub stderr_tail: String,
+    /// Extra detail (spawn error, timeout).
+    pub message: String,
+}
+
+impl HookResult {
+    /// A one-line description, e.g. `exit 3 after 12 ms`.
+    pub fn describe(&self) -> String {
+        let how = match (self.outcome, self.exit, self.signal) {
+            (HookOutcome::Succeeded, _, _) => "exit 0".to_string(),
+            (HookOutcome::TimedOut, _, _) => "timed out".to_string(),
+            (HookOutcome::SpawnFailed, _, _) => format!("could not start: {}", self.message),
+            (HookOutcome::Failed, Some(code), _) => format!("exit {code}"),
+            (HookOutcome::Failed, None, Some(sig)) => format!("killed by signal {sig}"),
+            (HookOutcome::Failed, None, None) => "failed".to_string(),
+        };
+        format!("{how} after {} ms", self.duration_ms)
+    }
+}
+
+/// Which hook run an event is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookRef {
+    /// The change it belongs to (for `onload`: the package's install change).
+    pub change: Uuid,
+    /// The task, for task hooks; `None` for `onload`.
+    pub task: Option<u32>,
+    /// Whose hook.
+    pub package: String,
+    /// Hook name.
+    pub hook: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+}
+
+/// `package.install_started.v1`: the package, everything it declares and its install change,
+/// created in one commit. Kept resources of the same name are adopted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallStarted {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The install change (tasks decided by the leader).
+    pub change: ChangeRecord,
+}
+
+/// `package.uninstall_started.v1`: the package is uninstalling; its uninstall change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UninstallStarted {
+    /// The package.
+    pub package: String,
+    /// Kept kinds.
+    pub keep: Vec<ResourceKind>,
+    /// The uninstall change.
+    pub change: ChangeRecord,
+}
+
+/// `resources.deleted.v1`: one event deleting everything listed; kept kinds are marked
+/// `kept_from`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourcesDeleted {
+    /// The owner.
+    pub package: String,
+    /// Kept kinds (their records get `kept_from = package`).
+    pub keep: Vec<ResourceKind>,
+    /// Deleted resources by kind (names).
+    pub deleted: Vec<(ResourceKind, Vec<String>)>,
+    /// Deleted features.
+    pub features: Vec<String>,
+}
+
+/// Every event the kernel knows, with its kind string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// `package.install_started.v1`
+    InstallStarted(InstallStarted),
+    /// `package.uninstall_started.v1`
+    UninstallStarted(UninstallStarted),
+    /// `package.status_changed.v1`
+    PackageStatusChanged {
+        /// The package.
+        package: String,
+        /// New status.
+        status: PackageStatus,
+    },
+    /// `package.removed.v1`
+    PackageRemoved {
+        /// The package.
+        package: String,
+    },
+    /// `resources.deleted.v1`
+    ResourcesDeleted(ResourcesDeleted),
+    /// `change.created.v1` (connect, disconnect)
+    ChangeCreated(ChangeRecord),
+    /// `change.abort_requested.v1`
+    AbortRequested {
+        /// The change.
+        change: Uuid,
+    },
+    /// `task.started.v1`
+    TaskStarted {
+        /// The change.
+        change: Uuid,
+        /// Task index.
+        task: u32,
+        /// Undoing rather than doing.
+        undo: bool,
+    },
+    /// `task.finished.v1`
+    TaskFinished {
+        /// The change.
+        change: Uuid,
+        /// Task index.
+        task: u32,
+        /// Undoing rather than doing.
+        undo: bool,
+        /// How it ended.
+        outcome: TaskOutcome,
+    },
+    /// `hook.started.v1`
+    HookStarted(HookRef),
+    /// `hook.finished.v1`
+    HookFinished(HookRef, HookResult),
+    /// `hook.cancelled.v1`
+    HookCancelled(HookRef),
+    /// `connection.established.v1`
+    ConnectionEstablished {
+        /// Plug end.
+        plug: End,
+        /// Slot end.
+        slot: End,
+        /// Interface.
+        interface: String,
+        /// By auto-connect.
+        auto: bool,
+    },
+    /// `connection.removed.v1`
+    ConnectionRemoved {
+        /// Plug end.
+        plug: End,
+        /// Slot end.
+        slot: End,
+        /// Never auto-connect this pair again.
+        undesired: bool,
+    },
+    /// `var.set.v1`
+    VarSet {
+        /// Owner.
+        owner: String,
+        /// Key.
+        key: String,
+        /// Value.
+        value: serde_bytes::ByteBuf,
+    },
+    /// `var.deleted.v1` (one or many keys)
+    VarsDeleted {
+        /// Owner.
+        owner: String,
+        /// Keys.
+        keys: Vec<String>,
+    },
+    /// `queue.put.v1` (one or many items)
+    QueuePut {
+        /// Owner.
+        owner: String,
+        /// Queue.
+        queue: String,
+        /// Items.
+        items: Vec<serde_bytes::ByteBuf>,
+    },
+    /// `queue.acked.v1`: items up to `upto` are acknowledged and deleted.
+    QueueAcked {
+        /// Owner.
+        owner: String,
+        /// Queue.
+        queue: String,
+        /// Last acknowledged sequence number.
+        upto: u64,
+    },
+    /// `vault.set.v1` (sealed: never plaintext)
+    VaultSet {
+        /// Owner.
+        owner: String,
+        /// Vault.
+        vault: String,
+        /// Sealed value.
+        sealed: serde_bytes::ByteBuf,
+    },
+    /// `daemon.desired_set.v1`
+    DaemonDesired {
+        /// Owner.
+        owner: String,
+        /// Daemon.
+        daemon: String,
+        /// Desired state.
+        desired: DaemonState,
+    },
+    /// `daemon.observed.v1`
+    DaemonObserved {
+        /// Owner.
+        owner: String,
+        /// Daemon.
+        daemon: String,
+        /// Observed state.
+        observed: DaemonState,
+    },
+    /// `feature.state_changed.v1`
+    FeatureStateChanged {
+        /// Feature.
+        name: String,
+        /// New state.
+        state: FeatureState,
+    },
+    /// `feature.observed.v1`
+    FeatureObserved {
+        /// Feature.
+        name: String,
+        /// Observed state.
+        observed: FeatureState,
+    },
+    /// `feature.scope_synced.v1`
+    FeatureScopeSynced {
+        /// Feature.
+        name: String,
+        /// New scope.
+        scope: Scope,
+    },
+    /// `schema.migrated.v1`
+    SchemaMigrated {
+        /// Schema name (`cairn` or an embedder's).
+        schema: String,
+        /// Version before.
+        from: u32,
+        /// Version after.
+        to: u32,
+        /// Compat version after.
+        compat: u32,
+        /// Migration name.
+        name: String,
+    },
+    /// An extension's event (`ext.<app>.<name>.v<N>`), applied by its registered handler.
+    Ext {
+        /// Kind.
+        kind: String,
+        /// Payload, encoded by the extension.
+        payload: Vec<u8>,
+    },
+}
+
+/// Payload layouts of the variants with inline fields (the encoding is of these tuples/structs).
+mod wire {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    pub struct PackageStatusChanged {
+        pub package: String,
+        pub status: PackageStatus,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct Package {
+        pub package: String,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct Change {
+        pub change: Uuid,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct TaskStarted {
+        pub change: Uuid,
+        pub task: u32,
+        pub undo: bool,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct TaskFinished {
+        pub change: Uuid,
+        pub task: u32,
+        pub undo: bool,
+        pub outcome: TaskOutcome,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct HookFinished {
+        pub hook: HookRef,
+        pub result: HookResult,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct ConnectionEstablished {
+        pub plug: End,
+        pub slot: End,
+        pub interface: String,
+        pub auto: bool,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct ConnectionRemoved {
+        pub plug: End,
+        pub slot: End,
+        pub undesired: bool,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct VarSet {
+        pub owner: String,
+        pub key: String,
+        pub value: serde_bytes::ByteBuf,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct VarsDeleted {
+        pub owner: String,
+        pub keys: Vec<String>,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct QueuePut {
+        pub owner: String,
+        pub queue: String,
+        pub items: Vec<serde_bytes::ByteBuf>,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct QueueAcked {
+        pub owner: String,
+        pub queue: String,
+        pub upto: u64,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct VaultSet {
+        pub owner: String,
+        pub vault: String,
+        pub sealed: serde_bytes::ByteBuf,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct DaemonDesired {
+        pub owner: String,
+        pub daemon: String,
+        pub desired: DaemonState,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct DaemonObserved {
+        pub owner: String,
+        pub daemon: String,
+        pub observed: DaemonState,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct FeatureStateChanged {
+        pub name: String,
+        pub state: FeatureState,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct FeatureObserved {
+        pub name: String,
+        pub observed: FeatureState,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct FeatureScopeSynced {
+        pub name: String,
+        pub scope: Scope,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct SchemaMigrated {
+        pub schema: String,
+        pub from: u32,
+        pub to: u32,
+        pub compat: u32,
+        pub name: String,
+    }
+}
+
+/// Why stored bytes are not a known event.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// No decoder for the kind.
+    #[error("unknown event kind {0:?} (is an extension or a newer binary needed?)")]
+    UnknownKind(String),
+    /// The payload does not decode as the kind's layout.
+    #[error("payload of {kind:?} does not decode: {reason}")]
+    BadPayload {
+        /// Kind.
+        kind: String,
+        /// Decoder message.
+        reason: String,
+    },
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    cairn_log::codec::encode_value(v)
+        .expect("kernel events are plain serde types that the codec always encodes")
+}
+
+fn dec<T: serde::de::DeserializeOwned>(kind: &str, bytes: &[u8]) -> Result<T, EventError> {
+    cairn_log::codec::decode_value(bytes).map_err(|e| EventError::BadPayload {
+        kind: kind.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Kind strings of the built-in events.
+pub mod kinds {
+    #![allow(missing_docs)]
+    pub const INSTALL_STARTED: &str = "package.install_started.v1";
+    pub const UNINSTALL_STARTED: &str = "package.uninstall_started.v1";
+    pub const PACKAGE_STATUS_CHANGED: &str = "package.status_changed.v1";
+    pub const PACKAGE_REMOVED: &str = "package.removed.v1";
+    pub const RESOURCES_DELETED: &str = "resources.deleted.v1";
+    pub const CHANGE_CREATED: &str = "change.created.v1";
+    pub const ABORT_REQUESTED: &str = "change.abort_requested.v1";
+    pub const TASK_STARTED: &str = "task.started.v1";
+    pub const TASK_FINISHED: &str = "task.finished.v1";
+    pub const HOOK_STARTED: &str = "hook.started.v1";
+    pub const HOOK_FINISHED: &str = "hook.finished.v1";
+    pub const HOOK_CANCELLED: &str = "hook.cancelled.v1";
+    pub const CONNECTION_ESTABLISHED: &str = "connection.established.v1";
+    pub const CONNECTION_REMOVED: &str = "connection.removed.v1";
+    pub const VAR_SET: &str = "var.set.v1";
+    pub const VARS_DELETED: &str = "var.deleted.v1";
+    pub const QUEUE_PUT: &str = "queue.put.v1";
+    pub const QUEUE_ACKED: &str = "queue.acked.v1";
+    pub const VAULT_SET: &str = "vault.set.v1";
+    pub const DAEMON_DESIRED: &str = "daemon.desired_set.v1";
+    pub const DAEMON_OBSERVED: &str = "daemon.observed.v1";
+    pub const FEATURE_STATE_CHANGED: &str = "feature.state_changed.v1";
+    pub const FEATURE_OBSERVED: &str = "feature.observed.v1";
+    pub const FEATURE_SCOPE_SYNCED: &str = "feature.scope_synced.v1";
+    pub const SCHEMA_MIGRATED: &str = "schema.migrated.v1";
+    /// Prefix of extension kinds.
+    pub const EXT_PREFIX: &str = "ext.";
+}
+
+impl Event {
+    /// The event's kind string.
+    pub fn kind(&self) -> &str {
+        use kinds::*;
+        match self {
+            Event::InstallStarted(_) => INSTALL_STARTED,
+            Event::UninstallStarted(_) => UNINSTALL_STARTED,
+            Event::PackageStatusChanged { .. } => PACKAGE_STATUS_CHANGED,
+            Event::PackageRemoved { .. } => PACKAGE_REMOVED,
+            Event::ResourcesDeleted(_) => RESOURCES_DELETED,
+            Event::ChangeCreated(_) => CHANGE_CREATED,
+            Event::AbortRequested { .. } => ABORT_REQUESTED,
+            Event::TaskStarted { .. } => TASK_STARTED,
+            Event::TaskFinished { .. } => TASK_FINISHED,
+            Event::HookStarted(_) => HOOK_STARTED,
+            Event::HookFinished(..) => HOOK_FINISHED,
+            Event::HookCancelled(_) => HOOK_CANCELLED,
+            Event::ConnectionEstablished { .. } => CONNECTION_ESTABLISHED,
+            Event::ConnectionRemoved { .. } => CONNECTION_REMOVED,
+            Event::VarSet { .. } => VAR_SET,
+            Event::VarsDeleted { .. } => VARS_DELETED,
+            Event::QueuePut { .. } => QUEUE_PUT,
+            Event::QueueAcked { .. } => QUEUE_ACKED,
+            Event::VaultSet { .. } => VAULT_SET,
+            Event::DaemonDesired { .. } => DAEMON_DESIRED,
+            Event::DaemonObserved { .. } => DAEMON_OBSERVED,
+            Event::FeatureStateChanged { .. } => FEATURE_STATE_CHANGED,
+            Event::FeatureObserved { .. } => FEATURE_OBSERVED,
+            Event::FeatureScopeSynced { .. } => FEATURE_SCOPE_SYNCED,
+            Event::SchemaMigrated { .. } => SCHEMA_MIGRATED,
+            Event::Ext { kind, .. } => kind,
+        }
+    }
+
+    /// The event's payload bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        match self.clone() {
+            Event::InstallStarted(e) => enc(&e),
+            Event::UninstallStarted(e) => enc(&e),
+            Event::PackageStatusChanged { package, status } => {
+                enc(&wire::PackageStatusChanged { package, status })
+            }
+            Event::PackageRemoved { package } => enc(&wire::Package { package }),
+            Event::ResourcesDeleted(e) => enc(&e),
+            Event::ChangeCreated(c) => enc(&c),
+            Event::AbortRequested { change } => enc(&wire::Change { change }),
+            Event::TaskStarted { change, task, undo } => {
+                enc(&wire::TaskStarted { change, task, undo })
+            }
+            Event::TaskFinished {
+                change,
+                task,
+                undo,
+                outcome,
+            } => enc(&wire::TaskFinished {
+                change,
+                task,
+                undo,
+                outcome,
+            }),
+            Event::HookStarted(h) | Event::HookCancelled(h) => enc(&h),
+            Event::HookFinished(hook, result) => enc(&wire::HookFinished { hook, result }),
+            Event::ConnectionEstablished {
+                plug,
+                slot,
+                interface,
+                auto,
+            } => enc(&wire::ConnectionEstablished {
+                plug,
+                slot,
+                interface,
+                auto,
+            }),
+            Event::ConnectionRemoved {
+                plug,
+                slot,
+                undesired,
+            } => enc(&wire::ConnectionRemoved {
+                plug,
+                slot,
+                undesired,
+            }),
+            Event::VarSet { owner, key, value } => enc(&wire::VarSet { owner, key, value }),
+            Event::VarsDeleted { owner, keys } => enc(&wire::VarsDeleted { owner, keys }),
+            Event::QueuePut {
+                owner,
+                queue,
+                items,
+            } => enc(&wire::QueuePut {
+                owner,
+                queue,
+                items,
+            }),
+            Event::QueueAcked { owner, queue, upto } => {
+                enc(&wire::QueueAcked { owner, queue, upto })
+            }
+            Event::VaultSet {
+                owner,
+                vault,
+                sealed,
+            } => enc(&wire::VaultSet {
+                owner,
+                vault,
+                sealed,
+            }),
+            Event::DaemonDesired {
+                owner,
+                daemon,
+                desired,
+            } => enc(&wire::DaemonDesired {
+                owner,
+                daemon,
+                desired,
+            }),
+            Event::DaemonObserved {
+                owner,
+                daemon,
+                observed,
+            } => enc(&wire::DaemonObserved {
+                owner,
+                daemon,
+                observed,
+            }),
+            Event::FeatureStateChanged { name, state } => {
+                enc(&wire::FeatureStateChanged { name, state })
+            }
+            Event::FeatureObserved { name, observed } => {
+                enc(&wire::FeatureObserved { name, observed })
+            }
+            Event::FeatureScopeSynced { name, scope } => {
+                enc(&wire::FeatureScopeSynced { name, scope })
+            }
+            Event::SchemaMigrated {
+                schema,
+                from,
+                to,
+                compat,
+                name,
+            } => enc(&wire::SchemaMigrated {
+                schema,
+                from,
+                to,
+                compat,
+                name,
+            }),
+            Event::Ext { payload, .. } => payload,
+        }
+    }
+
+    /// Decodes a stored event. Extension kinds decode to [`Event::Ext`] (their handler checks
+    /// the payload); any other unknown kind is an error.
+    pub fn decode(kind: &str, payload: &[u8]) -> Result<Event, EventError> {
+        use kinds::*;
+        Ok(match kind {
+            INSTALL_STARTED => Event::InstallStarted(dec(kind, payload)?),
+            UNINSTALL_STARTED => Event::UninstallStarted(dec(kind, payload)?),
+            PACKAGE_STATUS_CHANGED => {
+                let w: wire::PackageStatusChanged = dec(kind, payload)?;
+                Event::PackageStatusChanged {
+                    package: w.package,
+                    status: w.status,
+                }
+            }
+            PACKAGE_REMOVED => {
+                let w: wire::Package = dec(kind, payload)?;
+                Event::PackageRemoved { package: w.package }
+            }
+            RESOURCES_DELETED => Event::ResourcesDeleted(dec(kind, payload)?),
+            CHANGE_CREATED => Event::ChangeCreated(dec(kind, payload)?),
+            ABORT_REQUESTED => {
+                let w: wire::Change = dec(kind, payload)?;
+                Event::AbortRequested { change: w.change }
+            }
+            TASK_STARTED => {
+                let w: wire::TaskStarted = dec(kind, payload)?;
+                Event::TaskStarted {
+                    change: w.change,
+                    task: w.task,
+                    undo: w.undo,
+                }
+            }
+            TASK_FINISHED => {
+                let w: wire::TaskFinished = dec(kind, payload)?;
+                Event::TaskFinished {
+                    change: w.change,
+                    task: w.task,
+                    undo: w.undo,
+                    outcome: w.outcome,
+                }
+            }
+            HOOK_STARTED => Event::HookStarted(dec(kind, payload)?),
+            HOOK_FINISHED => {
+                let w: wire::HookFinished = dec(kind, payload)?;
+                Event::HookFinished(w.hook, w.result)
+            }
+            HOOK_CANCELLED => Event::HookCancelled(dec(kind, payload)?),
+            CONNECTION_ESTABLISHED => {
+                let w: wire::ConnectionEstablished = dec(kind, payload)?;
+                Event::ConnectionEstablished {
+                    plug: w.plug,
+                    slot: w.slot,
+                    interface: w.interface,
+                    auto: w.auto,
+                }
+            }
+            CONNECTION_REMOVED => {
+                let w: wire::ConnectionRemoved = dec(kind, payload)?;
+                Event::ConnectionRemoved {
+                    plug: w.plug,
+                    slot: w.slot,
+                    undesired: w.undesired,
+                }
+            }
+            VAR_SET => {
+                let w: wire::VarSet = dec(kind, payload)?;
+                Event::VarSet {
+                    owner: w.owner,
+                    key: w.key,
+                    value: w.value,
+                }
+            }
+            VARS_DELETED => {
+                let w: wire::VarsDeleted = dec(kind, payload)?;
+                Event::VarsDeleted {
+                    owner: w.owner,
+                    keys: w.keys,
+                }
+            }
+            QUEUE_PUT => {
+                let w: wire::QueuePut = dec(kind, payload)?;
+                Event::QueuePut {
+                    owner: w.owner,
+                    queue: w.queue,
+                    items: w.items,
+                }
+            }
+            QUEUE_ACKED => {
+                let w: wire::QueueAcked = dec(kind, payload)?;
+                Event::QueueAcked {
+                    owner: w.owner,
+                    queue: w.queue,
+                    upto: w.upto,
+                }
+            }
+            VAULT_SET => {
+                let w: wire::VaultSet = dec(kind, payload)?;
+                Event::VaultSet {
+                    owner: w.owner,
+                    vault: w.vault,
+                    sealed: w.sealed,
+                }
+            }
+            DAEMON_DESIRED => {
+                let w: wire::DaemonDesired = dec(kind, payload)?;
+                Event::DaemonDesired {
+                    owner: w.owner,
+                    daemon: w.daemon,
+                    desired: w.desired,
+                }
+            }
+            DAEMON_OBSERVED => {
+                let w: wire::DaemonObserved = dec(kind, payload)?;
+                Event::DaemonObserved {
+                    owner: w.owner,
+                    daemon: w.daemon,
+                    observed: w.observed,
+                }
+            }
+            FEATURE_STATE_CHANGED => {
+                let w: wire::FeatureStateChanged = dec(kind, payload)?;
+                Event::FeatureStateChanged {
+                    name: w.name,
+                    state: w.state,
+                }
+            }
+            FEATURE_OBSERVED => {
+                let w: wire::FeatureObserved = dec(kind, payload)?;
+                Event::FeatureObserved {
+                    name: w.name,
+                    observed: w.observed,
+                }
+            }
+            FEATURE_SCOPE_SYNCED => {
+                let w: wire::FeatureScopeSynced = dec(kind, payload)?;
+                Event::FeatureScopeSynced {
+                    name: w.name,
+                    scope: w.scope,
+                }
+            }
+            SCHEMA_MIGRATED => {
+                let w: wire::SchemaMigrated = dec(kind, payload)?;
+                Event::SchemaMigrated {
+                    schema: w.schema,
+                    from: w.from,
+                    to: w.to,
+                    compat: w.compat,
+                    name: w.name,
+                }
+            }
+            other if other.starts_with(EXT_PREFIX) => Event::Ext {
+                kind: other.to_string(),
+                payload: payload.to_vec(),
+            },
+            other => return Err(EventError::UnknownKind(other.to_string())),
+        })
+    }
+}

@@ -1,0 +1,212 @@
+//! The projection's records (values under the keys in [`crate::keys`]), encoded with the log's
+//! codec. Every entity record carries `revision`: the offset of the entry that last changed it.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::change::End;
+use crate::manifest::Manifest;
+use crate::model::{DaemonState, FeatureState, ResourceKind, Restart, Scope};
+
+/// A package's lifecycle status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PackageStatus {
+    /// Its install change is running.
+    Installing {
+        /// The install change.
+        change: Uuid,
+    },
+    /// Installed.
+    Installed,
+    /// Its uninstall change is running; install of the same name is refused.
+    Uninstalling {
+        /// Kept resource kinds.
+        keep: Vec<ResourceKind>,
+        /// The uninstall change.
+        change: Uuid,
+    },
+    /// Something failed; uninstall cleans it up.
+    Broken {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl PackageStatus {
+    /// The status name as shown by `pkg list`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PackageStatus::Installing { .. } => "installing",
+            PackageStatus::Installed => "installed",
+            PackageStatus::Uninstalling { .. } => "uninstalling",
+            PackageStatus::Broken { .. } => "broken",
+        }
+    }
+}
+
+/// Where a package's `onload` hook is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnloadState {
+    /// The package declares no `onload`.
+    None,
+    /// Declared, not started yet (it starts once the package is installed).
+    Pending,
+    /// Running (found at open: run again).
+    Running {
+        /// Attempt number, from 1.
+        attempt: u32,
+    },
+    /// Finished.
+    Finished {
+        /// Whether it succeeded.
+        ok: bool,
+    },
+    /// Cancelled by an uninstall.
+    Cancelled,
+}
+
+/// `pkg/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageRecord {
+    /// The manifest it was installed from.
+    pub manifest: Manifest,
+    /// Status.
+    pub status: PackageStatus,
+    /// Its `onload`.
+    pub onload: OnloadState,
+    /// The change that installed it.
+    pub install_change: Uuid,
+    /// Offset of the entry that last changed it.
+    pub revision: u64,
+}
+
+/// `var/<owner>/<key>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VarRecord {
+    /// Value.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Revision.
+    pub revision: u64,
+    /// Set when the owner was uninstalled with `keep` including vars.
+    pub kept_from: Option<String>,
+}
+
+/// `queue/<owner>/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRecord {
+    /// Sequence number the next item gets (from 1).
+    pub next_seq: u64,
+    /// Items up to and including this one are acknowledged (and deleted).
+    pub acked: u64,
+    /// Revision.
+    pub revision: u64,
+    /// Kept-from marker.
+    pub kept_from: Option<String>,
+}
+
+/// `vault/<owner>/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultRecord {
+    /// The sealed secret (never plaintext), if one was set.
+    pub sealed: Option<serde_bytes::ByteBuf>,
+    /// Revision.
+    pub revision: u64,
+    /// Kept-from marker.
+    pub kept_from: Option<String>,
+}
+
+/// `daemon/<owner>/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonRecord {
+    /// Argv.
+    pub command: Vec<String>,
+    /// Restart policy.
+    pub restart: Restart,
+    /// Desired state.
+    pub desired: DaemonState,
+    /// Last state reported by whoever runs it.
+    pub observed: Option<DaemonState>,
+    /// Revision.
+    pub revision: u64,
+    /// Kept-from marker.
+    pub kept_from: Option<String>,
+}
+
+/// `model/<owner>/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// Base type.
+    pub base: String,
+    /// Documentation.
+    pub doc: String,
+    /// Revision.
+    pub revision: u64,
+    /// Kept-from marker.
+    pub kept_from: Option<String>,
+}
+
+/// `feature/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureRecord {
+    /// Name.
+    pub name: String,
+    /// Owning package.
+    pub owner: String,
+    /// Configured state.
+    pub state: FeatureState,
+    /// Restart automatically.
+    pub auto_restart: bool,
+    /// Scope.
+    pub scope: Scope,
+    /// Last state reported by the service side.
+    pub observed: Option<FeatureState>,
+    /// Revision.
+    pub revision: u64,
+}
+
+/// `conn/<plug pkg>/<plug>/<slot pkg>/<slot>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnRecord {
+    /// Plug end.
+    pub plug: End,
+    /// Slot end.
+    pub slot: End,
+    /// Interface.
+    pub interface: String,
+    /// Made by auto-connect.
+    pub auto: bool,
+    /// Revision.
+    pub revision: u64,
+}
+
+/// `schema/<name>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaRecord {
+    /// Applied schema version.
+    pub version: u32,
+    /// Oldest binary schema version that can open this data.
+    pub compat: u32,
+}
+
+/// `idem/key/<key>`: the offsets a command with this idempotency key committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdemRecord {
+    /// First offset.
+    pub first: u64,
+    /// One past the last offset.
+    pub end: u64,
+    /// Retention sequence number.
+    pub seq: u64,
+}
+
+/// The table name of a resource kind.
+pub fn table(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::Vars => "var",
+        ResourceKind::Queues => "queue",
+        ResourceKind::Vaults => "vault",
+        ResourceKind::Daemons => "daemon",
+        ResourceKind::Model => "model",
+    }
+}

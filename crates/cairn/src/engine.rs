@@ -1,0 +1,431 @@
+//! The change engine (leader only): drives every change that is not ready, one task at a time,
+//! and runs installed packages' `onload` hooks.
+//!
+//! The kernel decides everything; the engine only asks `next_action`, runs the hook (a child
+//! process in its own process group, or a registered in-process handler) and reports the
+//! outcome as a command. Every step is a commit, so a restart resumes where the log says:
+//! a task found `doing` is run again, `undoing` is undone again. Shutting down stops running
+//! hooks without recording anything for them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_kernel::records::{OnloadState, PackageRecord, PackageStatus};
+use cairn_kernel::{query, Action, ChangeRecord, Command, Step};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::hooks::{run_hook, HookRun};
+use crate::workspace::{execute, hook_result, CommandOptions, HookContext, Inner};
+
+/// Consecutive rejections of a change's engine commands before the engine stops driving it
+/// (and logs why): the change's state moved under it that many times in a row.
+const DRIVER_REJECTIONS_MAX: u32 = 16;
+
+/// What the engine is driving right now.
+#[derive(Default)]
+pub(crate) struct EngineState {
+    /// Changes being driven, with the token of the task running now (if a hook runs).
+    changes: BTreeMap<Uuid, Option<CancellationToken>>,
+    /// Packages whose `onload` runs, with its token and a flag that turns true when done.
+    onloads: BTreeMap<String, (CancellationToken, watch::Receiver<bool>)>,
+    /// Drivers running (changes + onloads), to wait for at close.
+    running: usize,
+}
+
+fn lock(inner: &Inner) -> std::sync::MutexGuard<'_, EngineState> {
+    inner.engine.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The engine loop: after every commit (and at start), start drivers for changes and onloads
+/// that need one.
+pub(crate) async fn run(inner: Arc<Inner>) {
+    loop {
+        if let Err(e) = start_drivers(&inner) {
+            tracing::error!(error = %e, "change engine cannot read state");
+        }
+        tokio::select! {
+            _ = inner.kick.notified() => {}
+            _ = inner.shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn start_drivers(inner: &Arc<Inner>) -> Result<(), Error> {
+    let view = inner.store.read()?;
+    for change in query::active_changes(&view)? {
+        let mut engine = lock(inner);
+        if engine.changes.contains_key(&change.id) {
+            continue;
+        }
+        engine.changes.insert(change.id, None);
+        engine.running += 1;
+        drop(engine);
+        let inner = Arc::clone(inner);
+        tokio::spawn(async move {
+            let id = change.id;
+            if let Err(e) = drive_change(&inner, id).await {
+                if !matches!(e, Error::Closed) {
+                    tracing::error!(change = %id, error = %e, "change driver stopped");
+                }
+            }
+            let mut engine = lock(&inner);
+            engine.changes.remove(&id);
+            engine.running -= 1;
+            drop(engine);
+            inner.kick.notify_one();
+            let _ = inner.idle.send(true);
+        });
+    }
+    for p in query::packages(&view)? {
+        let wants = p.status == PackageStatus::Installed
+            && matches!(p.onload, OnloadState::Pending | OnloadState::Running { .. });
+        if !wants {
+            continue;
+        }
+        let name = p.manifest.name.clone();
+        let mut engine = lock(inner);
+        if engine.onloads.contains_key(&name) {
+            continue;
+        }
+        let token = inner.shutdown.child_token();
+        let (done_tx, done_rx) = watch::channel(false);
+        engine
+            .onloads
+            .insert(name.clone(), (token.clone(), done_rx));
+        engine.running += 1;
+        drop(engine);
+        let inner = Arc::clone(inner);
+        tokio::spawn(async move {
+            if let Err(e) = drive_onload(&inner, &name, &token).await {
+                if !matches!(e, Error::Closed) {
+                    tracing::error!(package = %name, error = %e, "onload driver stopped");
+                }
+            }
+            let mut engine = lock(&inner);
+            engine.onloads.remove(&name);
+            engine.running -= 1;
+            drop(engine);
+            let _ = done_tx.send(true);
+            inner.kick.notify_one();
+            let _ = inner.idle.send(true);
+        });
+    }
+    Ok(())
+}
+
+/// Waits until every driver has stopped (after shutdown was requested).
+pub(crate) async fn wait_drivers(inner: &Arc<Inner>) {
+    let mut rx = inner.idle.subscribe();
+    loop {
+        if lock(inner).running == 0 {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Cancels the hook a change is running now, if any (used by abort).
+pub(crate) fn cancel_running(inner: &Inner, change: Uuid) {
+    if let Some(Some(token)) = lock(inner).changes.get(&change) {
+        token.cancel();
+    }
+}
+
+/// Outcome of an engine command: rejected ones are retried after re-reading the change.
+enum Step2 {
+    Done,
+    Rejected(String),
+}
+
+async fn submit(inner: &Arc<Inner>, command: Command) -> Result<Step2, Error> {
+    match execute(inner, command, &CommandOptions::default()).await {
+        Ok(_) => Ok(Step2::Done),
+        Err(Error::Rejected(r)) => Ok(Step2::Rejected(r.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+async fn drive_change(inner: &Arc<Inner>, id: Uuid) -> Result<(), Error> {
+    let mut rejections = 0u32;
+    loop {
+        if inner.shutdown.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        let view = inner.store.read()?;
+        let Some(change) = query::change(&view, id)? else {
+            return Ok(());
+        };
+        let Some(action) = change.next_action() else {
+            return Ok(());
+        };
+        let (i, undo) = match action {
+            Action::Do(i) => (i, false),
+            Action::Undo(i) => (i, true),
+        };
+        let task = &change.tasks[i];
+        let step = if undo { &task.undo } else { &task.step };
+        let hook = declared_hook(&view, step)?;
+        drop(view);
+        let outcome = match hook {
+            Some((package, spec)) => {
+                run_task_hook(inner, &change, i as u32, undo, &package, step, spec).await?
+            }
+            None => {
+                if let Step::CancelOnload { package } = step {
+                    cancel_onload(inner, package).await;
+                }
+                submit(
+                    inner,
+                    Command::TaskRun {
+                        change: id,
+                        task: i as u32,
+                        undo,
+                    },
+                )
+                .await?
+            }
+        };
+        match outcome {
+            Step2::Done => rejections = 0,
+            Step2::Rejected(why) => {
+                rejections += 1;
+                if rejections >= DRIVER_REJECTIONS_MAX {
+                    return Err(Error::Internal(format!(
+                        "change {id}: engine command rejected {rejections} times in a row: {why}"
+                    )));
+                }
+                tracing::debug!(change = %id, reason = %why, "engine command rejected; re-reading");
+            }
+        }
+    }
+}
+
+/// The package record and hook spec of a hook step whose package declares the hook.
+fn declared_hook(
+    view: &cairn_store::ReadView,
+    step: &Step,
+) -> Result<Option<(PackageRecord, cairn_kernel::manifest::HookSpec)>, Error> {
+    let Step::Hook { package, hook, .. } = step else {
+        return Ok(None);
+    };
+    let Some(p) = query::package(view, package)? else {
+        return Ok(None);
+    };
+    let spec = p.manifest.hooks.get(hook).cloned();
+    Ok(spec.map(|s| (p, s)))
+}
+
+fn hook_env(
+    inner: &Inner,
+    package: &PackageRecord,
+    hook: &str,
+    change: Uuid,
+    step: &Step,
+) -> Vec<(String, String)> {
+    let keep = match &package.status {
+        PackageStatus::Uninstalling { keep, .. } => keep
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => String::new(),
+    };
+    let mut env = vec![
+        (
+            "CAIRN_WORKSPACE".to_string(),
+            inner.data.display().to_string(),
+        ),
+        ("CAIRN_PACKAGE".to_string(), package.manifest.name.clone()),
+        ("CAIRN_HOOK".to_string(), hook.to_string()),
+        ("CAIRN_CHANGE".to_string(), change.to_string()),
+        ("CAIRN_KEEP".to_string(), keep),
+    ];
+    if let Step::Hook { plug, slot, .. } = step {
+        if let Some((p, n)) = plug {
+            env.push(("CAIRN_PLUG".into(), format!("{p}:{n}")));
+        }
+        if let Some((p, n)) = slot {
+            env.push(("CAIRN_SLOT".into(), format!("{p}:{n}")));
+        }
+    }
+    env
+}
+
+/// Runs a hook (handler or child process) under `token`; `None` when it was cancelled.
+async fn run_hook_once(
+    inner: &Inner,
+    package: &PackageRecord,
+    hook: &str,
+    spec: &cairn_kernel::manifest::HookSpec,
+    env: Vec<(String, String)>,
+    change: Uuid,
+    token: &CancellationToken,
+) -> Option<cairn_kernel::HookResult> {
+    let name = &package.manifest.name;
+    let handler = inner
+        .handlers
+        .get(&(name.clone(), hook.to_string()))
+        .or_else(|| inner.handlers.get(&("*".to_string(), hook.to_string())));
+    if let Some(handler) = handler {
+        let started = Instant::now();
+        let ctx = HookContext {
+            package: name.clone(),
+            hook: hook.to_string(),
+            change,
+            env,
+        };
+        let timeout = Duration::from_secs(spec.timeout_s);
+        let result = tokio::select! {
+            r = handler(ctx, token.clone()) => Some(r),
+            _ = tokio::time::sleep(timeout) => None,
+        };
+        if token.is_cancelled() {
+            return None;
+        }
+        let duration_ms = started.elapsed().as_millis() as u64;
+        use cairn_kernel::HookOutcome as K;
+        let (outcome, exit, out, err) = match result {
+            Some(Ok(out)) => (K::Succeeded, Some(0), out, String::new()),
+            Some(Err(msg)) => (K::Failed, Some(1), String::new(), msg),
+            None => (K::TimedOut, None, String::new(), String::new()),
+        };
+        return Some(cairn_kernel::HookResult {
+            outcome,
+            exit,
+            signal: None,
+            duration_ms,
+            stdout_tail: tail(out),
+            stderr_tail: tail(err),
+            message: String::new(),
+        });
+    }
+    let mut run = HookRun::from_spec(spec);
+    run.env = env;
+    let report = run_hook(&run, token).await;
+    hook_result(&report)
+}
+
+fn tail(mut s: String) -> String {
+    let max = cairn_kernel::event::HOOK_OUTPUT_BYTES_MAX;
+    if s.len() > max {
+        let mut cut = s.len() - max;
+        while !s.is_char_boundary(cut) {
+            cut += 1;
+        }
+        s.drain(..cut);
+    }
+    s
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_task_hook(
+    inner: &Arc<Inner>,
+    change: &ChangeRecord,
+    task: u32,
+    undo: bool,
+    package: &PackageRecord,
+    step: &Step,
+    spec: cairn_kernel::manifest::HookSpec,
+) -> Result<Step2, Error> {
+    let Step::Hook { hook, .. } = step else {
+        return Err(Error::Internal("run_task_hook on a non-hook step".into()));
+    };
+    let token = inner.shutdown.child_token();
+    if let Some(slot) = lock(inner).changes.get_mut(&change.id) {
+        *slot = Some(token.clone());
+    }
+    if let Step2::Rejected(why) = submit(
+        inner,
+        Command::HookStart {
+            change: change.id,
+            task,
+            undo,
+        },
+    )
+    .await?
+    {
+        return Ok(Step2::Rejected(why));
+    }
+    let env = hook_env(inner, package, hook, change.id, step);
+    let result = run_hook_once(inner, package, hook, &spec, env, change.id, &token).await;
+    if let Some(slot) = lock(inner).changes.get_mut(&change.id) {
+        *slot = None;
+    }
+    if result.is_none() && inner.shutdown.is_cancelled() {
+        // Shutting down: nothing is recorded; the task is still `doing` and reruns at open.
+        return Err(Error::Closed);
+    }
+    submit(
+        inner,
+        Command::HookFinish {
+            change: change.id,
+            task,
+            undo,
+            result,
+        },
+    )
+    .await
+}
+
+async fn drive_onload(
+    inner: &Arc<Inner>,
+    package: &str,
+    token: &CancellationToken,
+) -> Result<(), Error> {
+    if let Step2::Rejected(why) = submit(
+        inner,
+        Command::OnloadStart {
+            package: package.to_string(),
+        },
+    )
+    .await?
+    {
+        tracing::debug!(package, reason = %why, "onload not started");
+        return Ok(());
+    }
+    let view = inner.store.read()?;
+    let Some(p) = query::package(&view, package)? else {
+        return Ok(());
+    };
+    drop(view);
+    let OnloadState::Running { attempt } = p.onload else {
+        return Ok(());
+    };
+    let Some(spec) = p.manifest.hooks.get("onload").cloned() else {
+        return Ok(());
+    };
+    let env = hook_env(inner, &p, "onload", p.install_change, &Step::Nothing);
+    let result = run_hook_once(inner, &p, "onload", &spec, env, p.install_change, token).await;
+    let Some(result) = result else {
+        // Cancelled: by shutdown (rerun at open) or by an uninstall (which records it).
+        return Ok(());
+    };
+    if let Step2::Rejected(why) = submit(
+        inner,
+        Command::OnloadFinish {
+            package: package.to_string(),
+            attempt,
+            result,
+        },
+    )
+    .await?
+    {
+        tracing::warn!(package, reason = %why, "onload result not recorded");
+    }
+    Ok(())
+}
+
+/// Cancels a package's running `onload` and waits until its driver has stopped.
+async fn cancel_onload(inner: &Inner, package: &str) {
+    let slot = lock(inner).onloads.get(package).cloned();
+    if let Some((token, mut done)) = slot {
+        token.cancel();
+        let _ = done.wait_for(|d| *d).await;
+    }
+}

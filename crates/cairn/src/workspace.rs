@@ -1,0 +1,672 @@
+//! `Workspace`: the embedder's handle on one workspace directory. Opens the store with the
+//! kernel, records pending schema migrations, starts the change engine (which resumes whatever
+//! was in progress), and offers async commands, snapshot reads, subscriptions and waits.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use cairn_kernel::event::HookResult;
+use cairn_kernel::manifest::{self, Manifest};
+use cairn_kernel::model::{DaemonState, FeatureState, ResourceKind, Scope};
+use cairn_kernel::{query, ChangeRecord, Command, Event, Kernel};
+use cairn_log::{Meta, StoredEntry};
+use cairn_store::{Committed, ReadView, Store};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::machine::KernelMachine;
+use crate::vault::VaultKey;
+
+/// File name of the vault key inside the data directory.
+pub const VAULT_KEY_FILE: &str = "vault.key";
+
+/// Context handed to an in-process hook handler.
+#[derive(Clone, Debug)]
+pub struct HookContext {
+    /// Whose hook.
+    pub package: String,
+    /// Hook name.
+    pub hook: String,
+    /// The change it runs for.
+    pub change: Uuid,
+    /// The environment a child process would get (`CAIRN_*`).
+    pub env: Vec<(String, String)>,
+}
+
+/// An in-process hook handler: `Ok(output)` is success, `Err(message)` a failure. It must stop
+/// promptly when the token is cancelled.
+pub type HookHandler = Arc<
+    dyn Fn(
+            HookContext,
+            CancellationToken,
+        ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Workspace options.
+#[derive(Clone)]
+pub struct Options {
+    /// Store options (durability, limits).
+    pub store: cairn_store::Options,
+    /// The kernel, with the embedder's schemas and extensions registered.
+    pub kernel: Kernel,
+    /// Actor recorded in entries when a command names none.
+    pub actor: String,
+    /// In-process handlers that run instead of a declared hook's command, keyed by
+    /// `(package, hook)`; package `"*"` matches any package. The hook must still be declared in
+    /// the manifest (the declaration is replicated state; the handler is this process's way
+    /// of running it).
+    pub hook_handlers: BTreeMap<(String, String), HookHandler>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            store: cairn_store::Options::default(),
+            kernel: Kernel::new(),
+            actor: "local".into(),
+            hook_handlers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Per-command options.
+#[derive(Clone, Debug, Default)]
+pub struct CommandOptions {
+    /// Who issues it (defaults to the workspace's actor).
+    pub actor: Option<String>,
+    /// A retried command with the same key returns the original result and writes nothing.
+    pub idempotency_key: Option<String>,
+}
+
+pub(crate) struct Inner {
+    pub store: Store<KernelMachine>,
+    pub data: PathBuf,
+    pub vault: Option<VaultKey>,
+    pub actor: String,
+    pub applied: watch::Sender<u64>,
+    pub kick: Notify,
+    pub shutdown: CancellationToken,
+    pub handlers: BTreeMap<(String, String), HookHandler>,
+    pub engine: Mutex<crate::engine::EngineState>,
+    pub idle: watch::Sender<bool>,
+}
+
+/// Cancels the runtime's tasks when the last user handle goes away.
+struct Handle {
+    inner: Arc<Inner>,
+    engine: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.inner.shutdown.cancel();
+    }
+}
+
+/// An open workspace (cheap to clone; every clone is the same workspace).
+#[derive(Clone)]
+pub struct Workspace {
+    handle: Arc<Handle>,
+}
+
+impl Workspace {
+    /// Creates a workspace at `data`: the store (with a new workspace id) and the vault key
+    /// file (`vault.key`, mode 0600). Returns the workspace id.
+    pub fn init(data: &Path) -> Result<Uuid, Error> {
+        let id = Store::<KernelMachine>::init(data)?;
+        VaultKey::create(&data.join(VAULT_KEY_FILE))?;
+        Ok(id)
+    }
+
+    /// Opens the workspace at `data` as leader: takes the lock ("workspace is locked by pid
+    /// N" if another process holds it), refuses a schema newer than this binary, records
+    /// pending schema migrations, and starts the change engine, which resumes every change in
+    /// progress. Must be called inside a tokio runtime.
+    pub async fn open(data: &Path, options: Options) -> Result<Workspace, Error> {
+        let data = data.to_path_buf();
+        let store_opts = options.store.clone();
+        let kernel = options.kernel.clone();
+        let path = data.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            Store::open(&path, KernelMachine(kernel), store_opts)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("open task failed: {e}")))??;
+        let key_path = data.join(VAULT_KEY_FILE);
+        let vault = if key_path.exists() {
+            Some(VaultKey::load(&key_path)?)
+        } else {
+            None
+        };
+        let applied = store.applied();
+        let inner = Arc::new(Inner {
+            store,
+            data,
+            vault,
+            actor: options.actor.clone(),
+            applied: watch::channel(applied).0,
+            kick: Notify::new(),
+            shutdown: CancellationToken::new(),
+            handlers: options.hook_handlers.clone(),
+            engine: Mutex::new(Default::default()),
+            idle: watch::channel(false).0,
+        });
+        let ws = Workspace {
+            handle: Arc::new(Handle {
+                inner: Arc::clone(&inner),
+                engine: Mutex::new(None),
+            }),
+        };
+        let pending = {
+            let view = ws.view()?;
+            inner.store.machine().0.pending_migrations(&view)?
+        };
+        for command in pending {
+            tracing::info!(?command, "recording schema migration");
+            ws.execute(command, &CommandOptions::default()).await?;
+        }
+        let engine = tokio::spawn(crate::engine::run(Arc::clone(&inner)));
+        *ws.handle.engine.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
+        Ok(ws)
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.handle.inner
+    }
+
+    /// Stops the engine (running hooks are stopped and rerun at next open; nothing is
+    /// recorded for them), then closes the store.
+    pub async fn close(self) {
+        self.inner().shutdown.cancel();
+        let engine = self
+            .handle
+            .engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(engine) = engine {
+            let _ = engine.await;
+        }
+        crate::engine::wait_drivers(self.inner()).await;
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner().data
+    }
+
+    /// The workspace id.
+    pub fn id(&self) -> Uuid {
+        self.inner().store.workspace_id()
+    }
+
+    /// The underlying store (for tools: verify, digest, backup).
+    pub fn store(&self) -> &Store<KernelMachine> {
+        &self.inner().store
+    }
+
+    /// The applied offset of the latest commit.
+    pub fn applied(&self) -> u64 {
+        self.inner().store.applied()
+    }
+
+    /// A snapshot of the projection and log at the latest commit.
+    pub fn view(&self) -> Result<ReadView, Error> {
+        Ok(self.inner().store.read()?)
+    }
+
+    /// Waits until `offset` is applied.
+    pub async fn wait_for(&self, offset: u64) -> Result<(), Error> {
+        let mut rx = self.inner().applied.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|a| *a >= offset) => r.map(|_| ()).map_err(|_| Error::Closed),
+            _ = self.inner().shutdown.cancelled() => Err(Error::Closed),
+        }
+    }
+
+    /// Submits a command and waits until it is committed (or rejected).
+    pub async fn execute(
+        &self,
+        command: Command,
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        execute(self.inner(), command, opts).await
+    }
+
+    /// Follows the log from `from` (1 = the beginning): catch-up from the log, then live.
+    pub fn subscribe(&self, from: u64) -> Result<crate::subscribe::Subscription, Error> {
+        crate::subscribe::Subscription::new(Arc::clone(self.inner()), from)
+    }
+
+    // --- changes -------------------------------------------------------------------------
+
+    /// Starts installing a package; returns the install change id.
+    pub async fn install(&self, manifest: Manifest, opts: &CommandOptions) -> Result<Uuid, Error> {
+        let change = Uuid::new_v4();
+        let c = self
+            .execute(Command::Install { manifest, change }, opts)
+            .await?;
+        self.change_of(c, change)
+    }
+
+    /// Parses a TOML manifest and starts installing it.
+    pub async fn install_toml(&self, text: &str, opts: &CommandOptions) -> Result<Uuid, Error> {
+        let m = manifest::parse(text).map_err(|e| Error::Rejected(e.into()))?;
+        self.install(m, opts).await
+    }
+
+    /// Starts uninstalling a package; returns the uninstall change id.
+    pub async fn uninstall(
+        &self,
+        package: &str,
+        keep: &[ResourceKind],
+        strict: bool,
+        opts: &CommandOptions,
+    ) -> Result<Uuid, Error> {
+        let change = Uuid::new_v4();
+        let c = self
+            .execute(
+                Command::Uninstall {
+                    package: package.to_string(),
+                    keep: keep.to_vec(),
+                    strict,
+                    change,
+                },
+                opts,
+            )
+            .await?;
+        self.change_of(c, change)
+    }
+
+    /// Starts connecting `plug` to `slot` (`(package, name)` each); returns the change id.
+    pub async fn connect(
+        &self,
+        plug: (&str, &str),
+        slot: (&str, &str),
+        opts: &CommandOptions,
+    ) -> Result<Uuid, Error> {
+        let change = Uuid::new_v4();
+        let command = Command::Connect {
+            plug: (plug.0.into(), plug.1.into()),
+            slot: (slot.0.into(), slot.1.into()),
+            change,
+        };
+        let c = self.execute(command, opts).await?;
+        self.change_of(c, change)
+    }
+
+    /// Starts disconnecting `plug` from `slot`; returns the change id.
+    pub async fn disconnect(
+        &self,
+        plug: (&str, &str),
+        slot: (&str, &str),
+        opts: &CommandOptions,
+    ) -> Result<Uuid, Error> {
+        let change = Uuid::new_v4();
+        let command = Command::Disconnect {
+            plug: (plug.0.into(), plug.1.into()),
+            slot: (slot.0.into(), slot.1.into()),
+            change,
+        };
+        let c = self.execute(command, opts).await?;
+        self.change_of(c, change)
+    }
+
+    /// Aborts a change: its running hook is cancelled, then it is undone.
+    pub async fn abort(&self, change: Uuid, opts: &CommandOptions) -> Result<Committed, Error> {
+        let c = self.execute(Command::Abort { change }, opts).await?;
+        crate::engine::cancel_running(self.inner(), change);
+        Ok(c)
+    }
+
+    /// Waits until the change is ready (done, undone or error) and returns it. Stopping the
+    /// wait does not cancel the change; only `abort` does.
+    pub async fn wait_change(&self, change: Uuid) -> Result<ChangeRecord, Error> {
+        let mut rx = self.inner().applied.subscribe();
+        loop {
+            let c = query::change(&self.view()?, change)?.ok_or(Error::Rejected(
+                cairn_kernel::Rejection::NotFound(cairn_kernel::Entity::Change(change)),
+            ))?;
+            if c.status.is_ready() {
+                return Ok(c);
+            }
+            tokio::select! {
+                r = rx.changed() => r.map_err(|_| Error::Closed)?,
+                _ = self.inner().shutdown.cancelled() => return Err(Error::Closed),
+            }
+        }
+    }
+
+    /// Waits until no change is in progress and the engine drives nothing (onload hooks
+    /// excepted: they may run for as long as the package lives).
+    pub async fn wait_idle(&self) -> Result<(), Error> {
+        let mut rx = self.inner().applied.subscribe();
+        loop {
+            let active = query::active_changes(&self.view()?)?;
+            if active.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                r = rx.changed() => r.map_err(|_| Error::Closed)?,
+                _ = self.inner().shutdown.cancelled() => return Err(Error::Closed),
+            }
+        }
+    }
+
+    /// The change id a change-starting command committed (the original one on an idempotent
+    /// replay).
+    fn change_of(&self, c: Committed, fresh: Uuid) -> Result<Uuid, Error> {
+        if !c.replayed {
+            return Ok(fresh);
+        }
+        let entries = self.view()?.read_log(c.offsets.start, 1)?;
+        let entry = entries
+            .first()
+            .ok_or_else(|| Error::Internal("replayed command has no entry".into()))?;
+        match Event::decode(&entry.kind, &entry.payload) {
+            Ok(Event::InstallStarted(e)) => Ok(e.change.id),
+            Ok(Event::UninstallStarted(e)) => Ok(e.change.id),
+            Ok(Event::ChangeCreated(c)) => Ok(c.id),
+            other => Err(Error::Internal(format!(
+                "idempotency key was used by a command that started no change ({other:?})"
+            ))),
+        }
+    }
+
+    // --- resources, features ---------------------------------------------------------------
+
+    /// Sets a variable (`expect_revision`: 0 = must not exist, N = must be at revision N).
+    pub async fn var_set(
+        &self,
+        owner: &str,
+        key: &str,
+        value: &[u8],
+        expect_revision: Option<u64>,
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        let command = Command::VarSet {
+            owner: owner.into(),
+            key: key.into(),
+            value: value.to_vec(),
+            expect_revision,
+        };
+        self.execute(command, opts).await
+    }
+
+    /// Deletes one or many variables in one event.
+    pub async fn var_delete(
+        &self,
+        owner: &str,
+        keys: &[&str],
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        let command = Command::VarDelete {
+            owner: owner.into(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        };
+        self.execute(command, opts).await
+    }
+
+    /// Appends items to a queue in one event.
+    pub async fn queue_put(
+        &self,
+        owner: &str,
+        queue: &str,
+        items: Vec<Vec<u8>>,
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        let command = Command::QueuePut {
+            owner: owner.into(),
+            queue: queue.into(),
+            items,
+        };
+        self.execute(command, opts).await
+    }
+
+    /// Acknowledges (and deletes) queue items up to `upto`.
+    pub async fn queue_ack(
+        &self,
+        owner: &str,
+        queue: &str,
+        upto: u64,
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        let command = Command::QueueAck {
+            owner: owner.into(),
+            queue: queue.into(),
+            upto,
+        };
+        self.execute(command, opts).await
+    }
+
+    /// Stores a secret: sealed with the workspace vault key (bound to `owner/vault`) before
+    /// it is logged, so the log, the state and backups hold only ciphertext.
+    pub async fn vault_set(
+        &self,
+        owner: &str,
+        vault: &str,
+        secret: &[u8],
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        if secret.len() > crate::vault::VAULT_VALUE_BYTES_MAX {
+            return Err(Error::Rejected(cairn_kernel::Rejection::Invalid(format!(
+                "secret for vault {vault:?} is {} bytes, over the limit of {}",
+                secret.len(),
+                crate::vault::VAULT_VALUE_BYTES_MAX
+            ))));
+        }
+        let key = self.vault_key()?;
+        let sealed = key.seal(secret, vault_aad(owner, vault).as_bytes());
+        let command = Command::VaultSet {
+            owner: owner.into(),
+            vault: vault.into(),
+            sealed,
+        };
+        self.execute(command, opts).await
+    }
+
+    /// Reads and opens a secret (`None` if the vault has no value).
+    pub fn vault_get(&self, owner: &str, vault: &str) -> Result<Option<Vec<u8>>, Error> {
+        let record = query::vault(&self.view()?, owner, vault)?.ok_or_else(|| {
+            Error::Rejected(cairn_kernel::Rejection::NotFound(
+                cairn_kernel::Entity::Resource(ResourceKind::Vaults, owner.into(), vault.into()),
+            ))
+        })?;
+        let Some(sealed) = record.sealed else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.vault_key()?
+                .open(&sealed, vault_aad(owner, vault).as_bytes())?,
+        ))
+    }
+
+    fn vault_key(&self) -> Result<&VaultKey, Error> {
+        self.inner().vault.as_ref().ok_or_else(|| {
+            Error::Vault(crate::vault::VaultError::KeyMissing {
+                path: self.inner().data.join(VAULT_KEY_FILE),
+            })
+        })
+    }
+
+    /// Sets a daemon's desired state.
+    pub async fn daemon_set(
+        &self,
+        owner: &str,
+        daemon: &str,
+        desired: DaemonState,
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        let command = Command::DaemonSet {
+            owner: owner.into(),
+            daemon: daemon.into(),
+            desired,
+            expect_revision: None,
+        };
+        self.execute(command, opts).await
+    }
+
+    /// Reports a daemon's observed state.
+    pub async fn daemon_report(
+        &self,
+        owner: &str,
+        daemon: &str,
+        observed: DaemonState,
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        let command = Command::DaemonReport {
+            owner: owner.into(),
+            daemon: daemon.into(),
+            observed,
+        };
+        self.execute(command, opts).await
+    }
+
+    /// Changes a feature's state.
+    pub async fn feature_set(
+        &self,
+        name: &str,
+        state: FeatureState,
+        expect_revision: Option<u64>,
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        let command = Command::FeatureSet {
+            name: name.into(),
+            state,
+            expect_revision,
+        };
+        self.execute(command, opts).await
+    }
+
+    /// Reports a feature's observed state.
+    pub async fn feature_report(
+        &self,
+        name: &str,
+        observed: FeatureState,
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        let command = Command::FeatureReport {
+            name: name.into(),
+            observed,
+        };
+        self.execute(command, opts).await
+    }
+
+    /// Syncs a feature's scope.
+    pub async fn feature_scope_sync(
+        &self,
+        name: &str,
+        scope: Scope,
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        let command = Command::FeatureScopeSync {
+            name: name.into(),
+            scope,
+        };
+        self.execute(command, opts).await
+    }
+
+    /// Appends an extension event (`ext.<app>.<name>.v<N>`).
+    pub async fn ext(
+        &self,
+        kind: &str,
+        payload: Vec<u8>,
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        let command = Command::Ext {
+            kind: kind.into(),
+            payload,
+        };
+        self.execute(command, opts).await
+    }
+
+    /// Reads log entries `[from, from + limit)`.
+    pub async fn read_log(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, Error> {
+        let inner = Arc::clone(self.inner());
+        tokio::task::spawn_blocking(move || Ok(inner.store.read()?.read_log(from, limit)?))
+            .await
+            .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+    }
+}
+
+/// The associated data a vault's sealed value is bound to.
+fn vault_aad(owner: &str, vault: &str) -> String {
+    format!("vault/{owner}/{vault}")
+}
+
+/// Submits a command through the store and publishes the new applied offset.
+pub(crate) async fn execute(
+    inner: &Arc<Inner>,
+    command: Command,
+    opts: &CommandOptions,
+) -> Result<Committed, Error> {
+    if inner.shutdown.is_cancelled() {
+        return Err(Error::Closed);
+    }
+    if let Some(key) = &opts.idempotency_key {
+        if key.is_empty() || key.len() > cairn_kernel::command::IDEMPOTENCY_KEY_BYTES_MAX {
+            return Err(Error::Rejected(cairn_kernel::Rejection::Invalid(format!(
+                "idempotency key must be 1..={} bytes",
+                cairn_kernel::command::IDEMPOTENCY_KEY_BYTES_MAX
+            ))));
+        }
+    }
+    let meta = Meta {
+        actor: opts.actor.clone().unwrap_or_else(|| inner.actor.clone()),
+        change: change_in(&command),
+        command: Uuid::new_v4(),
+        idempotency_key: opts.idempotency_key.clone(),
+    };
+    let committed = inner.store.submit(meta, command).await?;
+    inner.applied.send_if_modified(|a| {
+        let moved = committed.applied > *a;
+        *a = (*a).max(committed.applied);
+        moved
+    });
+    inner.kick.notify_one();
+    Ok(committed)
+}
+
+/// The change a command belongs to (recorded in the entries' meta).
+fn change_in(command: &Command) -> Option<Uuid> {
+    match command {
+        Command::Install { change, .. }
+        | Command::Uninstall { change, .. }
+        | Command::Connect { change, .. }
+        | Command::Disconnect { change, .. }
+        | Command::Abort { change }
+        | Command::TaskRun { change, .. }
+        | Command::HookStart { change, .. }
+        | Command::HookFinish { change, .. } => Some(*change),
+        _ => None,
+    }
+}
+
+/// A recorded hook result from a runtime hook report.
+pub(crate) fn hook_result(report: &crate::hooks::HookReport) -> Option<HookResult> {
+    use crate::hooks::HookOutcome as R;
+    use cairn_kernel::HookOutcome as K;
+    let (outcome, message) = match &report.outcome {
+        R::Succeeded => (K::Succeeded, String::new()),
+        R::Failed => (K::Failed, String::new()),
+        R::TimedOut => (K::TimedOut, "timed out".to_string()),
+        R::SpawnFailed(m) => (K::SpawnFailed, m.clone()),
+        R::Cancelled => return None,
+    };
+    Some(HookResult {
+        outcome,
+        exit: report.exit,
+        signal: report.signal,
+        duration_ms: report.duration_ms,
+        stdout_tail: report.stdout_tail.clone(),
+        stderr_tail: report.stderr_tail.clone(),
+        message,
+    })
+}
