@@ -83,6 +83,19 @@ pub enum OpenError {
         /// This binary's version.
         binary: u32,
     },
+    /// The log holds events of an extension this binary does not register.
+    #[error(
+        "unknown event kind {kind:?} at offset {offset}: no extension {app:?} is registered \
+         (register it before opening this workspace)"
+    )]
+    UnknownExtension {
+        /// The extension app.
+        app: String,
+        /// Its first event's kind.
+        kind: String,
+        /// Its first event's offset.
+        offset: u64,
+    },
     /// Reading state failed.
     #[error(transparent)]
     State(#[from] StateError),
@@ -450,6 +463,20 @@ impl Kernel {
                     });
                 }
             }
+        }
+        let mut unknown = None;
+        state.scan_prefix(Space::State, keys::EXT_APPS, &mut |k, v| {
+            let app = String::from_utf8_lossy(&k[keys::EXT_APPS.len()..]).into_owned();
+            if !self.extensions.contains_key(&app) {
+                unknown = Some((app, v.to_vec()));
+                return false;
+            }
+            true
+        })?;
+        if let Some((app, first)) = unknown {
+            let (kind, offset): (String, u64) = cairn_log::codec::decode_value(&first)
+                .map_err(|e| StateError(format!("extapp/{app} does not decode: {e}")))?;
+            return Err(OpenError::UnknownExtension { app, kind, offset });
         }
         Ok(())
     }
@@ -1903,6 +1930,10 @@ impl Kernel {
                 extension
                     .apply(&mut ExtWrite::new(state, app), &kind, &payload)
                     .map_err(|e| ApplyFailure(format!("extension {app:?} failed: {e}")))?;
+                let used = keys::ext_app(app);
+                if state.get(Space::State, &used)?.is_none() {
+                    put(state, &used, &(kind.clone(), entry.offset));
+                }
             }
         }
         if let Some(key) = &entry.meta.idempotency_key {

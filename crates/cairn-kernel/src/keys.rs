@@ -96,3 +96,11 @@ pub const IDEM_NEXT: &[u8] = b"idem/next";
 pub fn ext_prefix(app: &str) -> Vec<u8> {
     format!("ext/{app}/").into_bytes()
 }
+
+/// `extapp/<app>` → `(kind, offset)` of the first event of that extension: lets open refuse a
+/// workspace that uses an extension this binary does not register, naming kind and offset.
+pub fn ext_app(app: &str) -> Vec<u8> {
+    format!("extapp/{app}").into_bytes()
+}
+/// Prefix of the extension-use index.
+pub const EXT_APPS: &[u8] = b"extapp/";

@@ -32,8 +32,16 @@ pub(crate) struct EngineState {
     changes: BTreeMap<Uuid, Option<CancellationToken>>,
     /// Packages whose `onload` runs, with its token and a flag that turns true when done.
     onloads: BTreeMap<String, (CancellationToken, watch::Receiver<bool>)>,
-    /// Drivers running (changes + onloads), to wait for at close.
-    running: usize,
+    /// Driver tasks, awaited at close (a finished task has dropped its handle on the
+    /// workspace, so the store can close after them).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl EngineState {
+    fn track(&mut self, task: tokio::task::JoinHandle<()>) {
+        self.tasks.retain(|t| !t.is_finished());
+        self.tasks.push(task);
+    }
 }
 
 fn lock(inner: &Inner) -> std::sync::MutexGuard<'_, EngineState> {
@@ -62,23 +70,19 @@ fn start_drivers(inner: &Arc<Inner>) -> Result<(), Error> {
             continue;
         }
         engine.changes.insert(change.id, None);
-        engine.running += 1;
-        drop(engine);
-        let inner = Arc::clone(inner);
-        tokio::spawn(async move {
+        let inner2 = Arc::clone(inner);
+        let task = tokio::spawn(async move {
+            let inner = inner2;
             let id = change.id;
             if let Err(e) = drive_change(&inner, id).await {
                 if !matches!(e, Error::Closed) {
                     tracing::error!(change = %id, error = %e, "change driver stopped");
                 }
             }
-            let mut engine = lock(&inner);
-            engine.changes.remove(&id);
-            engine.running -= 1;
-            drop(engine);
+            lock(&inner).changes.remove(&id);
             inner.kick.notify_one();
-            let _ = inner.idle.send(true);
         });
+        engine.track(task);
     }
     for p in query::packages(&view)? {
         let wants = p.status == PackageStatus::Installed
@@ -96,36 +100,32 @@ fn start_drivers(inner: &Arc<Inner>) -> Result<(), Error> {
         engine
             .onloads
             .insert(name.clone(), (token.clone(), done_rx));
-        engine.running += 1;
-        drop(engine);
-        let inner = Arc::clone(inner);
-        tokio::spawn(async move {
+        let inner2 = Arc::clone(inner);
+        let task = tokio::spawn(async move {
+            let inner = inner2;
             if let Err(e) = drive_onload(&inner, &name, &token).await {
                 if !matches!(e, Error::Closed) {
                     tracing::error!(package = %name, error = %e, "onload driver stopped");
                 }
             }
-            let mut engine = lock(&inner);
-            engine.onloads.remove(&name);
-            engine.running -= 1;
-            drop(engine);
+            lock(&inner).onloads.remove(&name);
             let _ = done_tx.send(true);
             inner.kick.notify_one();
-            let _ = inner.idle.send(true);
         });
+        engine.track(task);
     }
     Ok(())
 }
 
-/// Waits until every driver has stopped (after shutdown was requested).
+/// Waits until every driver task has ended (after shutdown was requested).
 pub(crate) async fn wait_drivers(inner: &Arc<Inner>) {
-    let mut rx = inner.idle.subscribe();
     loop {
-        if lock(inner).running == 0 {
+        let tasks = std::mem::take(&mut lock(inner).tasks);
+        if tasks.is_empty() {
             return;
         }
-        if rx.changed().await.is_err() {
-            return;
+        for t in tasks {
+            let _ = t.await;
         }
     }
 }

@@ -95,7 +95,6 @@ pub(crate) struct Inner {
     pub shutdown: CancellationToken,
     pub handlers: BTreeMap<(String, String), HookHandler>,
     pub engine: Mutex<crate::engine::EngineState>,
-    pub idle: watch::Sender<bool>,
 }
 
 /// Cancels the runtime's tasks when the last user handle goes away.
@@ -156,7 +155,6 @@ impl Workspace {
             shutdown: CancellationToken::new(),
             handlers: options.hook_handlers.clone(),
             engine: Mutex::new(Default::default()),
-            idle: watch::channel(false).0,
         });
         let ws = Workspace {
             handle: Arc::new(Handle {
@@ -182,7 +180,8 @@ impl Workspace {
     }
 
     /// Stops the engine (running hooks are stopped and rerun at next open; nothing is
-    /// recorded for them), then closes the store.
+    /// recorded for them), then closes the store once no other clone of this handle and no
+    /// subscription holds it.
     pub async fn close(self) {
         self.inner().shutdown.cancel();
         let engine = self
@@ -195,6 +194,9 @@ impl Workspace {
             let _ = engine.await;
         }
         crate::engine::wait_drivers(self.inner()).await;
+        // Dropping the last handle closes the store (joins its writer): off the executor.
+        let handle = self.handle;
+        let _ = tokio::task::spawn_blocking(move || drop(handle)).await;
     }
 
     /// The data directory.

@@ -1,0 +1,154 @@
+//! Interfaces: connect/disconnect task order, undo on a failing hook, auto-connect, undesired.
+
+mod common;
+
+use cairn::kernel::{query, ChangeStatus};
+use common::*;
+
+fn provider(s: &Scratch) -> String {
+    format!(
+        "name = \"prov\"\nversion = \"1\"\n[[slots]]\nname = \"metrics\"\ninterface = \"metrics\"\n{}{}{}{}{}{}",
+        tracing_hook(&s.trace(), "prepare-slot-metrics", 0),
+        tracing_hook(&s.trace(), "connect-slot-metrics", 0),
+        tracing_hook(&s.trace(), "disconnect-slot-metrics", 0),
+        tracing_hook(&s.trace(), "unprepare-slot-metrics", 0),
+        "",
+        "",
+    )
+}
+
+fn consumer(s: &Scratch, connect_plug_exit: i32, auto: bool) -> String {
+    format!(
+        "name = \"cons\"\nversion = \"1\"\n[[plugs]]\nname = \"m\"\ninterface = \"metrics\"\nauto_connect = {auto}\n{}{}{}{}",
+        tracing_hook(&s.trace(), "prepare-plug-m", 0),
+        tracing_hook(&s.trace(), "connect-plug-m", connect_plug_exit),
+        tracing_hook(&s.trace(), "disconnect-plug-m", 0),
+        tracing_hook(&s.trace(), "unprepare-plug-m", 0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_connect_plug_undoes_exactly_what_was_done_in_reverse() {
+    let s = Scratch::new();
+    let ws = s.open().await;
+    install(&ws, &provider(&s)).await;
+    install(&ws, &consumer(&s, 3, false)).await;
+    let id = ws
+        .connect(("cons", "m"), ("prov", "metrics"), &opts())
+        .await
+        .unwrap();
+    let c = finish(&ws, id).await;
+    assert_eq!(c.status, ChangeStatus::Error);
+    assert_eq!(
+        s.hooks_run(),
+        [
+            "prepare-plug-m",
+            "prepare-slot-metrics",
+            "connect-slot-metrics",
+            "connect-plug-m",
+            "disconnect-slot-metrics",
+            "unprepare-slot-metrics",
+            "unprepare-plug-m",
+        ]
+    );
+    assert!(query::connections(&ws.view().unwrap()).unwrap().is_empty());
+    assert_replay_matches(&ws);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_then_disconnect_runs_the_mirror_image() {
+    let s = Scratch::new();
+    let ws = s.open().await;
+    install(&ws, &provider(&s)).await;
+    install(&ws, &consumer(&s, 0, false)).await;
+    let id = ws
+        .connect(("cons", "m"), ("prov", "metrics"), &opts())
+        .await
+        .unwrap();
+    assert_eq!(finish(&ws, id).await.status, ChangeStatus::Done);
+    let conns = query::connections(&ws.view().unwrap()).unwrap();
+    assert_eq!(conns.len(), 1);
+    assert!(!conns[0].auto);
+    let lines = s.trace_lines();
+    assert!(
+        lines[0].contains("plug=cons:m slot=prov:metrics"),
+        "{lines:?}"
+    );
+    let id = ws
+        .disconnect(("cons", "m"), ("prov", "metrics"), &opts())
+        .await
+        .unwrap();
+    assert_eq!(finish(&ws, id).await.status, ChangeStatus::Done);
+    assert_eq!(
+        s.hooks_run()[4..],
+        [
+            "disconnect-plug-m",
+            "disconnect-slot-metrics",
+            "unprepare-slot-metrics",
+            "unprepare-plug-m",
+        ]
+    );
+    assert!(query::connections(&ws.view().unwrap()).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_connect_at_install_and_undesired_after_manual_disconnect() {
+    let s = Scratch::new();
+    let ws = s.open().await;
+    install(&ws, &provider(&s)).await;
+    install(&ws, &consumer(&s, 0, true)).await;
+    let conns = query::connections(&ws.view().unwrap()).unwrap();
+    assert_eq!(conns.len(), 1, "auto-connected at install");
+    assert!(conns[0].auto);
+    assert_eq!(
+        s.hooks_run().len(),
+        4,
+        "connect hooks ran as tasks of the install"
+    );
+    let id = ws
+        .disconnect(("cons", "m"), ("prov", "metrics"), &opts())
+        .await
+        .unwrap();
+    finish(&ws, id).await;
+    // Reinstalling the consumer does not auto-connect the undesired pair again.
+    let id = ws.uninstall("cons", &[], false, &opts()).await.unwrap();
+    assert_eq!(finish(&ws, id).await.status, ChangeStatus::Done);
+    install(&ws, &consumer(&s, 0, true)).await;
+    assert!(query::connections(&ws.view().unwrap()).unwrap().is_empty());
+    // A manual connect clears the mark.
+    let id = ws
+        .connect(("cons", "m"), ("prov", "metrics"), &opts())
+        .await
+        .unwrap();
+    assert_eq!(finish(&ws, id).await.status, ChangeStatus::Done);
+    assert_replay_matches(&ws);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_rejects_mismatched_interfaces_and_missing_ends() {
+    let s = Scratch::new();
+    let ws = s.open().await;
+    install(&ws, &provider(&s)).await;
+    install(
+        &ws,
+        "name = \"other\"\nversion = \"1\"\n[[plugs]]\nname = \"x\"\ninterface = \"net\"\n",
+    )
+    .await;
+    let before = ws.view().unwrap().digest().unwrap();
+    let e = ws
+        .connect(("other", "x"), ("prov", "metrics"), &opts())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("interface \"net\""), "{e}");
+    let e = ws
+        .connect(("other", "nope"), ("prov", "metrics"), &opts())
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), "plug other:nope does not exist");
+    let e = ws
+        .connect(("ghost", "x"), ("prov", "metrics"), &opts())
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), "package \"ghost\" does not exist");
+    assert_eq!(ws.view().unwrap().digest().unwrap(), before);
+}
