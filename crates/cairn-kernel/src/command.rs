@@ -21,8 +21,7 @@ pub const VAULT_SEALED_BYTES_MAX: usize = 64 * 1024 + 64;
 pub const VAR_DELETE_KEYS_MAX: usize = 4096;
 /// Largest extension event payload.
 pub const EXT_PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
-/// Longest idempotency key.
-pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+pub use cairn_log::limits::IDEMPOTENCY_KEY_BYTES_MAX;
 /// Idempotency keys remembered (the oldest is forgotten first).
 pub const IDEMPOTENCY_KEYS_RETAINED: u64 = 100_000;
 
