@@ -152,3 +152,67 @@ async fn connect_rejects_mismatched_interfaces_and_missing_ends() {
     assert_eq!(e.to_string(), "package \"ghost\" does not exist");
     assert_eq!(ws.view().unwrap().digest().unwrap(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_cancels_the_running_hook_and_undoes_backwards() {
+    let s = Scratch::new();
+    let ws = s.open().await;
+    let pid_file = s.dir.path().join("hook.pid");
+    let slow_slot = format!(
+        "name = \"prov\"\nversion = \"1\"\n[[slots]]\nname = \"metrics\"\ninterface = \"metrics\"\n{}{}{}[hooks.connect-slot-metrics]\nrun = \"echo connect-slot-metrics >> '{}'; echo $$ > '{}'; exec sleep 60\"\n",
+        tracing_hook(&s.trace(), "prepare-slot-metrics", 0),
+        tracing_hook(&s.trace(), "disconnect-slot-metrics", 0),
+        tracing_hook(&s.trace(), "unprepare-slot-metrics", 0),
+        s.trace().display(),
+        pid_file.display(),
+    );
+    install(&ws, &slow_slot).await;
+    install(&ws, &consumer(&s, 0, false)).await;
+    let id = ws
+        .connect(("cons", "m"), ("prov", "metrics"), &opts())
+        .await
+        .unwrap();
+    // A waiter that gives up does not cancel the change.
+    let gave_up =
+        tokio::time::timeout(std::time::Duration::from_millis(100), ws.wait_change(id)).await;
+    assert!(gave_up.is_err());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !pid_file.exists() {
+        assert!(std::time::Instant::now() < deadline, "hook never started");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let c = query::change(&ws.view().unwrap(), id).unwrap().unwrap();
+    assert_eq!(
+        c.status,
+        ChangeStatus::Doing,
+        "still running after the waiter left"
+    );
+    let started = std::time::Instant::now();
+    ws.abort(id, &opts()).await.unwrap();
+    let c = finish(&ws, id).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(c.status, ChangeStatus::Undone, "{c:#?}");
+    assert_eq!(
+        s.hooks_run(),
+        [
+            "prepare-plug-m",
+            "prepare-slot-metrics",
+            "connect-slot-metrics",
+            "disconnect-slot-metrics",
+            "unprepare-slot-metrics",
+            "unprepare-plug-m",
+        ]
+    );
+    assert!(query::connections(&ws.view().unwrap()).unwrap().is_empty());
+    let log = ws.read_log(1, 10_000).await.unwrap();
+    assert_eq!(
+        log.iter().filter(|e| e.kind == "hook.cancelled.v1").count(),
+        1
+    );
+    let e = ws.abort(id, &opts()).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("has already finished (status undone)"),
+        "{e}"
+    );
+}
