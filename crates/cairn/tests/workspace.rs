@@ -14,7 +14,10 @@ const PKG: &str = "name = \"p\"\nversion = \"1\"\n[vars]\nk = \"v\"\n";
 async fn a_second_opener_is_told_who_holds_the_workspace() {
     let s = Scratch::new();
     let _ws = s.open().await;
-    let e = Workspace::open(&s.data(), Default::default()).await.err().unwrap();
+    let e = Workspace::open(&s.data(), Default::default())
+        .await
+        .err()
+        .unwrap();
     assert_eq!(
         e.to_string(),
         format!("workspace is locked by pid {}", std::process::id())
@@ -27,7 +30,9 @@ async fn subscribers_catch_up_then_follow_live_without_gaps() {
     let ws = s.open().await;
     install(&ws, PKG).await;
     for i in 0..300u32 {
-        ws.var_set("p", "k", &i.to_be_bytes(), None, &opts()).await.unwrap();
+        ws.var_set("p", "k", &i.to_be_bytes(), None, &opts())
+            .await
+            .unwrap();
     }
     let mut slow = ws.subscribe(1).unwrap();
     let mut live = ws.subscribe(ws.applied() + 1).unwrap();
@@ -35,7 +40,9 @@ async fn subscribers_catch_up_then_follow_live_without_gaps() {
         let ws = ws.clone();
         tokio::spawn(async move {
             for i in 0..200u32 {
-                ws.var_set("p", "k", &i.to_le_bytes(), None, &opts()).await.unwrap();
+                ws.var_set("p", "k", &i.to_le_bytes(), None, &opts())
+                    .await
+                    .unwrap();
             }
             ws.applied()
         })
@@ -82,18 +89,31 @@ async fn bad_manifests_are_rejected_with_the_field_and_nothing_is_written() {
             "name = \"p\"\nversion = \"1\"\n[[features]]\nname = \"f\"\nstate = \"sideways\"\n",
             "features[0].state",
         ),
-        ("name = \"p\"\nversion = \"1\"\n[hooks.onfire]\nrun = \"true\"\n", "hooks.onfire"),
+        (
+            "name = \"p\"\nversion = \"1\"\n[hooks.onfire]\nrun = \"true\"\n",
+            "hooks.onfire",
+        ),
         ("name = \"p\"\n", "version"),
     ] {
         let e = ws.install_toml(text, &opts()).await.unwrap_err();
         assert!(matches!(e, Error::Rejected(_)), "{e}");
-        assert!(e.to_string().contains(expect), "{e} should mention {expect}");
+        assert!(
+            e.to_string().contains(expect),
+            "{e} should mention {expect}"
+        );
     }
     // A feature another package owns.
-    install(&ws, "name = \"a\"\nversion = \"1\"\n[[features]]\nname = \"shared\"\n").await;
+    install(
+        &ws,
+        "name = \"a\"\nversion = \"1\"\n[[features]]\nname = \"shared\"\n",
+    )
+    .await;
     let mid = ws.view().unwrap().digest().unwrap();
     let e = ws
-        .install_toml("name = \"b\"\nversion = \"1\"\n[[features]]\nname = \"shared\"\n", &opts())
+        .install_toml(
+            "name = \"b\"\nversion = \"1\"\n[[features]]\nname = \"shared\"\n",
+            &opts(),
+        )
         .await
         .unwrap_err();
     assert_eq!(
