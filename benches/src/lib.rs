@@ -2,6 +2,8 @@
 //! against (raw RocksDB and an SQLite events table), so the `compare` binary and the criterion
 //! benches measure the same work.
 
+pub mod lifecycle;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;

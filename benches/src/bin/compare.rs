@@ -6,9 +6,22 @@
 //! Each cell is the median of several rounds; rounds interleave the systems so machine noise
 //! hits them alike. The last line gives cairn ÷ peer throughput ratios; the raw RocksDB peer is
 //! the faster of its two shapes (writers calling RocksDB directly, or one group-commit thread).
+//!
+//! Then the lifecycle figures, through the kernel (`cairn::KernelMachine`):
+//! - `kernel_sync64`: var and feature sets from 64 writers under `sync`, ÷ the store-only
+//!   `sync64` (same rounds, interleaved);
+//! - `rebuild`: `Store::rebuild` of a 1M-entry mixed lifecycle log (quick: 50k) ÷ merely
+//!   iterating it through a read view and decoding every event;
+//! - `open_1m_vs_1k`: median `Workspace::open` + `close` of that workspace ÷ that of a
+//!   1k-entry one (lower is better).
+//!
+//! `--only WORKLOAD` runs one cairn workload alone, for profiling: `sync64`, `sync1`,
+//! `buffered64`, `none64` (store only), `kernel64`, `rebuild`, `open` (sized by `--quick`).
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
+use cairn_benches::lifecycle::{self, KernelSink, MixSpec};
 use cairn_benches::{throughput, CairnSink, Grouped, RawDirect, Sink};
 use cairn_store::Durability;
 
@@ -26,25 +39,57 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let scratch = tempfile::tempdir_in(std::env::var("CAIRN_BENCH_DIR").unwrap_or("/tmp".into()))
+        .expect("scratch dir");
+    let sizes = if quick {
+        LogSizes {
+            big: 50_000,
+            small: 1_000,
+            rounds: 1,
+            opens: 9,
+        }
+    } else {
+        LogSizes {
+            big: 1_000_000,
+            small: 1_000,
+            rounds: 2,
+            opens: 15,
+        }
+    };
     // `--only WORKLOAD` runs one workload's cairn cell alone (for profiling); no ratios.
     if let Some(i) = args.iter().position(|a| a == "--only") {
         let name = args.get(i + 1).map(String::as_str).unwrap_or("sync64");
-        let (threads, durability) = match name {
-            "sync1" => (1, Durability::Sync),
-            "buffered64" => (64, Durability::Buffered),
-            "none64" => (64, Durability::None),
-            _ => (64, Durability::Sync),
-        };
-        let scratch = tempfile::tempdir().expect("scratch dir");
-        let sink = CairnSink::open(&scratch.path().join("only"), durability);
-        let ops = throughput(&sink, threads, Duration::from_secs(5));
-        println!("cairn {name}: {ops:.0} ops/s");
+        match name {
+            "rebuild" | "open" => {
+                let big = build(scratch.path(), "big", sizes.big);
+                if name == "rebuild" {
+                    rebuild_rates(&big, sizes.rounds);
+                } else {
+                    let small = build(scratch.path(), "small", sizes.small);
+                    open_times(&big, &small, sizes.opens);
+                }
+            }
+            "kernel64" => {
+                let sink = KernelSink::open(&scratch.path().join("only"), Durability::Sync);
+                let ops = throughput(&sink, 64, Duration::from_secs(5));
+                println!("cairn kernel64: {ops:.0} commands/s");
+            }
+            _ => {
+                let (threads, durability) = match name {
+                    "sync1" => (1, Durability::Sync),
+                    "buffered64" => (64, Durability::Buffered),
+                    "none64" => (64, Durability::None),
+                    _ => (64, Durability::Sync),
+                };
+                let sink = CairnSink::open(&scratch.path().join("only"), durability);
+                let ops = throughput(&sink, threads, Duration::from_secs(5));
+                println!("cairn {name}: {ops:.0} ops/s");
+            }
+        }
         return;
     }
     let (rounds, secs) = if quick { (1, 2.0) } else { (5, 6.0) };
     let duration = Duration::from_secs_f64(secs);
-    let scratch = tempfile::tempdir_in(std::env::var("CAIRN_BENCH_DIR").unwrap_or("/tmp".into()))
-        .expect("scratch dir");
     println!(
         "compare: {} mode, {rounds} round(s) of {secs} s per cell, 256-byte payloads, scratch {}",
         if quick { "quick" } else { "full" },
@@ -73,6 +118,7 @@ fn main() {
         scratch.path().join(format!("run{n}"))
     };
     let mut results = Vec::new();
+    let mut kernel = Vec::new();
     println!(
         "{:<12} {:>14} {:>16} {:>16} {:>14} {:>8}",
         "workload", "cairn ops/s", "rocksdb-direct", "rocksdb-grouped", "sqlite ops/s", "ratio"
@@ -90,6 +136,7 @@ fn main() {
             direct.push(run(&RawDirect::open(&dir(), case.sync)));
             grouped.push(run(&Grouped::rocksdb(&dir(), case.sync)));
             if case.name == "sync64" {
+                kernel.push(run(&KernelSink::open(&dir(), durability)));
                 sqlite.push(run(&Grouped::sqlite(&{
                     let d = dir();
                     std::fs::create_dir_all(&d).unwrap();
@@ -118,11 +165,107 @@ fn main() {
         cairn / raw
     };
     let (_, cairn64, _, sqlite64) = results.iter().find(|r| r.0 == "sync64").unwrap();
+    let kernel = median(kernel);
     println!(
-        "ratios: sync64={:.2} sync1={:.2} buffered64={:.2} sqlite_sync64={:.2}",
+        "kernel sync64: {kernel:.0} commands/s (3/4 var sets of 256 bytes, 1/4 feature toggles) \
+         vs store-only sync64 {cairn64:.0} ops/s: {:.2} (target ≥ 0.7)",
+        kernel / cairn64
+    );
+    let big = build(scratch.path(), "big", sizes.big);
+    let (iterate, rebuild) = rebuild_rates(&big, sizes.rounds);
+    let small = build(scratch.path(), "small", sizes.small);
+    let (open_big, open_small) = open_times(&big, &small, sizes.opens);
+    println!(
+        "ratios: sync64={:.2} sync1={:.2} buffered64={:.2} sqlite_sync64={:.2} \
+         kernel_sync64={:.2} rebuild={:.2} open_1m_vs_1k={:.2}",
         ratio("sync64"),
         ratio("sync1"),
         ratio("buffered64"),
-        cairn64 / sqlite64.expect("sqlite ran in sync64")
+        cairn64 / sqlite64.expect("sqlite ran in sync64"),
+        kernel / cairn64,
+        rebuild / iterate,
+        open_big / open_small
     );
+}
+
+/// Sizes of the lifecycle logs and repetitions of their measurements.
+struct LogSizes {
+    /// Entries of the big log (rebuild, and the big side of the open comparison).
+    big: u64,
+    /// Entries of the small log (the small side of the open comparison).
+    small: u64,
+    /// Rounds of iterate + rebuild (best of each is reported).
+    rounds: usize,
+    /// Opens of each workspace (median is reported), after one untimed open each.
+    opens: usize,
+}
+
+/// Builds a mixed lifecycle log of about `entries` entries in `scratch/name`.
+fn build(scratch: &Path, name: &str, entries: u64) -> std::path::PathBuf {
+    let dir = scratch.join(name);
+    let start = Instant::now();
+    let written = lifecycle::build_mixed_log(&dir, MixSpec::sized(entries));
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "built a mixed lifecycle log of {written} entries in {secs:.1} s ({:.0} entries/s, \
+         durability none)",
+        written as f64 / secs
+    );
+    dir
+}
+
+/// Iterate + decode and rebuild rates (entries/s) of the workspace at `dir`, best of `rounds`.
+fn rebuild_rates(dir: &Path, rounds: usize) -> (f64, f64) {
+    let (mut iterate, mut rebuild) = (0f64, 0f64);
+    let mut entries = 0;
+    for _ in 0..rounds {
+        let (n, secs) = lifecycle::iterate_and_decode(dir);
+        iterate = iterate.max(n as f64 / secs);
+        let (m, secs) = lifecycle::rebuild(dir);
+        assert_eq!(n, m, "rebuild replays the whole log");
+        rebuild = rebuild.max(m as f64 / secs);
+        entries = n;
+    }
+    println!(
+        "lifecycle log of {entries} entries: iterate + decode {iterate:.0} entries/s, \
+         rebuild {rebuild:.0} entries/s: {:.2} (target ≥ 0.5)",
+        rebuild / iterate
+    );
+    (iterate, rebuild)
+}
+
+/// Median open + close times (seconds) of the workspaces at `big` and `small`, interleaved:
+/// `Workspace::open` + `close` (the ratio's figure) and `Store::open` + drop.
+fn open_times(big: &Path, small: &Path, opens: usize) -> (f64, f64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    // The first open replays the WAL left by the build (and flushes it): not what is measured.
+    for dir in [big, small] {
+        lifecycle::workspace_open_close(&rt, dir);
+    }
+    let (mut ws_big, mut ws_small, mut st_big, mut st_small) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..opens {
+        ws_big.push(lifecycle::workspace_open_close(&rt, big).as_secs_f64());
+        ws_small.push(lifecycle::workspace_open_close(&rt, small).as_secs_f64());
+        st_big.push(lifecycle::store_open_close(big).as_secs_f64());
+        st_small.push(lifecycle::store_open_close(small).as_secs_f64());
+    }
+    let entries = |dir: &Path| lifecycle::open(dir, Durability::None).applied();
+    let (n_big, n_small) = (entries(big), entries(small));
+    let (ws_big, ws_small) = (median(ws_big), median(ws_small));
+    let (st_big, st_small) = (median(st_big), median(st_small));
+    println!(
+        "open + close, median of {opens}: workspace of {n_big} entries {:.1} ms, of {n_small} \
+         entries {:.1} ms: {:.2} (lower is better, target ≤ 2); Store::open + drop alone: \
+         {:.1} ms vs {:.1} ms",
+        ws_big * 1e3,
+        ws_small * 1e3,
+        ws_big / ws_small,
+        st_big * 1e3,
+        st_small * 1e3
+    );
+    (ws_big, ws_small)
 }

@@ -25,7 +25,7 @@ use crate::records::*;
 
 /// Version of the projection's layout. Bump it when keys or records change: the store then
 /// rebuilds the projection from the log at open.
-pub const PROJECTION_VERSION: u64 = 1;
+pub const PROJECTION_VERSION: u64 = 2;
 /// The kernel's own schema version.
 pub const SCHEMA_VERSION: u32 = 1;
 /// Oldest binary schema version that can open data written by this one.
@@ -168,6 +168,12 @@ fn scan(state: &dyn StateRead, prefix: &[u8]) -> Result<Pairs, StateError> {
         true
     })?;
     Ok(out)
+}
+
+/// Writes a package record and its status key together.
+fn put_package(state: &mut dyn StateWrite, p: &PackageRecord) {
+    put(state, &keys::package(&p.manifest.name), p);
+    put(state, &keys::package_status(&p.manifest.name), &p.status);
 }
 
 fn scan_records<T: DeserializeOwned>(
@@ -651,12 +657,14 @@ impl Kernel {
                     .into());
                 }
                 let entity = Entity::Resource(ResourceKind::Vars, owner.clone(), key.clone());
-                let current = get::<VarRecord>(state, &keys::resource("var", owner, key))?;
-                check_revision(
-                    entity,
-                    expect_revision,
-                    current.as_ref().map(|r| r.revision),
-                )?;
+                if expect_revision.is_some() {
+                    let current = get::<VarRecord>(state, &keys::resource("var", owner, key))?;
+                    check_revision(
+                        entity,
+                        expect_revision,
+                        current.as_ref().map(|r| r.revision),
+                    )?;
+                }
                 Ok(vec![Event::VarSet {
                     owner: owner.clone(),
                     key: key.clone(),
@@ -927,8 +935,9 @@ impl Kernel {
 
     /// The package exists and is not being uninstalled: its resources may be written.
     fn writable_package(&self, state: &dyn StateRead, owner: &str) -> Result<(), DecideError> {
-        let p = self.package(state, owner)?;
-        if let PackageStatus::Uninstalling { change, .. } = p.status {
+        let status = get::<PackageStatus>(state, &keys::package_status(owner))?
+            .ok_or_else(|| Rejection::NotFound(Entity::Package(owner.to_string())))?;
+        if let PackageStatus::Uninstalling { change, .. } = status {
             return Err(Rejection::Busy {
                 entity: Entity::Package(owner.to_string()),
                 kind: "an uninstall".into(),
@@ -1000,7 +1009,11 @@ impl Kernel {
         // Auto-connect each plug to the one matching slot, if exactly one exists among
         // installed, idle packages (and this package's own slots), and the pair is not
         // marked undesired.
-        let installed: Vec<PackageRecord> = scan_records(state, keys::PACKAGES)?;
+        let installed: Vec<PackageRecord> = if m.plugs.iter().any(|p| p.auto_connect) {
+            scan_records(state, keys::PACKAGES)?
+        } else {
+            Vec::new()
+        };
         let mut packages = BTreeSet::from([m.name.clone()]);
         let mut tasks = vec![Task::new(
             "create",
@@ -1448,11 +1461,16 @@ impl Kernel {
                         deleted.push((kind, names));
                     }
                 }
-                let features = scan_records::<FeatureRecord>(state, keys::FEATURES)?
-                    .into_iter()
-                    .filter(|f| f.owner == package)
-                    .map(|f| f.name)
-                    .collect();
+                let mut features = Vec::new();
+                if let Some(p) = get::<PackageRecord>(state, &keys::package(&package))? {
+                    for f in &p.manifest.features {
+                        let owned = get::<FeatureRecord>(state, &keys::feature(&f.name))?
+                            .is_some_and(|r| r.owner == package);
+                        if owned {
+                            features.push(f.name.clone());
+                        }
+                    }
+                }
                 events.push(Event::ResourcesDeleted(ResourcesDeleted {
                     package,
                     keep,
@@ -1549,9 +1567,8 @@ impl Kernel {
                 let m = &e.manifest;
                 let name = &m.name;
                 self.put_new_change(state, e.change.clone(), entry);
-                put(
+                put_package(
                     state,
-                    &keys::package(name),
                     &PackageRecord {
                         manifest: m.clone(),
                         status: PackageStatus::Installing {
@@ -1567,8 +1584,11 @@ impl Kernel {
                     },
                 );
                 // Adopt whatever an earlier uninstall kept under this name.
-                for kind in ResourceKind::ALL {
-                    mark_kept(state, kind, name, None, rev)?;
+                if state.get(Space::State, &keys::kept(name))?.is_some() {
+                    for kind in ResourceKind::ALL {
+                        mark_kept(state, kind, name, None, rev)?;
+                    }
+                    state.delete(Space::State, &keys::kept(name));
                 }
                 for (key, value) in &m.vars {
                     let k = keys::resource("var", name, key);
@@ -1679,7 +1699,8 @@ impl Kernel {
                 self.update_package(state, &package, rev, |p| p.status = status)?;
             }
             Event::PackageRemoved { package } => {
-                state.delete(Space::State, &keys::package(&package))
+                state.delete(Space::State, &keys::package(&package));
+                state.delete(Space::State, &keys::package_status(&package));
             }
             Event::ResourcesDeleted(e) => {
                 for (kind, names) in &e.deleted {
@@ -1694,6 +1715,9 @@ impl Kernel {
                 }
                 for kind in &e.keep {
                     mark_kept(state, *kind, &e.package, Some(e.package.clone()), rev)?;
+                }
+                if !e.keep.is_empty() {
+                    state.put(Space::State, &keys::kept(&e.package), b"");
                 }
                 for f in &e.features {
                     state.delete(Space::State, &keys::feature(f));
@@ -2008,7 +2032,7 @@ impl Kernel {
         if let Some(mut p) = get::<PackageRecord>(state, &key)? {
             f(&mut p);
             p.revision = rev;
-            put(state, &key, &p);
+            put_package(state, &p);
         }
         Ok(())
     }

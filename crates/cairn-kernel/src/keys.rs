@@ -11,6 +11,18 @@ pub fn package(name: &str) -> Vec<u8> {
 /// Prefix of every package record.
 pub const PACKAGES: &[u8] = b"pkg/";
 
+/// `pkgstatus/<name>` → `PackageStatus`: the package record's status alone, kept in step with
+/// it, so that resource writes check their package without decoding its manifest.
+pub fn package_status(name: &str) -> Vec<u8> {
+    format!("pkgstatus/{name}").into_bytes()
+}
+
+/// `kept/<owner>` → empty: `owner` has resources kept by an uninstall (an install of the name
+/// adopts them; without the marker it skips looking).
+pub fn kept(owner: &str) -> Vec<u8> {
+    format!("kept/{owner}").into_bytes()
+}
+
 /// `feature/<name>` → `FeatureRecord`.
 pub fn feature(name: &str) -> Vec<u8> {
     format!("feature/{name}").into_bytes()

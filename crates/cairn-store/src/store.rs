@@ -255,6 +255,7 @@ impl<M: StateMachine> Store<M> {
             head,
             epoch: meta_epoch.max(head.epoch),
             stopped: None,
+            replier: None,
         };
         let writer = std::thread::Builder::new()
             .name("cairn-writer".into())

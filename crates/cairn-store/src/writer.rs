@@ -128,11 +128,29 @@ pub(crate) struct Writer<M: StateMachine> {
     pub epoch: u64,
     /// Why the writer stopped, once it has.
     pub stopped: Option<String>,
+    /// The replier thread's queue (set while `run` runs).
+    pub replier: Option<std::sync::mpsc::Sender<Answers<M::Rejection>>>,
 }
 
 impl<M: StateMachine> Writer<M> {
     /// Runs until every sender is gone.
     pub fn run(mut self, rx: Receiver<Request<M>>) {
+        let (answers, to_deliver) = std::sync::mpsc::channel::<Answers<M::Rejection>>();
+        let replier = std::thread::Builder::new()
+            .name("cairn-replier".into())
+            .spawn(move || to_deliver.into_iter().for_each(deliver));
+        // Without a replier thread the writer answers inline.
+        if replier.is_ok() {
+            self.replier = Some(answers);
+        }
+        self.serve(rx);
+        drop(self.replier.take());
+        if let Ok(replier) = replier {
+            let _ = replier.join();
+        }
+    }
+
+    fn serve(&mut self, rx: Receiver<Request<M>>) {
         let mut requests = Vec::with_capacity(self.opts.batch_entries_max);
         while let Ok(first) = rx.recv() {
             requests.push(first);
@@ -362,35 +380,65 @@ impl<M: StateMachine> Writer<M> {
         self.answer(group, Err(error.clone()));
     }
 
+    /// Hands the group's answers to the replier thread (waking each caller costs a futex
+    /// wake; doing that off the writer lets the next group start sooner).
     fn answer(&self, group: &mut Group<'_, M::Rejection>, written: Result<(), StoreError>) {
-        let applied = self.head.offset;
-        for pending in group.pending.drain(..) {
-            match pending {
-                Pending::Command(reply, outcome) => {
-                    let result = match (&written, outcome) {
-                        (Ok(()), Ok((offsets, replayed))) => Ok(Committed {
-                            offsets,
-                            applied,
-                            replayed,
-                        }),
-                        (Ok(()), Err(e)) => Err(e),
-                        (Err(w), _) => Err(CommandError::Store(w.clone())),
-                    };
-                    // A caller that stopped waiting does not undo the commit.
-                    let _ = reply.send(result);
+        let answers = Answers {
+            pending: std::mem::take(&mut group.pending),
+            written,
+            applied: self.head.offset,
+        };
+        match &self.replier {
+            Some(tx) => {
+                if let Err(unsent) = tx.send(answers) {
+                    deliver(unsent.0);
                 }
-                Pending::Entries(reply, outcome) => {
-                    let result = match (&written, outcome) {
-                        (Ok(()), Ok(offsets)) => Ok(Committed {
-                            offsets,
-                            applied,
-                            replayed: false,
-                        }),
-                        (Ok(()), Err(e)) => Err(e),
-                        (Err(w), _) => Err(w.clone()),
-                    };
-                    let _ = reply.send(result);
-                }
+            }
+            None => deliver(answers),
+        }
+    }
+}
+
+/// One group's answers, sent to callers in commit order.
+pub(crate) struct Answers<R: std::fmt::Debug> {
+    pending: Vec<Pending<R>>,
+    written: Result<(), StoreError>,
+    applied: u64,
+}
+
+/// Sends every answer of a group.
+fn deliver<R: std::fmt::Debug>(answers: Answers<R>) {
+    let Answers {
+        pending,
+        written,
+        applied,
+    } = answers;
+    for pending in pending {
+        match pending {
+            Pending::Command(reply, outcome) => {
+                let result = match (&written, outcome) {
+                    (Ok(()), Ok((offsets, replayed))) => Ok(Committed {
+                        offsets,
+                        applied,
+                        replayed,
+                    }),
+                    (Ok(()), Err(e)) => Err(e),
+                    (Err(w), _) => Err(CommandError::Store(w.clone())),
+                };
+                // A caller that stopped waiting does not undo the commit.
+                let _ = reply.send(result);
+            }
+            Pending::Entries(reply, outcome) => {
+                let result = match (&written, outcome) {
+                    (Ok(()), Ok(offsets)) => Ok(Committed {
+                        offsets,
+                        applied,
+                        replayed: false,
+                    }),
+                    (Ok(()), Err(e)) => Err(e),
+                    (Err(w), _) => Err(w.clone()),
+                };
+                let _ = reply.send(result);
             }
         }
     }
