@@ -159,14 +159,17 @@ pub enum Step {
         interface: String,
         /// Made by auto-connect.
         auto: bool,
+        /// Whether the pair is marked undesired afterwards (decided with the change, so an
+        /// undo restores the mark exactly as it was).
+        undesired: bool,
     },
-    /// Remove the connection record; `undesired` marks the pair as never to auto-connect again.
+    /// Remove the connection record.
     RemoveConnection {
         /// Plug end.
         plug: End,
         /// Slot end.
         slot: End,
-        /// Mark undesired.
+        /// Whether the pair is marked undesired (never auto-connected again) afterwards.
         undesired: bool,
     },
     /// Mark the package installed (end of install).

@@ -197,6 +197,15 @@ pub enum Event {
         /// Never auto-connect this pair again.
         undesired: bool,
     },
+    /// `connection.marked.v1`: the pair's undesired mark is set or cleared.
+    ConnectionMarked {
+        /// Plug end.
+        plug: End,
+        /// Slot end.
+        slot: End,
+        /// Marked undesired.
+        undesired: bool,
+    },
     /// `var.set.v1`
     VarSet {
         /// Owner.
@@ -460,6 +469,7 @@ pub mod kinds {
     pub const HOOK_CANCELLED: &str = "hook.cancelled.v1";
     pub const CONNECTION_ESTABLISHED: &str = "connection.established.v1";
     pub const CONNECTION_REMOVED: &str = "connection.removed.v1";
+    pub const CONNECTION_MARKED: &str = "connection.marked.v1";
     pub const VAR_SET: &str = "var.set.v1";
     pub const VARS_DELETED: &str = "var.deleted.v1";
     pub const QUEUE_PUT: &str = "queue.put.v1";
@@ -494,6 +504,7 @@ impl Event {
             Event::HookCancelled(_) => HOOK_CANCELLED,
             Event::ConnectionEstablished { .. } => CONNECTION_ESTABLISHED,
             Event::ConnectionRemoved { .. } => CONNECTION_REMOVED,
+            Event::ConnectionMarked { .. } => CONNECTION_MARKED,
             Event::VarSet { .. } => VAR_SET,
             Event::VarsDeleted { .. } => VARS_DELETED,
             Event::QueuePut { .. } => QUEUE_PUT,
@@ -549,6 +560,15 @@ impl Event {
                 auto,
             }),
             Event::ConnectionRemoved {
+                plug,
+                slot,
+                undesired,
+            } => enc(&wire::ConnectionRemoved {
+                plug,
+                slot,
+                undesired,
+            }),
+            Event::ConnectionMarked {
                 plug,
                 slot,
                 undesired,
@@ -683,6 +703,14 @@ impl Event {
             CONNECTION_REMOVED => {
                 let w: wire::ConnectionRemoved = dec(kind, payload)?;
                 Event::ConnectionRemoved {
+                    plug: w.plug,
+                    slot: w.slot,
+                    undesired: w.undesired,
+                }
+            }
+            CONNECTION_MARKED => {
+                let w: wire::ConnectionRemoved = dec(kind, payload)?;
+                Event::ConnectionMarked {
                     plug: w.plug,
                     slot: w.slot,
                     undesired: w.undesired,

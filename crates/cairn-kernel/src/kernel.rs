@@ -172,8 +172,16 @@ fn scan(state: &dyn StateRead, prefix: &[u8]) -> Result<Pairs, StateError> {
 
 /// Writes a package record and its status key together.
 fn put_package(state: &mut dyn StateWrite, p: &PackageRecord) {
-    put(state, &keys::package(&p.manifest.name), p);
-    put(state, &keys::package_status(&p.manifest.name), &p.status);
+    let name = &p.manifest.name;
+    put(state, &keys::package(name), p);
+    put(state, &keys::package_status(name), &p.status);
+    let wanted = p.status == PackageStatus::Installed
+        && matches!(p.onload, OnloadState::Pending | OnloadState::Running { .. });
+    if wanted {
+        state.put(Space::State, &keys::onload_wanted(name), b"");
+    } else {
+        state.delete(Space::State, &keys::onload_wanted(name));
+    }
 }
 
 fn scan_records<T: DeserializeOwned>(
@@ -229,8 +237,15 @@ fn hook_step(package: &str, hook: String, plug: &End, slot: &End) -> Step {
     }
 }
 
-/// The five tasks of a connect, in order (undo counterparts alongside).
-fn connect_tasks(plug: &End, slot: &End, interface: &str, auto: bool) -> Vec<Task> {
+/// The five tasks of a connect, in order (undo counterparts alongside). `was_undesired`: the
+/// pair's mark before the connect, which undo restores.
+fn connect_tasks(
+    plug: &End,
+    slot: &End,
+    interface: &str,
+    auto: bool,
+    was_undesired: bool,
+) -> Vec<Task> {
     let (pp, p) = (&plug.0, &plug.1);
     let (sp, s) = (&slot.0, &slot.1);
     vec![
@@ -251,11 +266,12 @@ fn connect_tasks(plug: &End, slot: &End, interface: &str, auto: bool) -> Vec<Tas
                 slot: slot.clone(),
                 interface: interface.to_string(),
                 auto,
+                undesired: false,
             },
             Step::RemoveConnection {
                 plug: plug.clone(),
                 slot: slot.clone(),
-                undesired: false,
+                undesired: was_undesired,
             },
         ),
         Task::new(
@@ -306,11 +322,13 @@ fn disconnect_tasks(conn: &ConnRecord, undesired: bool, ignore_errors: bool) -> 
                 slot: slot.clone(),
                 undesired,
             },
+            // A connected pair is never marked undesired.
             Step::Establish {
                 plug: plug.clone(),
                 slot: slot.clone(),
                 interface: conn.interface.clone(),
                 auto: conn.auto,
+                undesired: false,
             },
         ),
         hook(
@@ -1057,7 +1075,13 @@ impl Kernel {
             }
             if let [slot_end] = eligible.as_slice() {
                 packages.insert(slot_end.0.clone());
-                tasks.extend(connect_tasks(&plug_end, slot_end, &plug.interface, true));
+                tasks.extend(connect_tasks(
+                    &plug_end,
+                    slot_end,
+                    &plug.interface,
+                    true,
+                    false,
+                ));
             }
         }
         tasks.push(Task::new(
@@ -1267,12 +1291,15 @@ impl Kernel {
         }
         let packages = BTreeSet::from([plug.0.clone(), slot.0.clone()]);
         self.check_not_busy(state, &packages)?;
+        let was_undesired = state
+            .get(Space::State, &keys::undesired(plug, slot))?
+            .is_some();
         let record = new_change(
             change,
             ChangeKind::Connect,
             format!("connect {}:{} to {}:{}", plug.0, plug.1, slot.0, slot.1),
             packages,
-            connect_tasks(plug, slot, &pi, false),
+            connect_tasks(plug, slot, &pi, false, was_undesired),
         );
         Ok(vec![Event::ChangeCreated(record)])
     }
@@ -1373,7 +1400,11 @@ impl Kernel {
                 slot,
                 interface,
                 auto,
+                undesired,
             } => {
+                let marked = state
+                    .get(Space::State, &keys::undesired(&plug, &slot))?
+                    .is_some();
                 let missing = [&plug.0, &slot.0]
                     .into_iter()
                     .find(|p| matches!(state.get(Space::State, &keys::package(p)), Ok(None)));
@@ -1385,12 +1416,21 @@ impl Kernel {
                 {
                     outcome = TaskOutcome::Failed("the connection already exists".into());
                 } else {
+                    // Establishing by hand clears the mark; then set it as the step says.
+                    let after = marked && auto;
                     events.push(Event::ConnectionEstablished {
-                        plug,
-                        slot,
+                        plug: plug.clone(),
+                        slot: slot.clone(),
                         interface,
                         auto,
                     });
+                    if after != undesired {
+                        events.push(Event::ConnectionMarked {
+                            plug,
+                            slot,
+                            undesired,
+                        });
+                    }
                 }
             }
             Step::RemoveConnection {
@@ -1398,11 +1438,23 @@ impl Kernel {
                 slot,
                 undesired,
             } => {
+                let marked = state
+                    .get(Space::State, &keys::undesired(&plug, &slot))?
+                    .is_some();
+                let mut after = marked;
                 if state
                     .get(Space::State, &keys::connection(&plug, &slot))?
                     .is_some()
                 {
+                    after = marked || undesired;
                     events.push(Event::ConnectionRemoved {
+                        plug: plug.clone(),
+                        slot: slot.clone(),
+                        undesired,
+                    });
+                }
+                if after != undesired {
+                    events.push(Event::ConnectionMarked {
                         plug,
                         slot,
                         undesired,
@@ -1701,6 +1753,7 @@ impl Kernel {
             Event::PackageRemoved { package } => {
                 state.delete(Space::State, &keys::package(&package));
                 state.delete(Space::State, &keys::package_status(&package));
+                state.delete(Space::State, &keys::onload_wanted(&package));
             }
             Event::ResourcesDeleted(e) => {
                 for (kind, names) in &e.deleted {
@@ -1828,6 +1881,18 @@ impl Kernel {
                 state.delete(Space::State, &keys::connection(&plug, &slot));
                 if undesired {
                     state.put(Space::State, &keys::undesired(&plug, &slot), b"");
+                }
+            }
+            Event::ConnectionMarked {
+                plug,
+                slot,
+                undesired,
+            } => {
+                let k = keys::undesired(&plug, &slot);
+                if undesired {
+                    state.put(Space::State, &k, b"");
+                } else {
+                    state.delete(Space::State, &k);
                 }
             }
             Event::VarSet { owner, key, value } => put(

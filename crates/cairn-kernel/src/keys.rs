@@ -17,6 +17,14 @@ pub fn package_status(name: &str) -> Vec<u8> {
     format!("pkgstatus/{name}").into_bytes()
 }
 
+/// `onload/<name>` → empty, while an installed package's `onload` is pending or running (lets
+/// the engine find them without scanning every package).
+pub fn onload_wanted(name: &str) -> Vec<u8> {
+    format!("onload/{name}").into_bytes()
+}
+/// Prefix of the onload index.
+pub const ONLOADS_WANTED: &[u8] = b"onload/";
+
 /// `kept/<owner>` → empty: `owner` has resources kept by an uninstall (an install of the name
 /// adopts them; without the marker it skips looking).
 pub fn kept(owner: &str) -> Vec<u8> {

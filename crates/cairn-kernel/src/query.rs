@@ -249,3 +249,13 @@ pub fn active_changes(state: &dyn StateRead) -> Result<Vec<ChangeRecord>, StateE
 pub fn schema(state: &dyn StateRead, name: &str) -> Result<Option<SchemaRecord>, StateError> {
     get(state, &keys::schema(name))
 }
+
+/// Installed packages whose `onload` is pending or running, by name.
+pub fn onloads_wanted(state: &dyn StateRead) -> Result<Vec<String>, StateError> {
+    let mut out = Vec::new();
+    state.scan_prefix(Space::State, keys::ONLOADS_WANTED, &mut |k, _| {
+        out.push(String::from_utf8_lossy(&k[keys::ONLOADS_WANTED.len()..]).into_owned());
+        true
+    })?;
+    Ok(out)
+}

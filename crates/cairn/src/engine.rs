@@ -84,13 +84,7 @@ fn start_drivers(inner: &Arc<Inner>) -> Result<(), Error> {
         });
         engine.track(task);
     }
-    for p in query::packages(&view)? {
-        let wants = p.status == PackageStatus::Installed
-            && matches!(p.onload, OnloadState::Pending | OnloadState::Running { .. });
-        if !wants {
-            continue;
-        }
-        let name = p.manifest.name.clone();
+    for name in query::onloads_wanted(&view)? {
         let mut engine = lock(inner);
         if engine.onloads.contains_key(&name) {
             continue;
