@@ -389,15 +389,19 @@ impl<M: StateMachine> Writer<M> {
             applied: self.head.offset,
         };
         match &self.replier {
-            Some(tx) => {
+            // A small group is answered inline: the extra thread hop would only add latency.
+            Some(tx) if answers.pending.len() > ANSWER_INLINE_MAX => {
                 if let Err(unsent) = tx.send(answers) {
                     deliver(unsent.0);
                 }
             }
-            None => deliver(answers),
+            _ => deliver(answers),
         }
     }
 }
+
+/// Groups with at most this many callers are answered by the writer itself.
+const ANSWER_INLINE_MAX: usize = 4;
 
 /// One group's answers, sent to callers in commit order.
 pub(crate) struct Answers<R: std::fmt::Debug> {

@@ -1,0 +1,412 @@
+//! Golden file for the kernel's event payloads: one event of every built-in kind, encoded and
+//! committed. Every build must decode the stored bytes to the same events and encode the same
+//! events to the same bytes. Never edit the golden file to make this pass: a changed layout is
+//! a new kind version (`.v2`), decoded alongside the old one forever.
+//!
+//! To create a golden file that does not exist yet, run with `CAIRN_BLESS=1`; an existing file
+//! is never overwritten.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use cairn_kernel::change::{ChangeKind, ChangeRecord, ChangeStatus, Step, Task, TaskOutcome};
+use cairn_kernel::event::{
+    kinds, Event, HookOutcome, HookRef, HookResult, InstallStarted, ResourcesDeleted,
+    UninstallStarted,
+};
+use cairn_kernel::manifest::{
+    DaemonDecl, FeatureDecl, HookExec, HookSpec, Manifest, ModelType, PlugDecl, SlotDecl,
+};
+use cairn_kernel::model::{DaemonState, FeatureState, ResourceKind, Restart, Scope};
+use cairn_kernel::records::PackageStatus;
+use cairn_log::frame::{split_frames, write_frame};
+use uuid::Uuid;
+
+fn golden() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/events-v1.frames")
+}
+
+fn end(p: &str, n: &str) -> (String, String) {
+    (p.into(), n.into())
+}
+
+fn manifest() -> Manifest {
+    Manifest {
+        name: "netmon".into(),
+        version: "1.2.0".into(),
+        hooks: BTreeMap::from([
+            (
+                "onload".to_string(),
+                HookSpec {
+                    exec: HookExec::Shell("echo loading".into()),
+                    timeout_s: 30,
+                },
+            ),
+            (
+                "connect-plug-net".to_string(),
+                HookSpec {
+                    exec: HookExec::Argv(vec!["/usr/bin/netmon".into(), "--init".into()]),
+                    timeout_s: 600,
+                },
+            ),
+        ]),
+        vars: BTreeMap::from([("threshold".to_string(), "10".to_string())]),
+        queues: vec!["events".into()],
+        vaults: vec!["api-token".into()],
+        daemons: vec![DaemonDecl {
+            name: "collector".into(),
+            command: vec!["/usr/bin/netmon-collector".into()],
+            restart: Restart::OnFailure,
+            enabled: true,
+        }],
+        features: vec![FeatureDecl {
+            name: "netmon".into(),
+            state: FeatureState::AlwaysEnabled,
+            auto_restart: true,
+            scope: Scope {
+                global: true,
+                per_instance: false,
+            },
+        }],
+        plugs: vec![PlugDecl {
+            name: "net".into(),
+            interface: "network".into(),
+            auto_connect: true,
+        }],
+        slots: vec![SlotDecl {
+            name: "metrics".into(),
+            interface: "metrics".into(),
+        }],
+        model: vec![ModelType {
+            name: "netmon:ip".into(),
+            base: "str".into(),
+            doc: "an address seen by netmon".into(),
+        }],
+    }
+}
+
+fn change(kind: ChangeKind) -> ChangeRecord {
+    let mut hold = Task::new("held", Step::Nothing, Step::Nothing);
+    hold.status = cairn_kernel::TaskStatus::Hold;
+    hold.attempts = 3;
+    hold.log = vec!["failed: exit 1".into()];
+    ChangeRecord {
+        id: Uuid::from_u128(0x7c1e_0000_0000_4000_8000_0000_0000_0001),
+        kind,
+        summary: "uninstall \"netmon\" keeping vars".into(),
+        packages: vec!["netmon".into(), "prov".into()],
+        tasks: vec![
+            Task::new(
+                "mark-uninstalling",
+                Step::MarkUninstalling {
+                    package: "netmon".into(),
+                    keep: vec![ResourceKind::Vars],
+                },
+                Step::RestoreStatus {
+                    package: "netmon".into(),
+                    status: PackageStatus::Broken {
+                        reason: "onload hook exit 3 after 5 ms".into(),
+                    },
+                },
+            )
+            .done(),
+            Task::new(
+                "cancel-onload",
+                Step::CancelOnload {
+                    package: "netmon".into(),
+                },
+                Step::Nothing,
+            ),
+            Task::new(
+                "disconnect-plug-net",
+                Step::Hook {
+                    package: "netmon".into(),
+                    hook: "disconnect-plug-net".into(),
+                    plug: Some(end("netmon", "net")),
+                    slot: Some(end("prov", "net")),
+                },
+                Step::Hook {
+                    package: "netmon".into(),
+                    hook: "connect-plug-net".into(),
+                    plug: None,
+                    slot: None,
+                },
+            )
+            .ignoring_errors(),
+            Task::new(
+                "remove",
+                Step::RemoveConnection {
+                    plug: end("netmon", "net"),
+                    slot: end("prov", "net"),
+                    undesired: true,
+                },
+                Step::Establish {
+                    plug: end("netmon", "net"),
+                    slot: end("prov", "net"),
+                    interface: "network".into(),
+                    auto: true,
+                    undesired: false,
+                },
+            ),
+            Task::new(
+                "delete-resources",
+                Step::DeleteResources {
+                    package: "netmon".into(),
+                    keep: vec![ResourceKind::Vars, ResourceKind::Model],
+                },
+                Step::Nothing,
+            )
+            .irreversible(),
+            Task::new(
+                "remove-package",
+                Step::RemovePackage {
+                    package: "netmon".into(),
+                },
+                Step::MarkBroken {
+                    package: "netmon".into(),
+                },
+            ),
+            Task::new(
+                "mark-installed",
+                Step::MarkInstalled {
+                    package: "netmon".into(),
+                },
+                Step::Nothing,
+            ),
+            hold,
+        ],
+        status: ChangeStatus::Undoing,
+        aborted: true,
+        actor: "operator".into(),
+        spawn_ms: 1_763_683_200_000,
+        ready_ms: Some(u64::MAX),
+        revision: 42,
+    }
+}
+
+fn hook_ref(task: Option<u32>) -> HookRef {
+    HookRef {
+        change: Uuid::from_u128(7),
+        task,
+        package: "netmon".into(),
+        hook: "onuninstall".into(),
+        attempt: 2,
+    }
+}
+
+/// One event of every built-in kind (and an extension event), edge cases on purpose.
+fn events() -> Vec<Event> {
+    vec![
+        Event::InstallStarted(InstallStarted {
+            manifest: manifest(),
+            change: change(ChangeKind::Install),
+        }),
+        Event::UninstallStarted(UninstallStarted {
+            package: "netmon".into(),
+            keep: vec![ResourceKind::Queues, ResourceKind::Vaults, ResourceKind::Daemons],
+            change: change(ChangeKind::Uninstall),
+        }),
+        Event::PackageStatusChanged {
+            package: "netmon".into(),
+            status: PackageStatus::Uninstalling {
+                keep: vec![ResourceKind::Vars],
+                change: Uuid::from_u128(9),
+            },
+        },
+        Event::PackageRemoved {
+            package: "netmon".into(),
+        },
+        Event::ResourcesDeleted(ResourcesDeleted {
+            package: "netmon".into(),
+            keep: vec![ResourceKind::Vars],
+            deleted: vec![
+                (ResourceKind::Queues, vec!["events".into()]),
+                (ResourceKind::Model, vec!["netmon:ip".into(), "netmon:mac".into()]),
+            ],
+            features: vec!["netmon".into()],
+        }),
+        Event::ChangeCreated(change(ChangeKind::Connect)),
+        Event::AbortRequested {
+            change: Uuid::from_u128(u128::MAX),
+        },
+        Event::TaskStarted {
+            change: Uuid::from_u128(1),
+            task: 4,
+            undo: true,
+        },
+        Event::TaskFinished {
+            change: Uuid::from_u128(1),
+            task: u32::MAX,
+            undo: false,
+            outcome: TaskOutcome::Failed("hook connect-plug-net exit 3 after 12 ms".into()),
+        },
+        Event::TaskFinished {
+            change: Uuid::from_u128(1),
+            task: 0,
+            undo: true,
+            outcome: TaskOutcome::Cancelled,
+        },
+        Event::HookStarted(hook_ref(None)),
+        Event::HookFinished(
+            hook_ref(Some(3)),
+            HookResult {
+                outcome: HookOutcome::TimedOut,
+                exit: None,
+                signal: Some(9),
+                duration_ms: 30_000,
+                stdout_tail: "line 1\nline 2 ✓\n".into(),
+                stderr_tail: String::new(),
+                message: "timed out".into(),
+            },
+        ),
+        Event::HookCancelled(hook_ref(Some(0))),
+        Event::ConnectionEstablished {
+            plug: end("netmon", "net"),
+            slot: end("prov", "net"),
+            interface: "network".into(),
+            auto: true,
+        },
+        Event::ConnectionRemoved {
+            plug: end("netmon", "net"),
+            slot: end("prov", "net"),
+            undesired: true,
+        },
+        Event::ConnectionMarked {
+            plug: end("netmon", "net"),
+            slot: end("prov", "net"),
+            undesired: false,
+        },
+        Event::VarSet {
+            owner: "netmon".into(),
+            key: "threshold".into(),
+            value: serde_bytes::ByteBuf::from((0u8..=255).collect::<Vec<u8>>()),
+        },
+        Event::VarsDeleted {
+            owner: "netmon".into(),
+            keys: vec!["a".into(), "b".into()],
+        },
+        Event::QueuePut {
+            owner: "netmon".into(),
+            queue: "events".into(),
+            items: vec![
+                serde_bytes::ByteBuf::from(b"one".to_vec()),
+                serde_bytes::ByteBuf::new(),
+            ],
+        },
+        Event::QueueAcked {
+            owner: "netmon".into(),
+            queue: "events".into(),
+            upto: u64::MAX - 1,
+        },
+        Event::VaultSet {
+            owner: "netmon".into(),
+            vault: "api-token".into(),
+            sealed: serde_bytes::ByteBuf::from(vec![1u8; 41]),
+        },
+        Event::DaemonDesired {
+            owner: "netmon".into(),
+            daemon: "collector".into(),
+            desired: DaemonState::Disabled,
+        },
+        Event::DaemonObserved {
+            owner: "netmon".into(),
+            daemon: "collector".into(),
+            observed: DaemonState::Enabled,
+        },
+        Event::FeatureStateChanged {
+            name: "bgp".into(),
+            state: FeatureState::AlwaysDisabled,
+        },
+        Event::FeatureObserved {
+            name: "bgp".into(),
+            observed: FeatureState::Enabled,
+        },
+        Event::FeatureScopeSynced {
+            name: "bgp".into(),
+            scope: Scope {
+                global: false,
+                per_instance: true,
+            },
+        },
+        Event::SchemaMigrated {
+            schema: "cairn".into(),
+            from: 0,
+            to: 1,
+            compat: 1,
+            name: "initial".into(),
+        },
+        Event::Ext {
+            kind: "ext.myapp.thing.v1".into(),
+            payload: vec![0, 1, 2, 255],
+        },
+    ]
+}
+
+fn encode_all(events: &[Event]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events {
+        write_frame(e.kind().as_bytes(), &mut out);
+        write_frame(&e.encode(), &mut out);
+    }
+    out
+}
+
+#[test]
+fn every_built_in_kind_is_in_the_golden_file() {
+    let all = [
+        kinds::INSTALL_STARTED,
+        kinds::UNINSTALL_STARTED,
+        kinds::PACKAGE_STATUS_CHANGED,
+        kinds::PACKAGE_REMOVED,
+        kinds::RESOURCES_DELETED,
+        kinds::CHANGE_CREATED,
+        kinds::ABORT_REQUESTED,
+        kinds::TASK_STARTED,
+        kinds::TASK_FINISHED,
+        kinds::HOOK_STARTED,
+        kinds::HOOK_FINISHED,
+        kinds::HOOK_CANCELLED,
+        kinds::CONNECTION_ESTABLISHED,
+        kinds::CONNECTION_REMOVED,
+        kinds::CONNECTION_MARKED,
+        kinds::VAR_SET,
+        kinds::VARS_DELETED,
+        kinds::QUEUE_PUT,
+        kinds::QUEUE_ACKED,
+        kinds::VAULT_SET,
+        kinds::DAEMON_DESIRED,
+        kinds::DAEMON_OBSERVED,
+        kinds::FEATURE_STATE_CHANGED,
+        kinds::FEATURE_OBSERVED,
+        kinds::FEATURE_SCOPE_SYNCED,
+        kinds::SCHEMA_MIGRATED,
+    ];
+    let events = events();
+    let covered: std::collections::BTreeSet<&str> = events.iter().map(|e| e.kind()).collect();
+    for kind in all {
+        assert!(covered.contains(kind), "{kind} has no golden event");
+    }
+}
+
+#[test]
+fn golden_events_decode_to_the_same_values_and_encode_to_the_same_bytes() {
+    let path = golden();
+    let expected = events();
+    if !path.exists() {
+        assert!(
+            std::env::var("CAIRN_BLESS").as_deref() == Ok("1"),
+            "{} is missing; create it with CAIRN_BLESS=1",
+            path.display()
+        );
+        std::fs::write(&path, encode_all(&expected)).unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    let frames = split_frames(&bytes).expect("golden file is well framed");
+    assert_eq!(frames.len(), expected.len() * 2, "one kind and one payload frame per event");
+    for (pair, want) in frames.chunks(2).zip(&expected) {
+        let kind = std::str::from_utf8(pair[0]).unwrap();
+        let got = Event::decode(kind, pair[1]).unwrap();
+        assert_eq!(&got, want, "{kind} decodes differently");
+    }
+    assert_eq!(encode_all(&expected), bytes, "the encoding of an event changed");
+}
