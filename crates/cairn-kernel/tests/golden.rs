@@ -203,7 +203,11 @@ fn events() -> Vec<Event> {
         }),
         Event::UninstallStarted(UninstallStarted {
             package: "netmon".into(),
-            keep: vec![ResourceKind::Queues, ResourceKind::Vaults, ResourceKind::Daemons],
+            keep: vec![
+                ResourceKind::Queues,
+                ResourceKind::Vaults,
+                ResourceKind::Daemons,
+            ],
             change: change(ChangeKind::Uninstall),
         }),
         Event::PackageStatusChanged {
@@ -221,7 +225,10 @@ fn events() -> Vec<Event> {
             keep: vec![ResourceKind::Vars],
             deleted: vec![
                 (ResourceKind::Queues, vec!["events".into()]),
-                (ResourceKind::Model, vec!["netmon:ip".into(), "netmon:mac".into()]),
+                (
+                    ResourceKind::Model,
+                    vec!["netmon:ip".into(), "netmon:mac".into()],
+                ),
             ],
             features: vec!["netmon".into()],
         }),
@@ -402,11 +409,19 @@ fn golden_events_decode_to_the_same_values_and_encode_to_the_same_bytes() {
     }
     let bytes = std::fs::read(&path).unwrap();
     let frames = split_frames(&bytes).expect("golden file is well framed");
-    assert_eq!(frames.len(), expected.len() * 2, "one kind and one payload frame per event");
+    assert_eq!(
+        frames.len(),
+        expected.len() * 2,
+        "one kind and one payload frame per event"
+    );
     for (pair, want) in frames.chunks(2).zip(&expected) {
         let kind = std::str::from_utf8(pair[0]).unwrap();
         let got = Event::decode(kind, pair[1]).unwrap();
         assert_eq!(&got, want, "{kind} decodes differently");
     }
-    assert_eq!(encode_all(&expected), bytes, "the encoding of an event changed");
+    assert_eq!(
+        encode_all(&expected),
+        bytes,
+        "the encoding of an event changed"
+    );
 }
