@@ -170,6 +170,18 @@ fn scan(state: &dyn StateRead, prefix: &[u8]) -> Result<Pairs, StateError> {
     Ok(out)
 }
 
+/// Writes the record `make` builds at `key` unless something is there already.
+fn put_new<T: Serialize>(
+    state: &mut dyn StateWrite,
+    key: &[u8],
+    make: impl FnOnce() -> T,
+) -> Result<(), StateError> {
+    if state.get(Space::State, key)?.is_none() {
+        put(state, key, &make());
+    }
+    Ok(())
+}
+
 /// Writes a package record and its status key together.
 fn put_package(state: &mut dyn StateWrite, p: &PackageRecord) {
     let name = &p.manifest.name;
@@ -405,6 +417,25 @@ fn remark<T: Owned>(
         *rev = revision;
         put(state, key, &r);
     }
+    Ok(())
+}
+
+/// Changes an existing resource record and stamps its revision.
+fn update_owned<T: Owned>(
+    state: &mut dyn StateWrite,
+    key: &[u8],
+    revision: u64,
+    f: impl FnOnce(&mut T),
+) -> Result<(), ApplyFailure> {
+    let mut r: T = get(state, key)?.ok_or_else(|| {
+        ApplyFailure(format!(
+            "record {:?} does not exist",
+            String::from_utf8_lossy(key)
+        ))
+    })?;
+    f(&mut r);
+    *r.owned().1 = revision;
+    put(state, key, &r);
     Ok(())
 }
 
@@ -1643,83 +1674,52 @@ impl Kernel {
                     state.delete(Space::State, &keys::kept(name));
                 }
                 for (key, value) in &m.vars {
-                    let k = keys::resource("var", name, key);
-                    if state.get(Space::State, &k)?.is_none() {
-                        put(
-                            state,
-                            &k,
-                            &VarRecord {
-                                value: value.clone().into_bytes(),
-                                revision: rev,
-                                kept_from: None,
-                            },
-                        );
-                    }
+                    put_new(state, &keys::resource("var", name, key), || VarRecord {
+                        value: value.clone().into_bytes(),
+                        revision: rev,
+                        kept_from: None,
+                    })?;
                 }
                 for q in &m.queues {
-                    let k = keys::resource("queue", name, q);
-                    if state.get(Space::State, &k)?.is_none() {
-                        put(
-                            state,
-                            &k,
-                            &QueueRecord {
-                                next_seq: 1,
-                                acked: 0,
-                                revision: rev,
-                                kept_from: None,
-                            },
-                        );
-                    }
+                    put_new(state, &keys::resource("queue", name, q), || QueueRecord {
+                        next_seq: 1,
+                        acked: 0,
+                        revision: rev,
+                        kept_from: None,
+                    })?;
                 }
                 for v in &m.vaults {
-                    let k = keys::resource("vault", name, v);
-                    if state.get(Space::State, &k)?.is_none() {
-                        put(
-                            state,
-                            &k,
-                            &VaultRecord {
-                                sealed: None,
-                                revision: rev,
-                                kept_from: None,
-                            },
-                        );
-                    }
+                    put_new(state, &keys::resource("vault", name, v), || VaultRecord {
+                        sealed: None,
+                        revision: rev,
+                        kept_from: None,
+                    })?;
                 }
                 for d in &m.daemons {
-                    let k = keys::resource("daemon", name, &d.name);
-                    if state.get(Space::State, &k)?.is_none() {
-                        put(
-                            state,
-                            &k,
-                            &DaemonRecord {
-                                command: d.command.clone(),
-                                restart: d.restart,
-                                desired: if d.enabled {
-                                    DaemonState::Enabled
-                                } else {
-                                    DaemonState::Disabled
-                                },
-                                observed: None,
-                                revision: rev,
-                                kept_from: None,
+                    put_new(state, &keys::resource("daemon", name, &d.name), || {
+                        DaemonRecord {
+                            command: d.command.clone(),
+                            restart: d.restart,
+                            desired: if d.enabled {
+                                DaemonState::Enabled
+                            } else {
+                                DaemonState::Disabled
                             },
-                        );
-                    }
+                            observed: None,
+                            revision: rev,
+                            kept_from: None,
+                        }
+                    })?;
                 }
                 for t in &m.model {
-                    let k = keys::resource("model", name, &t.name);
-                    if state.get(Space::State, &k)?.is_none() {
-                        put(
-                            state,
-                            &k,
-                            &ModelRecord {
-                                base: t.base.clone(),
-                                doc: t.doc.clone(),
-                                revision: rev,
-                                kept_from: None,
-                            },
-                        );
-                    }
+                    put_new(state, &keys::resource("model", name, &t.name), || {
+                        ModelRecord {
+                            base: t.base.clone(),
+                            doc: t.doc.clone(),
+                            revision: rev,
+                            kept_from: None,
+                        }
+                    })?;
                 }
                 for f in &m.features {
                     put(
@@ -1942,33 +1942,36 @@ impl Kernel {
                 vault,
                 sealed,
             } => {
-                let key = keys::resource("vault", &owner, &vault);
-                let mut v = self.applied_record::<VaultRecord>(state, &key)?;
-                v.sealed = Some(sealed);
-                v.revision = rev;
-                put(state, &key, &v);
+                update_owned::<VaultRecord>(
+                    state,
+                    &keys::resource("vault", &owner, &vault),
+                    rev,
+                    |v| v.sealed = Some(sealed),
+                )?;
             }
             Event::DaemonDesired {
                 owner,
                 daemon,
                 desired,
             } => {
-                let key = keys::resource("daemon", &owner, &daemon);
-                let mut d = self.applied_record::<DaemonRecord>(state, &key)?;
-                d.desired = desired;
-                d.revision = rev;
-                put(state, &key, &d);
+                update_owned::<DaemonRecord>(
+                    state,
+                    &keys::resource("daemon", &owner, &daemon),
+                    rev,
+                    |d| d.desired = desired,
+                )?;
             }
             Event::DaemonObserved {
                 owner,
                 daemon,
                 observed,
             } => {
-                let key = keys::resource("daemon", &owner, &daemon);
-                let mut d = self.applied_record::<DaemonRecord>(state, &key)?;
-                d.observed = Some(observed);
-                d.revision = rev;
-                put(state, &key, &d);
+                update_owned::<DaemonRecord>(
+                    state,
+                    &keys::resource("daemon", &owner, &daemon),
+                    rev,
+                    |d| d.observed = Some(observed),
+                )?;
             }
             Event::FeatureStateChanged { name, state: to } => {
                 self.update_feature(state, &name, rev, |f| f.state = to)?
