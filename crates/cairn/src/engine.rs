@@ -35,6 +35,10 @@ pub(crate) struct EngineState {
     /// Driver tasks, awaited at close (a finished task has dropped its handle on the
     /// workspace, so the store can close after them).
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Changes and onloads whose driver failed: not restarted until the next open, so a
+    /// persistent failure is logged once instead of spinning.
+    stuck_changes: std::collections::BTreeSet<Uuid>,
+    stuck_onloads: std::collections::BTreeSet<String>,
 }
 
 impl EngineState {
@@ -66,7 +70,7 @@ fn start_drivers(inner: &Arc<Inner>) -> Result<(), Error> {
     let view = inner.store.read()?;
     for change in query::active_changes(&view)? {
         let mut engine = lock(inner);
-        if engine.changes.contains_key(&change.id) {
+        if engine.changes.contains_key(&change.id) || engine.stuck_changes.contains(&change.id) {
             continue;
         }
         engine.changes.insert(change.id, None);
@@ -74,19 +78,26 @@ fn start_drivers(inner: &Arc<Inner>) -> Result<(), Error> {
         let task = tokio::spawn(async move {
             let inner = inner2;
             let id = change.id;
-            if let Err(e) = drive_change(&inner, id).await {
-                if !matches!(e, Error::Closed) {
-                    tracing::error!(change = %id, error = %e, "change driver stopped");
+            let failed = match drive_change(&inner, id).await {
+                Ok(()) | Err(Error::Closed) => false,
+                Err(e) => {
+                    tracing::error!(change = %id, error = %e, "change driver stopped; the change resumes at the next open");
+                    true
                 }
+            };
+            let mut engine = lock(&inner);
+            engine.changes.remove(&id);
+            if failed {
+                engine.stuck_changes.insert(id);
             }
-            lock(&inner).changes.remove(&id);
+            drop(engine);
             inner.kick.notify_one();
         });
         engine.track(task);
     }
     for name in query::onloads_wanted(&view)? {
         let mut engine = lock(inner);
-        if engine.onloads.contains_key(&name) {
+        if engine.onloads.contains_key(&name) || engine.stuck_onloads.contains(&name) {
             continue;
         }
         let token = inner.shutdown.child_token();
@@ -97,12 +108,19 @@ fn start_drivers(inner: &Arc<Inner>) -> Result<(), Error> {
         let inner2 = Arc::clone(inner);
         let task = tokio::spawn(async move {
             let inner = inner2;
-            if let Err(e) = drive_onload(&inner, &name, &token).await {
-                if !matches!(e, Error::Closed) {
-                    tracing::error!(package = %name, error = %e, "onload driver stopped");
+            let failed = match drive_onload(&inner, &name, &token).await {
+                Ok(()) | Err(Error::Closed) => false,
+                Err(e) => {
+                    tracing::error!(package = %name, error = %e, "onload driver stopped; it resumes at the next open");
+                    true
                 }
+            };
+            let mut engine = lock(&inner);
+            engine.onloads.remove(&name);
+            if failed {
+                engine.stuck_onloads.insert(name.clone());
             }
-            lock(&inner).onloads.remove(&name);
+            drop(engine);
             let _ = done_tx.send(true);
             inner.kick.notify_one();
         });
@@ -380,6 +398,7 @@ async fn drive_onload(
     )
     .await?
     {
+        // State moved on (e.g. an uninstall started): the index no longer wants it.
         tracing::debug!(package, reason = %why, "onload not started");
         return Ok(());
     }
@@ -410,6 +429,7 @@ async fn drive_onload(
     )
     .await?
     {
+        // Only an uninstall moves a running onload on (it records the cancellation).
         tracing::warn!(package, reason = %why, "onload result not recorded");
     }
     Ok(())
