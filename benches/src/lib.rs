@@ -47,6 +47,35 @@ pub fn meta(i: u64) -> Meta {
 pub trait Sink: Send + Sync {
     /// Writes one payload and returns once it is acknowledged.
     fn write(&self, i: u64);
+
+    /// Group commits so far: (groups, entries, nanoseconds spent writing them), where the sink
+    /// groups writes itself.
+    fn groups(&self) -> Option<GroupStats> {
+        None
+    }
+}
+
+/// How a grouping sink's commits went.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GroupStats {
+    /// Group commits written.
+    pub groups: u64,
+    /// Writes in them.
+    pub entries: u64,
+    /// Time spent in the commits' writes (fsync included).
+    pub write_ns: u64,
+}
+
+impl GroupStats {
+    /// "N per group, M µs per group write".
+    pub fn describe(&self) -> String {
+        let groups = self.groups.max(1) as f64;
+        format!(
+            "{:.1} per group, {:.0} µs per group write",
+            self.entries as f64 / groups,
+            self.write_ns as f64 / 1e3 / groups
+        )
+    }
 }
 
 /// Runs `threads` writers against `sink` for `duration`; returns acknowledged writes per second.
@@ -95,6 +124,15 @@ impl CairnSink {
 impl Sink for CairnSink {
     fn write(&self, i: u64) {
         self.store.execute(meta(i), event(i)).expect("cairn write");
+    }
+
+    fn groups(&self) -> Option<GroupStats> {
+        let s = self.store.stats();
+        Some(GroupStats {
+            groups: s.groups,
+            entries: s.entries,
+            write_ns: s.write_ns,
+        })
     }
 }
 
@@ -146,11 +184,14 @@ type Job = (u64, mpsc::SyncSender<()>);
 pub struct Grouped {
     tx: Option<mpsc::SyncSender<Job>>,
     worker: Option<std::thread::JoinHandle<()>>,
+    stats: Arc<[AtomicU64; 3]>,
 }
 
 impl Grouped {
     fn start(mut commit: impl FnMut(&[u64]) + Send + 'static) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Job>(4096);
+        let stats = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+        let counters = Arc::clone(&stats);
         let worker = std::thread::spawn(move || {
             let mut jobs = Vec::new();
             while let Ok(first) = rx.recv() {
@@ -162,7 +203,12 @@ impl Grouped {
                     }
                 }
                 let ids: Vec<u64> = jobs.iter().map(|(i, _)| *i).collect();
+                let started = Instant::now();
                 commit(&ids);
+                let [groups, entries, write_ns] = &*counters;
+                write_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                groups.fetch_add(1, Ordering::Relaxed);
+                entries.fetch_add(ids.len() as u64, Ordering::Relaxed);
                 for (_, reply) in jobs.drain(..) {
                     let _ = reply.send(());
                 }
@@ -171,6 +217,7 @@ impl Grouped {
         Self {
             tx: Some(tx),
             worker: Some(worker),
+            stats,
         }
     }
 
@@ -228,6 +275,15 @@ impl Sink for Grouped {
             .send((i, reply))
             .expect("group thread alive");
         done.recv().expect("group thread answers");
+    }
+
+    fn groups(&self) -> Option<GroupStats> {
+        let [groups, entries, write_ns] = &*self.stats;
+        Some(GroupStats {
+            groups: groups.load(Ordering::Relaxed),
+            entries: entries.load(Ordering::Relaxed),
+            write_ns: write_ns.load(Ordering::Relaxed),
+        })
     }
 }
 

@@ -171,6 +171,15 @@ impl Sink for KernelSink {
             .execute(meta(i), Self::command(i))
             .expect("kernel command");
     }
+
+    fn groups(&self) -> Option<crate::GroupStats> {
+        let s = self.store.stats();
+        Some(crate::GroupStats {
+            groups: s.groups,
+            entries: s.entries,
+            write_ns: s.write_ns,
+        })
+    }
 }
 
 /// Shape of a mixed lifecycle log.

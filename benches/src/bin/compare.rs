@@ -72,7 +72,10 @@ fn main() {
             "kernel64" => {
                 let sink = KernelSink::open(&scratch.path().join("only"), Durability::Sync);
                 let ops = throughput(&sink, 64, Duration::from_secs(5));
-                println!("cairn kernel64: {ops:.0} commands/s");
+                let shape = cairn_benches::Sink::groups(&sink)
+                    .unwrap_or_default()
+                    .describe();
+                println!("cairn kernel64: {ops:.0} commands/s; {shape}");
             }
             _ => {
                 let (threads, durability) = match name {
@@ -83,7 +86,14 @@ fn main() {
                 };
                 let sink = CairnSink::open(&scratch.path().join("only"), durability);
                 let ops = throughput(&sink, threads, Duration::from_secs(5));
-                println!("cairn {name}: {ops:.0} ops/s");
+                let stats = sink.store.stats();
+                println!(
+                    "cairn {name}: {ops:.0} ops/s; {} groups, {:.1} entries per group, \
+                     {:.0} µs per group write",
+                    stats.groups,
+                    stats.entries as f64 / stats.groups.max(1) as f64,
+                    stats.write_ns as f64 / 1e3 / stats.groups.max(1) as f64
+                );
             }
         }
         return;
@@ -125,23 +135,36 @@ fn main() {
     );
     for case in &cases {
         let (mut cairn, mut direct, mut grouped, mut sqlite) = (vec![], vec![], vec![], vec![]);
+        // How each grouping system's commits went in the last round (entries per group, write
+        // time per group): the shape behind the throughput.
+        let mut shapes: Vec<(&str, String)> = Vec::new();
         for _ in 0..rounds {
             let durability = if case.sync {
                 Durability::Sync
             } else {
                 Durability::Buffered
             };
-            let run = |sink: &dyn Sink| throughput(sink, case.threads, duration);
-            cairn.push(run(&CairnSink::open(&dir(), durability)));
-            direct.push(run(&RawDirect::open(&dir(), case.sync)));
-            grouped.push(run(&Grouped::rocksdb(&dir(), case.sync)));
+            let mut run = |name: &'static str, sink: &dyn Sink| {
+                let ops = throughput(sink, case.threads, duration);
+                if let Some(g) = sink.groups() {
+                    shapes.retain(|(n, _)| *n != name);
+                    shapes.push((name, g.describe()));
+                }
+                ops
+            };
+            cairn.push(run("cairn", &CairnSink::open(&dir(), durability)));
+            direct.push(run("rocksdb-direct", &RawDirect::open(&dir(), case.sync)));
+            grouped.push(run("rocksdb-grouped", &Grouped::rocksdb(&dir(), case.sync)));
             if case.name == "sync64" {
-                kernel.push(run(&KernelSink::open(&dir(), durability)));
-                sqlite.push(run(&Grouped::sqlite(&{
-                    let d = dir();
-                    std::fs::create_dir_all(&d).unwrap();
-                    d
-                })));
+                kernel.push(run("kernel", &KernelSink::open(&dir(), durability)));
+                sqlite.push(run(
+                    "sqlite",
+                    &Grouped::sqlite(&{
+                        let d = dir();
+                        std::fs::create_dir_all(&d).unwrap();
+                        d
+                    }),
+                ));
             }
         }
         let cairn = median(cairn);
@@ -158,6 +181,9 @@ fn main() {
                 .unwrap_or_else(|| "-".into()),
             cairn / raw
         );
+        for (name, shape) in &shapes {
+            println!("  {name:<16} {shape}");
+        }
         results.push((case.name, cairn, raw, sqlite));
     }
     let ratio = |name: &str| {

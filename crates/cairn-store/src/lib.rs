@@ -27,4 +27,4 @@ pub use store::{
     TicketFuture, BUFFERED_SYNC_INTERVAL_MS,
 };
 pub use view::{Digest, Progress, ReadView, VerifyReport};
-pub use writer::Committed;
+pub use writer::{Committed, WriterStats};

@@ -18,7 +18,7 @@ use crate::layout::{self, CFS, CF_LOG, CF_META};
 use crate::lock::WorkspaceLock;
 use crate::machine::StateMachine;
 use crate::view::{decode_stored, read_meta, Progress, ReadView};
-use crate::writer::{Committed, Request, Shared, Writer};
+use crate::writer::{Committed, Request, Shared, Writer, WriterStats};
 
 /// How durable an acknowledged commit is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -149,9 +149,19 @@ pub fn db_options() -> rocksdb::Options {
     // stays within the file's size needs no metadata update, which roughly halves sync cost.
     o.set_recycle_log_file_num(4);
     o.set_write_buffer_size(8 << 20);
+    // A WAL file can be recycled only once every column family with data in it has flushed.
+    // The small families (`meta` above all) would otherwise hold WAL files until the default
+    // limit (hundreds of MiB), so every sync would extend a fresh file instead of overwriting a
+    // recycled one; this limit makes RocksDB flush them and recycle WAL files early.
+    o.set_max_total_wal_size(24 << 20);
     o.set_max_background_jobs(2);
     o.set_bytes_per_sync(1 << 20);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Commands read state keys that were written long ago (a package's status, a feature):
+    // a bloom filter lets such a read skip every table file that cannot hold the key.
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    o.set_block_based_table_factory(&table);
     o
 }
 
@@ -333,6 +343,11 @@ impl<M: StateMachine> Store<M> {
     /// A consistent read view at the latest commit.
     pub fn read(&self) -> Result<ReadView, StoreError> {
         ReadView::new(Arc::clone(&self.db))
+    }
+
+    /// What the writer has done since open: group commits, entries, rejections, write time.
+    pub fn stats(&self) -> WriterStats {
+        self.shared.stats.snapshot()
     }
 
     /// The applied offset of the latest commit.

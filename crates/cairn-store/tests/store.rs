@@ -518,3 +518,33 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
         std::thread::park();
     }
 }
+
+#[test]
+fn stats_count_groups_entries_rejections_and_write_time() {
+    let dir = fresh();
+    let store = open(dir.path());
+    assert_eq!(store.stats(), Default::default(), "nothing done at open");
+    set(&store, "a", "1");
+    set(&store, "b", "2");
+    let rejected = store.execute(
+        meta(2),
+        KvCommand::Set {
+            key: String::new(),
+            value: "x".into(),
+        },
+    );
+    assert!(matches!(rejected, Err(CommandError::Rejected(_))));
+    let stats = store.stats();
+    assert_eq!(stats.entries, 2, "two entries committed");
+    assert_eq!(stats.entries, store.applied());
+    assert_eq!(stats.groups, 2, "each lone command is its own group commit");
+    assert_eq!(stats.rejections, 1);
+    assert!(stats.write_ns > 0, "writes take time");
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(
+        store.stats().entries,
+        0,
+        "counters start again at each open"
+    );
+}
