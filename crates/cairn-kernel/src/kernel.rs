@@ -1758,12 +1758,21 @@ impl Kernel {
             Event::ResourcesDeleted(e) => {
                 for (kind, names) in &e.deleted {
                     for n in names {
-                        state.delete(Space::State, &keys::resource(table(*kind), &e.package, n));
+                        let key = keys::resource(table(*kind), &e.package, n);
                         if *kind == ResourceKind::Queues {
-                            for (k, _) in scan(state, &keys::queue_items(&e.package, n))? {
-                                state.delete(Space::State, &k);
+                            // A queue's live items are exactly `acked + 1 .. next_seq` (puts
+                            // append at `next_seq`, acks delete up to `acked`), so they are
+                            // deleted by key: no scan over the prefix's tombstones.
+                            if let Some(q) = get::<QueueRecord>(state, &key)? {
+                                for seq in q.acked + 1..q.next_seq {
+                                    state.delete(
+                                        Space::State,
+                                        &keys::queue_item(&e.package, n, seq),
+                                    );
+                                }
                             }
                         }
+                        state.delete(Space::State, &key);
                     }
                 }
                 for kind in &e.keep {

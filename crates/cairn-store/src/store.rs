@@ -547,6 +547,10 @@ fn read_projection_version(db: &DB) -> Result<Option<u64>, StoreError> {
 
 /// Entries per rebuild batch.
 const REBUILD_BATCH_ENTRIES: usize = 16 * 1024;
+/// Entries the rebuild's log reader hands over at once.
+const REBUILD_READ_BATCH_ENTRIES: usize = 1024;
+/// Batches of entries read ahead of the rebuild's applier.
+const REBUILD_QUEUE_BATCHES: usize = 8;
 /// Pending state bytes per rebuild batch.
 const REBUILD_BATCH_BYTES: usize = 64 * 1024 * 1024;
 
@@ -586,36 +590,72 @@ fn rebuild_db<M: StateMachine>(
     let mut in_batch = 0usize;
     let mut failed = None;
     let mut head = Head::EMPTY;
-    // Replays through the same checked iteration as reads and verify (key, hash, link, gaps).
-    crate::view::visit_log_at(
-        base,
-        meta.first,
-        meta.head.offset,
-        meta.first,
-        &mut |entry| {
-            let step = machine
-                .apply(&mut overlay, &entry)
-                .map_err(StoreError::from)
-                .and_then(|()| {
-                    done += 1;
-                    in_batch += 1;
-                    if in_batch >= REBUILD_BATCH_ENTRIES || overlay.bytes() >= REBUILD_BATCH_BYTES {
-                        in_batch = 0;
-                        progress(Progress { done, total });
-                        return crate::writer::write_overlay(db, &mut overlay, true);
+    // Two stages, so two cores share the work: a reader thread iterates the log through the
+    // same checked iteration as reads and verify (key, hash, link, gaps) and hands over
+    // batches of entries; this thread applies them and writes the projection.
+    let (to_apply, batches) = mpsc::sync_channel::<Vec<StoredEntry>>(REBUILD_QUEUE_BATCHES);
+    let read = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(REBUILD_READ_BATCH_ENTRIES);
+            let mut gone = false;
+            let read = crate::view::visit_log_at(
+                base,
+                meta.first,
+                meta.head.offset,
+                meta.first,
+                &mut |entry| {
+                    batch.push(entry);
+                    if batch.len() >= REBUILD_READ_BATCH_ENTRIES {
+                        let full = std::mem::replace(
+                            &mut batch,
+                            Vec::with_capacity(REBUILD_READ_BATCH_ENTRIES),
+                        );
+                        // The applier stopped (it failed): stop reading.
+                        gone = to_apply.send(full).is_err();
                     }
-                    Ok(())
-                });
-            head = entry.head();
-            match step {
-                Ok(()) => true,
-                Err(e) => {
+                    !gone
+                },
+            );
+            if !batch.is_empty() && !gone {
+                let _ = to_apply.send(batch);
+            }
+            read
+        });
+        'apply: for entries in batches.iter() {
+            for entry in entries {
+                let step = machine
+                    .apply(&mut overlay, &entry)
+                    .map_err(StoreError::from)
+                    .and_then(|()| {
+                        done += 1;
+                        in_batch += 1;
+                        if in_batch >= REBUILD_BATCH_ENTRIES
+                            || overlay.bytes() >= REBUILD_BATCH_BYTES
+                        {
+                            in_batch = 0;
+                            progress(Progress { done, total });
+                            return crate::writer::write_overlay(db, &mut overlay, true);
+                        }
+                        Ok(())
+                    });
+                head = entry.head();
+                if let Err(e) = step {
                     failed = Some(e);
-                    false
+                    break 'apply;
                 }
             }
-        },
-    )?;
+        }
+        // Dropping the receiver tells a reader still sending to stop.
+        drop(batches);
+        reader.join().unwrap_or_else(|_| {
+            Err(StoreError::Inconsistent(
+                "rebuild log reader panicked".into(),
+            ))
+        })
+    });
+    if failed.is_none() {
+        read?;
+    }
     if let Some(e) = failed {
         return Err(e);
     }
