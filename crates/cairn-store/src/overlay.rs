@@ -1,7 +1,8 @@
 //! The batch being built: state writes not yet committed, layered over the committed state, so
 //! each command in a group commit is decided against everything before it.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 
 use cairn_log::{Space, StateError, StateRead, StateWrite};
 
@@ -10,17 +11,77 @@ use crate::base::Base;
 /// Pending writes over committed state. `None` marks a delete.
 pub(crate) struct Overlay<'a> {
     base: Base<'a>,
+    /// Committed values read before (the writer's; `None` for other users).
+    cache: Option<&'a RefCell<ReadCache>>,
     writes: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
     /// Bytes of keys and values pending, for the batch size limit.
     bytes: usize,
+}
+
+/// Most bytes of keys and values the writer's [`ReadCache`] holds before it starts over.
+pub const READ_CACHE_BYTES_MAX: usize = 8 << 20;
+
+/// Committed state the writer has read, so that commands about the same entities (a package's
+/// status, a feature) do not go to RocksDB each time. Only the writer commits, and it updates
+/// every cached key it commits, so a cached value is always the committed one.
+#[derive(Default)]
+pub(crate) struct ReadCache {
+    values: HashMap<(Space, Vec<u8>), Option<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl ReadCache {
+    fn get(&self, space: Space, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        // The borrowed lookup needs the owned key type; the allocation is small next to a
+        // RocksDB read.
+        self.values.get(&(space, key.to_vec())).cloned()
+    }
+
+    fn insert(&mut self, space: Space, key: &[u8], value: Option<Vec<u8>>) {
+        let size = key.len() + value.as_ref().map_or(0, Vec::len);
+        if self.bytes + size > READ_CACHE_BYTES_MAX {
+            self.clear();
+        }
+        self.bytes += size;
+        if let Some(old) = self.values.insert((space, key.to_vec()), value) {
+            self.bytes -= key.len() + old.map_or(0, |v| v.len());
+        }
+    }
+
+    /// Records committed writes: a cached key takes its new value (others are not added).
+    pub fn committed(&mut self, writes: &BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>) {
+        for (k, v) in writes {
+            if let Some(slot) = self.values.get_mut(k) {
+                let old = slot.as_ref().map_or(0, Vec::len);
+                let new = v.as_ref().map_or(0, Vec::len);
+                self.bytes = self.bytes + new - old;
+                slot.clone_from(v);
+            }
+        }
+    }
+
+    /// Forgets everything (after a failed write, whose effect on RocksDB is unknown).
+    pub fn clear(&mut self) {
+        self.values.clear();
+        self.bytes = 0;
+    }
 }
 
 impl<'a> Overlay<'a> {
     pub fn new(base: Base<'a>) -> Self {
         Self {
             base,
+            cache: None,
             writes: BTreeMap::new(),
             bytes: 0,
+        }
+    }
+
+    /// An overlay whose reads of committed state go through (and fill) `cache`.
+    pub fn cached(base: Base<'a>, cache: &'a RefCell<ReadCache>) -> Self {
+        Self {
+            cache: Some(cache),
+            ..Self::new(base)
         }
     }
 
@@ -30,6 +91,20 @@ impl<'a> Overlay<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
+    }
+
+    /// Tells the read cache that `writes` are committed.
+    pub fn committed(&self, writes: &BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>) {
+        if let Some(cache) = self.cache {
+            cache.borrow_mut().committed(writes);
+        }
+    }
+
+    /// Empties the read cache.
+    pub fn forget_cache(&self) {
+        if let Some(cache) = self.cache {
+            cache.borrow_mut().clear();
+        }
     }
 
     /// Takes the pending writes, in key order, leaving the overlay empty.
@@ -47,7 +122,15 @@ impl StateRead for Overlay<'_> {
                 return Ok(v.clone());
             }
         }
-        self.base.get(space, key)
+        let Some(cache) = self.cache else {
+            return self.base.get(space, key);
+        };
+        if let Some(v) = cache.borrow().get(space, key) {
+            return Ok(v);
+        }
+        let v = self.base.get(space, key)?;
+        cache.borrow_mut().insert(space, key, v.clone());
+        Ok(v)
     }
 
     fn scan_prefix(
@@ -185,6 +268,33 @@ mod tests {
             o.get(Space::Drive, b"t/c").unwrap().as_deref(),
             Some(&b"other space"[..])
         );
+    }
+
+    #[test]
+    fn the_read_cache_stays_under_its_limit_and_follows_commits() {
+        let mut cache = ReadCache::default();
+        cache.insert(Space::State, b"a", Some(vec![1; 10]));
+        cache.insert(Space::State, b"b", None);
+        assert_eq!(cache.bytes, 1 + 10 + 1);
+        let mut writes = BTreeMap::new();
+        writes.insert((Space::State, b"a".to_vec()), None);
+        writes.insert((Space::State, b"b".to_vec()), Some(vec![2; 4]));
+        writes.insert((Space::State, b"c".to_vec()), Some(vec![3; 4]));
+        cache.committed(&writes);
+        assert_eq!(cache.get(Space::State, b"a"), Some(None));
+        assert_eq!(cache.get(Space::State, b"b"), Some(Some(vec![2; 4])));
+        assert_eq!(cache.get(Space::State, b"c"), None, "commits add no keys");
+        assert_eq!(cache.bytes, 1 + 1 + 4);
+        let big = vec![0; READ_CACHE_BYTES_MAX / 2];
+        cache.insert(Space::State, b"x", Some(big.clone()));
+        cache.insert(Space::State, b"y", Some(big));
+        assert!(cache.bytes <= READ_CACHE_BYTES_MAX);
+        assert_eq!(
+            cache.get(Space::State, b"b"),
+            None,
+            "started over at the limit"
+        );
+        assert!(cache.get(Space::State, b"y").is_some());
     }
 
     #[test]

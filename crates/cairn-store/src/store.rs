@@ -266,6 +266,7 @@ impl<M: StateMachine> Store<M> {
             epoch: meta_epoch.max(head.epoch),
             stopped: None,
             replier: None,
+            cache: Default::default(),
         };
         let writer = std::thread::Builder::new()
             .name("cairn-writer".into())

@@ -19,7 +19,7 @@ use crate::base::Base;
 use crate::error::{CommandError, StoreError};
 use crate::layout::{self, CF_LOG, CF_META};
 use crate::machine::{DecideCtx, DecideError, StateMachine};
-use crate::overlay::Overlay;
+use crate::overlay::{Overlay, ReadCache};
 use crate::Options;
 
 /// What a successful command or append committed.
@@ -165,6 +165,8 @@ pub(crate) struct Writer<M: StateMachine> {
     pub stopped: Option<String>,
     /// The replier thread's queue (set while `run` runs).
     pub replier: Option<std::sync::mpsc::Sender<Answers<M::Rejection>>>,
+    /// Committed state read by decide and apply, kept current by `commit`.
+    pub cache: std::cell::RefCell<ReadCache>,
 }
 
 impl<M: StateMachine> Writer<M> {
@@ -201,11 +203,15 @@ impl<M: StateMachine> Writer<M> {
 
     fn process(&mut self, requests: impl Iterator<Item = Request<M>>) {
         let db = Arc::clone(&self.db);
+        let cache = std::mem::take(&mut self.cache);
         let mut group = Group {
-            overlay: Overlay::new(Base {
-                db: &db,
-                snap: None,
-            }),
+            overlay: Overlay::cached(
+                Base {
+                    db: &db,
+                    snap: None,
+                },
+                &cache,
+            ),
             entries: Vec::new(),
             entry_bytes: 0,
             cursor: ChainCursor::new(self.head),
@@ -235,6 +241,8 @@ impl<M: StateMachine> Writer<M> {
             }
         }
         self.commit(&mut group);
+        drop(group);
+        self.cache = cache;
     }
 
     /// Decides one command and adds its entries to the group.
@@ -372,7 +380,8 @@ impl<M: StateMachine> Writer<M> {
             expected,
             "group cursor is at the last entry"
         );
-        for ((space, key), value) in group.overlay.drain() {
+        let writes = group.overlay.drain();
+        for ((space, key), value) in &writes {
             let cf = base.cf(space.name());
             match value {
                 Some(v) => batch.put_cf(cf, key, v),
@@ -397,6 +406,7 @@ impl<M: StateMachine> Writer<M> {
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match written {
             Ok(()) => {
+                group.overlay.committed(&writes);
                 stats.groups.fetch_add(1, Ordering::Relaxed);
                 stats
                     .entries
@@ -411,6 +421,7 @@ impl<M: StateMachine> Writer<M> {
                 self.answer(group, Ok(()));
             }
             Err(e) => {
+                group.overlay.forget_cache();
                 let error = StoreError::io("commit write batch", e);
                 self.stop(group, &error);
             }

@@ -548,3 +548,43 @@ fn stats_count_groups_entries_rejections_and_write_time() {
         "counters start again at each open"
     );
 }
+
+#[test]
+fn decisions_see_every_commit_even_for_keys_read_before() {
+    // The writer keeps committed values it has read; each commit must update them, whether
+    // the key was absent, present, or deleted when first read.
+    let dir = fresh();
+    let store = open(dir.path());
+    let delete = |store: &Store<KvMachine>, key: &str| {
+        store.execute(
+            meta(9),
+            KvCommand::Delete {
+                key: key.to_string(),
+            },
+        )
+    };
+    let missing = |r: Result<_, CommandError<KvRejection>>| {
+        matches!(r, Err(CommandError::Rejected(KvRejection::Missing(_))))
+    };
+    for key in ["k", "d/k"] {
+        assert!(missing(delete(&store, key)), "{key}: absent at first read");
+        set(&store, key, "1");
+        assert!(
+            delete(&store, key).is_ok(),
+            "{key}: the set is seen after an absent read"
+        );
+        assert!(missing(delete(&store, key)), "{key}: the delete is seen");
+        set(&store, key, "2");
+        set(&store, key, "3");
+        assert!(
+            delete(&store, key).is_ok(),
+            "{key}: sets are seen after a deleted read"
+        );
+    }
+    drop(store);
+    let store = open(dir.path());
+    assert!(
+        missing(delete(&store, "k")),
+        "a reopen starts from committed state"
+    );
+}
