@@ -55,6 +55,9 @@ pub(crate) enum Request<M: StateMachine> {
 pub(crate) struct Shared {
     applied: Mutex<u64>,
     advanced: Condvar,
+    /// Threads in `wait_for` (changed under the `applied` lock): a commit with nobody waiting
+    /// skips the wake-up system call.
+    waiters: std::sync::atomic::AtomicUsize,
     /// Set by the writer after an unsynced write; cleared by the WAL flusher.
     pub dirty: AtomicBool,
     /// Counters of what the writer did, for metrics and benchmarks.
@@ -98,6 +101,7 @@ impl Shared {
         Self {
             applied: Mutex::new(applied),
             advanced: Condvar::new(),
+            waiters: Default::default(),
             dirty: AtomicBool::new(false),
             stats: StatsCounters::default(),
         }
@@ -115,16 +119,23 @@ impl Shared {
             *applied
         );
         *applied = to;
-        self.advanced.notify_all();
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.advanced.notify_all();
+        }
     }
 
     /// Waits until `offset` is applied or `timeout` passes; returns whether it is applied.
     pub fn wait_for(&self, offset: u64, timeout: std::time::Duration) -> bool {
         let applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        if *applied >= offset {
+            return true;
+        }
+        self.waiters.fetch_add(1, Ordering::Relaxed);
         let (applied, _) = self
             .advanced
             .wait_timeout_while(applied, timeout, |a| *a < offset)
             .unwrap_or_else(|p| p.into_inner());
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
         *applied >= offset
     }
 }

@@ -588,3 +588,30 @@ fn decisions_see_every_commit_even_for_keys_read_before() {
         "a reopen starts from committed state"
     );
 }
+
+#[test]
+fn waiters_are_woken_by_the_commit_they_wait_for() {
+    let dir = fresh();
+    let store = Arc::new(open(dir.path()));
+    let timeout = Duration::from_secs(60);
+    let waiters: Vec<_> = (1..=3u64)
+        .map(|offset| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let start = std::time::Instant::now();
+                (store.wait_for(offset, timeout), start.elapsed())
+            })
+        })
+        .collect();
+    // Let the waiters block first (if one has not yet, it returns at once: also correct).
+    std::thread::sleep(Duration::from_millis(50));
+    for i in 0..3 {
+        set(&store, &format!("k{i}"), "v");
+    }
+    for w in waiters {
+        let (reached, waited) = w.join().unwrap();
+        assert!(reached);
+        // Not a performance check: a waiter nobody woke would sit out the whole timeout.
+        assert!(waited < timeout / 2, "woken by the commit, not the timeout");
+    }
+}
