@@ -629,7 +629,7 @@ fn rebuild_db<M: StateMachine>(
         'apply: for entries in batches.iter() {
             for entry in &entries {
                 let step = machine
-                    .apply(&mut overlay, &entry)
+                    .apply(&mut overlay, entry)
                     .map_err(StoreError::from)
                     .and_then(|()| {
                         done += 1;
