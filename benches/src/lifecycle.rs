@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cairn::KernelMachine;
 use cairn_kernel::model::{FeatureState, ResourceKind};
 use cairn_kernel::{manifest, query, Command, Manifest};
-use cairn_store::{CommandError, Committed, Durability, Options, Progress, Store, Ticket};
+use cairn_store::{Durability, Options, Progress, Store};
 use uuid::Uuid;
 
 use crate::{meta, payload, Sink};
@@ -18,7 +18,7 @@ use crate::{meta, payload, Sink};
 /// The store with the lifecycle kernel.
 pub type KernelStore = Store<KernelMachine>;
 
-type KernelTicket = Ticket<Committed, CommandError<cairn_kernel::Rejection>>;
+type KernelTicket = cairn_store::CommandTicket<KernelMachine>;
 
 /// Initializes a workspace in `dir` and opens it with the kernel.
 pub fn open_new(dir: &Path, durability: Durability) -> KernelStore {

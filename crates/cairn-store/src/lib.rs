@@ -24,8 +24,8 @@ pub use error::{CommandError, StoreError};
 pub use machine::{ApplyError, DecideCtx, DecideError, Event, StateMachine};
 pub use overlay::READ_CACHE_BYTES_MAX;
 pub use store::{
-    db_options, open_raw_db, system_clock_ms, Durability, Options, RebuildReport, Store, Ticket,
-    TicketFuture, BUFFERED_SYNC_INTERVAL_MS,
+    db_options, open_raw_db, system_clock_ms, CommandTicket, Durability, Options, RebuildReport,
+    Store, Ticket, TicketFuture, BUFFERED_SYNC_INTERVAL_MS,
 };
 pub use view::{Digest, Progress, ReadView, VerifyReport};
-pub use writer::{Committed, WriterStats};
+pub use writer::{Committed, Spent, WriterStats};

@@ -18,7 +18,7 @@ use crate::layout::{self, CFS, CF_LOG, CF_META};
 use crate::lock::WorkspaceLock;
 use crate::machine::StateMachine;
 use crate::view::{decode_stored, read_meta, Progress, ReadView};
-use crate::writer::{Committed, Request, Shared, Writer, WriterStats};
+use crate::writer::{Committed, Request, Shared, Spent, Writer, WriterStats};
 
 /// How durable an acknowledged commit is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -75,21 +75,33 @@ pub fn system_clock_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// An answer from the writer: wait for it (`wait`) or `.await` it.
-pub struct Ticket<T, E> {
-    rx: oneshot::Receiver<Result<T, E>>,
+/// An answer from the writer: wait for it (`wait`) or `.await` it. `S` is what the request
+/// hands back to be freed on the caller's side (see [`Spent`]).
+pub struct Ticket<T, E, S = ()> {
+    rx: oneshot::Receiver<(Result<T, E>, S)>,
 }
 
-impl<T, E: From<StoreError>> Ticket<T, E> {
+/// A command's ticket.
+pub type CommandTicket<M> = Ticket<
+    Committed,
+    CommandError<<M as StateMachine>::Rejection>,
+    Spent<<M as StateMachine>::Command>,
+>;
+
+impl<T, E: From<StoreError>, S> Ticket<T, E, S> {
     /// Blocks until the writer answers.
     pub fn wait(self) -> Result<T, E> {
-        self.rx.recv().unwrap_or_else(|_| Err(writer_gone().into()))
+        match self.rx.recv() {
+            // `spent` is dropped here, on the caller's thread.
+            Ok((result, _spent)) => result,
+            Err(_) => Err(writer_gone().into()),
+        }
     }
 }
 
-impl<T, E: From<StoreError>> std::future::IntoFuture for Ticket<T, E> {
+impl<T, E: From<StoreError>, S> std::future::IntoFuture for Ticket<T, E, S> {
     type Output = Result<T, E>;
-    type IntoFuture = TicketFuture<T, E>;
+    type IntoFuture = TicketFuture<T, E, S>;
     fn into_future(self) -> Self::IntoFuture {
         TicketFuture {
             rx: std::future::IntoFuture::into_future(self.rx),
@@ -98,19 +110,21 @@ impl<T, E: From<StoreError>> std::future::IntoFuture for Ticket<T, E> {
 }
 
 /// A [`Ticket`] being awaited.
-pub struct TicketFuture<T, E> {
-    rx: oneshot::AsyncReceiver<Result<T, E>>,
+pub struct TicketFuture<T, E, S = ()> {
+    rx: oneshot::AsyncReceiver<(Result<T, E>, S)>,
 }
 
-impl<T, E: From<StoreError>> Future for TicketFuture<T, E> {
+impl<T, E: From<StoreError>, S> Future for TicketFuture<T, E, S> {
     type Output = Result<T, E>;
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or_else(|_| Err(writer_gone().into())))
+        std::pin::Pin::new(&mut self.rx).poll(cx).map(|r| match r {
+            // `spent` is dropped here, on the awaiting task's thread.
+            Ok((result, _spent)) => result,
+            Err(_) => Err(writer_gone().into()),
+        })
     }
 }
 
@@ -303,11 +317,7 @@ impl<M: StateMachine> Store<M> {
     }
 
     /// Submits a command; the ticket answers once it is committed (or rejected).
-    pub fn submit(
-        &self,
-        meta: Meta,
-        command: M::Command,
-    ) -> Ticket<Committed, CommandError<M::Rejection>> {
+    pub fn submit(&self, meta: Meta, command: M::Command) -> CommandTicket<M> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Command {
             meta,

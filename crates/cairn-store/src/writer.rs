@@ -42,14 +42,25 @@ pub(crate) enum Request<M: StateMachine> {
     Command {
         meta: Meta,
         command: M::Command,
-        reply: Reply<Result<Committed, CommandError<M::Rejection>>>,
+        reply: CommandReply<M>,
     },
     /// Verify and commit entries written elsewhere (replication, `LogStore::append`).
     Entries {
         entries: Vec<StoredEntry>,
-        reply: Reply<Result<Committed, StoreError>>,
+        reply: Reply<(Result<Committed, StoreError>, ())>,
     },
 }
+
+/// A command's parts, handed back with its answer so that the caller's thread frees what it
+/// allocated: freeing another thread's allocation is slow in glibc's malloc (the free goes to
+/// that thread's arena, under its lock), and the writer would otherwise do it for every caller.
+pub type Spent<C> = (Meta, C);
+
+/// Where a command's answer (and its spent parts) go.
+type CommandReply<M> = Reply<(
+    Result<Committed, CommandError<<M as StateMachine>::Rejection>>,
+    Spent<<M as StateMachine>::Command>,
+)>;
 
 /// State the writer shares with readers of the store handle.
 pub(crate) struct Shared {
@@ -141,26 +152,27 @@ impl Shared {
 }
 
 /// An answer waiting to be sent once the group's write returns.
-enum Pending<R: std::fmt::Debug> {
+enum Pending<M: StateMachine> {
     Command(
-        Reply<Result<Committed, CommandError<R>>>,
-        Result<(Range<u64>, bool), CommandError<R>>,
+        CommandReply<M>,
+        Spent<M::Command>,
+        Result<(Range<u64>, bool), CommandError<M::Rejection>>,
     ),
     Entries(
-        Reply<Result<Committed, StoreError>>,
+        Reply<(Result<Committed, StoreError>, ())>,
         Result<Range<u64>, StoreError>,
     ),
 }
 
 /// The group being built.
-struct Group<'a, R: std::fmt::Debug> {
+struct Group<'a, M: StateMachine> {
     overlay: Overlay<'a>,
     /// Encoded entries, in offset order, continuing `committed`.
     entries: Vec<(u64, Vec<u8>)>,
     entry_bytes: usize,
     /// Chain position after the group's entries.
     cursor: ChainCursor,
-    pending: Vec<Pending<R>>,
+    pending: Vec<Pending<M>>,
 }
 
 pub(crate) struct Writer<M: StateMachine> {
@@ -175,7 +187,7 @@ pub(crate) struct Writer<M: StateMachine> {
     /// Why the writer stopped, once it has.
     pub stopped: Option<String>,
     /// The replier thread's queue (set while `run` runs).
-    pub replier: Option<std::sync::mpsc::Sender<Answers<M::Rejection>>>,
+    pub replier: Option<std::sync::mpsc::Sender<Answers<M>>>,
     /// Committed state read by decide and apply, kept current by `commit`.
     pub cache: std::cell::RefCell<ReadCache>,
 }
@@ -183,7 +195,7 @@ pub(crate) struct Writer<M: StateMachine> {
 impl<M: StateMachine> Writer<M> {
     /// Runs until every sender is gone.
     pub fn run(mut self, rx: Receiver<Request<M>>) {
-        let (answers, to_deliver) = std::sync::mpsc::channel::<Answers<M::Rejection>>();
+        let (answers, to_deliver) = std::sync::mpsc::channel::<Answers<M>>();
         let replier = std::thread::Builder::new()
             .name("cairn-replier".into())
             .spawn(move || to_deliver.into_iter().for_each(deliver));
@@ -239,11 +251,13 @@ impl<M: StateMachine> Writer<M> {
                     command,
                     reply,
                 } => {
-                    let outcome = self.command(&mut group, meta, &command);
+                    let outcome = self.command(&mut group, &meta, &command);
                     if matches!(outcome, Err(CommandError::Rejected(_))) {
                         self.shared.stats.rejections.fetch_add(1, Ordering::Relaxed);
                     }
-                    group.pending.push(Pending::Command(reply, outcome));
+                    group
+                        .pending
+                        .push(Pending::Command(reply, (meta, command), outcome));
                 }
                 Request::Entries { entries, reply } => {
                     let outcome = self.entries(&mut group, entries);
@@ -259,8 +273,8 @@ impl<M: StateMachine> Writer<M> {
     /// Decides one command and adds its entries to the group.
     fn command(
         &mut self,
-        group: &mut Group<'_, M::Rejection>,
-        meta: Meta,
+        group: &mut Group<'_, M>,
+        meta: &Meta,
         command: &M::Command,
     ) -> Result<(Range<u64>, bool), CommandError<M::Rejection>> {
         if let Some(key) = &meta.idempotency_key {
@@ -310,7 +324,7 @@ impl<M: StateMachine> Writer<M> {
     /// Checks entries written elsewhere against the chain and adds them to the group.
     fn entries(
         &mut self,
-        group: &mut Group<'_, M::Rejection>,
+        group: &mut Group<'_, M>,
         entries: Vec<StoredEntry>,
     ) -> Result<Range<u64>, StoreError> {
         let mut cursor = group.cursor;
@@ -324,7 +338,7 @@ impl<M: StateMachine> Writer<M> {
     /// overflow it. An apply failure stops the writer.
     fn add(
         &mut self,
-        group: &mut Group<'_, M::Rejection>,
+        group: &mut Group<'_, M>,
         entries: Vec<StoredEntry>,
     ) -> Result<Range<u64>, StoreError> {
         let Some(first) = entries.first() else {
@@ -364,7 +378,7 @@ impl<M: StateMachine> Writer<M> {
     }
 
     /// Writes the group in one `WriteBatch` and answers everyone in it.
-    fn commit(&mut self, group: &mut Group<'_, M::Rejection>) {
+    fn commit(&mut self, group: &mut Group<'_, M>) {
         let head = group.cursor.head();
         if group.entries.is_empty() {
             assert!(group.overlay.is_empty(), "state changes without entries");
@@ -440,7 +454,7 @@ impl<M: StateMachine> Writer<M> {
     }
 
     /// Stops the writer, failing everyone in the group.
-    fn stop(&mut self, group: &mut Group<'_, M::Rejection>, error: &StoreError) {
+    fn stop(&mut self, group: &mut Group<'_, M>, error: &StoreError) {
         tracing::error!(%error, "store writer stopped");
         self.stopped = Some(error.to_string());
         group.overlay.drain();
@@ -452,7 +466,7 @@ impl<M: StateMachine> Writer<M> {
 
     /// Hands the group's answers to the replier thread (waking each caller costs a futex
     /// wake; doing that off the writer lets the next group start sooner).
-    fn answer(&self, group: &mut Group<'_, M::Rejection>, written: Result<(), StoreError>) {
+    fn answer(&self, group: &mut Group<'_, M>, written: Result<(), StoreError>) {
         let answers = Answers {
             pending: std::mem::take(&mut group.pending),
             written,
@@ -474,14 +488,14 @@ impl<M: StateMachine> Writer<M> {
 const ANSWER_INLINE_MAX: usize = 4;
 
 /// One group's answers, sent to callers in commit order.
-pub(crate) struct Answers<R: std::fmt::Debug> {
-    pending: Vec<Pending<R>>,
+pub(crate) struct Answers<M: StateMachine> {
+    pending: Vec<Pending<M>>,
     written: Result<(), StoreError>,
     applied: u64,
 }
 
 /// Sends every answer of a group.
-fn deliver<R: std::fmt::Debug>(answers: Answers<R>) {
+fn deliver<M: StateMachine>(answers: Answers<M>) {
     let Answers {
         pending,
         written,
@@ -489,7 +503,7 @@ fn deliver<R: std::fmt::Debug>(answers: Answers<R>) {
     } = answers;
     for pending in pending {
         match pending {
-            Pending::Command(reply, outcome) => {
+            Pending::Command(reply, spent, outcome) => {
                 let result = match (&written, outcome) {
                     (Ok(()), Ok((offsets, replayed))) => Ok(Committed {
                         offsets,
@@ -500,7 +514,7 @@ fn deliver<R: std::fmt::Debug>(answers: Answers<R>) {
                     (Err(w), _) => Err(CommandError::Store(w.clone())),
                 };
                 // A caller that stopped waiting does not undo the commit.
-                let _ = reply.send(result);
+                let _ = reply.send((result, spent));
             }
             Pending::Entries(reply, outcome) => {
                 let result = match (&written, outcome) {
@@ -512,7 +526,7 @@ fn deliver<R: std::fmt::Debug>(answers: Answers<R>) {
                     (Ok(()), Err(e)) => Err(e),
                     (Err(w), _) => Err(w.clone()),
                 };
-                let _ = reply.send(result);
+                let _ = reply.send((result, ()));
             }
         }
     }
@@ -520,11 +534,15 @@ fn deliver<R: std::fmt::Debug>(answers: Answers<R>) {
 
 fn fail_request<M: StateMachine>(request: Request<M>, error: StoreError) {
     match request {
-        Request::Command { reply, .. } => {
-            let _ = reply.send(Err(CommandError::Store(error)));
+        Request::Command {
+            meta,
+            command,
+            reply,
+        } => {
+            let _ = reply.send((Err(CommandError::Store(error)), (meta, command)));
         }
         Request::Entries { reply, .. } => {
-            let _ = reply.send(Err(error));
+            let _ = reply.send((Err(error), ()));
         }
     }
 }
