@@ -66,6 +66,16 @@ pub struct GroupStats {
     pub write_ns: u64,
 }
 
+impl From<cairn_store::WriterStats> for GroupStats {
+    fn from(s: cairn_store::WriterStats) -> Self {
+        Self {
+            groups: s.groups,
+            entries: s.entries,
+            write_ns: s.write_ns,
+        }
+    }
+}
+
 impl GroupStats {
     /// "N per group, M µs per group write".
     pub fn describe(&self) -> String {
@@ -127,12 +137,7 @@ impl Sink for CairnSink {
     }
 
     fn groups(&self) -> Option<GroupStats> {
-        let s = self.store.stats();
-        Some(GroupStats {
-            groups: s.groups,
-            entries: s.entries,
-            write_ns: s.write_ns,
-        })
+        Some(self.store.stats().into())
     }
 }
 

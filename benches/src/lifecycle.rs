@@ -173,12 +173,7 @@ impl Sink for KernelSink {
     }
 
     fn groups(&self) -> Option<crate::GroupStats> {
-        let s = self.store.stats();
-        Some(crate::GroupStats {
-            groups: s.groups,
-            entries: s.entries,
-            write_ns: s.write_ns,
-        })
+        Some(self.store.stats().into())
     }
 }
 

@@ -58,6 +58,10 @@ impl ReadCache {
                 slot.clone_from(v);
             }
         }
+        // Grown values count against the limit too.
+        if self.bytes > READ_CACHE_BYTES_MAX {
+            self.clear();
+        }
     }
 
     /// Forgets everything (after a failed write, whose effect on RocksDB is unknown).
@@ -295,6 +299,13 @@ mod tests {
             "started over at the limit"
         );
         assert!(cache.get(Space::State, b"y").is_some());
+        let mut grown = BTreeMap::new();
+        grown.insert(
+            (Space::State, b"y".to_vec()),
+            Some(vec![0; READ_CACHE_BYTES_MAX]),
+        );
+        cache.committed(&grown);
+        assert!(cache.bytes <= READ_CACHE_BYTES_MAX, "a grown value counts");
     }
 
     #[test]

@@ -64,15 +64,19 @@ type CommandReply<M> = Reply<(
 
 /// State the writer shares with readers of the store handle.
 pub(crate) struct Shared {
-    applied: Mutex<u64>,
+    applied: Mutex<Applied>,
     advanced: Condvar,
-    /// Threads in `wait_for` (changed under the `applied` lock): a commit with nobody waiting
-    /// skips the wake-up system call.
-    waiters: std::sync::atomic::AtomicUsize,
     /// Set by the writer after an unsynced write; cleared by the WAL flusher.
     pub dirty: AtomicBool,
     /// Counters of what the writer did, for metrics and benchmarks.
     pub stats: StatsCounters,
+}
+
+/// The applied offset and who waits for it to move.
+struct Applied {
+    offset: u64,
+    /// Threads in `wait_for`: a commit with nobody waiting skips the wake-up system call.
+    waiters: usize,
 }
 
 /// What the writer has done since the store was opened (monotonic counters).
@@ -110,44 +114,49 @@ impl StatsCounters {
 impl Shared {
     pub fn new(applied: u64) -> Self {
         Self {
-            applied: Mutex::new(applied),
+            applied: Mutex::new(Applied {
+                offset: applied,
+                waiters: 0,
+            }),
             advanced: Condvar::new(),
-            waiters: Default::default(),
             dirty: AtomicBool::new(false),
             stats: StatsCounters::default(),
         }
     }
 
     pub fn applied(&self) -> u64 {
-        *self.applied.lock().unwrap_or_else(|p| p.into_inner())
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .offset
     }
 
     fn advance(&self, to: u64) {
         let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
         assert!(
-            to >= *applied,
+            to >= applied.offset,
             "applied offset only moves forward ({} -> {to})",
-            *applied
+            applied.offset
         );
-        *applied = to;
-        if self.waiters.load(Ordering::Relaxed) > 0 {
+        applied.offset = to;
+        if applied.waiters > 0 {
             self.advanced.notify_all();
         }
     }
 
     /// Waits until `offset` is applied or `timeout` passes; returns whether it is applied.
     pub fn wait_for(&self, offset: u64, timeout: std::time::Duration) -> bool {
-        let applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
-        if *applied >= offset {
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        if applied.offset >= offset {
             return true;
         }
-        self.waiters.fetch_add(1, Ordering::Relaxed);
-        let (applied, _) = self
+        applied.waiters += 1;
+        let (mut applied, _) = self
             .advanced
-            .wait_timeout_while(applied, timeout, |a| *a < offset)
+            .wait_timeout_while(applied, timeout, |a| a.offset < offset)
             .unwrap_or_else(|p| p.into_inner());
-        self.waiters.fetch_sub(1, Ordering::Relaxed);
-        *applied >= offset
+        applied.waiters -= 1;
+        applied.offset >= offset
     }
 }
 

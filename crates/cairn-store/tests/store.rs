@@ -594,17 +594,20 @@ fn waiters_are_woken_by_the_commit_they_wait_for() {
     let dir = fresh();
     let store = Arc::new(open(dir.path()));
     let timeout = Duration::from_secs(60);
+    let started = Arc::new(std::sync::Barrier::new(4));
     let waiters: Vec<_> = (1..=3u64)
         .map(|offset| {
-            let store = Arc::clone(&store);
+            let (store, started) = (Arc::clone(&store), Arc::clone(&started));
             std::thread::spawn(move || {
+                started.wait();
                 let start = std::time::Instant::now();
                 (store.wait_for(offset, timeout), start.elapsed())
             })
         })
         .collect();
-    // Let the waiters block first (if one has not yet, it returns at once: also correct).
-    std::thread::sleep(Duration::from_millis(50));
+    // The waiters are running; each commit (an fsync) gives them time to block, and one that
+    // has not yet returns at once, which is also correct.
+    started.wait();
     for i in 0..3 {
         set(&store, &format!("k{i}"), "v");
     }
