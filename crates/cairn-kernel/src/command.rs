@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::change::End;
 use crate::event::HookResult;
 use crate::manifest::{Manifest, ManifestError};
-use crate::model::{DaemonState, FeatureState, ResourceKind, Scope};
+use crate::model::{DaemonState, FeatureState, ResourceKind, Role, Scope};
 
 pub use crate::manifest::VAR_VALUE_BYTES_MAX;
 /// Largest queue item.
@@ -210,6 +210,20 @@ pub enum Command {
         /// Version after.
         to: u32,
     },
+    /// Create an API token (the runtime draws the secret; only its hash is logged).
+    TokenCreate {
+        /// Name (unique).
+        name: String,
+        /// Role.
+        role: Role,
+        /// blake3 of the secret.
+        hash: [u8; 32],
+    },
+    /// Revoke an API token.
+    TokenRevoke {
+        /// Name.
+        name: String,
+    },
     /// Append an extension event.
     Ext {
         /// Kind, `ext.<app>.<name>.v<N>`.
@@ -240,6 +254,8 @@ pub enum Entity {
     Schema(String),
     /// An extension app.
     Extension(String),
+    /// An API token.
+    Token(String),
 }
 
 impl fmt::Display for Entity {
@@ -269,6 +285,7 @@ impl fmt::Display for Entity {
             Entity::Change(id) => write!(f, "change {id}"),
             Entity::Schema(s) => write!(f, "schema {s:?}"),
             Entity::Extension(a) => write!(f, "extension {a:?}"),
+            Entity::Token(n) => write!(f, "token {n:?}"),
         }
     }
 }

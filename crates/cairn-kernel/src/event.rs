@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::change::{ChangeRecord, End, TaskOutcome};
 use crate::manifest::Manifest;
-use crate::model::{DaemonState, FeatureState, ResourceKind, Scope};
+use crate::model::{DaemonState, FeatureState, ResourceKind, Role, Scope};
 use crate::records::PackageStatus;
 
 /// Longest hook output tail recorded per stream.
@@ -123,8 +123,10 @@ pub struct ResourcesDeleted {
     pub features: Vec<String>,
 }
 
-/// Every event the kernel knows, with its kind string.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Every event the kernel knows, with its kind string. `Serialize` is for display (the CLI's
+/// and the server's JSON); the log's encoding is [`Event::encode`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Event {
     /// `package.install_started.v1`
     InstallStarted(InstallStarted),
@@ -301,6 +303,20 @@ pub enum Event {
         /// Migration name.
         name: String,
     },
+    /// `token.created.v1`
+    TokenCreated {
+        /// Name.
+        name: String,
+        /// Role.
+        role: Role,
+        /// blake3 of the secret.
+        hash: [u8; 32],
+    },
+    /// `token.revoked.v1`
+    TokenRevoked {
+        /// Name.
+        name: String,
+    },
     /// An extension's event (`ext.<app>.<name>.v<N>`), applied by its registered handler.
     Ext {
         /// Kind.
@@ -415,6 +431,16 @@ mod wire {
         pub scope: Scope,
     }
     #[derive(Serialize, Deserialize)]
+    pub struct TokenCreated {
+        pub name: String,
+        pub role: Role,
+        pub hash: [u8; 32],
+    }
+    #[derive(Serialize, Deserialize)]
+    pub struct TokenRevoked {
+        pub name: String,
+    }
+    #[derive(Serialize, Deserialize)]
     pub struct SchemaMigrated {
         pub schema: String,
         pub from: u32,
@@ -481,6 +507,8 @@ pub mod kinds {
     pub const FEATURE_OBSERVED: &str = "feature.observed.v1";
     pub const FEATURE_SCOPE_SYNCED: &str = "feature.scope_synced.v1";
     pub const SCHEMA_MIGRATED: &str = "schema.migrated.v1";
+    pub const TOKEN_CREATED: &str = "token.created.v1";
+    pub const TOKEN_REVOKED: &str = "token.revoked.v1";
     /// Prefix of extension kinds.
     pub const EXT_PREFIX: &str = "ext.";
 }
@@ -516,6 +544,8 @@ impl Event {
             Event::FeatureObserved { .. } => FEATURE_OBSERVED,
             Event::FeatureScopeSynced { .. } => FEATURE_SCOPE_SYNCED,
             Event::SchemaMigrated { .. } => SCHEMA_MIGRATED,
+            Event::TokenCreated { .. } => TOKEN_CREATED,
+            Event::TokenRevoked { .. } => TOKEN_REVOKED,
             Event::Ext { kind, .. } => kind,
         }
     }
@@ -640,6 +670,10 @@ impl Event {
                 compat,
                 name,
             }),
+            Event::TokenCreated { name, role, hash } => {
+                enc(&wire::TokenCreated { name, role, hash })
+            }
+            Event::TokenRevoked { name } => enc(&wire::TokenRevoked { name }),
             Event::Ext { payload, .. } => payload,
         }
     }
@@ -801,6 +835,18 @@ impl Event {
                     compat: w.compat,
                     name: w.name,
                 }
+            }
+            TOKEN_CREATED => {
+                let w: wire::TokenCreated = dec(kind, payload)?;
+                Event::TokenCreated {
+                    name: w.name,
+                    role: w.role,
+                    hash: w.hash,
+                }
+            }
+            TOKEN_REVOKED => {
+                let w: wire::TokenRevoked = dec(kind, payload)?;
+                Event::TokenRevoked { name: w.name }
             }
             other if other.starts_with(EXT_PREFIX) => Event::Ext {
                 kind: other.to_string(),

@@ -925,6 +925,28 @@ impl Kernel {
                     name: m.name.clone(),
                 }])
             }
+            Command::TokenCreate { name, role, hash } => {
+                check_name("token", name)?;
+                if get::<TokenRecord>(state, &keys::token(name))?.is_some() {
+                    return Err(Rejection::Exists(Entity::Token(name.clone())).into());
+                }
+                if state.get(Space::State, &keys::token_hash(hash))?.is_some() {
+                    return Err(Rejection::Invalid(format!(
+                        "token {name:?}: its secret's hash is already in use by another token"
+                    ))
+                    .into());
+                }
+                Ok(vec![Event::TokenCreated {
+                    name: name.clone(),
+                    role: *role,
+                    hash: *hash,
+                }])
+            }
+            Command::TokenRevoke { name } => {
+                get::<TokenRecord>(state, &keys::token(name))?
+                    .ok_or_else(|| Rejection::NotFound(Entity::Token(name.clone())))?;
+                Ok(vec![Event::TokenRevoked { name: name.clone() }])
+            }
             Command::Ext { kind, payload } => {
                 let app = ext::app_of(kind).ok_or_else(|| {
                     Rejection::Invalid(format!(
@@ -2019,6 +2041,27 @@ impl Kernel {
                         compat,
                     },
                 );
+            }
+            Event::TokenCreated { name, role, hash } => {
+                put(
+                    state,
+                    &keys::token(&name),
+                    &TokenRecord {
+                        name: name.clone(),
+                        role,
+                        hash,
+                        created_ms: entry.time_ms,
+                        revision: rev,
+                    },
+                );
+                state.put(Space::State, &keys::token_hash(&hash), name.as_bytes());
+            }
+            Event::TokenRevoked { name } => {
+                let t = get::<TokenRecord>(state, &keys::token(&name))?.ok_or_else(|| {
+                    ApplyFailure(format!("token.revoked: token {name:?} does not exist"))
+                })?;
+                state.delete(Space::State, &keys::token(&name));
+                state.delete(Space::State, &keys::token_hash(&t.hash));
             }
             Event::Ext { kind, payload } => {
                 let app = ext::app_of(&kind)

@@ -124,3 +124,17 @@ pub fn ext_app(app: &str) -> Vec<u8> {
 }
 /// Prefix of the extension-use index.
 pub const EXT_APPS: &[u8] = b"extapp/";
+
+/// `token/<name>` → `TokenRecord`.
+pub fn token(name: &str) -> Vec<u8> {
+    format!("token/{name}").into_bytes()
+}
+/// Prefix of every token record.
+pub const TOKENS: &[u8] = b"token/";
+
+/// `tokenhash/<32-byte hash>` → the token's name (authentication looks a secret up by hash).
+pub fn token_hash(hash: &[u8; 32]) -> Vec<u8> {
+    let mut k = b"tokenhash/".to_vec();
+    k.extend_from_slice(hash);
+    k
+}

@@ -100,6 +100,61 @@ pub enum DaemonState {
     Disabled,
 }
 
+/// An API token's role. Each role includes the ones before it, except `mirror`, which may only
+/// follow the replication stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads (every GET).
+    Read,
+    /// Reads and commands.
+    Write,
+    /// Everything: tokens, backup, promote, vault reads.
+    Admin,
+    /// The replication stream only.
+    Mirror,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Read, Role::Write, Role::Admin, Role::Mirror];
+
+    /// The role's name as written in the CLI and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+            Role::Mirror => "mirror",
+        }
+    }
+
+    /// Parses a role name.
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Whether a token of this role may do what `needed` allows: `read` ⊂ `write` ⊂
+    /// `admin`; `mirror` grants only itself (and admin grants mirror too).
+    pub fn allows(self, needed: Role) -> bool {
+        match (self, needed) {
+            (Role::Admin, _) => true,
+            (Role::Mirror, needed) => needed == Role::Mirror,
+            (_, Role::Mirror) => false,
+            (Role::Write, Role::Read | Role::Write) => true,
+            (Role::Write, Role::Admin) => false,
+            (Role::Read, Role::Read) => true,
+            (Role::Read, Role::Write | Role::Admin) => false,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The kinds of package-owned resources, as named in `uninstall --keep`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -259,3 +259,27 @@ pub fn onloads_wanted(state: &dyn StateRead) -> Result<Vec<String>, StateError> 
     })?;
     Ok(out)
 }
+
+/// A token record by name.
+pub fn token(state: &dyn StateRead, name: &str) -> Result<Option<TokenRecord>, StateError> {
+    get(state, &keys::token(name))
+}
+
+/// Every token, by name.
+pub fn tokens(state: &dyn StateRead) -> Result<Vec<TokenRecord>, StateError> {
+    Ok(list(state, keys::TOKENS)?
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect())
+}
+
+/// The live token whose secret hashes to `hash`, if any (authentication).
+pub fn token_by_hash(
+    state: &dyn StateRead,
+    hash: &[u8; 32],
+) -> Result<Option<TokenRecord>, StateError> {
+    let Some(name) = state.get(Space::State, &keys::token_hash(hash))? else {
+        return Ok(None);
+    };
+    token(state, &String::from_utf8_lossy(&name))
+}

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::change::End;
 use crate::manifest::Manifest;
-use crate::model::{DaemonState, FeatureState, ResourceKind, Restart, Scope};
+use crate::model::{DaemonState, FeatureState, ResourceKind, Restart, Role, Scope};
 
 /// A package's lifecycle status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +198,21 @@ pub struct IdemRecord {
     pub end: u64,
     /// Retention sequence number.
     pub seq: u64,
+}
+
+/// `token/<name>`: an API token. Only the blake3 hash of its secret is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// blake3 of the secret.
+    pub hash: [u8; 32],
+    /// When it was created (the entry's leader time).
+    pub created_ms: u64,
+    /// Revision.
+    pub revision: u64,
 }
 
 /// The table name of a resource kind.

@@ -269,8 +269,23 @@ fn hook_env(
     env
 }
 
-/// Runs a hook (handler or child process) under `token`; `None` when it was cancelled.
+/// Runs a hook (handler or child process) under `token`; `None` when it was cancelled. Counts
+/// the run by outcome (`Workspace::hook_runs`).
 async fn run_hook_once(
+    inner: &Inner,
+    package: &PackageRecord,
+    hook: &str,
+    spec: &cairn_kernel::manifest::HookSpec,
+    env: Vec<(String, String)>,
+    change: Uuid,
+    token: &CancellationToken,
+) -> Option<cairn_kernel::HookResult> {
+    let result = run_hook_counted(inner, package, hook, spec, env, change, token).await;
+    inner.hook_runs.count(result.as_ref().map(|r| r.outcome));
+    result
+}
+
+async fn run_hook_counted(
     inner: &Inner,
     package: &PackageRecord,
     hook: &str,

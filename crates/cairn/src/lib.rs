@@ -20,6 +20,8 @@ mod error;
 pub mod hooks;
 mod machine;
 mod subscribe;
+pub mod tokens;
+pub mod tools;
 pub mod vault;
 mod workspace;
 
@@ -28,4 +30,6 @@ pub use cairn_store as store;
 pub use error::Error;
 pub use machine::KernelMachine;
 pub use subscribe::{Subscription, SUBSCRIBER_BATCH_ENTRIES};
-pub use workspace::{CommandOptions, HookContext, HookHandler, Options, Workspace, VAULT_KEY_FILE};
+pub use workspace::{
+    CommandOptions, HookContext, HookHandler, HookRunStats, Options, Workspace, VAULT_KEY_FILE,
+};

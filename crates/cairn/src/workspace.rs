@@ -95,6 +95,40 @@ pub(crate) struct Inner {
     pub shutdown: CancellationToken,
     pub handlers: BTreeMap<(String, String), HookHandler>,
     pub engine: Mutex<crate::engine::EngineState>,
+    pub hook_runs: HookRuns,
+}
+
+/// Hook runs since open, by outcome (for metrics).
+#[derive(Debug, Default)]
+pub(crate) struct HookRuns([std::sync::atomic::AtomicU64; 5]);
+
+impl HookRuns {
+    pub(crate) fn count(&self, outcome: Option<cairn_kernel::HookOutcome>) {
+        use cairn_kernel::HookOutcome as K;
+        let i = match outcome {
+            Some(K::Succeeded) => 0,
+            Some(K::Failed) => 1,
+            Some(K::TimedOut) => 2,
+            Some(K::SpawnFailed) => 3,
+            None => 4,
+        };
+        self.0[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Hook runs since the workspace was opened, by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookRunStats {
+    /// Exited 0.
+    pub succeeded: u64,
+    /// Exited non-zero (or the handler failed).
+    pub failed: u64,
+    /// Killed at their timeout.
+    pub timed_out: u64,
+    /// Could not be started.
+    pub spawn_failed: u64,
+    /// Cancelled (abort, uninstall of an `onload`, close).
+    pub cancelled: u64,
 }
 
 /// Cancels the runtime's tasks when the last user handle goes away.
@@ -155,6 +189,7 @@ impl Workspace {
             shutdown: CancellationToken::new(),
             handlers: options.hook_handlers.clone(),
             engine: Mutex::new(Default::default()),
+            hook_runs: HookRuns::default(),
         });
         let ws = Workspace {
             handle: Arc::new(Handle {
@@ -212,6 +247,18 @@ impl Workspace {
     /// The underlying store (for tools: verify, digest, backup).
     pub fn store(&self) -> &Store<KernelMachine> {
         &self.inner().store
+    }
+
+    /// Hook runs since open, by outcome.
+    pub fn hook_runs(&self) -> HookRunStats {
+        let n = |i: usize| self.inner().hook_runs.0[i].load(std::sync::atomic::Ordering::Relaxed);
+        HookRunStats {
+            succeeded: n(0),
+            failed: n(1),
+            timed_out: n(2),
+            spawn_failed: n(3),
+            cancelled: n(4),
+        }
     }
 
     /// The applied offset of the latest commit.
@@ -587,6 +634,45 @@ impl Workspace {
             payload,
         };
         self.execute(command, opts).await
+    }
+
+    // --- tokens ---------------------------------------------------------------------------
+
+    /// Creates an API token and returns its secret (shown once; only its blake3 hash is
+    /// logged and stored).
+    pub async fn token_create(
+        &self,
+        name: &str,
+        role: cairn_kernel::model::Role,
+        opts: &CommandOptions,
+    ) -> Result<(Committed, String), Error> {
+        let secret = crate::tokens::new_secret();
+        let command = Command::TokenCreate {
+            name: name.into(),
+            role,
+            hash: crate::tokens::hash_secret(&secret),
+        };
+        let c = self.execute(command, opts).await?;
+        Ok((c, secret))
+    }
+
+    /// Revokes an API token.
+    pub async fn token_revoke(
+        &self,
+        name: &str,
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        self.execute(Command::TokenRevoke { name: name.into() }, opts)
+            .await
+    }
+
+    /// The live token whose secret this is, if any.
+    pub fn authenticate(
+        &self,
+        secret: &str,
+    ) -> Result<Option<cairn_kernel::records::TokenRecord>, Error> {
+        let hash = crate::tokens::hash_secret(secret);
+        Ok(query::token_by_hash(&self.view()?, &hash)?)
     }
 
     /// Reads log entries `[from, from + limit)`.

@@ -1,0 +1,220 @@
+//! Where a command runs: `Local` opens the workspace in this process and hands the request to
+//! the same `Service` the server uses; `Remote` sends the request's HTTP form to a server. Both
+//! answer with the same JSON value, so the output is the same.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cairn::{Options, Workspace};
+use cairn_server::api::{codes, ApiError, ErrorBody, Request};
+use cairn_server::Service;
+use serde_json::Value;
+
+use crate::Failure;
+
+/// A running command's connection to its workspace.
+pub enum Backend {
+    /// The workspace opened in-process.
+    Local {
+        /// The runtime the workspace lives on.
+        rt: tokio::runtime::Runtime,
+        /// The service over it.
+        svc: Service,
+    },
+    /// A server.
+    Remote(Remote),
+}
+
+/// A server's address and token.
+pub struct Remote {
+    /// Base URL, without a trailing `/`.
+    pub base: String,
+    /// The bearer token.
+    pub token: String,
+    agent: ureq::Agent,
+}
+
+/// The actor local-mode commands are recorded as.
+pub const LOCAL_ACTOR: &str = "cli";
+
+impl Backend {
+    /// Runs one request.
+    pub fn call(&self, req: Request) -> Result<Value, ApiError> {
+        match self {
+            Backend::Local { rt, svc } => rt.block_on(svc.handle(req, LOCAL_ACTOR)),
+            Backend::Remote(r) => r.call(&req),
+        }
+    }
+
+    /// Closes a local workspace (stops its engine, joins its writer).
+    pub fn close(self) {
+        if let Backend::Local { rt, svc } = self {
+            let ws = svc.workspace().clone();
+            drop(svc);
+            rt.block_on(ws.close());
+        }
+    }
+}
+
+/// Opens the workspace at `data` in-process. A workspace held by another process (a running
+/// `cairn serve`) is refused with a message that points at `--server`. Resumed changes are
+/// announced on stderr and, when `wait_resumed`, waited for.
+pub fn open_local(data: &Path, wait_resumed: bool) -> Result<Backend, Failure> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(format!("cannot start the runtime: {e}")))?;
+    let opts = Options {
+        actor: LOCAL_ACTOR.into(),
+        ..Default::default()
+    };
+    let ws = rt
+        .block_on(Workspace::open(data, opts))
+        .map_err(|e| open_failure(data, e))?;
+    let active = ws
+        .view()
+        .ok()
+        .and_then(|v| cairn::kernel::query::active_changes(&v).ok())
+        .unwrap_or_default();
+    if !active.is_empty() {
+        for c in &active {
+            eprintln!(
+                "resuming change {} ({}): {}",
+                c.id,
+                c.kind.as_str(),
+                c.summary
+            );
+        }
+        if wait_resumed {
+            rt.block_on(ws.wait_idle())
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            eprintln!("resumed changes finished");
+        }
+    }
+    Ok(Backend::Local {
+        rt,
+        svc: Service::new(ws),
+    })
+}
+
+/// File a running server writes its URL into, inside the data directory.
+pub const SERVER_ADDR_FILE: &str = "server.url";
+
+pub fn open_failure(data: &Path, e: cairn::Error) -> Failure {
+    if let cairn::Error::Store(cairn_store::StoreError::Locked { pid }) = &e {
+        let url = std::fs::read_to_string(data.join(SERVER_ADDR_FILE))
+            .map(|u| u.trim().to_string())
+            .unwrap_or_else(|_| "URL".into());
+        return Failure::Other(format!(
+            "the workspace at {} is held by another process (pid {pid}), such as a running \
+             `cairn serve`; use remote mode: cairn --server {url} --token-file FILE ...",
+            data.display()
+        ));
+    }
+    if let cairn::Error::Store(s) = &e {
+        if s.is_integrity() {
+            return Failure::Integrity(e.to_string());
+        }
+    }
+    Failure::Other(e.to_string())
+}
+
+impl Remote {
+    /// A client for `base` with the token read from `token_file`.
+    pub fn new(base: &str, token_file: &Path) -> Result<Remote, Failure> {
+        let token = std::fs::read_to_string(token_file).map_err(|e| {
+            Failure::Other(format!(
+                "cannot read the token file {}: {e}",
+                token_file.display()
+            ))
+        })?;
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            return Err(Failure::Other(format!(
+                "the token file {} is empty",
+                token_file.display()
+            )));
+        }
+        Ok(Remote {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(10))
+                .build(),
+        })
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        self.agent
+            .request(method, &format!("{}{}", self.base, path))
+            .set("authorization", &format!("Bearer {}", self.token))
+    }
+
+    /// Sends a request and decodes the JSON answer (or the JSON error).
+    pub fn call(&self, req: &Request) -> Result<Value, ApiError> {
+        let http = req.http();
+        let mut r = self.request(http.method, &http.path);
+        for (k, v) in &http.query {
+            r = r.query(k, v);
+        }
+        let resp = match &http.body {
+            Some(body) => r.send_json(body.clone()),
+            None => r.call(),
+        };
+        let resp = self.check(resp)?;
+        resp.into_json::<Value>().map_err(|e| {
+            ApiError::new(
+                codes::INTERNAL,
+                format!("the server's answer is not JSON: {e}"),
+            )
+        })
+    }
+
+    /// Sends a request whose answer is a stream; returns the reader.
+    pub fn stream(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<Box<dyn Read + Send + Sync>, ApiError> {
+        let mut r = self.request(method, path);
+        for (k, v) in query {
+            r = r.query(k, v);
+        }
+        let resp = match body {
+            Some(b) => r.send_json(b),
+            None => r.call(),
+        };
+        Ok(self.check(resp)?.into_reader())
+    }
+
+    fn check(&self, resp: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response, ApiError> {
+        match resp {
+            Ok(r) => Ok(r),
+            Err(ureq::Error::Status(status, r)) => {
+                let text = r.into_string().unwrap_or_default();
+                match serde_json::from_str::<ErrorBody>(&text) {
+                    Ok(b) => Err(ApiError { status, ..b.error }),
+                    Err(_) => Err(ApiError {
+                        status,
+                        code: codes::INTERNAL.into(),
+                        message: format!("the server answered {status}: {}", text.trim()),
+                    }),
+                }
+            }
+            Err(e) => Err(ApiError::new(
+                codes::UNAVAILABLE,
+                format!("cannot reach the server at {}: {e}", self.base),
+            )),
+        }
+    }
+}
+
+/// The data directory from `--data` / `CAIRN_DATA`.
+pub fn data_dir(data: &Option<PathBuf>) -> PathBuf {
+    data.clone()
+        .unwrap_or_else(|| PathBuf::from("./cairn-data"))
+}

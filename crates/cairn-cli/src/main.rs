@@ -1,0 +1,1114 @@
+//! `cairn`: the command-line interface. Local mode (`--data DIR`) opens the workspace in this
+//! process; remote mode (`--server URL --token-file F`) talks to a running `cairn serve`. Both
+//! run the same `cairn_server::Request` and print the same output. Exit codes: 0 success, 1 a
+//! rejected or failed command, 2 usage errors, 3 integrity failures.
+
+mod backend;
+mod demo;
+mod output;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use backend::{data_dir, open_local, Backend, Remote};
+use cairn_server::api::{ApiError, Request};
+
+/// Why a command failed, and the exit code it maps to.
+#[derive(Debug)]
+pub enum Failure {
+    /// A rejected or failed command (exit 1).
+    Other(String),
+    /// Bad usage (exit 2).
+    Usage(String),
+    /// An integrity failure: a corrupt entry, a digest mismatch (exit 3).
+    Integrity(String),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        if e.is_integrity() {
+            Failure::Integrity(e.message)
+        } else {
+            Failure::Other(e.message)
+        }
+    }
+}
+
+const KEEP_KINDS: [&str; 5] = ["vars", "queues", "vaults", "daemons", "model"];
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "cairn: a workspace's packages, features and resources on a hash-chained log",
+    long_about = "cairn keeps a workspace (packages, their resources, features, interface \
+                  connections) as the fold of an append-only, hash-chained log in RocksDB.\n\n\
+                  Local mode (default) opens the workspace directory in this process; remote \
+                  mode (--server URL --token-file F) talks to a running `cairn serve`.",
+    after_help = "Examples:\n  cairn init\n  cairn pkg install netmon.toml\n  cairn feature set netmon disabled\n  cairn --server http://127.0.0.1:7878 --token-file admin.token pkg list --json"
+)]
+struct Cli {
+    /// Workspace directory (local mode).
+    #[arg(long, global = true, env = "CAIRN_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Server URL (remote mode), e.g. http://127.0.0.1:7878.
+    #[arg(long, global = true, env = "CAIRN_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// File holding the bearer token (remote mode).
+    #[arg(long, global = true, env = "CAIRN_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Machine-readable output (JSON; `log show` prints JSON lines).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a workspace; prints its id and writes <data>/admin.token (mode 0600).
+    #[command(after_help = "Example:\n  cairn --data ./ws init")]
+    Init,
+    /// Packages: install, uninstall, list, show.
+    #[command(subcommand)]
+    Pkg(Pkg),
+    /// A package's variables.
+    #[command(subcommand)]
+    Var(Var),
+    /// A package's durable queues (named PKG:QUEUE).
+    #[command(subcommand)]
+    Queue(Queue),
+    /// Features: list, set, report.
+    #[command(subcommand)]
+    Feature(Feature),
+    /// Interface connections between plugs and slots.
+    #[command(subcommand)]
+    Iface(Iface),
+    /// Changes (install, uninstall, connect, disconnect) and their tasks.
+    #[command(subcommand)]
+    Change(Change),
+    /// The log: show entries, follow it live.
+    #[command(subcommand)]
+    Log(Log),
+    /// The projection's state digest.
+    #[command(subcommand)]
+    State(State),
+    /// Audit: verify the hash chain and the projection against a full replay.
+    #[command(subcommand)]
+    Audit(Audit),
+    /// Build a new workspace holding the state at offset N.
+    #[command(after_help = "Example:\n  cairn replay --until 120 --into ./ws-at-120")]
+    Replay {
+        /// Last offset to replay.
+        #[arg(long, value_name = "N")]
+        until: u64,
+        /// New workspace directory (must not exist).
+        #[arg(long, value_name = "DIR")]
+        into: PathBuf,
+    },
+    /// Rebuild the projection from the log (local mode; the workspace must not be open).
+    #[command(after_help = "Example:\n  cairn --data ./ws rebuild")]
+    Rebuild,
+    /// Write a consistent checkpoint (log + state + meta) into DIR (must not exist).
+    #[command(after_help = "Example:\n  cairn backup /backups/ws-2026-11-22")]
+    Backup {
+        /// Target directory.
+        dir: PathBuf,
+    },
+    /// Run the leader daemon: the HTTP API on ADDR until SIGTERM or SIGINT.
+    #[command(after_help = "Example:\n  cairn --data ./ws serve --listen 127.0.0.1:7878")]
+    Serve {
+        /// Address to listen on (port 0 picks a free port; the URL is printed).
+        #[arg(long, default_value = "127.0.0.1:7878", value_name = "ADDR")]
+        listen: String,
+    },
+    /// Role, workspace id, applied offset, epoch.
+    #[command(after_help = "Example:\n  cairn status --json")]
+    Status,
+    /// API tokens: create, revoke, list (admin).
+    #[command(subcommand)]
+    Token(Token),
+    /// The whole lifecycle on a scratch workspace, narrated.
+    #[command(after_help = "Example:\n  cairn demo")]
+    Demo {
+        /// Keep the demo workspace here instead of a temporary directory.
+        #[arg(long = "into", value_name = "DIR")]
+        into: Option<PathBuf>,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  cairn completions bash > /etc/bash_completion.d/cairn")]
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+    /// Internal: the demo's writer that gets killed mid-uninstall.
+    #[command(hide = true)]
+    DemoVictim,
+}
+
+#[derive(Subcommand)]
+enum Pkg {
+    /// Install a package from a TOML manifest; waits for the install change.
+    #[command(after_help = "Example:\n  cairn pkg install docs/examples/netmon.toml")]
+    Install {
+        /// Manifest file.
+        manifest: PathBuf,
+        /// Return the change id without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Uninstall a package, deleting what it owns except the kept kinds.
+    #[command(after_help = "Example:\n  cairn pkg uninstall netmon --keep vars,queues")]
+    Uninstall {
+        /// Package.
+        name: String,
+        /// Resource kinds to keep: vars, queues, vaults, daemons, model (comma-separated).
+        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(KEEP_KINDS))]
+        keep: Vec<String>,
+        /// Abort and undo if the onuninstall hook fails.
+        #[arg(long)]
+        strict: bool,
+        /// Return the change id without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List packages: name, version, status.
+    #[command(after_help = "Example:\n  cairn pkg list --json")]
+    List,
+    /// Show a package: status, resources, features, plugs, slots.
+    #[command(after_help = "Example:\n  cairn pkg show netmon")]
+    Show {
+        /// Package.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Var {
+    /// Set a variable.
+    #[command(after_help = "Example:\n  cairn var set netmon threshold 20")]
+    Set {
+        /// Package.
+        pkg: String,
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+        /// Refuse unless the variable is at this revision (0: must not exist).
+        #[arg(long, value_name = "N")]
+        expect_revision: Option<u64>,
+    },
+    /// Print a variable's value.
+    #[command(after_help = "Example:\n  cairn var get netmon threshold")]
+    Get {
+        /// Package.
+        pkg: String,
+        /// Key.
+        key: String,
+    },
+    /// Delete a variable.
+    #[command(after_help = "Example:\n  cairn var del netmon threshold")]
+    Del {
+        /// Package.
+        pkg: String,
+        /// Key.
+        key: String,
+    },
+    /// List a package's variables.
+    #[command(after_help = "Example:\n  cairn var list netmon --json")]
+    List {
+        /// Package.
+        pkg: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Queue {
+    /// Append items to a queue (one log entry).
+    #[command(after_help = "Example:\n  cairn queue put netmon:events link-up link-down")]
+    Put {
+        /// PKG:QUEUE.
+        name: String,
+        /// Items.
+        #[arg(required = true)]
+        items: Vec<String>,
+    },
+    /// Read unacknowledged items.
+    #[command(after_help = "Example:\n  cairn queue read netmon:events --from 1")]
+    Read {
+        /// PKG:QUEUE.
+        name: String,
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Most items.
+        #[arg(long, default_value_t = 1000)]
+        limit: u64,
+    },
+    /// Acknowledge (and delete) items up to N.
+    #[command(after_help = "Example:\n  cairn queue ack netmon:events 2")]
+    Ack {
+        /// PKG:QUEUE.
+        name: String,
+        /// Last sequence number acknowledged.
+        upto: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum Feature {
+    /// List features.
+    #[command(after_help = "Example:\n  cairn feature list --json")]
+    List,
+    /// Set a feature's state: enabled or disabled.
+    #[command(after_help = "Example:\n  cairn feature set netmon disabled --expect-revision 7")]
+    Set {
+        /// Feature.
+        name: String,
+        /// enabled | disabled | always_enabled | always_disabled
+        state: String,
+        /// Refuse unless the feature is at this revision.
+        #[arg(long, value_name = "N")]
+        expect_revision: Option<u64>,
+    },
+    /// Report the state observed on the service side.
+    #[command(after_help = "Example:\n  cairn feature report netmon enabled")]
+    Report {
+        /// Feature.
+        name: String,
+        /// Observed state.
+        state: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Iface {
+    /// Connect a plug to a slot (runs the connect hooks).
+    #[command(after_help = "Example:\n  cairn iface connect netmon:net router:net")]
+    Connect {
+        /// PKG:PLUG.
+        plug: String,
+        /// PKG:SLOT.
+        slot: String,
+        /// Return the change id without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Disconnect a plug from a slot.
+    #[command(after_help = "Example:\n  cairn iface disconnect netmon:net router:net")]
+    Disconnect {
+        /// PKG:PLUG.
+        plug: String,
+        /// PKG:SLOT.
+        slot: String,
+        /// Return the change id without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List connections.
+    #[command(after_help = "Example:\n  cairn iface list")]
+    List,
+}
+
+#[derive(Subcommand)]
+enum Change {
+    /// List changes, oldest first.
+    #[command(after_help = "Example:\n  cairn change list --json")]
+    List,
+    /// Show a change and its tasks.
+    #[command(after_help = "Example:\n  cairn change show 7c1e…")]
+    Show {
+        /// Change id.
+        id: String,
+    },
+    /// Abort a change: cancel its running hook, then undo it.
+    #[command(after_help = "Example:\n  cairn change abort 7c1e…")]
+    Abort {
+        /// Change id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Log {
+    /// Show entries (JSON lines with --json).
+    #[command(
+        after_help = "Example:\n  cairn log show --from 1 --limit 20 --kind feature. --json"
+    )]
+    Show {
+        /// First offset.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Most entries.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        /// Only entries whose kind starts with PREFIX.
+        #[arg(long, value_name = "PREFIX")]
+        kind: Option<String>,
+    },
+    /// Follow the log live (JSON lines), from the next entry or --from.
+    #[command(after_help = "Example:\n  cairn log tail")]
+    Tail {
+        /// First offset.
+        #[arg(long)]
+        from: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum State {
+    /// Print "<applied-offset> <digest-hex>".
+    #[command(after_help = "Example:\n  cairn state digest")]
+    Digest,
+}
+
+#[derive(Subcommand)]
+enum Audit {
+    /// Verify every entry's hash and link, replay the log into a scratch store, compare digests.
+    #[command(after_help = "Example:\n  cairn audit verify")]
+    Verify,
+}
+
+#[derive(Subcommand)]
+enum Token {
+    /// Create a token; prints its secret (shown once).
+    #[command(after_help = "Example:\n  cairn token create ops --role read > ops.token")]
+    Create {
+        /// Name.
+        name: String,
+        /// Role.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["read", "write", "admin", "mirror"]))]
+        role: String,
+    },
+    /// Revoke a token.
+    #[command(after_help = "Example:\n  cairn token revoke ops")]
+    Revoke {
+        /// Name.
+        name: String,
+    },
+    /// List tokens (names and roles; secrets are never stored).
+    #[command(after_help = "Example:\n  cairn token list")]
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let (code, msg) = match f {
+                Failure::Other(m) => (1, m),
+                Failure::Usage(m) => (2, m),
+                Failure::Integrity(m) => (3, m),
+            };
+            eprintln!("error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Opens where the command runs: remote when `--server` is given, else local.
+fn backend(cli: &Cli, wait_resumed: bool) -> Result<Backend, Failure> {
+    match (&cli.server, &cli.token_file) {
+        (Some(url), Some(tf)) => Ok(Backend::Remote(Remote::new(url, tf)?)),
+        (Some(_), None) => Err(Failure::Usage(
+            "--server needs --token-file FILE (the bearer token)".into(),
+        )),
+        (None, _) => open_local(&data_dir(&cli.data), wait_resumed),
+    }
+}
+
+fn local_only(cli: &Cli, what: &str) -> Result<PathBuf, Failure> {
+    if cli.server.is_some() {
+        return Err(Failure::Usage(format!(
+            "`cairn {what}` works on a local data directory (--data DIR); it has no remote mode"
+        )));
+    }
+    Ok(data_dir(&cli.data))
+}
+
+fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>8} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Cmd::Init => init(&cli),
+        Cmd::Serve { listen } => serve(&cli, listen),
+        Cmd::Rebuild => rebuild(&cli),
+        Cmd::Demo { into } => demo::run(into.clone()),
+        Cmd::DemoVictim => demo::victim(&data_dir(&cli.data)),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Backup { dir } => backup(&cli, dir),
+        Cmd::Replay { until, into } => replay(&cli, *until, into),
+        Cmd::Audit(Audit::Verify) => audit(&cli),
+        Cmd::Log(Log::Tail { from }) => tail(&cli, *from),
+        _ => {
+            let (req, wait_resumed) = request(&cli.command)?;
+            let b = backend(&cli, wait_resumed)?;
+            let result = b.call(req);
+            b.close();
+            print(&cli, result?)
+        }
+    }
+}
+
+/// The request a plain command runs, and whether local mode first waits for resumed changes
+/// (not for reads and aborts, so a stuck change can be looked at and aborted).
+fn request(cmd: &Cmd) -> Result<(Request, bool), Failure> {
+    let split = |name: &str| -> Result<(String, String), Failure> {
+        cairn_server::service::parse_end("queue", name).map_err(|e| Failure::Usage(e.message))
+    };
+    Ok(match cmd {
+        Cmd::Pkg(Pkg::Install { manifest, no_wait }) => {
+            let text = std::fs::read_to_string(manifest)
+                .map_err(|e| Failure::Other(format!("cannot read {}: {e}", manifest.display())))?;
+            (
+                Request::PkgInstall {
+                    manifest: text,
+                    wait: !no_wait,
+                },
+                true,
+            )
+        }
+        Cmd::Pkg(Pkg::Uninstall {
+            name,
+            keep,
+            strict,
+            no_wait,
+        }) => (
+            Request::PkgUninstall {
+                name: name.clone(),
+                keep: keep.clone(),
+                strict: *strict,
+                wait: !no_wait,
+            },
+            true,
+        ),
+        Cmd::Pkg(Pkg::List) => (Request::PkgList, false),
+        Cmd::Pkg(Pkg::Show { name }) => (Request::PkgShow { name: name.clone() }, false),
+        Cmd::Var(Var::Set {
+            pkg,
+            key,
+            value,
+            expect_revision,
+        }) => (
+            Request::VarSet {
+                pkg: pkg.clone(),
+                key: key.clone(),
+                value: value.clone(),
+                expect_revision: *expect_revision,
+            },
+            true,
+        ),
+        Cmd::Var(Var::Get { pkg, key }) => (
+            Request::VarGet {
+                pkg: pkg.clone(),
+                key: key.clone(),
+            },
+            false,
+        ),
+        Cmd::Var(Var::Del { pkg, key }) => (
+            Request::VarDel {
+                pkg: pkg.clone(),
+                key: key.clone(),
+            },
+            true,
+        ),
+        Cmd::Var(Var::List { pkg }) => (Request::VarList { pkg: pkg.clone() }, false),
+        Cmd::Queue(Queue::Put { name, items }) => {
+            let (pkg, queue) = split(name)?;
+            (
+                Request::QueuePut {
+                    pkg,
+                    queue,
+                    items: items.clone(),
+                },
+                true,
+            )
+        }
+        Cmd::Queue(Queue::Read { name, from, limit }) => {
+            let (pkg, queue) = split(name)?;
+            (
+                Request::QueueRead {
+                    pkg,
+                    queue,
+                    from: *from,
+                    limit: *limit,
+                },
+                false,
+            )
+        }
+        Cmd::Queue(Queue::Ack { name, upto }) => {
+            let (pkg, queue) = split(name)?;
+            (
+                Request::QueueAck {
+                    pkg,
+                    queue,
+                    upto: *upto,
+                },
+                true,
+            )
+        }
+        Cmd::Feature(Feature::List) => (Request::FeatureList, false),
+        Cmd::Feature(Feature::Set {
+            name,
+            state,
+            expect_revision,
+        }) => (
+            Request::FeatureSet {
+                name: name.clone(),
+                state: state.clone(),
+                expect_revision: *expect_revision,
+            },
+            true,
+        ),
+        Cmd::Feature(Feature::Report { name, state }) => (
+            Request::FeatureReport {
+                name: name.clone(),
+                state: state.clone(),
+            },
+            true,
+        ),
+        Cmd::Iface(Iface::Connect {
+            plug,
+            slot,
+            no_wait,
+        }) => (
+            Request::IfaceConnect {
+                plug: plug.clone(),
+                slot: slot.clone(),
+                wait: !no_wait,
+            },
+            true,
+        ),
+        Cmd::Iface(Iface::Disconnect {
+            plug,
+            slot,
+            no_wait,
+        }) => (
+            Request::IfaceDisconnect {
+                plug: plug.clone(),
+                slot: slot.clone(),
+                wait: !no_wait,
+            },
+            true,
+        ),
+        Cmd::Iface(Iface::List) => (Request::IfaceList, false),
+        Cmd::Change(Change::List) => (Request::ChangeList, false),
+        Cmd::Change(Change::Show { id }) => (Request::ChangeShow { id: id.clone() }, false),
+        Cmd::Change(Change::Abort { id }) => (Request::ChangeAbort { id: id.clone() }, false),
+        Cmd::Log(Log::Show { from, limit, kind }) => (
+            Request::LogShow {
+                from: *from,
+                limit: *limit,
+                kind: kind.clone(),
+            },
+            false,
+        ),
+        Cmd::State(State::Digest) => (Request::StateDigest, false),
+        Cmd::Status => (Request::Status, false),
+        Cmd::Token(Token::Create { name, role }) => (
+            Request::TokenCreate {
+                name: name.clone(),
+                role: role.clone(),
+            },
+            false,
+        ),
+        Cmd::Token(Token::Revoke { name }) => (Request::TokenRevoke { name: name.clone() }, false),
+        Cmd::Token(Token::List) => (Request::TokenList, false),
+        Cmd::Init
+        | Cmd::Serve { .. }
+        | Cmd::Rebuild
+        | Cmd::Demo { .. }
+        | Cmd::DemoVictim
+        | Cmd::Completions { .. }
+        | Cmd::Backup { .. }
+        | Cmd::Replay { .. }
+        | Cmd::Audit(_)
+        | Cmd::Log(Log::Tail { .. }) => {
+            return Err(Failure::Other("internal: not a plain request".into()))
+        }
+    })
+}
+
+/// Prints a plain command's answer.
+fn print(cli: &Cli, v: Value) -> Result<(), Failure> {
+    if cli.json {
+        if let Cmd::Log(Log::Show { .. }) = cli.command {
+            for e in v.as_array().into_iter().flatten() {
+                println!("{e}");
+            }
+        } else {
+            print_json(&v);
+        }
+        return change_outcome(&v);
+    }
+    match &cli.command {
+        Cmd::Pkg(Pkg::List) => output::list(
+            &v,
+            &["NAME", "VERSION", "STATUS"],
+            &["name", "version", "status"],
+        ),
+        Cmd::Pkg(Pkg::Show { .. }) => {
+            output::fields(
+                &v,
+                &["name", "version", "status", "revision", "install_change"],
+            );
+            for k in ["status_change", "keep", "broken_reason"] {
+                if !v[k].is_null() {
+                    output::fields(&v, &[k]);
+                }
+            }
+            println!("hooks     {}", v["hooks"]);
+            println!("resources {}", v["resources"]);
+            println!("features  {}", v["features"]);
+            println!("plugs     {}", v["plugs"]);
+            println!("slots     {}", v["slots"]);
+        }
+        Cmd::Var(Var::Get { .. }) => match &v["value"] {
+            Value::String(s) => println!("{s}"),
+            other => println!("{other}"),
+        },
+        Cmd::Var(Var::List { .. }) => output::list(
+            &v,
+            &["KEY", "VALUE", "REVISION"],
+            &["key", "value", "revision"],
+        ),
+        Cmd::Queue(Queue::Read { .. }) => output::list(&v, &["SEQ", "ITEM"], &["seq", "item"]),
+        Cmd::Feature(Feature::List) => output::list(
+            &v,
+            &["NAME", "OWNER", "STATE", "OBSERVED", "REVISION"],
+            &["name", "owner", "state", "observed", "revision"],
+        ),
+        Cmd::Iface(Iface::List) => output::list(
+            &v,
+            &["PLUG", "SLOT", "INTERFACE", "AUTO"],
+            &["plug", "slot", "interface", "auto"],
+        ),
+        Cmd::Change(Change::List) => output::list(
+            &v,
+            &["ID", "KIND", "STATUS", "SUMMARY"],
+            &["id", "kind", "status", "summary"],
+        ),
+        Cmd::Change(Change::Show { .. }) | Cmd::Change(Change::Abort { .. }) => output::change(&v),
+        Cmd::Log(Log::Show { .. }) => {
+            for e in v.as_array().into_iter().flatten() {
+                println!("{}", output::entry_line(e));
+            }
+        }
+        Cmd::State(State::Digest) => println!(
+            "{} {}",
+            v["applied_offset"],
+            v["digest"].as_str().unwrap_or_default()
+        ),
+        Cmd::Status => output::fields(
+            &v,
+            &[
+                "role",
+                "workspace_id",
+                "applied_offset",
+                "epoch",
+                "leader",
+                "lag",
+            ],
+        ),
+        Cmd::Token(Token::Create { name, role }) => {
+            eprintln!("created token {name:?} with role {role}; its secret (shown once):");
+            println!("{}", v["token"].as_str().unwrap_or_default());
+        }
+        Cmd::Token(Token::List) => output::list(
+            &v,
+            &["NAME", "ROLE", "REVISION"],
+            &["name", "role", "revision"],
+        ),
+        Cmd::Pkg(Pkg::Install { .. })
+        | Cmd::Pkg(Pkg::Uninstall { .. })
+        | Cmd::Iface(Iface::Connect { .. })
+        | Cmd::Iface(Iface::Disconnect { .. }) => {
+            if v.get("status").is_some() {
+                output::change(&v);
+            } else {
+                println!("{}", v["change"].as_str().unwrap_or_default());
+            }
+        }
+        _ => {
+            if let Some(o) = v["offsets"].as_array() {
+                if v["replayed"] == Value::Bool(true) {
+                    println!("ok (already committed at offset {})", o[0]);
+                } else if o[0].as_u64() <= o[1].as_u64() {
+                    println!("ok (offset {})", o[1]);
+                } else {
+                    println!("ok");
+                }
+            } else {
+                print_json(&v);
+            }
+        }
+    }
+    change_outcome(&v)
+}
+
+/// A waited-for change that did not end `done` fails the command (exit 1).
+fn change_outcome(v: &Value) -> Result<(), Failure> {
+    let (Some(status), Some(id)) = (v["status"].as_str(), v["id"].as_str()) else {
+        return Ok(());
+    };
+    if v.get("tasks").is_none() || status == "done" {
+        return Ok(());
+    }
+    let why: Vec<String> = v["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["log"].as_array().cloned().unwrap_or_default())
+        .filter_map(|l| l.as_str().map(str::to_string))
+        .collect();
+    // An abort is asked for: ending undone is its success.
+    if v.get("applied").is_some() && status == "undone" {
+        return Ok(());
+    }
+    Err(Failure::Other(format!(
+        "change {id} ended {status}{}",
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", why.join("; "))
+        }
+    )))
+}
+
+fn init(cli: &Cli) -> Result<(), Failure> {
+    let data = local_only(cli, "init")?;
+    let id = cairn::Workspace::init(&data).map_err(|e| Failure::Other(e.to_string()))?;
+    let b = open_local(&data, false)?;
+    let created = b.call(Request::TokenCreate {
+        name: "admin".into(),
+        role: "admin".into(),
+    });
+    b.close();
+    let secret = created?["token"].as_str().unwrap_or_default().to_string();
+    write_secret(&data.join("admin.token"), &secret)?;
+    println!("{id}");
+    eprintln!(
+        "initialized workspace {id} at {}; admin token in {}",
+        data.display(),
+        data.join("admin.token").display()
+    );
+    Ok(())
+}
+
+/// Writes a secret file readable by its owner only (created with mode 0600).
+fn write_secret(path: &Path, secret: &str) -> Result<(), Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Failure::Other(format!("cannot create {}: {e}", path.display())))?;
+    writeln!(f, "{secret}")
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Failure::Other(format!("cannot write {}: {e}", path.display())))
+}
+
+fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
+    let data = local_only(cli, "serve")?;
+    let b = open_local(&data, false)?;
+    let Backend::Local { rt, svc } = b else {
+        return Err(Failure::Other(
+            "internal: serve needs a local workspace".into(),
+        ));
+    };
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .map_err(|e| Failure::Other(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::Other(format!("cannot read the bound address: {e}")))?;
+    let url = format!("http://{addr}");
+    let url_file = data.join(backend::SERVER_ADDR_FILE);
+    let _ = std::fs::write(&url_file, format!("{url}\n"));
+    println!("listening on {url}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%url, workspace = %svc.workspace().id(), "serving");
+    let ws = svc.workspace().clone();
+    let result = rt.block_on(async move {
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        };
+        let r = cairn_server::serve(svc, listener, shutdown).await;
+        ws.close().await;
+        r
+    });
+    let _ = std::fs::remove_file(&url_file);
+    eprintln!("stopped");
+    result.map_err(|e| Failure::Other(format!("server failed: {e}")))
+}
+
+fn rebuild(cli: &Cli) -> Result<(), Failure> {
+    if cli.server.is_some() {
+        let b = backend(cli, false)?;
+        let Backend::Remote(r) = &b else {
+            unreachable!("--server given")
+        };
+        let resp = r.stream("POST", "/v1/rebuild", &[], Some(serde_json::json!({})));
+        return resp.map(|_| ()).map_err(Failure::from);
+    }
+    let data = data_dir(&cli.data);
+    let machine = cairn::KernelMachine(cairn::kernel::Kernel::new());
+    let pb = progress_bar(0, "rebuild");
+    let report = cairn_store::Store::rebuild(&data, &machine, &mut |p| {
+        pb.set_length(p.total);
+        pb.set_position(p.done);
+    })
+    .map_err(|e| backend::open_failure(&data, cairn::Error::Store(e)))?;
+    pb.finish_and_clear();
+    if cli.json {
+        print_json(&serde_json::json!({
+            "entries": report.entries,
+            "head_offset": report.head.offset,
+            "head_hash": report.head.hash.to_string(),
+        }));
+    } else {
+        println!(
+            "rebuilt the projection from {} entries (head {} {})",
+            report.entries, report.head.offset, report.head.hash
+        );
+    }
+    Ok(())
+}
+
+fn backup(cli: &Cli, dir: &Path) -> Result<(), Failure> {
+    if dir.exists() {
+        return Err(Failure::Other(format!(
+            "backup target {} already exists",
+            dir.display()
+        )));
+    }
+    let b = backend(cli, false)?;
+    let result = match &b {
+        Backend::Local { svc, .. } => svc
+            .workspace()
+            .store()
+            .backup(dir)
+            .map(|h| serde_json::json!({"dir": dir.display().to_string(), "applied_offset": h.offset, "head_hash": h.hash.to_string()}))
+            .map_err(|e| Failure::Other(e.to_string())),
+        Backend::Remote(r) => receive(r, "/v1/backup", serde_json::json!({}), dir, "backup"),
+    };
+    b.close();
+    let v = result?;
+    if cli.json {
+        print_json(&v);
+    } else {
+        println!("backup written to {}", dir.display());
+    }
+    Ok(())
+}
+
+/// Receives a bundle stream into `dir` (with a byte counter on a terminal), then reports the
+/// workspace it holds.
+fn receive(r: &Remote, path: &str, body: Value, dir: &Path, what: &str) -> Result<Value, Failure> {
+    let reader = r.stream("POST", path, &[], Some(body))?;
+    let pb = progress_bar(0, what);
+    if !pb.is_hidden() {
+        pb.set_style(
+            ProgressStyle::with_template("{msg:>8} {bytes} ({bytes_per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+    }
+    cairn_server::bundle::read_bundle(reader, dir, &mut |n| pb.set_position(n))
+        .map_err(|e| Failure::Other(format!("{what} failed: {e}")))?;
+    pb.finish_and_clear();
+    Ok(serde_json::json!({"dir": dir.display().to_string()}))
+}
+
+fn replay(cli: &Cli, until: u64, into: &Path) -> Result<(), Failure> {
+    if into.exists() {
+        return Err(Failure::Other(format!(
+            "replay target {} already exists",
+            into.display()
+        )));
+    }
+    let b = backend(cli, false)?;
+    let result = match &b {
+        Backend::Local { svc, .. } => {
+            let ws = svc.workspace();
+            let pb = progress_bar(until, "replay");
+            let r = ws
+                .view()
+                .map_err(|e| Failure::Other(e.to_string()))
+                .and_then(|view| {
+                    cairn::tools::replay(
+                        &view,
+                        ws.data_dir(),
+                        ws.store().machine().0.clone(),
+                        until,
+                        into,
+                        &mut |p| {
+                            pb.set_length(p.total);
+                            pb.set_position(p.done);
+                        },
+                    )
+                    .map_err(|e| match &e {
+                        cairn::Error::Store(s) if s.is_integrity() => {
+                            Failure::Integrity(e.to_string())
+                        }
+                        _ => Failure::Other(e.to_string()),
+                    })
+                });
+            pb.finish_and_clear();
+            r.map(|_| ())
+        }
+        Backend::Remote(r) => receive(
+            r,
+            "/v1/replay",
+            serde_json::json!({ "until": until }),
+            into,
+            "replay",
+        )
+        .map(|_| ()),
+    };
+    b.close();
+    result?;
+    // Report from the new workspace itself, the same way in both modes.
+    let local = open_local(into, false)?;
+    let v = local.call(Request::StateDigest);
+    local.close();
+    let v = v?;
+    if cli.json {
+        print_json(&serde_json::json!({
+            "dir": into.display().to_string(),
+            "applied_offset": v["applied_offset"],
+            "digest": v["digest"],
+        }));
+    } else {
+        println!(
+            "replayed to offset {} into {}: digest {}",
+            v["applied_offset"],
+            into.display(),
+            v["digest"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn audit(cli: &Cli) -> Result<(), Failure> {
+    let b = backend(cli, false)?;
+    let result = match &b {
+        Backend::Local { svc, .. } => {
+            let verify = progress_bar(0, "verify");
+            let replay = progress_bar(0, "replay");
+            let r = cairn::tools::audit_verify(svc.workspace(), &mut |phase, p| {
+                let pb = if phase == "verify" { &verify } else { &replay };
+                pb.set_length(p.total);
+                pb.set_position(p.done);
+            });
+            verify.finish_and_clear();
+            replay.finish_and_clear();
+            r.map(|rep| serde_json::to_value(rep).unwrap_or_default())
+                .map_err(|e| Failure::from(ApiError::from(e)))
+        }
+        Backend::Remote(r) => r.call(&Request::AuditVerify).map_err(Failure::from),
+    };
+    b.close();
+    let v = result?;
+    if cli.json {
+        print_json(&v);
+    } else {
+        println!(
+            "ok: {} entries verified (head {} {}); the projection matches a full replay (digest {})",
+            v["entries"],
+            v["head_offset"],
+            v["head_hash"].as_str().unwrap_or_default(),
+            v["digest"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn tail(cli: &Cli, from: Option<u64>) -> Result<(), Failure> {
+    let b = backend(cli, false)?;
+    let out = std::io::stdout();
+    let print_line = |line: &str| -> bool {
+        let mut o = out.lock();
+        writeln!(o, "{line}").and_then(|_| o.flush()).is_ok()
+    };
+    match &b {
+        Backend::Local { rt, svc } => {
+            let ws = svc.workspace().clone();
+            let from = from.unwrap_or(ws.applied() + 1).max(1);
+            rt.block_on(async {
+                let mut sub = ws
+                    .subscribe(from)
+                    .map_err(|e| Failure::Other(e.to_string()))?;
+                loop {
+                    let e = tokio::select! {
+                        e = sub.next() => e.map_err(|e| Failure::Other(e.to_string()))?,
+                        _ = tokio::signal::ctrl_c() => return Ok::<(), Failure>(()),
+                    };
+                    let line = cairn_server::service::entry_json(&e).to_string();
+                    if !print_line(&line) {
+                        return Ok(());
+                    }
+                }
+            })?;
+        }
+        Backend::Remote(r) => {
+            let mut query = vec![];
+            if let Some(f) = from {
+                query.push(("from", f.to_string()));
+            }
+            let reader = r.stream("GET", "/v1/log/tail", &query, None)?;
+            for line in std::io::BufReader::new(reader).lines() {
+                let line = line.map_err(|e| Failure::Other(format!("the stream broke: {e}")))?;
+                if !print_line(&line) {
+                    break;
+                }
+            }
+        }
+    }
+    b.close();
+    Ok(())
+}

@@ -1,0 +1,462 @@
+//! The operations behind every CLI command and HTTP endpoint, as one `Request` enum: its HTTP
+//! form (method, path, query, body), the role it needs, and `ApiError`, the JSON error every
+//! failure becomes. The CLI's local mode hands a `Request` to [`crate::Service`] directly;
+//! remote mode sends its HTTP form to a server, which turns it back into the same `Request`
+//! for the same `Service`. Both modes therefore print from the same JSON value.
+
+use cairn_kernel::model::Role;
+use serde::{Deserialize, Serialize};
+
+/// One operation. Names, states, roles and keep kinds travel as text and are checked by the
+/// service, so both modes reject bad values with the same message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// `cairn status`
+    Status,
+    /// `cairn pkg install MANIFEST.toml` (the manifest's text).
+    PkgInstall {
+        /// TOML text.
+        manifest: String,
+        /// Wait for the change to finish.
+        wait: bool,
+    },
+    /// `cairn pkg uninstall NAME`
+    PkgUninstall {
+        /// Package.
+        name: String,
+        /// Kinds to keep (`vars`, `queues`, `vaults`, `daemons`, `model`).
+        keep: Vec<String>,
+        /// Abort and undo if `onuninstall` fails.
+        strict: bool,
+        /// Wait for the change to finish.
+        wait: bool,
+    },
+    /// `cairn pkg list`
+    PkgList,
+    /// `cairn pkg show NAME`
+    PkgShow {
+        /// Package.
+        name: String,
+    },
+    /// `cairn var set PKG KEY VALUE`
+    VarSet {
+        /// Owning package.
+        pkg: String,
+        /// Key.
+        key: String,
+        /// Value (text).
+        value: String,
+        /// Expected revision (0: must not exist).
+        expect_revision: Option<u64>,
+    },
+    /// `cairn var get PKG KEY`
+    VarGet {
+        /// Owning package.
+        pkg: String,
+        /// Key.
+        key: String,
+    },
+    /// `cairn var del PKG KEY`
+    VarDel {
+        /// Owning package.
+        pkg: String,
+        /// Key.
+        key: String,
+    },
+    /// `cairn var list PKG`
+    VarList {
+        /// Owning package.
+        pkg: String,
+    },
+    /// `cairn queue put PKG:QUEUE ITEM...`
+    QueuePut {
+        /// Owning package.
+        pkg: String,
+        /// Queue.
+        queue: String,
+        /// Items (text).
+        items: Vec<String>,
+    },
+    /// `cairn queue read PKG:QUEUE [--from N]`
+    QueueRead {
+        /// Owning package.
+        pkg: String,
+        /// Queue.
+        queue: String,
+        /// First sequence number.
+        from: u64,
+        /// Most items.
+        limit: u64,
+    },
+    /// `cairn queue ack PKG:QUEUE N`
+    QueueAck {
+        /// Owning package.
+        pkg: String,
+        /// Queue.
+        queue: String,
+        /// Last item acknowledged.
+        upto: u64,
+    },
+    /// `cairn feature list`
+    FeatureList,
+    /// `cairn feature set NAME STATE`
+    FeatureSet {
+        /// Feature.
+        name: String,
+        /// `enabled` or `disabled` (or `always_*`).
+        state: String,
+        /// Expected revision.
+        expect_revision: Option<u64>,
+    },
+    /// `cairn feature report NAME STATE`
+    FeatureReport {
+        /// Feature.
+        name: String,
+        /// Observed state.
+        state: String,
+    },
+    /// `cairn iface connect PKG:PLUG PKG:SLOT`
+    IfaceConnect {
+        /// `pkg:plug`.
+        plug: String,
+        /// `pkg:slot`.
+        slot: String,
+        /// Wait for the change to finish.
+        wait: bool,
+    },
+    /// `cairn iface disconnect PKG:PLUG PKG:SLOT`
+    IfaceDisconnect {
+        /// `pkg:plug`.
+        plug: String,
+        /// `pkg:slot`.
+        slot: String,
+        /// Wait for the change to finish.
+        wait: bool,
+    },
+    /// `cairn iface list`
+    IfaceList,
+    /// `cairn change list`
+    ChangeList,
+    /// `cairn change show ID`
+    ChangeShow {
+        /// Change id.
+        id: String,
+    },
+    /// `cairn change abort ID`
+    ChangeAbort {
+        /// Change id.
+        id: String,
+    },
+    /// `cairn log show`
+    LogShow {
+        /// First offset.
+        from: u64,
+        /// Most entries.
+        limit: u64,
+        /// Only kinds starting with this.
+        kind: Option<String>,
+    },
+    /// `cairn state digest`
+    StateDigest,
+    /// `cairn audit verify`
+    AuditVerify,
+    /// `cairn token create NAME --role R`
+    TokenCreate {
+        /// Name.
+        name: String,
+        /// Role.
+        role: String,
+    },
+    /// `cairn token revoke NAME`
+    TokenRevoke {
+        /// Name.
+        name: String,
+    },
+    /// `cairn token list`
+    TokenList,
+}
+
+/// How a request travels over HTTP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Http {
+    /// `GET`, `POST`, `PUT` or `DELETE`.
+    pub method: &'static str,
+    /// Path under the server's base URL, segments percent-encoded.
+    pub path: String,
+    /// Query parameters.
+    pub query: Vec<(&'static str, String)>,
+    /// JSON body.
+    pub body: Option<serde_json::Value>,
+}
+
+impl Request {
+    /// The least role that may run this request.
+    pub fn role(&self) -> Role {
+        use Request::*;
+        match self {
+            Status
+            | PkgList
+            | PkgShow { .. }
+            | VarGet { .. }
+            | VarList { .. }
+            | QueueRead { .. }
+            | FeatureList
+            | IfaceList
+            | ChangeList
+            | ChangeShow { .. }
+            | LogShow { .. }
+            | StateDigest
+            | AuditVerify => Role::Read,
+            PkgInstall { .. }
+            | PkgUninstall { .. }
+            | VarSet { .. }
+            | VarDel { .. }
+            | QueuePut { .. }
+            | QueueAck { .. }
+            | FeatureSet { .. }
+            | FeatureReport { .. }
+            | IfaceConnect { .. }
+            | IfaceDisconnect { .. }
+            | ChangeAbort { .. } => Role::Write,
+            TokenCreate { .. } | TokenRevoke { .. } | TokenList => Role::Admin,
+        }
+    }
+
+    /// The request's HTTP form (what the server's router turns back into this request).
+    pub fn http(&self) -> Http {
+        use serde_json::json;
+        use Request::*;
+        let get = |path: String| Http {
+            method: "GET",
+            path,
+            query: vec![],
+            body: None,
+        };
+        let with = |method: &'static str, path: String, body: serde_json::Value| Http {
+            method,
+            path,
+            query: vec![],
+            body: Some(body),
+        };
+        let e = seg;
+        match self {
+            Status => get("/v1/status".into()),
+            PkgInstall { manifest, wait } => with(
+                "POST",
+                "/v1/packages".into(),
+                json!({"manifest": manifest, "wait": wait}),
+            ),
+            PkgUninstall {
+                name,
+                keep,
+                strict,
+                wait,
+            } => with(
+                "POST",
+                format!("/v1/packages/{}/uninstall", e(name)),
+                json!({"keep": keep, "strict": strict, "wait": wait}),
+            ),
+            PkgList => get("/v1/packages".into()),
+            PkgShow { name } => get(format!("/v1/packages/{}", e(name))),
+            VarSet {
+                pkg,
+                key,
+                value,
+                expect_revision,
+            } => with(
+                "PUT",
+                format!("/v1/vars/{}/{}", e(pkg), e(key)),
+                json!({"value": value, "expect_revision": expect_revision}),
+            ),
+            VarGet { pkg, key } => get(format!("/v1/vars/{}/{}", e(pkg), e(key))),
+            VarDel { pkg, key } => Http {
+                method: "DELETE",
+                path: format!("/v1/vars/{}/{}", e(pkg), e(key)),
+                query: vec![],
+                body: None,
+            },
+            VarList { pkg } => get(format!("/v1/vars/{}", e(pkg))),
+            QueuePut { pkg, queue, items } => with(
+                "POST",
+                format!("/v1/queues/{}/{}/items", e(pkg), e(queue)),
+                json!({ "items": items }),
+            ),
+            QueueRead {
+                pkg,
+                queue,
+                from,
+                limit,
+            } => Http {
+                query: vec![("from", from.to_string()), ("limit", limit.to_string())],
+                ..get(format!("/v1/queues/{}/{}/items", e(pkg), e(queue)))
+            },
+            QueueAck { pkg, queue, upto } => with(
+                "POST",
+                format!("/v1/queues/{}/{}/ack", e(pkg), e(queue)),
+                json!({ "upto": upto }),
+            ),
+            FeatureList => get("/v1/features".into()),
+            FeatureSet {
+                name,
+                state,
+                expect_revision,
+            } => with(
+                "PUT",
+                format!("/v1/features/{}/state", e(name)),
+                json!({"state": state, "expect_revision": expect_revision}),
+            ),
+            FeatureReport { name, state } => with(
+                "PUT",
+                format!("/v1/features/{}/observed", e(name)),
+                json!({ "state": state }),
+            ),
+            IfaceConnect { plug, slot, wait } => with(
+                "POST",
+                "/v1/connections".into(),
+                json!({"plug": plug, "slot": slot, "wait": wait}),
+            ),
+            IfaceDisconnect { plug, slot, wait } => with(
+                "POST",
+                "/v1/connections/disconnect".into(),
+                json!({"plug": plug, "slot": slot, "wait": wait}),
+            ),
+            IfaceList => get("/v1/connections".into()),
+            ChangeList => get("/v1/changes".into()),
+            ChangeShow { id } => get(format!("/v1/changes/{}", e(id))),
+            ChangeAbort { id } => with("POST", format!("/v1/changes/{}/abort", e(id)), json!({})),
+            LogShow { from, limit, kind } => {
+                let mut query = vec![("from", from.to_string()), ("limit", limit.to_string())];
+                if let Some(k) = kind {
+                    query.push(("kind", k.clone()));
+                }
+                Http {
+                    query,
+                    ..get("/v1/log".into())
+                }
+            }
+            StateDigest => get("/v1/state/digest".into()),
+            AuditVerify => get("/v1/audit/verify".into()),
+            TokenCreate { name, role } => with(
+                "POST",
+                "/v1/tokens".into(),
+                json!({"name": name, "role": role}),
+            ),
+            TokenRevoke { name } => Http {
+                method: "DELETE",
+                path: format!("/v1/tokens/{}", e(name)),
+                query: vec![],
+                body: None,
+            },
+            TokenList => get("/v1/tokens".into()),
+        }
+    }
+}
+
+/// Percent-encodes one path segment (everything but unreserved characters).
+pub fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Error codes, each with one HTTP status (`docs/http-api.md` lists them).
+pub mod codes {
+    #![allow(missing_docs)]
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const FORBIDDEN: &str = "forbidden";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const TOO_LARGE: &str = "too_large";
+    pub const INTEGRITY: &str = "integrity";
+    pub const INTERNAL: &str = "internal";
+    pub const UNAVAILABLE: &str = "unavailable";
+    pub const OFFLINE_ONLY: &str = "offline_only";
+}
+
+/// A failed request, as the JSON body `{"error": {"code", "message"}}` and an HTTP status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// HTTP status.
+    #[serde(skip)]
+    pub status: u16,
+    /// Stable machine-readable code (a rejection's code, or one of [`codes`]).
+    pub code: String,
+    /// What is wrong, naming the entity.
+    pub message: String,
+}
+
+/// The error envelope on the wire.
+#[derive(Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ApiError,
+}
+
+impl ApiError {
+    /// An error with a code and the status that code maps to.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: status_of(code),
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A bad argument.
+    pub fn bad(message: impl Into<String>) -> Self {
+        Self::new(codes::BAD_REQUEST, message)
+    }
+
+    /// Whether this reports an integrity failure (the CLI exits 3).
+    pub fn is_integrity(&self) -> bool {
+        self.code == codes::INTEGRITY
+    }
+}
+
+/// The HTTP status of an error code.
+pub fn status_of(code: &str) -> u16 {
+    match code {
+        "not_found" => 404,
+        "exists" | "conflict" | "revision_mismatch" | "invalid_state" | "offline_only" => 409,
+        "invalid" | "bad_manifest" | "bad_request" => 400,
+        "unauthorized" => 401,
+        "forbidden" => 403,
+        "too_large" => 413,
+        "unavailable" => 503,
+        _ => 500,
+    }
+}
+
+impl From<cairn::Error> for ApiError {
+    fn from(e: cairn::Error) -> Self {
+        match &e {
+            cairn::Error::Rejected(r) => ApiError::new(r.code(), r.to_string()),
+            cairn::Error::Store(s) if s.is_integrity() => {
+                ApiError::new(codes::INTEGRITY, e.to_string())
+            }
+            cairn::Error::Closed => ApiError::new(codes::UNAVAILABLE, e.to_string()),
+            cairn::Error::Compacted { .. } => ApiError::new(codes::BAD_REQUEST, e.to_string()),
+            _ => ApiError::new(codes::INTERNAL, e.to_string()),
+        }
+    }
+}
+
+impl From<cairn_store::StoreError> for ApiError {
+    fn from(e: cairn_store::StoreError) -> Self {
+        cairn::Error::Store(e).into()
+    }
+}
+
+impl From<cairn_log::StateError> for ApiError {
+    fn from(e: cairn_log::StateError) -> Self {
+        ApiError::new(codes::INTERNAL, e.to_string())
+    }
+}

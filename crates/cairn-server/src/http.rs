@@ -1,0 +1,743 @@
+//! The HTTP API (axum): every route turns its path, query and body back into the
+//! [`Request`] the client built (`Request::http`), checks the bearer token's role, and runs it
+//! through the [`Service`]. Streams: `GET /v1/log/tail` (JSON lines), `POST /v1/backup` and
+//! `POST /v1/replay` (a [`crate::bundle`]). Errors are `{"error": {"code", "message"}}`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use cairn::kernel::model::Role;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{codes, ApiError, ErrorBody, Request};
+use crate::service::{entry_json, Service};
+
+/// Largest request body (a manifest is at most 256 KiB of TOML; JSON escaping can double it).
+pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
+/// Chunks a stream buffers ahead of a slow client.
+pub const STREAM_CHUNKS_AHEAD_MAX: usize = 16;
+
+#[derive(Clone)]
+struct App {
+    svc: Service,
+    shutdown: CancellationToken,
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; then stops accepting, lets
+/// in-flight requests finish (streams end), and returns. The caller closes the workspace.
+pub async fn serve(
+    svc: Service,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let stop = CancellationToken::new();
+    let app = router(svc, stop.clone());
+    let signal = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            stop.cancel();
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await
+}
+
+/// The router (exposed for tests that drive it without a socket).
+fn router(svc: Service, shutdown: CancellationToken) -> Router {
+    let app = App { svc, shutdown };
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/packages", post(pkg_install).get(pkg_list))
+        .route("/v1/packages/{name}", get(pkg_show))
+        .route("/v1/packages/{name}/uninstall", post(pkg_uninstall))
+        .route("/v1/vars/{pkg}", get(var_list))
+        .route(
+            "/v1/vars/{pkg}/{key}",
+            get(var_get).put(var_set).delete(var_del),
+        )
+        .route(
+            "/v1/queues/{pkg}/{queue}/items",
+            get(queue_read).post(queue_put),
+        )
+        .route("/v1/queues/{pkg}/{queue}/ack", post(queue_ack))
+        .route("/v1/features", get(feature_list))
+        .route("/v1/features/{name}/state", put(feature_set))
+        .route("/v1/features/{name}/observed", put(feature_report))
+        .route("/v1/connections", get(iface_list).post(iface_connect))
+        .route("/v1/connections/disconnect", post(iface_disconnect))
+        .route("/v1/changes", get(change_list))
+        .route("/v1/changes/{id}", get(change_show))
+        .route("/v1/changes/{id}/abort", post(change_abort))
+        .route("/v1/log", get(log_show))
+        .route("/v1/log/tail", get(log_tail))
+        .route("/v1/state/digest", get(state_digest))
+        .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/backup", post(backup))
+        .route("/v1/replay", post(replay))
+        .route("/v1/rebuild", post(rebuild))
+        .route("/v1/tokens", get(token_list).post(token_create))
+        .route("/v1/tokens/{name}", axum::routing::delete(token_revoke))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .with_state(app)
+}
+
+fn error_response(e: &ApiError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(&ErrorBody { error: e.clone() }).unwrap_or_default();
+    (status, [("content-type", "application/json")], body).into_response()
+}
+
+impl App {
+    /// Authenticates, checks the role, runs the request, and records the response status.
+    async fn run(&self, headers: &HeaderMap, req: Result<Request, ApiError>) -> Response {
+        let result = match self.auth(headers, req.as_ref().map(|r| r.role()).ok()) {
+            Err(e) => Err(e),
+            Ok(actor) => match req {
+                Err(e) => Err(e),
+                Ok(req) => {
+                    let what = format!("{req:?}");
+                    let r = self.svc.handle(req, &actor).await;
+                    match &r {
+                        Ok(_) => tracing::debug!(actor, request = %short(&what), "ok"),
+                        Err(e) => {
+                            tracing::info!(actor, request = %short(&what), code = %e.code, "{}", e.message)
+                        }
+                    }
+                    r
+                }
+            },
+        };
+        self.reply(result)
+    }
+
+    fn reply(&self, result: Result<Value, ApiError>) -> Response {
+        match result {
+            Ok(v) => {
+                self.svc.metrics().http(200);
+                (
+                    StatusCode::OK,
+                    [("content-type", "application/json")],
+                    serde_json::to_vec(&v).unwrap_or_default(),
+                )
+                    .into_response()
+            }
+            Err(e) => {
+                self.svc.metrics().http(e.status);
+                error_response(&e)
+            }
+        }
+    }
+
+    /// The actor name (`token:<name>`) of a bearer token allowed `needed` (checked only when
+    /// the request itself parsed, so a bad request by a valid token is a 400, not a 403).
+    fn auth(&self, headers: &HeaderMap, needed: Option<Role>) -> Result<String, ApiError> {
+        let header = headers
+            .get("authorization")
+            .ok_or_else(|| ApiError::new(codes::UNAUTHORIZED, "missing bearer token"))?;
+        let secret = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    codes::UNAUTHORIZED,
+                    "the authorization header is not `Bearer <token>`",
+                )
+            })?;
+        let token = self
+            .svc
+            .workspace()
+            .authenticate(secret)?
+            .ok_or_else(|| ApiError::new(codes::UNAUTHORIZED, "unknown or revoked token"))?;
+        if let Some(needed) = needed {
+            if !token.role.allows(needed) {
+                return Err(ApiError::new(
+                    codes::FORBIDDEN,
+                    format!(
+                        "token {:?} has role {}; this needs {}",
+                        token.name, token.role, needed
+                    ),
+                ));
+            }
+        }
+        Ok(format!("token:{}", token.name))
+    }
+}
+
+fn short(s: &str) -> &str {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Parses a JSON body, naming what is wrong.
+fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                codes::TOO_LARGE,
+                format!("request body is over the limit of {REQUEST_BODY_BYTES_MAX} bytes"),
+            )
+        } else {
+            ApiError::bad(format!("request body could not be read: {r}"))
+        }
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad(format!("request body is not the expected JSON: {e}")))
+}
+
+type Q = Query<HashMap<String, String>>;
+
+fn q_u64(q: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ApiError> {
+    match q.get(name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| {
+            ApiError::bad(format!(
+                "query parameter {name}={v:?} is not a non-negative integer"
+            ))
+        }),
+    }
+}
+
+async fn health() -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        "{\"ok\":true}",
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(e) = app.auth(&headers, Some(Role::Read)) {
+        app.svc.metrics().http(e.status);
+        return error_response(&e);
+    }
+    app.svc.metrics().http(200);
+    let text = app.svc.metrics().render(app.svc.workspace());
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
+
+async fn status(State(app): State<App>, headers: HeaderMap) -> Response {
+    app.run(&headers, Ok(Request::Status)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstallBody {
+    manifest: String,
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn pkg_install(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<InstallBody>(body).map(|b| Request::PkgInstall {
+        manifest: b.manifest,
+        wait: b.wait,
+    });
+    app.run(&headers, req).await
+}
+
+async fn pkg_list(State(app): State<App>, headers: HeaderMap) -> Response {
+    app.run(&headers, Ok(Request::PkgList)).await
+}
+
+async fn pkg_show(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    app.run(&headers, Ok(Request::PkgShow { name })).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UninstallBody {
+    #[serde(default)]
+    keep: Vec<String>,
+    #[serde(default)]
+    strict: bool,
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+async fn pkg_uninstall(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<UninstallBody>(body).map(|b| Request::PkgUninstall {
+        name,
+        keep: b.keep,
+        strict: b.strict,
+        wait: b.wait,
+    });
+    app.run(&headers, req).await
+}
+
+async fn var_list(State(app): State<App>, headers: HeaderMap, Path(pkg): Path<String>) -> Response {
+    app.run(&headers, Ok(Request::VarList { pkg })).await
+}
+
+async fn var_get(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((pkg, key)): Path<(String, String)>,
+) -> Response {
+    app.run(&headers, Ok(Request::VarGet { pkg, key })).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VarSetBody {
+    value: String,
+    #[serde(default)]
+    expect_revision: Option<u64>,
+}
+
+async fn var_set(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((pkg, key)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<VarSetBody>(body).map(|b| Request::VarSet {
+        pkg,
+        key,
+        value: b.value,
+        expect_revision: b.expect_revision,
+    });
+    app.run(&headers, req).await
+}
+
+async fn var_del(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((pkg, key)): Path<(String, String)>,
+) -> Response {
+    app.run(&headers, Ok(Request::VarDel { pkg, key })).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemsBody {
+    items: Vec<String>,
+}
+
+async fn queue_put(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((pkg, queue)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<ItemsBody>(body).map(|b| Request::QueuePut {
+        pkg,
+        queue,
+        items: b.items,
+    });
+    app.run(&headers, req).await
+}
+
+async fn queue_read(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((pkg, queue)): Path<(String, String)>,
+    Query(q): Q,
+) -> Response {
+    let req = (|| {
+        Ok(Request::QueueRead {
+            pkg,
+            queue,
+            from: q_u64(&q, "from", 1)?,
+            limit: q_u64(&q, "limit", 1000)?,
+        })
+    })();
+    app.run(&headers, req).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    upto: u64,
+}
+
+async fn queue_ack(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((pkg, queue)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<AckBody>(body).map(|b| Request::QueueAck {
+        pkg,
+        queue,
+        upto: b.upto,
+    });
+    app.run(&headers, req).await
+}
+
+async fn feature_list(State(app): State<App>, headers: HeaderMap) -> Response {
+    app.run(&headers, Ok(Request::FeatureList)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeatureBody {
+    state: String,
+    #[serde(default)]
+    expect_revision: Option<u64>,
+}
+
+async fn feature_set(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<FeatureBody>(body).map(|b| Request::FeatureSet {
+        name,
+        state: b.state,
+        expect_revision: b.expect_revision,
+    });
+    app.run(&headers, req).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObservedBody {
+    state: String,
+}
+
+async fn feature_report(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<ObservedBody>(body).map(|b| Request::FeatureReport {
+        name,
+        state: b.state,
+    });
+    app.run(&headers, req).await
+}
+
+async fn iface_list(State(app): State<App>, headers: HeaderMap) -> Response {
+    app.run(&headers, Ok(Request::IfaceList)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnBody {
+    plug: String,
+    slot: String,
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+async fn iface_connect(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<ConnBody>(body).map(|b| Request::IfaceConnect {
+        plug: b.plug,
+        slot: b.slot,
+        wait: b.wait,
+    });
+    app.run(&headers, req).await
+}
+
+async fn iface_disconnect(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<ConnBody>(body).map(|b| Request::IfaceDisconnect {
+        plug: b.plug,
+        slot: b.slot,
+        wait: b.wait,
+    });
+    app.run(&headers, req).await
+}
+
+async fn change_list(State(app): State<App>, headers: HeaderMap) -> Response {
+    app.run(&headers, Ok(Request::ChangeList)).await
+}
+
+async fn change_show(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    app.run(&headers, Ok(Request::ChangeShow { id })).await
+}
+
+async fn change_abort(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    app.run(&headers, Ok(Request::ChangeAbort { id })).await
+}
+
+async fn log_show(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Response {
+    let req = (|| {
+        Ok(Request::LogShow {
+            from: q_u64(&q, "from", 1)?,
+            limit: q_u64(&q, "limit", 100)?,
+            kind: q.get("kind").cloned(),
+        })
+    })();
+    app.run(&headers, req).await
+}
+
+/// `GET /v1/log/tail?from=N`: JSON lines, one entry each, live until the client goes away or
+/// the server shuts down.
+async fn log_tail(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Response {
+    if let Err(e) = app.auth(&headers, Some(Role::Read)) {
+        app.svc.metrics().http(e.status);
+        return error_response(&e);
+    }
+    let ws = app.svc.workspace();
+    let from = match q_u64(&q, "from", ws.applied() + 1) {
+        Ok(f) => f.max(1),
+        Err(e) => return app.reply(Err(e)),
+    };
+    let mut sub = match ws.subscribe(from) {
+        Ok(s) => s,
+        Err(e) => return app.reply(Err(e.into())),
+    };
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_CHUNKS_AHEAD_MAX);
+    let stop = app.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let entry = tokio::select! {
+                e = sub.next() => e,
+                _ = stop.cancelled() => return,
+                _ = tx.closed() => return,
+            };
+            let line = match entry {
+                Ok(e) => {
+                    let mut line = serde_json::to_vec(&entry_json(&e)).unwrap_or_default();
+                    line.push(b'\n');
+                    line
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
+            if tx.send(Ok(Bytes::from(line))).await.is_err() {
+                return;
+            }
+        }
+    });
+    app.svc.metrics().http(200);
+    (
+        StatusCode::OK,
+        [("content-type", "application/x-ndjson")],
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response()
+}
+
+async fn state_digest(State(app): State<App>, headers: HeaderMap) -> Response {
+    app.run(&headers, Ok(Request::StateDigest)).await
+}
+
+async fn audit_verify(State(app): State<App>, headers: HeaderMap) -> Response {
+    app.run(&headers, Ok(Request::AuditVerify)).await
+}
+
+/// Writes into a channel of chunks from a blocking thread.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+/// Bytes per streamed chunk.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+/// Streams a directory made by `make` (in a scratch directory, on a blocking thread) as a
+/// bundle; a failure before the first byte is a JSON error.
+async fn stream_dir(
+    app: &App,
+    headers: &HeaderMap,
+    make: impl FnOnce(&std::path::Path) -> Result<(), ApiError> + Send + 'static,
+) -> Response {
+    if let Err(e) = app.auth(headers, Some(Role::Admin)) {
+        app.svc.metrics().http(e.status);
+        return error_response(&e);
+    }
+    let made = tokio::task::spawn_blocking(move || {
+        let scratch = tempfile::Builder::new()
+            .prefix("cairn-stream-")
+            .tempdir()
+            .map_err(|e| ApiError::new(codes::INTERNAL, format!("scratch directory: {e}")))?;
+        let dir = scratch.path().join("out");
+        make(&dir)?;
+        Ok::<_, ApiError>((scratch, dir))
+    })
+    .await
+    .map_err(|e| ApiError::new(codes::INTERNAL, format!("task failed: {e}")))
+    .and_then(|r| r);
+    let (scratch, dir) = match made {
+        Ok(x) => x,
+        Err(e) => return app.reply(Err(e)),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_CHUNKS_AHEAD_MAX);
+    tokio::task::spawn_blocking(move || {
+        let _keep = scratch;
+        let mut w = ChunkWriter {
+            tx: tx.clone(),
+            buf: Vec::new(),
+        };
+        if let Err(e) = crate::bundle::write_bundle(&dir, &mut w) {
+            tracing::warn!("streaming a bundle failed: {e}");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    app.svc.metrics().http(200);
+    (
+        StatusCode::OK,
+        [("content-type", "application/octet-stream")],
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response()
+}
+
+async fn backup(State(app): State<App>, headers: HeaderMap) -> Response {
+    let ws = app.svc.workspace().clone();
+    stream_dir(&app, &headers, move |dir| {
+        ws.store().backup(dir)?;
+        Ok(())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    until: u64,
+}
+
+async fn replay(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let until = match json_body::<ReplayBody>(body) {
+        Ok(b) => b.until,
+        Err(e) => return app.reply(Err(e)),
+    };
+    let ws = app.svc.workspace().clone();
+    stream_dir(&app, &headers, move |dir| {
+        let view = ws.view()?;
+        let kernel = ws.store().machine().0.clone();
+        cairn::tools::replay(&view, ws.data_dir(), kernel, until, dir, &mut |_| {})?;
+        // The vault key stays on the server: a replay, like a backup, carries ciphertext only.
+        let _ = std::fs::remove_file(dir.join(cairn::VAULT_KEY_FILE));
+        Ok(())
+    })
+    .await
+}
+
+async fn rebuild(State(app): State<App>, headers: HeaderMap) -> Response {
+    let result = app.auth(&headers, Some(Role::Admin)).and_then(|_| {
+        Err(ApiError::new(
+            codes::OFFLINE_ONLY,
+            "rebuild needs the workspace closed: stop the server, run `cairn rebuild --data DIR`, \
+             and start it again",
+        ))
+    });
+    app.reply(result)
+}
+
+async fn token_list(State(app): State<App>, headers: HeaderMap) -> Response {
+    app.run(&headers, Ok(Request::TokenList)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    name: String,
+    role: String,
+}
+
+async fn token_create(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<TokenBody>(body).map(|b| Request::TokenCreate {
+        name: b.name,
+        role: b.role,
+    });
+    app.run(&headers, req).await
+}
+
+async fn token_revoke(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    app.run(&headers, Ok(Request::TokenRevoke { name })).await
+}
+
+async fn fallback(State(app): State<App>, method: Method, uri: Uri) -> Response {
+    app.reply(Err(ApiError::new(
+        codes::NOT_FOUND,
+        format!("no endpoint {method} {}", uri.path()),
+    )))
+}

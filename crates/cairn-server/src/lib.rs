@@ -1,0 +1,23 @@
+//! cairn-server: the HTTP API over one open workspace.
+//!
+//! - [`api::Request`]: every operation a CLI command runs, with its HTTP form and the role it
+//!   needs; [`api::ApiError`] the JSON error every failure becomes.
+//! - [`Service`]: runs a `Request` against a [`cairn::Workspace`] and answers with the JSON
+//!   value both the CLI (local mode) and the API print.
+//! - [`serve`]: the axum server (bearer tokens checked against the projection, body limits,
+//!   `/metrics`, graceful shutdown).
+//! - [`bundle`]: a directory as one checked byte stream (remote `backup` and `replay`).
+
+// `cairn::Error` carries the kernel's rejection, which names its entity in full for messages;
+// it is moved once per request, so boxing buys nothing measurable.
+#![allow(clippy::result_large_err)]
+
+pub mod api;
+pub mod bundle;
+mod http;
+pub mod metrics;
+pub mod service;
+
+pub use api::{ApiError, Request};
+pub use http::{serve, REQUEST_BODY_BYTES_MAX};
+pub use service::Service;

@@ -1,0 +1,142 @@
+//! Counters for `/metrics` (Prometheus text format): commands and their latency, rejections
+//! by reason, HTTP requests by status class; the store's commit counters and the workspace's
+//! hook runs are read when rendered.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::api::ApiError;
+
+/// Upper bounds (seconds) of the command latency histogram's buckets.
+pub const LATENCY_BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Request and command counters.
+#[derive(Default)]
+pub struct Metrics {
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+    rejections: Mutex<BTreeMap<String, u64>>,
+    http: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl Metrics {
+    /// Records one command (write or admin request): its latency, and its error if any.
+    pub fn command(&self, took: Duration, error: Option<&ApiError>) {
+        let s = took.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
+            if s <= *bound {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        if let Some(e) = error {
+            let mut r = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
+            *r.entry(e.code.clone()).or_default() += 1;
+        }
+    }
+
+    /// Records one HTTP response status.
+    pub fn http(&self, status: u16) {
+        let mut h = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        *h.entry(status).or_default() += 1;
+    }
+
+    /// Renders every metric in Prometheus text format.
+    pub fn render(&self, ws: &cairn::Workspace) -> String {
+        let mut out = String::new();
+        let stats = ws.store().stats();
+        let hooks = ws.hook_runs();
+        let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        };
+        gauge(
+            "cairn_applied_offset",
+            "Offset of the last committed log entry.",
+            "gauge",
+            ws.applied().to_string(),
+        );
+        gauge(
+            "cairn_commit_groups_total",
+            "Group commits (one RocksDB write batch each) since open.",
+            "counter",
+            stats.groups.to_string(),
+        );
+        gauge(
+            "cairn_committed_entries_total",
+            "Log entries committed since open.",
+            "counter",
+            stats.entries.to_string(),
+        );
+        gauge(
+            "cairn_commit_write_seconds_total",
+            "Time spent writing (and syncing) group commits since open.",
+            "counter",
+            format!("{}", stats.write_ns as f64 / 1e9),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cairn_command_duration_seconds Latency of commands (write and admin requests), from receipt to answer.\n# TYPE cairn_command_duration_seconds histogram"
+        );
+        for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cairn_command_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                self.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "cairn_command_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "cairn_command_duration_seconds_sum {}",
+            self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(out, "cairn_command_duration_seconds_count {count}");
+        let _ = writeln!(
+            out,
+            "# HELP cairn_rejections_total Commands refused, by reason (error code).\n# TYPE cairn_rejections_total counter"
+        );
+        for (code, n) in self
+            .rejections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "cairn_rejections_total{{reason=\"{code}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cairn_hook_runs_total Hook runs since open, by outcome.\n# TYPE cairn_hook_runs_total counter"
+        );
+        for (outcome, n) in [
+            ("succeeded", hooks.succeeded),
+            ("failed", hooks.failed),
+            ("timed_out", hooks.timed_out),
+            ("spawn_failed", hooks.spawn_failed),
+            ("cancelled", hooks.cancelled),
+        ] {
+            let _ = writeln!(out, "cairn_hook_runs_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cairn_http_responses_total HTTP responses, by status.\n# TYPE cairn_http_responses_total counter"
+        );
+        for (status, n) in self.http.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "cairn_http_responses_total{{status=\"{status}\"}} {n}");
+        }
+        out
+    }
+}

@@ -1,0 +1,558 @@
+//! `Service`: runs a [`Request`] against an open workspace and answers with the JSON value
+//! both the CLI and the HTTP API print. Every validation of text arguments (states, roles,
+//! keep kinds, `pkg:name` ends, change ids) happens here, once, before anything is submitted.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn::kernel::model::{FeatureState, ResourceKind, Role};
+use cairn::kernel::records::{PackageRecord, PackageStatus};
+use cairn::kernel::{query, ChangeRecord, Event};
+use cairn::{CommandOptions, Workspace};
+use cairn_log::{Hash, StoredEntry};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::api::{codes, ApiError, Request};
+use crate::metrics::Metrics;
+
+/// Most entries one `log show` returns.
+pub const LOG_SHOW_LIMIT_MAX: u64 = 10_000;
+/// Most items one `queue read` returns.
+pub const QUEUE_READ_LIMIT_MAX: u64 = 10_000;
+
+/// Runs requests against one workspace. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    ws: Workspace,
+    metrics: Arc<Metrics>,
+}
+
+impl Service {
+    /// A service over an open workspace.
+    pub fn new(ws: Workspace) -> Self {
+        Self {
+            ws,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    /// The workspace.
+    pub fn workspace(&self) -> &Workspace {
+        &self.ws
+    }
+
+    /// The request counters `/metrics` reports.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs one request as `actor` (recorded in the entries it writes).
+    pub async fn handle(&self, req: Request, actor: &str) -> Result<Value, ApiError> {
+        let opts = CommandOptions {
+            actor: Some(actor.to_string()),
+            idempotency_key: None,
+        };
+        let is_command = req.role() == Role::Write || req.role() == Role::Admin;
+        let started = Instant::now();
+        let result = self.run(req, &opts).await;
+        if is_command {
+            self.metrics
+                .command(started.elapsed(), result.as_ref().err());
+        }
+        result
+    }
+
+    async fn run(&self, req: Request, opts: &CommandOptions) -> Result<Value, ApiError> {
+        let ws = &self.ws;
+        match req {
+            Request::Status => {
+                let view = ws.view()?;
+                let head = view.head();
+                Ok(json!({
+                    "role": "leader",
+                    "workspace_id": ws.id().to_string(),
+                    "applied_offset": view.applied(),
+                    "epoch": head.epoch.max(1),
+                    "leader": Value::Null,
+                    "lag": 0,
+                }))
+            }
+            Request::PkgInstall { manifest, wait } => {
+                let change = ws.install_toml(&manifest, opts).await?;
+                self.change_result(change, wait).await
+            }
+            Request::PkgUninstall {
+                name,
+                keep,
+                strict,
+                wait,
+            } => {
+                let keep = parse_keep(&keep)?;
+                let change = ws.uninstall(&name, &keep, strict, opts).await?;
+                self.change_result(change, wait).await
+            }
+            Request::PkgList => {
+                let pkgs = query::packages(&ws.view()?)?;
+                Ok(Value::Array(
+                    pkgs.iter()
+                        .map(|p| {
+                            json!({
+                                "name": p.manifest.name,
+                                "version": p.manifest.version,
+                                "status": p.status.name(),
+                            })
+                        })
+                        .collect(),
+                ))
+            }
+            Request::PkgShow { name } => {
+                let view = ws.view()?;
+                let p = query::package(&view, &name)?
+                    .ok_or_else(|| not_found(format!("package {name:?} does not exist")))?;
+                package_json(&view, &p)
+            }
+            Request::VarSet {
+                pkg,
+                key,
+                value,
+                expect_revision,
+            } => committed(
+                ws.var_set(&pkg, &key, value.as_bytes(), expect_revision, opts)
+                    .await?,
+            ),
+            Request::VarGet { pkg, key } => {
+                let v = query::var(&ws.view()?, &pkg, &key)?.ok_or_else(|| {
+                    not_found(format!("var {key:?} of package {pkg:?} does not exist"))
+                })?;
+                Ok(json!({
+                    "pkg": pkg,
+                    "key": key,
+                    "value": bytes_json(&v.value),
+                    "revision": v.revision,
+                    "kept_from": v.kept_from,
+                }))
+            }
+            Request::VarDel { pkg, key } => committed(ws.var_delete(&pkg, &[&key], opts).await?),
+            Request::VarList { pkg } => {
+                let view = ws.view()?;
+                if query::package(&view, &pkg)?.is_none() && query::vars(&view, &pkg)?.is_empty() {
+                    return Err(not_found(format!("package {pkg:?} does not exist")));
+                }
+                Ok(Value::Array(
+                    query::vars(&view, &pkg)?
+                        .into_iter()
+                        .map(|(key, v)| {
+                            json!({
+                                "key": key,
+                                "value": bytes_json(&v.value),
+                                "revision": v.revision,
+                                "kept_from": v.kept_from,
+                            })
+                        })
+                        .collect(),
+                ))
+            }
+            Request::QueuePut { pkg, queue, items } => committed(
+                ws.queue_put(
+                    &pkg,
+                    &queue,
+                    items.into_iter().map(String::into_bytes).collect(),
+                    opts,
+                )
+                .await?,
+            ),
+            Request::QueueRead {
+                pkg,
+                queue,
+                from,
+                limit,
+            } => {
+                let view = ws.view()?;
+                query::queue(&view, &pkg, &queue)?.ok_or_else(|| {
+                    not_found(format!("queue {queue:?} of package {pkg:?} does not exist"))
+                })?;
+                let limit = limit.clamp(1, QUEUE_READ_LIMIT_MAX) as usize;
+                let items = query::queue_items(&view, &pkg, &queue, from, limit)?;
+                Ok(Value::Array(
+                    items
+                        .iter()
+                        .map(|(seq, item)| json!({"seq": seq, "item": bytes_json(item)}))
+                        .collect(),
+                ))
+            }
+            Request::QueueAck { pkg, queue, upto } => {
+                committed(ws.queue_ack(&pkg, &queue, upto, opts).await?)
+            }
+            Request::FeatureList => {
+                let features = query::features(&ws.view()?)?;
+                Ok(Value::Array(
+                    features
+                        .iter()
+                        .map(|f| {
+                            json!({
+                                "name": f.name,
+                                "owner": f.owner,
+                                "state": f.state.as_str(),
+                                "observed": f.observed.map(|o| o.as_str()),
+                                "auto_restart": f.auto_restart,
+                                "scope": {"global": f.scope.global, "per_instance": f.scope.per_instance},
+                                "revision": f.revision,
+                            })
+                        })
+                        .collect(),
+                ))
+            }
+            Request::FeatureSet {
+                name,
+                state,
+                expect_revision,
+            } => {
+                let state = parse_feature_state(&state)?;
+                committed(ws.feature_set(&name, state, expect_revision, opts).await?)
+            }
+            Request::FeatureReport { name, state } => {
+                let state = parse_feature_state(&state)?;
+                committed(ws.feature_report(&name, state, opts).await?)
+            }
+            Request::IfaceConnect { plug, slot, wait } => {
+                let (plug, slot) = (parse_end("plug", &plug)?, parse_end("slot", &slot)?);
+                let change = ws
+                    .connect((&plug.0, &plug.1), (&slot.0, &slot.1), opts)
+                    .await?;
+                self.change_result(change, wait).await
+            }
+            Request::IfaceDisconnect { plug, slot, wait } => {
+                let (plug, slot) = (parse_end("plug", &plug)?, parse_end("slot", &slot)?);
+                let change = ws
+                    .disconnect((&plug.0, &plug.1), (&slot.0, &slot.1), opts)
+                    .await?;
+                self.change_result(change, wait).await
+            }
+            Request::IfaceList => {
+                let conns = query::connections(&ws.view()?)?;
+                Ok(Value::Array(
+                    conns
+                        .iter()
+                        .map(|c| {
+                            json!({
+                                "plug": format!("{}:{}", c.plug.0, c.plug.1),
+                                "slot": format!("{}:{}", c.slot.0, c.slot.1),
+                                "interface": c.interface,
+                                "auto": c.auto,
+                                "revision": c.revision,
+                            })
+                        })
+                        .collect(),
+                ))
+            }
+            Request::ChangeList => {
+                let changes = query::changes(&ws.view()?)?;
+                Ok(Value::Array(changes.iter().map(change_json).collect()))
+            }
+            Request::ChangeShow { id } => {
+                let id = parse_change_id(&id)?;
+                let c = query::change(&ws.view()?, id)?
+                    .ok_or_else(|| not_found(format!("change {id} does not exist")))?;
+                Ok(change_json(&c))
+            }
+            Request::ChangeAbort { id } => {
+                let id = parse_change_id(&id)?;
+                let c = ws.abort(id, opts).await?;
+                let record = ws.wait_change(id).await?;
+                let mut out = change_json(&record);
+                out["applied"] = json!(c.applied);
+                Ok(out)
+            }
+            Request::LogShow { from, limit, kind } => {
+                let limit = limit.clamp(1, LOG_SHOW_LIMIT_MAX);
+                self.log_show(from.max(1), limit, kind).await
+            }
+            Request::StateDigest => {
+                let d = ws.view()?.digest()?;
+                Ok(json!({"applied_offset": d.applied, "digest": d.hash.to_string()}))
+            }
+            Request::AuditVerify => {
+                let ws = ws.clone();
+                let report = tokio::task::spawn_blocking(move || {
+                    cairn::tools::audit_verify(&ws, &mut |_, _| {})
+                })
+                .await
+                .map_err(|e| ApiError::new(codes::INTERNAL, format!("audit task failed: {e}")))??;
+                Ok(serde_json::to_value(report).map_err(internal)?)
+            }
+            Request::TokenCreate { name, role } => {
+                let role = Role::parse(&role).ok_or_else(|| {
+                    ApiError::new(
+                        "invalid",
+                        format!("unknown role {role:?} (one of read, write, admin, mirror)"),
+                    )
+                })?;
+                let (c, secret) = ws.token_create(&name, role, opts).await?;
+                Ok(json!({
+                    "name": name,
+                    "role": role.as_str(),
+                    "token": secret,
+                    "offset": c.offsets.start,
+                }))
+            }
+            Request::TokenRevoke { name } => committed(ws.token_revoke(&name, opts).await?),
+            Request::TokenList => {
+                let tokens = query::tokens(&ws.view()?)?;
+                Ok(Value::Array(
+                    tokens
+                        .iter()
+                        .map(|t| {
+                            json!({
+                                "name": t.name,
+                                "role": t.role.as_str(),
+                                "created_ms": t.created_ms,
+                                "revision": t.revision,
+                            })
+                        })
+                        .collect(),
+                ))
+            }
+        }
+    }
+
+    /// The change's id, or (waiting) the finished change.
+    async fn change_result(&self, change: Uuid, wait: bool) -> Result<Value, ApiError> {
+        if !wait {
+            return Ok(json!({"change": change.to_string()}));
+        }
+        let record = self.ws.wait_change(change).await?;
+        Ok(change_json(&record))
+    }
+
+    async fn log_show(
+        &self,
+        from: u64,
+        limit: u64,
+        kind: Option<String>,
+    ) -> Result<Value, ApiError> {
+        let ws = self.ws.clone();
+        tokio::task::spawn_blocking(move || {
+            let view = ws.view()?;
+            let mut out = Vec::new();
+            let mut failure = None;
+            view.visit_log(from, |e| {
+                if kind.as_deref().is_none_or(|k| e.kind.starts_with(k)) {
+                    out.push(entry_json(&e));
+                }
+                if (out.len() as u64) >= limit {
+                    return false;
+                }
+                true
+            })
+            .map_err(|err| failure = Some(err))
+            .ok();
+            if let Some(err) = failure {
+                return Err(ApiError::from(err));
+            }
+            Ok(Value::Array(out))
+        })
+        .await
+        .map_err(|e| ApiError::new(codes::INTERNAL, format!("log task failed: {e}")))?
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(codes::INTERNAL, e.to_string())
+}
+
+fn not_found(message: String) -> ApiError {
+    ApiError::new(codes::NOT_FOUND, message)
+}
+
+fn committed(c: cairn_store::Committed) -> Result<Value, ApiError> {
+    Ok(json!({
+        "offsets": [c.offsets.start, c.offsets.end.saturating_sub(1)],
+        "applied": c.applied,
+        "replayed": c.replayed,
+    }))
+}
+
+/// Parses `--keep` kinds, refusing unknown ones by name.
+pub fn parse_keep(keep: &[String]) -> Result<Vec<ResourceKind>, ApiError> {
+    keep.iter()
+        .flat_map(|k| k.split(','))
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            ResourceKind::parse(k).ok_or_else(|| {
+                ApiError::new(
+                    "invalid",
+                    format!(
+                        "unknown keep value {k:?} (one of vars, queues, vaults, daemons, model)"
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+fn parse_feature_state(s: &str) -> Result<FeatureState, ApiError> {
+    FeatureState::parse(s).ok_or_else(|| {
+        ApiError::new(
+            "invalid",
+            format!(
+                "unknown feature state {s:?} (one of enabled, disabled, always_enabled, \
+                 always_disabled)"
+            ),
+        )
+    })
+}
+
+/// Parses `pkg:name`.
+pub fn parse_end(what: &str, s: &str) -> Result<(String, String), ApiError> {
+    match s.split_once(':') {
+        Some((p, n)) if !p.is_empty() && !n.is_empty() && !n.contains(':') => {
+            Ok((p.to_string(), n.to_string()))
+        }
+        _ => Err(ApiError::new(
+            "invalid",
+            format!("{what} {s:?} is not of the form PKG:NAME"),
+        )),
+    }
+}
+
+fn parse_change_id(s: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(s)
+        .map_err(|_| ApiError::new("invalid", format!("change id {s:?} is not a uuid")))
+}
+
+/// Bytes as JSON: a string when they are UTF-8, else `{"hex": "..."}`.
+pub fn bytes_json(b: &[u8]) -> Value {
+    match std::str::from_utf8(b) {
+        Ok(s) => Value::String(s.to_string()),
+        Err(_) => json!({ "hex": hex(b) }),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}
+
+/// A change as JSON: `{id, kind, summary, status, aborted, packages, actor, spawn_ms,
+/// ready_ms, revision, tasks: [{name, status, attempts, log}]}`.
+pub fn change_json(c: &ChangeRecord) -> Value {
+    json!({
+        "id": c.id.to_string(),
+        "kind": c.kind.as_str(),
+        "summary": c.summary,
+        "status": c.status.as_str(),
+        "aborted": c.aborted,
+        "packages": c.packages,
+        "actor": c.actor,
+        "spawn_ms": c.spawn_ms,
+        "ready_ms": c.ready_ms,
+        "revision": c.revision,
+        "tasks": c.tasks.iter().map(|t| json!({
+            "name": t.name,
+            "status": t.status.as_str(),
+            "attempts": t.attempts,
+            "log": t.log,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn package_json(view: &dyn cairn_log::StateRead, p: &PackageRecord) -> Result<Value, ApiError> {
+    let m = &p.manifest;
+    let name = &m.name;
+    let mut resources = serde_json::Map::new();
+    for kind in ResourceKind::ALL {
+        resources.insert(
+            kind.as_str().to_string(),
+            json!(query::resource_names(view, kind, name)?),
+        );
+    }
+    let features: Vec<&str> = m.features.iter().map(|f| f.name.as_str()).collect();
+    let (change, keep, reason) = match &p.status {
+        PackageStatus::Installing { change } => (Some(change.to_string()), None, None),
+        PackageStatus::Installed => (None, None, None),
+        PackageStatus::Uninstalling { keep, change } => (
+            Some(change.to_string()),
+            Some(keep.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
+            None,
+        ),
+        PackageStatus::Broken { reason } => (None, None, Some(reason.clone())),
+    };
+    Ok(json!({
+        "name": name,
+        "version": m.version,
+        "status": p.status.name(),
+        "status_change": change,
+        "keep": keep,
+        "broken_reason": reason,
+        "install_change": p.install_change.to_string(),
+        "hooks": m.hooks.keys().collect::<Vec<_>>(),
+        "resources": resources,
+        "features": features,
+        "plugs": m.plugs.iter().map(|x| json!({"name": x.name, "interface": x.interface, "auto_connect": x.auto_connect})).collect::<Vec<_>>(),
+        "slots": m.slots.iter().map(|x| json!({"name": x.name, "interface": x.interface})).collect::<Vec<_>>(),
+        "revision": p.revision,
+    }))
+}
+
+/// A log entry as JSON: `{offset, epoch, time_ms, kind, hash, prev, meta, event}`, the event
+/// decoded (bytes as text or `{"hex"}`, vault values as ciphertext hex, token hashes as hex).
+pub fn entry_json(e: &StoredEntry) -> Value {
+    json!({
+        "offset": e.offset,
+        "epoch": e.epoch,
+        "time_ms": e.time_ms,
+        "kind": e.kind,
+        "hash": e.hash.to_string(),
+        "prev": e.prev.to_string(),
+        "meta": {
+            "actor": e.meta.actor,
+            "change": e.meta.change.map(|c| c.to_string()),
+            "command": e.meta.command.to_string(),
+            "idempotency_key": e.meta.idempotency_key,
+        },
+        "event": event_json(&e.kind, &e.payload),
+    })
+}
+
+fn event_json(kind: &str, payload: &[u8]) -> Value {
+    let event = match Event::decode(kind, payload) {
+        Ok(e) => e,
+        Err(err) => return json!({ "undecodable": err.to_string(), "payload_hex": hex(payload) }),
+    };
+    match &event {
+        Event::VarSet { owner, key, value } => {
+            json!({"owner": owner, "key": key, "value": bytes_json(value)})
+        }
+        Event::QueuePut {
+            owner,
+            queue,
+            items,
+        } => json!({
+            "owner": owner,
+            "queue": queue,
+            "items": items.iter().map(|i| bytes_json(i)).collect::<Vec<_>>(),
+        }),
+        Event::VaultSet {
+            owner,
+            vault,
+            sealed,
+        } => json!({"owner": owner, "vault": vault, "ciphertext_hex": hex(sealed)}),
+        Event::TokenCreated { name, role, hash } => {
+            json!({"name": name, "role": role.as_str(), "hash": Hash(*hash).to_string()})
+        }
+        Event::Ext { kind: _, payload } => json!({ "payload": bytes_json(payload) }),
+        other => match serde_json::to_value(other) {
+            // Externally tagged: `{"variant": body}`; the kind already names the variant.
+            Ok(Value::Object(mut map)) if map.len() == 1 => {
+                let (_, body) = map.iter_mut().next().expect("one entry");
+                body.take()
+            }
+            Ok(v) => v,
+            Err(e) => json!({ "unrenderable": e.to_string() }),
+        },
+    }
+}
