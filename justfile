@@ -3,9 +3,14 @@
 
 export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target")
 
-# Run the store demo on a scratch workspace: append, SIGKILL, recover, verify.
+# The whole lifecycle on a scratch workspace, narrated (`cairn demo`): installs, features,
+# a connect undone by a failing hook, an uninstall that survives SIGKILL, an audit.
 demo: prereqs
-    cargo run --release -q -p cairn-store --example demo
+    cargo run --release -q -p cairn-cli --bin cairn -- demo
+
+# Build the `cairn` binary (target/release/cairn, or under $CARGO_TARGET_DIR).
+build: prereqs
+    cargo build --release -p cairn-cli
 
 # The whole suite: fmt check, clippy -D warnings, every test including the slow ones.
 test: prereqs

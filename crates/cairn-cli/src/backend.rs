@@ -39,10 +39,18 @@ pub struct Remote {
 pub const LOCAL_ACTOR: &str = "cli";
 
 impl Backend {
-    /// Runs one request.
+    /// Runs one request. In local mode, an install that waits also waits for the package's
+    /// `onload` hook: this process is what runs it, and exiting would leave it to the next open.
     pub fn call(&self, req: Request) -> Result<Value, ApiError> {
         match self {
-            Backend::Local { rt, svc } => rt.block_on(svc.handle(req, LOCAL_ACTOR)),
+            Backend::Local { rt, svc } => {
+                let waits_onload = matches!(req, Request::PkgInstall { wait: true, .. });
+                let v = rt.block_on(svc.handle(req, LOCAL_ACTOR))?;
+                if waits_onload {
+                    rt.block_on(wait_onloads(svc.workspace()))?;
+                }
+                Ok(v)
+            }
             Backend::Remote(r) => r.call(&req),
         }
     }
@@ -93,10 +101,31 @@ pub fn open_local(data: &Path, wait_resumed: bool) -> Result<Backend, Failure> {
             eprintln!("resumed changes finished");
         }
     }
+    if wait_resumed {
+        rt.block_on(wait_onloads(&ws))
+            .map_err(|e| Failure::Other(e.message))?;
+    }
     Ok(Backend::Local {
         rt,
         svc: Service::new(ws),
     })
+}
+
+/// Waits until no installed package's `onload` is pending or running.
+async fn wait_onloads(ws: &Workspace) -> Result<(), ApiError> {
+    let mut told = false;
+    loop {
+        let applied = ws.applied();
+        let wanted = cairn::kernel::query::onloads_wanted(&ws.view()?)?;
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        if !told {
+            eprintln!("running the onload hook of {}", wanted.join(", "));
+            told = true;
+        }
+        ws.wait_for(applied + 1).await?;
+    }
 }
 
 /// File a running server writes its URL into, inside the data directory.

@@ -404,10 +404,16 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // The daemon logs what it does; one-shot commands only warnings. `CAIRN_LOG` overrides.
+    let default_level = if matches!(cli.command, Cmd::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -667,8 +673,27 @@ fn request(cmd: &Cmd) -> Result<(Request, bool), Failure> {
     })
 }
 
-/// Prints a plain command's answer.
+/// Prints a plain command's answer. A command that waited for a change fails (exit 1) unless
+/// the change ended `done` (an abort: `undone`).
 fn print(cli: &Cli, v: Value) -> Result<(), Failure> {
+    print_answer(cli, &v);
+    let waited = matches!(
+        cli.command,
+        Cmd::Pkg(Pkg::Install { .. })
+            | Cmd::Pkg(Pkg::Uninstall { .. })
+            | Cmd::Iface(Iface::Connect { .. })
+            | Cmd::Iface(Iface::Disconnect { .. })
+            | Cmd::Change(Change::Abort { .. })
+    );
+    if waited {
+        change_outcome(&v)
+    } else {
+        Ok(())
+    }
+}
+
+fn print_answer(cli: &Cli, v: &Value) {
+    let v = v.clone();
     if cli.json {
         if let Cmd::Log(Log::Show { .. }) = cli.command {
             for e in v.as_array().into_iter().flatten() {
@@ -677,7 +702,7 @@ fn print(cli: &Cli, v: Value) -> Result<(), Failure> {
         } else {
             print_json(&v);
         }
-        return change_outcome(&v);
+        return;
     }
     match &cli.command {
         Cmd::Pkg(Pkg::List) => output::list(
@@ -688,7 +713,14 @@ fn print(cli: &Cli, v: Value) -> Result<(), Failure> {
         Cmd::Pkg(Pkg::Show { .. }) => {
             output::fields(
                 &v,
-                &["name", "version", "status", "revision", "install_change"],
+                &[
+                    "name",
+                    "version",
+                    "status",
+                    "onload",
+                    "revision",
+                    "install_change",
+                ],
             );
             for k in ["status_change", "keep", "broken_reason"] {
                 if !v[k].is_null() {
@@ -781,7 +813,6 @@ fn print(cli: &Cli, v: Value) -> Result<(), Failure> {
             }
         }
     }
-    change_outcome(&v)
 }
 
 /// A waited-for change that did not end `done` fails the command (exit 1).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cairn::kernel::model::{FeatureState, ResourceKind, Role};
-use cairn::kernel::records::{PackageRecord, PackageStatus};
+use cairn::kernel::records::{OnloadState, PackageRecord, PackageStatus};
 use cairn::kernel::{query, ChangeRecord, Event};
 use cairn::{CommandOptions, Workspace};
 use cairn_log::{Hash, StoredEntry};
@@ -489,6 +489,14 @@ fn package_json(view: &dyn cairn_log::StateRead, p: &PackageRecord) -> Result<Va
         "keep": keep,
         "broken_reason": reason,
         "install_change": p.install_change.to_string(),
+        "onload": match &p.onload {
+            OnloadState::None => "none".to_string(),
+            OnloadState::Pending => "pending".to_string(),
+            OnloadState::Running { attempt } => format!("running (attempt {attempt})"),
+            OnloadState::Finished { ok: true } => "succeeded".to_string(),
+            OnloadState::Finished { ok: false } => "failed".to_string(),
+            OnloadState::Cancelled => "cancelled".to_string(),
+        },
         "hooks": m.hooks.keys().collect::<Vec<_>>(),
         "resources": resources,
         "features": features,
@@ -554,5 +562,57 @@ fn event_json(kind: &str, payload: &[u8]) -> Value {
             Ok(v) => v,
             Err(e) => json!({ "unrenderable": e.to_string() }),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_log::{EntryDraft, Meta};
+
+    fn entry(event: &Event) -> StoredEntry {
+        EntryDraft {
+            epoch: 1,
+            time_ms: 7,
+            meta: Meta {
+                actor: "t".into(),
+                change: None,
+                command: Uuid::nil(),
+                idempotency_key: None,
+            },
+            kind: event.kind().to_string(),
+            payload: event.encode(),
+        }
+        .seal(1, Hash::ZERO)
+        .unwrap()
+    }
+
+    #[test]
+    fn log_json_shows_vault_values_as_ciphertext_and_bytes_as_text_or_hex() {
+        let sealed = vec![0xde, 0xad, 0xbe, 0xef];
+        let v = entry_json(&entry(&Event::VaultSet {
+            owner: "netmon".into(),
+            vault: "api-token".into(),
+            sealed: serde_bytes::ByteBuf::from(sealed),
+        }));
+        assert_eq!(v["kind"], "vault.set.v1");
+        assert_eq!(v["event"]["ciphertext_hex"], "deadbeef");
+        assert_eq!(v["offset"], 1);
+        assert_eq!(v["time_ms"], 7);
+        assert_eq!(v["prev"], Hash::ZERO.to_string());
+        let v = entry_json(&entry(&Event::QueuePut {
+            owner: "netmon".into(),
+            queue: "events".into(),
+            items: vec![
+                serde_bytes::ByteBuf::from(b"up".to_vec()),
+                serde_bytes::ByteBuf::from(vec![0xff, 0x00]),
+            ],
+        }));
+        assert_eq!(v["event"]["items"], json!(["up", {"hex": "ff00"}]));
+        let v = entry_json(&entry(&Event::FeatureStateChanged {
+            name: "bgp".into(),
+            state: FeatureState::Disabled,
+        }));
+        assert_eq!(v["event"], json!({"name": "bgp", "state": "disabled"}));
     }
 }

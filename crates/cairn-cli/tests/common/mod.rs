@@ -1,0 +1,226 @@
+//! Helpers for the end-to-end tests: run the built `cairn` binary in local or remote mode,
+//! and start/stop a real `cairn serve` on 127.0.0.1 (port 0, read back from its first line).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cairn")
+}
+
+/// What a run printed and how it exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// Panics with the whole output unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect(self, code: i32) -> Out {
+        assert_eq!(self.code, code, "unexpected exit code: {self:#?}");
+        self
+    }
+
+    /// Exit 0, stdout.
+    #[track_caller]
+    pub fn ok(self) -> String {
+        self.expect(0).stdout
+    }
+
+    /// stdout as JSON.
+    #[track_caller]
+    pub fn json(self) -> serde_json::Value {
+        let out = self.ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+}
+
+/// Runs `cairn ARGS` with a scrubbed environment (no CAIRN_* from the caller).
+pub fn run(args: &[&str]) -> Out {
+    run_in(args, None)
+}
+
+/// Runs `cairn ARGS`, optionally with stdin from a string.
+pub fn run_in(args: &[&str], cwd: Option<&Path>) -> Out {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env_remove("CAIRN_DATA")
+        .env_remove("CAIRN_SERVER")
+        .env_remove("CAIRN_TOKEN_FILE")
+        .stdin(Stdio::null());
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().expect("run cairn");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A workspace directory and the two ways to reach it.
+pub struct Ws {
+    pub _tmp: tempfile::TempDir,
+    pub data: PathBuf,
+}
+
+impl Ws {
+    /// A fresh, initialized workspace.
+    pub fn init() -> Ws {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("ws");
+        let id = run(&["--data", data.to_str().unwrap(), "init"]).ok();
+        assert!(
+            uuid::Uuid::try_parse(id.trim()).is_ok(),
+            "init prints the id: {id}"
+        );
+        Ws { _tmp: tmp, data }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self._tmp.path().join(name)
+    }
+
+    pub fn admin_token(&self) -> PathBuf {
+        self.data.join("admin.token")
+    }
+
+    /// `cairn --data DIR ARGS`.
+    pub fn local(&self, args: &[&str]) -> Out {
+        let mut all = vec!["--data", self.data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// Writes a sample manifest from docs/examples next to the workspace; returns its path.
+    pub fn example(&self, name: &str) -> String {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/examples")
+            .join(name);
+        let dst = self.path(name);
+        std::fs::copy(&src, &dst).unwrap();
+        dst.to_str().unwrap().to_string()
+    }
+
+    /// Writes a file next to the workspace; returns its path.
+    pub fn file(&self, name: &str, text: &str) -> String {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+
+    /// Starts `cairn serve` on this workspace.
+    pub fn serve(&self) -> Server {
+        Server::start(&self.data)
+    }
+
+    /// `(applied, digest)` read locally.
+    pub fn digest(&self) -> String {
+        self.local(&["state", "digest"]).ok()
+    }
+}
+
+/// A running `cairn serve`; killed on drop if still running.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(data: &Path) -> Server {
+        let mut child = Command::new(bin())
+            .args([
+                "--data",
+                data.to_str().unwrap(),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env_remove("CAIRN_DATA")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cairn serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("serve printed {line:?}"))
+            .to_string();
+        Server { child, url }
+    }
+
+    /// `cairn --server URL --token-file F ARGS`.
+    pub fn remote(&self, token_file: &Path, args: &[&str]) -> Out {
+        let mut all = vec![
+            "--server",
+            &self.url,
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// Sends SIGTERM and waits (at most 30 s) for the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP call with a bearer token: `(status, body)`.
+pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
+    let mut req = agent.request(method, url);
+    if let Some(t) = token {
+        req = req.set("authorization", &format!("Bearer {t}"));
+    }
+    let resp = match body {
+        Some(b) => req.set("content-type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    match resp {
+        Ok(r) => {
+            let status = r.status();
+            let mut bytes = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut r.into_reader(), &mut bytes);
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+        Err(ureq::Error::Status(status, r)) => (status, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{method} {url}: {e}"),
+    }
+}

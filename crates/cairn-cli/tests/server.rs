@@ -1,0 +1,565 @@
+//! The HTTP API of a real `cairn serve`: the role matrix for every endpoint, bad input that
+//! leaves the state digest unchanged, metrics, and SIGTERM during a burst of writes.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_server::api::Request;
+use common::*;
+use serde_json::Value;
+
+struct Tokens {
+    read: String,
+    write: String,
+    admin: String,
+    mirror: String,
+    revoked: String,
+}
+
+fn setup() -> (Ws, Tokens) {
+    let ws = Ws::init();
+    let router = ws.example("router.toml");
+    let netmon = ws.example("netmon.toml");
+    ws.local(&["pkg", "install", &router]).ok();
+    ws.local(&["pkg", "install", &netmon]).ok();
+    // A local install waits for the package's onload too (this process runs it).
+    assert_eq!(
+        ws.local(&["pkg", "show", "netmon", "--json"]).json()["onload"],
+        "succeeded"
+    );
+    let mk = |name: &str, role: &str| {
+        ws.local(&["token", "create", name, "--role", role])
+            .ok()
+            .trim()
+            .to_string()
+    };
+    let tokens = Tokens {
+        read: mk("r", "read"),
+        write: mk("w", "write"),
+        admin: std::fs::read_to_string(ws.admin_token())
+            .unwrap()
+            .trim()
+            .to_string(),
+        mirror: mk("m", "mirror"),
+        revoked: mk("gone", "admin"),
+    };
+    ws.local(&["token", "revoke", "gone"]).ok();
+    (ws, tokens)
+}
+
+/// One request of every kind, touching entities that do not exist where a write would
+/// otherwise change state, so every allowed call is answered without 401/403.
+fn every_request() -> Vec<Request> {
+    let s = |x: &str| x.to_string();
+    vec![
+        Request::Status,
+        Request::PkgInstall {
+            manifest: s("name = \"Bad Name\"\nversion = \"1\"\n"),
+            wait: true,
+        },
+        Request::PkgUninstall {
+            name: s("nosuch"),
+            keep: vec![],
+            strict: false,
+            wait: true,
+        },
+        Request::PkgList,
+        Request::PkgShow { name: s("netmon") },
+        Request::VarSet {
+            pkg: s("nosuch"),
+            key: s("k"),
+            value: s("v"),
+            expect_revision: None,
+        },
+        Request::VarGet {
+            pkg: s("netmon"),
+            key: s("threshold"),
+        },
+        Request::VarDel {
+            pkg: s("nosuch"),
+            key: s("k"),
+        },
+        Request::VarList { pkg: s("netmon") },
+        Request::QueuePut {
+            pkg: s("nosuch"),
+            queue: s("q"),
+            items: vec![s("x")],
+        },
+        Request::QueueRead {
+            pkg: s("netmon"),
+            queue: s("events"),
+            from: 1,
+            limit: 10,
+        },
+        Request::QueueAck {
+            pkg: s("nosuch"),
+            queue: s("q"),
+            upto: 1,
+        },
+        Request::FeatureList,
+        Request::FeatureSet {
+            name: s("nosuch"),
+            state: s("enabled"),
+            expect_revision: None,
+        },
+        Request::FeatureReport {
+            name: s("nosuch"),
+            state: s("enabled"),
+        },
+        Request::IfaceConnect {
+            plug: s("nosuch:p"),
+            slot: s("router:net"),
+            wait: true,
+        },
+        Request::IfaceDisconnect {
+            plug: s("nosuch:p"),
+            slot: s("router:net"),
+            wait: true,
+        },
+        Request::IfaceList,
+        Request::ChangeList,
+        Request::ChangeShow {
+            id: uuid::Uuid::nil().to_string(),
+        },
+        Request::ChangeAbort {
+            id: uuid::Uuid::nil().to_string(),
+        },
+        Request::LogShow {
+            from: 1,
+            limit: 5,
+            kind: None,
+        },
+        Request::StateDigest,
+        Request::AuditVerify,
+        Request::TokenCreate {
+            name: s("Bad Name"),
+            role: s("read"),
+        },
+        Request::TokenRevoke { name: s("nosuch") },
+        Request::TokenList,
+    ]
+}
+
+fn call(url: &str, token: Option<&str>, method: &str, path: &str, body: Option<String>) -> u16 {
+    http(method, &format!("{url}{path}"), token, body.as_deref()).0
+}
+
+#[test]
+fn every_endpoint_allows_and_denies_each_role_as_documented() {
+    let (ws, t) = setup();
+    let server = ws.serve();
+    let url = server.url.clone();
+    let digest_before = http(
+        "GET",
+        &format!("{url}/v1/state/digest"),
+        Some(&t.read),
+        None,
+    )
+    .1;
+
+    // (method, path with query, body, least role)
+    let mut endpoints: Vec<(String, String, Option<String>, &str)> = every_request()
+        .into_iter()
+        .map(|r| {
+            let h = r.http();
+            let mut path = h.path.clone();
+            if !h.query.is_empty() {
+                let q: Vec<String> = h.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                path = format!("{path}?{}", q.join("&"));
+            }
+            (
+                h.method.to_string(),
+                path,
+                h.body.map(|b| b.to_string()),
+                r.role().as_str(),
+            )
+        })
+        .collect();
+    endpoints.push(("GET".into(), "/metrics".into(), None, "read"));
+    endpoints.push((
+        "POST".into(),
+        "/v1/backup".into(),
+        Some("{}".into()),
+        "admin",
+    ));
+    endpoints.push((
+        "POST".into(),
+        "/v1/replay".into(),
+        Some("{\"until\": 1}".into()),
+        "admin",
+    ));
+    endpoints.push((
+        "POST".into(),
+        "/v1/rebuild".into(),
+        Some("{}".into()),
+        "admin",
+    ));
+
+    let allowed = |role: &str, needed: &str| match (role, needed) {
+        ("admin", _) => true,
+        ("write", "read" | "write") => true,
+        ("read", "read") => true,
+        _ => false,
+    };
+    for (method, path, body, needed) in &endpoints {
+        let status = call(&url, None, method, path, body.clone());
+        assert_eq!(status, 401, "{method} {path} without a token");
+        let status = call(&url, Some(&t.revoked), method, path, body.clone());
+        assert_eq!(status, 401, "{method} {path} with a revoked token");
+        let status = call(&url, Some("cairn_not-a-token"), method, path, body.clone());
+        assert_eq!(status, 401, "{method} {path} with an unknown token");
+        for (role, token) in [
+            ("read", &t.read),
+            ("write", &t.write),
+            ("admin", &t.admin),
+            ("mirror", &t.mirror),
+        ] {
+            let status = call(&url, Some(token), method, path, body.clone());
+            if allowed(role, needed) {
+                assert!(
+                    status != 401 && status != 403,
+                    "{method} {path} as {role} (needs {needed}): {status}"
+                );
+            } else {
+                assert_eq!(status, 403, "{method} {path} as {role} (needs {needed})");
+            }
+        }
+    }
+    // The health check needs no token; an unknown endpoint is a JSON 404.
+    assert_eq!(call(&url, None, "GET", "/v1/health", None), 200);
+    let (status, body) = http("GET", &format!("{url}/v1/nope"), Some(&t.read), None);
+    assert_eq!(status, 404);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+
+    // Every allowed write above touched a missing entity: nothing changed, except the
+    // admin's token create (refused: bad name), so the digest is the same.
+    let digest_after = http(
+        "GET",
+        &format!("{url}/v1/state/digest"),
+        Some(&t.read),
+        None,
+    )
+    .1;
+    assert_eq!(digest_before, digest_after);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let (ws, t) = setup();
+    let server = ws.serve();
+    let url = server.url.clone();
+    let digest = || {
+        http(
+            "GET",
+            &format!("{url}/v1/state/digest"),
+            Some(&t.read),
+            None,
+        )
+        .1
+    };
+    let before = digest();
+
+    let check = |method: &str, path: &str, body: &str, status: u16, code: &str, says: &str| {
+        let (got, text) = http(method, &format!("{url}{path}"), Some(&t.admin), Some(body));
+        assert_eq!(got, status, "{method} {path} {body:.80}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        assert_eq!(v["error"]["code"], code, "{text}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(says),
+            "{method} {path}: {msg:?} should mention {says:?}"
+        );
+    };
+    // Malformed JSON, wrong shapes, unknown fields.
+    check(
+        "POST",
+        "/v1/packages",
+        "{not json",
+        400,
+        "bad_request",
+        "not the expected JSON",
+    );
+    check(
+        "POST",
+        "/v1/packages",
+        "{\"manifest\": 3}",
+        400,
+        "bad_request",
+        "invalid type",
+    );
+    check(
+        "PUT",
+        "/v1/vars/netmon/threshold",
+        "{\"value\": \"1\", \"colour\": \"red\"}",
+        400,
+        "bad_request",
+        "unknown field",
+    );
+    // Malformed TOML and bad manifests name the field.
+    check(
+        "POST",
+        "/v1/packages",
+        "{\"manifest\": \"name = [\"}",
+        400,
+        "bad_manifest",
+        "",
+    );
+    check(
+        "POST",
+        "/v1/packages",
+        &serde_json::json!({"manifest": "name = \"ok\"\nversion = \"1\"\nbogus = 1\n"}).to_string(),
+        400,
+        "bad_manifest",
+        "bogus",
+    );
+    // A feature another package owns.
+    check(
+        "POST",
+        "/v1/packages",
+        &serde_json::json!({"manifest": "name = \"thief\"\nversion = \"1\"\n[[features]]\nname = \"netmon\"\nstate = \"enabled\"\n"}).to_string(),
+        409,
+        "invalid_state",
+        "already owned by package \"netmon\"",
+    );
+    // Oversized body.
+    let huge = format!(
+        "{{\"value\": \"{}\"}}",
+        "x".repeat(cairn_server::REQUEST_BODY_BYTES_MAX)
+    );
+    check(
+        "PUT",
+        "/v1/vars/netmon/threshold",
+        &huge,
+        413,
+        "too_large",
+        "over the limit",
+    );
+    // A value over the variable limit, inside the body limit.
+    let big =
+        serde_json::json!({"value": "y".repeat(cairn::kernel::command::VAR_VALUE_BYTES_MAX + 1)});
+    check(
+        "PUT",
+        "/v1/vars/netmon/threshold",
+        &big.to_string(),
+        400,
+        "invalid",
+        "",
+    );
+    // Invalid names, states, keep values, ends, ids, roles.
+    check(
+        "PUT",
+        "/v1/vars/netmon/bad%20key",
+        "{\"value\": \"1\"}",
+        400,
+        "invalid",
+        "bad key",
+    );
+    check(
+        "PUT",
+        "/v1/features/netmon/state",
+        "{\"state\": \"on\"}",
+        400,
+        "invalid",
+        "unknown feature state",
+    );
+    check(
+        "POST",
+        "/v1/packages/netmon/uninstall",
+        "{\"keep\": [\"vars\", \"bogus\"]}",
+        400,
+        "invalid",
+        "unknown keep value \"bogus\"",
+    );
+    check(
+        "POST",
+        "/v1/connections",
+        "{\"plug\": \"netmon\", \"slot\": \"router:net\"}",
+        400,
+        "invalid",
+        "PKG:NAME",
+    );
+    check(
+        "POST",
+        "/v1/changes/not-a-uuid/abort",
+        "{}",
+        400,
+        "invalid",
+        "not a uuid",
+    );
+    check(
+        "POST",
+        "/v1/tokens",
+        "{\"name\": \"x\", \"role\": \"root\"}",
+        400,
+        "invalid",
+        "unknown role",
+    );
+    check(
+        "POST",
+        "/v1/tokens",
+        "{\"name\": \"../x\", \"role\": \"read\"}",
+        400,
+        "invalid",
+        "not a valid name",
+    );
+    check("GET", "/v1/log?from=abc", "", 400, "bad_request", "from");
+    check(
+        "POST",
+        "/v1/queues/netmon/events/ack",
+        "{\"upto\": -1}",
+        400,
+        "bad_request",
+        "",
+    );
+    assert_eq!(digest(), before, "nothing was written by any bad request");
+
+    // The same through the CLI: a malformed manifest file, exit 1, digest unchanged.
+    let bad = ws.file("bad.toml", "name = \"x\"\nversion = 1\n");
+    let out = server
+        .remote(&ws.admin_token(), &["pkg", "install", &bad])
+        .expect(1);
+    assert!(out.stderr.contains("version"), "{}", out.stderr);
+    let out = server
+        .remote(&ws.admin_token(), &["queue", "put", "netmon", "x"])
+        .expect(2);
+    assert!(out.stderr.contains("PKG:NAME"), "{}", out.stderr);
+    assert_eq!(digest(), before);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn metrics_report_commits_latency_rejections_and_hooks() {
+    let (ws, t) = setup();
+    let server = ws.serve();
+    let url = server.url.clone();
+    let put = |v: &str| {
+        http(
+            "PUT",
+            &format!("{url}/v1/vars/netmon/threshold"),
+            Some(&t.write),
+            Some(&format!("{{\"value\": \"{v}\"}}")),
+        )
+        .0
+    };
+    assert_eq!(put("1"), 200);
+    assert_eq!(put("2"), 200);
+    let (s, _) = http(
+        "PUT",
+        &format!("{url}/v1/features/nosuch/state"),
+        Some(&t.write),
+        Some("{\"state\": \"enabled\"}"),
+    );
+    assert_eq!(s, 404);
+    let (s, _) = http(
+        "POST",
+        &format!("{url}/v1/connections"),
+        Some(&t.write),
+        Some("{\"plug\": \"netmon:net\", \"slot\": \"router:net\"}"),
+    );
+    assert_eq!(s, 200);
+    let (s, text) = http("GET", &format!("{url}/metrics"), Some(&t.read), None);
+    assert_eq!(s, 200);
+    let metric = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let applied: u64 = ws_applied(&url, &t.read);
+    assert_eq!(metric("cairn_applied_offset ") as u64, applied);
+    assert!(metric("cairn_commit_groups_total ") >= 3.0);
+    assert!(metric("cairn_committed_entries_total ") >= 3.0);
+    assert_eq!(metric("cairn_command_duration_seconds_count "), 4.0);
+    assert_eq!(
+        metric("cairn_command_duration_seconds_bucket{le=\"+Inf\"} "),
+        4.0
+    );
+    assert_eq!(metric("cairn_rejections_total{reason=\"not_found\"} "), 1.0);
+    // The connect ran router's connect-slot-net and netmon's connect-plug-net hooks.
+    assert_eq!(metric("cairn_hook_runs_total{outcome=\"succeeded\"} "), 2.0);
+    assert!(server.stop().success());
+}
+
+fn ws_applied(url: &str, token: &str) -> u64 {
+    let (_, body) = http("GET", &format!("{url}/v1/status"), Some(token), None);
+    serde_json::from_str::<Value>(&body).unwrap()["applied_offset"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn sigterm_during_a_burst_of_writes_loses_no_acknowledged_write() {
+    let (ws, t) = setup();
+    let server = ws.serve();
+    let url = server.url.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (url, token, stop, acked) =
+                (url.clone(), t.write.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(30))
+                    .build();
+                for i in 1u64.. {
+                    if stop.load(Ordering::Relaxed) || i > 100_000 {
+                        return;
+                    }
+                    let r = agent
+                        .put(&format!("{url}/v1/vars/netmon/w{w}"))
+                        .set("authorization", &format!("Bearer {token}"))
+                        .send_string(&format!("{{\"value\": \"{i}\"}}"));
+                    match r {
+                        Ok(_) => acked.lock().unwrap().push((w, i)),
+                        // The server is going away: refused or cut connections.
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the burst run, then SIGTERM mid-burst.
+    while acked.lock().unwrap().len() < 200 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = server.stop();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(status.success(), "serve exits 0 on SIGTERM: {status}");
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 200);
+    // After restart, every writer's variable holds at least its last acknowledged value.
+    let vars = ws.local(&["var", "list", "netmon", "--json"]).json();
+    for w in 0..4 {
+        let Some(last) = acked.iter().filter(|(x, _)| *x == w).map(|(_, i)| *i).max() else {
+            continue;
+        };
+        let stored: u64 = vars
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["key"] == format!("w{w}"))
+            .unwrap_or_else(|| panic!("w{w} is missing after restart"))["value"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            stored >= last,
+            "writer {w}: acknowledged {last}, stored {stored}"
+        );
+    }
+    ws.local(&["audit", "verify"]).ok();
+}
