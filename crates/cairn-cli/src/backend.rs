@@ -68,16 +68,21 @@ impl Backend {
 /// Opens the workspace at `data` in-process. A workspace held by another process (a running
 /// `cairn serve`) is refused with a message that points at `--server`. Resumed changes are
 /// announced on stderr and, when `wait_resumed`, waited for.
-pub fn open_local(data: &Path, wait_resumed: bool) -> Result<Backend, Failure> {
+pub fn open_local(
+    data: &Path,
+    wait_resumed: bool,
+    durability: cairn_store::Durability,
+) -> Result<Backend, Failure> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| Failure::Other(format!("cannot start the runtime: {e}")))?;
-    let opts = Options {
+    let mut opts = Options {
         actor: LOCAL_ACTOR.into(),
         ..Default::default()
     };
+    opts.store.durability = durability;
     let ws = rt
         .block_on(Workspace::open(data, opts))
         .map_err(|e| open_failure(data, e))?;

@@ -66,7 +66,7 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
             .map_err(|e| Failure::Other(format!("cannot write {name}: {e}")))?;
     }
 
-    let b = open_local(&data, false)?;
+    let b = open_local(&data, false, cairn_store::Durability::Sync)?;
     step(
         2,
         "install three packages (each install is a change; hooks run as child processes)",
@@ -241,7 +241,7 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
         8,
         "reopen: the interrupted uninstall resumes where it stopped",
     );
-    let b = open_local(&data, true)?;
+    let b = open_local(&data, true, cairn_store::Durability::Sync)?;
     let changes = call(&b, Request::ChangeList)?;
     if let Some(last) = changes.as_array().and_then(|a| a.last()) {
         output::change(last);
@@ -315,7 +315,7 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
 /// The demo's second process: starts `uninstall netmon --keep vars`, prints `started <change>`
 /// once the `onuninstall` hook is running, and waits to be killed.
 pub fn victim(data: &Path) -> Result<(), Failure> {
-    let b = open_local(data, false)?;
+    let b = open_local(data, false, cairn_store::Durability::Sync)?;
     let Backend::Local { rt, svc } = &b else {
         return Err(Failure::Other("the victim runs locally".into()));
     };

@@ -65,6 +65,11 @@ struct Cli {
     /// Machine-readable output (JSON; `log show` prints JSON lines).
     #[arg(long, global = true)]
     json: bool,
+    /// Local mode: `sync` (every commit fsynced before it is answered) or `buffered` (the WAL
+    /// is written per commit and fsynced at most every 100 ms; a machine crash can lose the
+    /// last 100 ms, a process crash loses nothing).
+    #[arg(long, global = true, env = "CAIRN_DURABILITY", default_value = "sync", value_parser = ["sync", "buffered"])]
+    durability: String,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -442,7 +447,14 @@ fn backend(cli: &Cli, wait_resumed: bool) -> Result<Backend, Failure> {
         (Some(_), None) => Err(Failure::Usage(
             "--server needs --token-file FILE (the bearer token)".into(),
         )),
-        (None, _) => open_local(&data_dir(&cli.data), wait_resumed),
+        (None, _) => open_local(&data_dir(&cli.data), wait_resumed, durability(cli)),
+    }
+}
+
+fn durability(cli: &Cli) -> cairn_store::Durability {
+    match cli.durability.as_str() {
+        "buffered" => cairn_store::Durability::Buffered,
+        _ => cairn_store::Durability::Sync,
     }
 }
 
@@ -847,7 +859,7 @@ fn change_outcome(v: &Value) -> Result<(), Failure> {
 fn init(cli: &Cli) -> Result<(), Failure> {
     let data = local_only(cli, "init")?;
     let id = cairn::Workspace::init(&data).map_err(|e| Failure::Other(e.to_string()))?;
-    let b = open_local(&data, false)?;
+    let b = open_local(&data, false, durability(cli))?;
     let created = b.call(Request::TokenCreate {
         name: "admin".into(),
         role: "admin".into(),
@@ -880,7 +892,7 @@ fn write_secret(path: &Path, secret: &str) -> Result<(), Failure> {
 
 fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
     let data = local_only(cli, "serve")?;
-    let b = open_local(&data, false)?;
+    let b = open_local(&data, false, durability(cli))?;
     let Backend::Local { rt, svc } = b else {
         return Err(Failure::Other(
             "internal: serve needs a local workspace".into(),
@@ -1044,7 +1056,7 @@ fn replay(cli: &Cli, until: u64, into: &Path) -> Result<(), Failure> {
     b.close();
     result?;
     // Report from the new workspace itself, the same way in both modes.
-    let local = open_local(into, false)?;
+    let local = open_local(into, false, durability(cli))?;
     let v = local.call(Request::StateDigest);
     local.close();
     let v = v?;

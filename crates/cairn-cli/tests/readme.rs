@@ -52,10 +52,22 @@ fn the_readme_worked_example_runs_as_written() {
     );
     // What each step promises.
     assert!(stdout.contains("netmon  1.2.0    installed"), "{stdout}");
-    assert!(stdout.contains("refused: feature bgp does not exist"), "{stdout}");
-    assert!(stdout.contains("threshold  25"), "kept var listed: {stdout}");
+    assert!(
+        stdout.contains("refused: feature bgp does not exist"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("threshold  25"),
+        "kept var listed: {stdout}"
+    );
     assert!(stdout.contains("package.removed.v1"), "{stdout}");
     assert!(stdout.contains("ok: "), "audit passed: {stdout}");
-    assert!(stdout.contains("refused: the auditor's token has role read"), "{stdout}");
-    assert!(stderr.contains("has role read; this needs write"), "{stderr}");
+    assert!(
+        stdout.contains("refused: the auditor's token has role read"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("has role read; this needs write"),
+        "{stderr}"
+    );
 }
