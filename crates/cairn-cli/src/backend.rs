@@ -46,8 +46,10 @@ impl Backend {
             Backend::Local { rt, svc } => {
                 let waits_onload = matches!(req, Request::PkgInstall { wait: true, .. });
                 let v = rt.block_on(svc.handle(req, LOCAL_ACTOR))?;
-                if waits_onload {
-                    rt.block_on(wait_onloads(svc.workspace()))?;
+                if waits_onload && v["status"] == "done" {
+                    if let Some(pkg) = v["packages"][0].as_str() {
+                        rt.block_on(wait_onload(svc.workspace(), pkg))?;
+                    }
                 }
                 Ok(v)
             }
@@ -106,31 +108,48 @@ pub fn open_local(
             eprintln!("resumed changes finished");
         }
     }
-    if wait_resumed {
-        rt.block_on(wait_onloads(&ws))
-            .map_err(|e| Failure::Other(e.message))?;
-    }
+
     Ok(Backend::Local {
         rt,
         svc: Service::new(ws),
     })
 }
 
-/// Waits until no installed package's `onload` is pending or running.
-async fn wait_onloads(ws: &Workspace) -> Result<(), ApiError> {
+/// Waits until `pkg`'s `onload` hook is no longer pending or running.
+async fn wait_onload(ws: &Workspace, pkg: &str) -> Result<(), ApiError> {
     let mut told = false;
     loop {
         let applied = ws.applied();
         let wanted = cairn::kernel::query::onloads_wanted(&ws.view()?)?;
-        if wanted.is_empty() {
+        if !wanted.iter().any(|w| w == pkg) {
             return Ok(());
         }
         if !told {
-            eprintln!("running the onload hook of {}", wanted.join(", "));
+            eprintln!("running the onload hook of {pkg}");
             told = true;
         }
         ws.wait_for(applied + 1).await?;
     }
+}
+
+/// `{dir, applied_offset, digest}` of a workspace that is not open anywhere, read through the
+/// store alone: no engine starts, so nothing in it is resumed or changed.
+pub fn report_closed(dir: &Path) -> Result<Value, Failure> {
+    let store = cairn_store::Store::open(
+        dir,
+        cairn::KernelMachine(cairn::kernel::Kernel::new()),
+        cairn_store::Options::default(),
+    )
+    .map_err(|e| open_failure(dir, cairn::Error::Store(e)))?;
+    let digest = store
+        .read()
+        .and_then(|v| v.digest())
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    Ok(serde_json::json!({
+        "dir": dir.display().to_string(),
+        "applied_offset": digest.applied,
+        "digest": digest.hash.to_string(),
+    }))
 }
 
 /// File a running server writes its URL into, inside the data directory.

@@ -858,6 +858,13 @@ fn change_outcome(v: &Value) -> Result<(), Failure> {
 
 fn init(cli: &Cli) -> Result<(), Failure> {
     let data = local_only(cli, "init")?;
+    let token_file = data.join("admin.token");
+    if token_file.exists() {
+        return Err(Failure::Other(format!(
+            "{} already exists; init would not be able to write the new admin token",
+            token_file.display()
+        )));
+    }
     let id = cairn::Workspace::init(&data).map_err(|e| Failure::Other(e.to_string()))?;
     let b = open_local(&data, false, durability(cli))?;
     let created = b.call(Request::TokenCreate {
@@ -976,23 +983,29 @@ fn backup(cli: &Cli, dir: &Path) -> Result<(), Failure> {
             .workspace()
             .store()
             .backup(dir)
-            .map(|h| serde_json::json!({"dir": dir.display().to_string(), "applied_offset": h.offset, "head_hash": h.hash.to_string()}))
+            .map(|_| ())
             .map_err(|e| Failure::Other(e.to_string())),
         Backend::Remote(r) => receive(r, "/v1/backup", serde_json::json!({}), dir, "backup"),
     };
     b.close();
-    let v = result?;
+    result?;
+    // Report from the backup itself, the same way in both modes.
+    let v = backend::report_closed(dir)?;
     if cli.json {
         print_json(&v);
     } else {
-        println!("backup written to {}", dir.display());
+        println!(
+            "backup written to {} at offset {}: digest {} (vault.key is not included)",
+            dir.display(),
+            v["applied_offset"],
+            v["digest"].as_str().unwrap_or_default()
+        );
     }
     Ok(())
 }
 
-/// Receives a bundle stream into `dir` (with a byte counter on a terminal), then reports the
-/// workspace it holds.
-fn receive(r: &Remote, path: &str, body: Value, dir: &Path, what: &str) -> Result<Value, Failure> {
+/// Receives a bundle stream into `dir` (with a byte counter on a terminal).
+fn receive(r: &Remote, path: &str, body: Value, dir: &Path, what: &str) -> Result<(), Failure> {
     let reader = r.stream("POST", path, &[], Some(body))?;
     let pb = progress_bar(0, what);
     if !pb.is_hidden() {
@@ -1004,7 +1017,7 @@ fn receive(r: &Remote, path: &str, body: Value, dir: &Path, what: &str) -> Resul
     cairn_server::bundle::read_bundle(reader, dir, &mut |n| pb.set_position(n))
         .map_err(|e| Failure::Other(format!("{what} failed: {e}")))?;
     pb.finish_and_clear();
-    Ok(serde_json::json!({"dir": dir.display().to_string()}))
+    Ok(())
 }
 
 fn replay(cli: &Cli, until: u64, into: &Path) -> Result<(), Failure> {
@@ -1050,22 +1063,15 @@ fn replay(cli: &Cli, until: u64, into: &Path) -> Result<(), Failure> {
             serde_json::json!({ "until": until }),
             into,
             "replay",
-        )
-        .map(|_| ()),
+        ),
     };
     b.close();
     result?;
-    // Report from the new workspace itself, the same way in both modes.
-    let local = open_local(into, false, durability(cli))?;
-    let v = local.call(Request::StateDigest);
-    local.close();
-    let v = v?;
+    // Report from the new workspace itself, the same way in both modes, without opening it
+    // as a leader (which would resume a change the replay cut at N).
+    let v = backend::report_closed(into)?;
     if cli.json {
-        print_json(&serde_json::json!({
-            "dir": into.display().to_string(),
-            "applied_offset": v["applied_offset"],
-            "digest": v["digest"],
-        }));
+        print_json(&v);
     } else {
         println!(
             "replayed to offset {} into {}: digest {}",

@@ -273,9 +273,17 @@ fn every_command_in_local_and_remote_mode() {
     // Remote backup streams a checkpoint that opens as a workspace with the same digest.
     let digest_now = server.remote(&admin, &["state", "digest"]).ok();
     let backup_dir = ws.path("backup");
-    server
-        .remote(&admin, &["backup", backup_dir.to_str().unwrap()])
-        .ok();
+    let reported = server
+        .remote(&admin, &["backup", backup_dir.to_str().unwrap(), "--json"])
+        .json();
+    assert_eq!(
+        format!(
+            "{} {}\n",
+            reported["applied_offset"],
+            reported["digest"].as_str().unwrap()
+        ),
+        digest_now
+    );
     assert_eq!(
         run(&["--data", backup_dir.to_str().unwrap(), "state", "digest"]).ok(),
         digest_now
@@ -370,7 +378,17 @@ fn every_command_in_local_and_remote_mode() {
         "{out}\nvs {at_n}"
     );
     let backup_local = ws.path("backup-local");
-    ws.local(&["backup", backup_local.to_str().unwrap()]).ok();
+    let reported = ws
+        .local(&["backup", backup_local.to_str().unwrap(), "--json"])
+        .json();
+    assert_eq!(
+        format!(
+            "{} {}\n",
+            reported["applied_offset"],
+            reported["digest"].as_str().unwrap()
+        ),
+        before
+    );
     assert_eq!(
         run(&["--data", backup_local.to_str().unwrap(), "state", "digest"]).ok(),
         before

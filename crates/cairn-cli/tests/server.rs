@@ -564,3 +564,58 @@ fn sigterm_during_a_burst_of_writes_loses_no_acknowledged_write() {
     }
     ws.local(&["audit", "verify"]).ok();
 }
+
+#[test]
+fn sigterm_answers_requests_waiting_for_a_change_and_the_change_resumes_later() {
+    let (ws, t) = setup();
+    // A plug whose connect hook outlives the server: the waiting request must not hold the
+    // shutdown (Server::stop gives up after 30 s; the hook sleeps 120 s).
+    let slow = ws.file(
+        "slow.toml",
+        "name = \"slow\"\nversion = \"1\"\n[hooks.connect-plug-net]\nrun = \"sleep 120\"\n\
+         [[plugs]]\nname = \"net\"\ninterface = \"network\"\n",
+    );
+    ws.local(&["pkg", "install", &slow]).ok();
+    let server = ws.serve();
+    let url = server.url.clone();
+    let token = t.write.clone();
+    let waiter = std::thread::spawn(move || {
+        http(
+            "POST",
+            &format!("{url}/v1/connections"),
+            Some(&token),
+            Some("{\"plug\": \"slow:net\", \"slot\": \"router:net\"}"),
+        )
+    });
+    // Wait until the hook runs, then SIGTERM.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, log) = http(
+            "GET",
+            &format!("{}/v1/log?kind=hook.started", server.url),
+            Some(&t.read),
+            None,
+        );
+        if log.contains("connect-plug-net") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hook never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = server.stop();
+    assert!(status.success(), "{status}");
+    let (code, body) = waiter.join().unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("continues when the workspace is next opened"),
+        "{body}"
+    );
+    // The change was recorded and is still in progress.
+    let changes = ws.local(&["change", "list", "--json"]).json();
+    let last = changes.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["kind"], "connect");
+    assert_eq!(last["status"], "doing");
+}

@@ -25,7 +25,7 @@ pub enum BundleError {
         source: io::Error,
     },
     /// The stream is not a well-formed bundle.
-    #[error("bad backup stream: {0}")]
+    #[error("bad bundle stream: {0}")]
     Malformed(String),
 }
 
@@ -50,6 +50,11 @@ pub fn write_bundle(dir: &Path, out: &mut dyn Write) -> Result<u64, BundleError>
             .to_str()
             .ok_or_else(|| BundleError::Malformed(format!("path {rel:?} is not UTF-8")))?
             .replace(std::path::MAIN_SEPARATOR, "/");
+        if name.is_empty() || name.len() > BUNDLE_PATH_BYTES_MAX {
+            return Err(BundleError::Malformed(format!(
+                "path {name:?} is longer than {BUNDLE_PATH_BYTES_MAX} bytes"
+            )));
+        }
         let path = dir.join(&rel);
         let mut f = fs::File::open(&path).map_err(io_err(format!("open {}", path.display())))?;
         let size = f

@@ -41,13 +41,15 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let stop = CancellationToken::new();
+    let stop = svc.shutdown_token();
     let app = router(svc, stop.clone());
     let signal = {
         let stop = stop.clone();
         async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
+            // Requests waiting for a change stop waiting (the change goes on at the next
+            // start); commits in flight finish.
             stop.cancel();
         }
     };
@@ -677,6 +679,10 @@ async fn replay(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Err(e) = app.auth(&headers, Some(Role::Admin)) {
+        app.svc.metrics().http(e.status);
+        return error_response(&e);
+    }
     let until = match json_body::<ReplayBody>(body) {
         Ok(b) => b.until,
         Err(e) => return app.reply(Err(e)),

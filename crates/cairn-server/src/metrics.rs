@@ -1,5 +1,5 @@
 //! Counters for `/metrics` (Prometheus text format): commands and their latency, rejections
-//! by reason, HTTP requests by status class; the store's commit counters and the workspace's
+//! by reason, HTTP responses by status; the store's commit counters and the workspace's
 //! hook runs are read when rendered.
 
 use std::collections::BTreeMap;
@@ -26,7 +26,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Records one command (write or admin request): its latency, and its error if any.
+    /// Records one command (write or admin request): its latency, and, when it was refused
+    /// (a 4xx: rejected or bad input), the reason.
     pub fn command(&self, took: Duration, error: Option<&ApiError>) {
         let s = took.as_secs_f64();
         for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
@@ -37,7 +38,7 @@ impl Metrics {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_ns
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-        if let Some(e) = error {
+        if let Some(e) = error.filter(|e| (400..500).contains(&e.status)) {
             let mut r = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
             *r.entry(e.code.clone()).or_default() += 1;
         }
@@ -107,7 +108,7 @@ impl Metrics {
         let _ = writeln!(out, "cairn_command_duration_seconds_count {count}");
         let _ = writeln!(
             out,
-            "# HELP cairn_rejections_total Commands refused, by reason (error code).\n# TYPE cairn_rejections_total counter"
+            "# HELP cairn_rejections_total Commands refused (rejected or bad input), by reason (error code).\n# TYPE cairn_rejections_total counter"
         );
         for (code, n) in self
             .rejections

@@ -11,6 +11,7 @@ use cairn::kernel::{query, ChangeRecord, Event};
 use cairn::{CommandOptions, Workspace};
 use cairn_log::{Hash, StoredEntry};
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::api::{codes, ApiError, Request};
@@ -26,6 +27,10 @@ pub const QUEUE_READ_LIMIT_MAX: u64 = 10_000;
 pub struct Service {
     ws: Workspace,
     metrics: Arc<Metrics>,
+    /// Cancelled when the server shuts down: requests waiting for a change stop waiting.
+    shutdown: CancellationToken,
+    /// One audit at a time (each replays the whole log).
+    audit: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Service {
@@ -34,7 +39,15 @@ impl Service {
         Self {
             ws,
             metrics: Arc::new(Metrics::default()),
+            shutdown: CancellationToken::new(),
+            audit: Arc::default(),
         }
+    }
+
+    /// The token whose cancellation makes waiting requests answer `503 unavailable` at once
+    /// (the server cancels it when it starts shutting down).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// The workspace.
@@ -259,7 +272,7 @@ impl Service {
             Request::ChangeAbort { id } => {
                 let id = parse_change_id(&id)?;
                 let c = ws.abort(id, opts).await?;
-                let record = ws.wait_change(id).await?;
+                let record = self.wait_change(id).await?;
                 let mut out = change_json(&record);
                 out["applied"] = json!(c.applied);
                 Ok(out)
@@ -273,6 +286,7 @@ impl Service {
                 Ok(json!({"applied_offset": d.applied, "digest": d.hash.to_string()}))
             }
             Request::AuditVerify => {
+                let _one_at_a_time = self.audit.lock().await;
                 let ws = ws.clone();
                 let report = tokio::task::spawn_blocking(move || {
                     cairn::tools::audit_verify(&ws, &mut |_, _| {})
@@ -321,8 +335,22 @@ impl Service {
         if !wait {
             return Ok(json!({"change": change.to_string()}));
         }
-        let record = self.ws.wait_change(change).await?;
+        let record = self.wait_change(change).await?;
         Ok(change_json(&record))
+    }
+
+    /// Waits for a change to be ready, unless the server shuts down first.
+    async fn wait_change(&self, change: Uuid) -> Result<ChangeRecord, ApiError> {
+        tokio::select! {
+            r = self.ws.wait_change(change) => Ok(r?),
+            _ = self.shutdown.cancelled() => Err(ApiError::new(
+                codes::UNAVAILABLE,
+                format!(
+                    "the server is shutting down; change {change} was recorded and continues \
+                     when the workspace is next opened"
+                ),
+            )),
+        }
     }
 
     async fn log_show(

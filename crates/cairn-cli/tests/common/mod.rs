@@ -145,6 +145,7 @@ impl Server {
                 "127.0.0.1:0",
             ])
             .env_remove("CAIRN_DATA")
+            .env("CAIRN_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
