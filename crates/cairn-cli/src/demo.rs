@@ -85,11 +85,7 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
             v["status"].as_str().unwrap_or("?")
         );
     }
-    output::list(
-        &call(&b, Request::PkgList)?,
-        &["NAME", "VERSION", "STATUS"],
-        &["name", "version", "status"],
-    );
+    output::packages(&call(&b, Request::PkgList)?);
 
     step(
         3,
@@ -133,11 +129,7 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
             .map(|e| e.message)
             .unwrap_or_else(|| "(accepted?!)".into())
     );
-    output::list(
-        &call(&b, Request::FeatureList)?,
-        &["NAME", "OWNER", "STATE", "OBSERVED", "REVISION"],
-        &["name", "owner", "state", "observed", "revision"],
-    );
+    output::features(&call(&b, Request::FeatureList)?);
 
     step(4, "resources: set a variable, queue two events");
     call(
@@ -157,16 +149,12 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
             items: vec!["link-up eth0".into(), "link-down eth1".into()],
         },
     )?;
-    output::list(
-        &call(
-            &b,
-            Request::VarList {
-                pkg: "netmon".into(),
-            },
-        )?,
-        &["KEY", "VALUE", "REVISION"],
-        &["key", "value", "revision"],
-    );
+    output::vars(&call(
+        &b,
+        Request::VarList {
+            pkg: "netmon".into(),
+        },
+    )?);
 
     step(
         5,
@@ -247,22 +235,14 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
         output::change(last);
     }
     println!("packages now:");
-    output::list(
-        &call(&b, Request::PkgList)?,
-        &["NAME", "VERSION", "STATUS"],
-        &["name", "version", "status"],
-    );
+    output::packages(&call(&b, Request::PkgList)?);
     println!("netmon's vars were kept (kept_from = netmon); its queue, vault, daemon and feature are gone:");
-    output::list(
-        &call(
-            &b,
-            Request::VarList {
-                pkg: "netmon".into(),
-            },
-        )?,
-        &["KEY", "VALUE", "KEPT_FROM"],
-        &["key", "value", "kept_from"],
-    );
+    output::vars(&call(
+        &b,
+        Request::VarList {
+            pkg: "netmon".into(),
+        },
+    )?);
 
     step(
         9,

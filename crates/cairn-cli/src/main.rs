@@ -717,11 +717,7 @@ fn print_answer(cli: &Cli, v: &Value) {
         return;
     }
     match &cli.command {
-        Cmd::Pkg(Pkg::List) => output::list(
-            &v,
-            &["NAME", "VERSION", "STATUS"],
-            &["name", "version", "status"],
-        ),
+        Cmd::Pkg(Pkg::List) => output::packages(&v),
         Cmd::Pkg(Pkg::Show { .. }) => {
             output::fields(
                 &v,
@@ -749,17 +745,9 @@ fn print_answer(cli: &Cli, v: &Value) {
             Value::String(s) => println!("{s}"),
             other => println!("{other}"),
         },
-        Cmd::Var(Var::List { .. }) => output::list(
-            &v,
-            &["KEY", "VALUE", "REVISION"],
-            &["key", "value", "revision"],
-        ),
+        Cmd::Var(Var::List { .. }) => output::vars(&v),
         Cmd::Queue(Queue::Read { .. }) => output::list(&v, &["SEQ", "ITEM"], &["seq", "item"]),
-        Cmd::Feature(Feature::List) => output::list(
-            &v,
-            &["NAME", "OWNER", "STATE", "OBSERVED", "REVISION"],
-            &["name", "owner", "state", "observed", "revision"],
-        ),
+        Cmd::Feature(Feature::List) => output::features(&v),
         Cmd::Iface(Iface::List) => output::list(
             &v,
             &["PLUG", "SLOT", "INTERFACE", "AUTO"],

@@ -98,3 +98,30 @@ pub fn entry_line(e: &Value) -> String {
         e["event"]
     )
 }
+
+/// `pkg list`.
+pub fn packages(v: &Value) {
+    list(
+        v,
+        &["NAME", "VERSION", "STATUS"],
+        &["name", "version", "status"],
+    );
+}
+
+/// `feature list`.
+pub fn features(v: &Value) {
+    list(
+        v,
+        &["NAME", "OWNER", "STATE", "OBSERVED", "REVISION"],
+        &["name", "owner", "state", "observed", "revision"],
+    );
+}
+
+/// `var list`.
+pub fn vars(v: &Value) {
+    list(
+        v,
+        &["KEY", "VALUE", "REVISION", "KEPT_FROM"],
+        &["key", "value", "revision", "kept_from"],
+    );
+}

@@ -276,14 +276,7 @@ fn every_command_in_local_and_remote_mode() {
     let reported = server
         .remote(&admin, &["backup", backup_dir.to_str().unwrap(), "--json"])
         .json();
-    assert_eq!(
-        format!(
-            "{} {}\n",
-            reported["applied_offset"],
-            reported["digest"].as_str().unwrap()
-        ),
-        digest_now
-    );
+    assert_eq!(digest_line(&reported), digest_now);
     assert_eq!(
         run(&["--data", backup_dir.to_str().unwrap(), "state", "digest"]).ok(),
         digest_now
@@ -308,14 +301,7 @@ fn every_command_in_local_and_remote_mode() {
             ],
         )
         .json();
-    assert_eq!(
-        format!(
-            "{} {}\n",
-            replayed["applied_offset"],
-            replayed["digest"].as_str().unwrap()
-        ),
-        at_n
-    );
+    assert_eq!(digest_line(&replayed), at_n);
 
     // log tail follows live entries.
     let mut tail = Command::new(bin())
@@ -381,14 +367,7 @@ fn every_command_in_local_and_remote_mode() {
     let reported = ws
         .local(&["backup", backup_local.to_str().unwrap(), "--json"])
         .json();
-    assert_eq!(
-        format!(
-            "{} {}\n",
-            reported["applied_offset"],
-            reported["digest"].as_str().unwrap()
-        ),
-        before
-    );
+    assert_eq!(digest_line(&reported), before);
     assert_eq!(
         run(&["--data", backup_local.to_str().unwrap(), "state", "digest"]).ok(),
         before

@@ -225,3 +225,12 @@ pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) ->
         Err(e) => panic!("{method} {url}: {e}"),
     }
 }
+
+/// `"<applied_offset> <digest>\n"` (what `state digest` prints) from a JSON report.
+pub fn digest_line(v: &serde_json::Value) -> String {
+    format!(
+        "{} {}\n",
+        v["applied_offset"],
+        v["digest"].as_str().expect("a digest")
+    )
+}
