@@ -229,11 +229,11 @@ impl<M: StateMachine> Writer<M> {
                     Err(_) => break,
                 }
             }
-            self.process(requests.drain(..));
+            self.process(requests.drain(..), &rx);
         }
     }
 
-    fn process(&mut self, requests: impl Iterator<Item = Request<M>>) {
+    fn process(&mut self, requests: impl Iterator<Item = Request<M>>, rx: &Receiver<Request<M>>) {
         let db = Arc::clone(&self.db);
         let cache = std::mem::take(&mut self.cache);
         let mut group = Group {
@@ -249,7 +249,23 @@ impl<M: StateMachine> Writer<M> {
             cursor: ChainCursor::new(self.head),
             pending: Vec::new(),
         };
-        for request in requests {
+        // Requests that arrive while the group is being decided join it, up to the batch
+        // limit: deciding takes time anyway, and the callers the previous group answered come
+        // back during it. (Lifecycle commands from 64 writers: groups of about 50 instead of
+        // 31, +17% commands/s; see docs/ARCHITECTURE.md.)
+        let max = self.opts.batch_entries_max;
+        let mut taken = 0usize;
+        let mut requests = requests.fuse();
+        loop {
+            let request = match requests.next() {
+                Some(r) => r,
+                None if taken < max => match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+                None => break,
+            };
+            taken += 1;
             if let Some(why) = &self.stopped {
                 fail_request(request, StoreError::Stopped(why.clone()));
                 continue;
