@@ -13,6 +13,19 @@ use serde_json::Value;
 
 use crate::Failure;
 
+/// How a local command opens the workspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Open {
+    /// Reads only: the change engine does not start, so no hook is started (and killed a
+    /// moment later when the command exits).
+    Read,
+    /// A write: the engine resumes changes in progress, and the command waits for them first.
+    Write,
+    /// The engine runs, without waiting for resumed changes first (`change abort`, tokens,
+    /// `serve`).
+    Drive,
+}
+
 /// A running command's connection to its workspace.
 pub enum Backend {
     /// The workspace opened in-process.
@@ -43,16 +56,28 @@ impl Backend {
     /// `onload` hook: this process is what runs it, and exiting would leave it to the next open.
     pub fn call(&self, req: Request) -> Result<Value, ApiError> {
         match self {
-            Backend::Local { rt, svc } => {
+            Backend::Local { rt, svc } => rt.block_on(async {
                 let waits_onload = matches!(req, Request::PkgInstall { wait: true, .. });
-                let v = rt.block_on(svc.handle(req, LOCAL_ACTOR))?;
-                if waits_onload && v["status"] == "done" {
-                    if let Some(pkg) = v["packages"][0].as_str() {
-                        rt.block_on(wait_onload(svc.workspace(), pkg))?;
+                let work = async {
+                    let v = svc.handle(req, LOCAL_ACTOR).await?;
+                    if waits_onload && v["status"] == "done" {
+                        if let Some(pkg) = v["packages"][0].as_str() {
+                            wait_onload(svc.workspace(), pkg).await?;
+                        }
                     }
+                    Ok(v)
+                };
+                // Ctrl-C: stop waiting; `close` then stops the running hooks (they are run
+                // again at the next open), instead of leaving them orphaned.
+                tokio::select! {
+                    r = work => r,
+                    _ = tokio::signal::ctrl_c() => Err(ApiError::new(
+                        codes::UNAVAILABLE,
+                        "interrupted; what was recorded stays, and a change in progress \
+                         continues at the next open",
+                    )),
                 }
-                Ok(v)
-            }
+            }),
             Backend::Remote(r) => r.call(&req),
         }
     }
@@ -68,11 +93,11 @@ impl Backend {
 }
 
 /// Opens the workspace at `data` in-process. A workspace held by another process (a running
-/// `cairn serve`) is refused with a message that points at `--server`. Resumed changes are
-/// announced on stderr and, when `wait_resumed`, waited for.
+/// `cairn serve`) is refused with a message that points at `--server`. With the engine
+/// running, resumed changes are announced on stderr, and waited for when `open` is `Write`.
 pub fn open_local(
     data: &Path,
-    wait_resumed: bool,
+    open: Open,
     durability: cairn_store::Durability,
 ) -> Result<Backend, Failure> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -85,6 +110,7 @@ pub fn open_local(
         ..Default::default()
     };
     opts.store.durability = durability;
+    opts.drive = open != Open::Read;
     let ws = rt
         .block_on(Workspace::open(data, opts))
         .map_err(|e| open_failure(data, e))?;
@@ -93,7 +119,8 @@ pub fn open_local(
         .ok()
         .and_then(|v| cairn::kernel::query::active_changes(&v).ok())
         .unwrap_or_default();
-    if !active.is_empty() {
+    let wait_resumed = open == Open::Write;
+    if open != Open::Read && !active.is_empty() {
         for c in &active {
             eprintln!(
                 "resuming change {} ({}): {}",
@@ -124,11 +151,24 @@ async fn wait_onload(ws: &Workspace, pkg: &str) -> Result<(), ApiError> {
         if !wanted.iter().any(|w| w == pkg) {
             return Ok(());
         }
+        if ws.stuck().1.iter().any(|w| w == pkg) {
+            return Err(ApiError::new(
+                codes::INTERNAL,
+                format!(
+                    "the onload hook of {pkg} could not be driven (see the log); it runs again \
+                     at the next open"
+                ),
+            ));
+        }
         if !told {
             eprintln!("running the onload hook of {pkg}");
             told = true;
         }
-        ws.wait_for(applied + 1).await?;
+        // A driver that stops commits nothing, so look again now and then.
+        tokio::select! {
+            r = ws.wait_for(applied + 1) => r?,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cairn_server::api::Request;
 use serde_json::Value;
 
-use crate::backend::{open_local, Backend};
+use crate::backend::{open_local, Backend, Open};
 use crate::{output, Failure};
 
 /// The sample packages, as kept under `docs/examples/`.
@@ -66,7 +66,7 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
             .map_err(|e| Failure::Other(format!("cannot write {name}: {e}")))?;
     }
 
-    let b = open_local(&data, false, cairn_store::Durability::Sync)?;
+    let b = open_local(&data, Open::Drive, cairn_store::Durability::Sync)?;
     step(
         2,
         "install three packages (each install is a change; hooks run as child processes)",
@@ -229,7 +229,7 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
         8,
         "reopen: the interrupted uninstall resumes where it stopped",
     );
-    let b = open_local(&data, true, cairn_store::Durability::Sync)?;
+    let b = open_local(&data, Open::Write, cairn_store::Durability::Sync)?;
     let changes = call(&b, Request::ChangeList)?;
     if let Some(last) = changes.as_array().and_then(|a| a.last()) {
         output::change(last);
@@ -255,7 +255,7 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
         },
         &mut |_, _| {},
     )
-    .map_err(|e| Failure::Integrity(e.to_string()))?;
+    .map_err(|e| Failure::from(cairn_server::ApiError::from(e)))?;
     println!(
         "ok: {} entries verified, head {}, digest {}",
         audit.entries,
@@ -295,7 +295,7 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
 /// The demo's second process: starts `uninstall netmon --keep vars`, prints `started <change>`
 /// once the `onuninstall` hook is running, and waits to be killed.
 pub fn victim(data: &Path) -> Result<(), Failure> {
-    let b = open_local(data, false, cairn_store::Durability::Sync)?;
+    let b = open_local(data, Open::Drive, cairn_store::Durability::Sync)?;
     let Backend::Local { rt, svc } = &b else {
         return Err(Failure::Other("the victim runs locally".into()));
     };

@@ -15,7 +15,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use backend::{data_dir, open_local, Backend, Remote};
+use backend::{data_dir, open_local, Backend, Open, Remote};
 use cairn_server::api::{ApiError, Request};
 
 /// Why a command failed, and the exit code it maps to.
@@ -441,13 +441,13 @@ fn print_json(v: &Value) {
 }
 
 /// Opens where the command runs: remote when `--server` is given, else local.
-fn backend(cli: &Cli, wait_resumed: bool) -> Result<Backend, Failure> {
+fn backend(cli: &Cli, open: Open) -> Result<Backend, Failure> {
     match (&cli.server, &cli.token_file) {
         (Some(url), Some(tf)) => Ok(Backend::Remote(Remote::new(url, tf)?)),
         (Some(_), None) => Err(Failure::Usage(
             "--server needs --token-file FILE (the bearer token)".into(),
         )),
-        (None, _) => open_local(&data_dir(&cli.data), wait_resumed, durability(cli)),
+        (None, _) => open_local(&data_dir(&cli.data), open, durability(cli)),
     }
 }
 
@@ -497,8 +497,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Audit(Audit::Verify) => audit(&cli),
         Cmd::Log(Log::Tail { from }) => tail(&cli, *from),
         _ => {
-            let (req, wait_resumed) = request(&cli.command)?;
-            let b = backend(&cli, wait_resumed)?;
+            let (req, open) = request(&cli.command)?;
+            let b = backend(&cli, open)?;
             let result = b.call(req);
             b.close();
             print(&cli, result?)
@@ -506,9 +506,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// The request a plain command runs, and whether local mode first waits for resumed changes
-/// (not for reads and aborts, so a stuck change can be looked at and aborted).
-fn request(cmd: &Cmd) -> Result<(Request, bool), Failure> {
+/// The request a plain command runs, and how local mode opens the workspace for it: reads
+/// without the change engine; writes wait for resumed changes first; aborts and tokens do not
+/// wait, so a stuck change can be looked at and aborted.
+fn request(cmd: &Cmd) -> Result<(Request, Open), Failure> {
+    let (req, writes) = request_of(cmd)?;
+    let open = match (cmd, writes) {
+        (Cmd::Change(Change::Abort { .. }) | Cmd::Token(_), _) => Open::Drive,
+        (_, true) => Open::Write,
+        (_, false) => Open::Read,
+    };
+    Ok((req, open))
+}
+
+fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
     let split = |name: &str| -> Result<(String, String), Failure> {
         cairn_server::service::parse_end("queue", name).map_err(|e| Failure::Usage(e.message))
     };
@@ -820,7 +831,8 @@ fn change_outcome(v: &Value) -> Result<(), Failure> {
     let (Some(status), Some(id)) = (v["status"].as_str(), v["id"].as_str()) else {
         return Ok(());
     };
-    if v.get("tasks").is_none() || status == "done" {
+    let abort = v.get("applied").is_some();
+    if v.get("tasks").is_none() || (status == "done" && !abort) {
         return Ok(());
     }
     let why: Vec<String> = v["tasks"]
@@ -830,7 +842,8 @@ fn change_outcome(v: &Value) -> Result<(), Failure> {
         .flat_map(|t| t["log"].as_array().cloned().unwrap_or_default())
         .filter_map(|l| l.as_str().map(str::to_string))
         .collect();
-    // An abort is asked for: ending undone is its success.
+    // An abort is asked for: ending undone is its success (and ending done means it came
+    // too late).
     if v.get("applied").is_some() && status == "undone" {
         return Ok(());
     }
@@ -854,14 +867,19 @@ fn init(cli: &Cli) -> Result<(), Failure> {
         )));
     }
     let id = cairn::Workspace::init(&data).map_err(|e| Failure::Other(e.to_string()))?;
-    let b = open_local(&data, false, durability(cli))?;
+    // The file exists (empty, 0600) before the token does, so its secret cannot be lost
+    // between the commit and the write.
+    let mut file = create_secret_file(&token_file)?;
+    let b = open_local(&data, Open::Drive, durability(cli))?;
     let created = b.call(Request::TokenCreate {
         name: "admin".into(),
         role: "admin".into(),
     });
     b.close();
     let secret = created?["token"].as_str().unwrap_or_default().to_string();
-    write_secret(&data.join("admin.token"), &secret)?;
+    writeln!(file, "{secret}")
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Failure::Other(format!("cannot write {}: {e}", token_file.display())))?;
     println!("{id}");
     eprintln!(
         "initialized workspace {id} at {}; admin token in {}",
@@ -871,23 +889,20 @@ fn init(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Writes a secret file readable by its owner only (created with mode 0600).
-fn write_secret(path: &Path, secret: &str) -> Result<(), Failure> {
+/// Creates a secret file readable by its owner only (mode 0600); it must not exist.
+fn create_secret_file(path: &Path) -> Result<std::fs::File, Failure> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| Failure::Other(format!("cannot create {}: {e}", path.display())))?;
-    writeln!(f, "{secret}")
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Failure::Other(format!("cannot write {}: {e}", path.display())))
+        .map_err(|e| Failure::Other(format!("cannot create {}: {e}", path.display())))
 }
 
 fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
     let data = local_only(cli, "serve")?;
-    let b = open_local(&data, false, durability(cli))?;
+    let b = open_local(&data, Open::Drive, durability(cli))?;
     let Backend::Local { rt, svc } = b else {
         return Err(Failure::Other(
             "internal: serve needs a local workspace".into(),
@@ -900,6 +915,16 @@ fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
         .local_addr()
         .map_err(|e| Failure::Other(format!("cannot read the bound address: {e}")))?;
     let url = format!("http://{addr}");
+    // Signal handlers first: a SIGTERM right after the URL is printed is a clean shutdown.
+    let (mut term, mut int) = rt
+        .block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })
+        .map_err(|e| Failure::Other(format!("cannot install signal handlers: {e}")))?;
     let url_file = data.join(backend::SERVER_ADDR_FILE);
     let _ = std::fs::write(&url_file, format!("{url}\n"));
     println!("listening on {url}");
@@ -907,10 +932,7 @@ fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
     tracing::info!(%url, workspace = %svc.workspace().id(), "serving");
     let ws = svc.workspace().clone();
     let result = rt.block_on(async move {
-        let shutdown = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
+        let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {},
                 _ = int.recv() => {},
@@ -927,7 +949,7 @@ fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
 
 fn rebuild(cli: &Cli) -> Result<(), Failure> {
     if cli.server.is_some() {
-        let b = backend(cli, false)?;
+        let b = backend(cli, Open::Read)?;
         let Backend::Remote(r) = &b else {
             unreachable!("--server given")
         };
@@ -965,14 +987,14 @@ fn backup(cli: &Cli, dir: &Path) -> Result<(), Failure> {
             dir.display()
         )));
     }
-    let b = backend(cli, false)?;
+    let b = backend(cli, Open::Read)?;
     let result = match &b {
         Backend::Local { svc, .. } => svc
             .workspace()
             .store()
             .backup(dir)
             .map(|_| ())
-            .map_err(|e| Failure::Other(e.to_string())),
+            .map_err(|e| Failure::from(ApiError::from(e))),
         Backend::Remote(r) => receive(r, "/v1/backup", serde_json::json!({}), dir, "backup"),
     };
     b.close();
@@ -1015,7 +1037,7 @@ fn replay(cli: &Cli, until: u64, into: &Path) -> Result<(), Failure> {
             into.display()
         )));
     }
-    let b = backend(cli, false)?;
+    let b = backend(cli, Open::Read)?;
     let result = match &b {
         Backend::Local { svc, .. } => {
             let ws = svc.workspace();
@@ -1072,7 +1094,7 @@ fn replay(cli: &Cli, until: u64, into: &Path) -> Result<(), Failure> {
 }
 
 fn audit(cli: &Cli) -> Result<(), Failure> {
-    let b = backend(cli, false)?;
+    let b = backend(cli, Open::Read)?;
     let result = match &b {
         Backend::Local { svc, .. } => {
             let verify = progress_bar(0, "verify");
@@ -1106,7 +1128,7 @@ fn audit(cli: &Cli) -> Result<(), Failure> {
 }
 
 fn tail(cli: &Cli, from: Option<u64>) -> Result<(), Failure> {
-    let b = backend(cli, false)?;
+    let b = backend(cli, Open::Read)?;
     let out = std::io::stdout();
     let print_line = |line: &str| -> bool {
         let mut o = out.lock();

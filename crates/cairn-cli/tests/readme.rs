@@ -33,11 +33,18 @@ fn the_readme_worked_example_runs_as_written() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // A failing step must not leave the background server holding the output pipes (the
+    // test would wait for it forever): kill whatever the script started, on any exit.
+    let tmp = tempfile::tempdir().unwrap();
     let out = Command::new("bash")
         .arg("-c")
-        .arg(format!("set -euo pipefail\n{script}"))
+        .arg(format!(
+            "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}"
+        ))
         .current_dir(&root)
         .env("PATH", path)
+        .env("TMPDIR", tmp.path())
+        .env("CAIRN_LOG", "warn")
         .env_remove("CAIRN_DATA")
         .env_remove("CAIRN_SERVER")
         .env_remove("CAIRN_TOKEN_FILE")

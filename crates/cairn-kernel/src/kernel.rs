@@ -27,9 +27,10 @@ use crate::records::*;
 /// rebuilds the projection from the log at open.
 pub const PROJECTION_VERSION: u64 = 2;
 /// The kernel's own schema version.
-pub const SCHEMA_VERSION: u32 = 1;
-/// Oldest binary schema version that can open data written by this one.
-pub const SCHEMA_COMPAT_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+/// Oldest binary schema version that can open data written by this one (2: API tokens are
+/// events a version-1 binary cannot apply, so it must refuse the workspace at open).
+pub const SCHEMA_COMPAT_VERSION: u32 = 2;
 /// Name of the kernel's own schema.
 pub const SCHEMA_NAME: &str = "cairn";
 
@@ -125,17 +126,26 @@ impl Default for Kernel {
     }
 }
 
-/// The kernel's own schema: version 1 is the initial layout.
+/// The kernel's own schema: version 1 is the initial layout; version 2 adds API tokens
+/// (`token.created.v1`, `token.revoked.v1`), which version-1 binaries cannot apply.
 pub fn builtin_schema() -> Schema {
     Schema {
         name: SCHEMA_NAME.into(),
         version: SCHEMA_VERSION,
-        migrations: vec![Migration {
-            to: 1,
-            compat: SCHEMA_COMPAT_VERSION,
-            name: "initial".into(),
-            apply: |_| Ok(()),
-        }],
+        migrations: vec![
+            Migration {
+                to: 1,
+                compat: 1,
+                name: "initial".into(),
+                apply: |_| Ok(()),
+            },
+            Migration {
+                to: 2,
+                compat: 2,
+                name: "api-tokens".into(),
+                apply: |_| Ok(()),
+            },
+        ],
     }
 }
 

@@ -442,6 +442,14 @@ impl From<cairn::Error> for ApiError {
             cairn::Error::Store(s) if s.is_integrity() => {
                 ApiError::new(codes::INTEGRITY, e.to_string())
             }
+            // Entries the command would write break the log's limits: nothing was written.
+            cairn::Error::Store(
+                cairn_store::StoreError::BadEntry(_)
+                | cairn_store::StoreError::TooManyEvents { .. },
+            ) => ApiError::new("invalid", e.to_string()),
+            cairn::Error::Store(cairn_store::StoreError::Compacted { .. }) => {
+                ApiError::new(codes::BAD_REQUEST, e.to_string())
+            }
             cairn::Error::Closed => ApiError::new(codes::UNAVAILABLE, e.to_string()),
             cairn::Error::Compacted { .. } => ApiError::new(codes::BAD_REQUEST, e.to_string()),
             _ => ApiError::new(codes::INTERNAL, e.to_string()),

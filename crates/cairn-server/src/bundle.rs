@@ -158,6 +158,12 @@ pub fn read_bundle(
                 partial.display(),
                 dir.display()
             )))?;
+            // The rename is durable once the parent directory is synced.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(format!("sync {}", parent.display())))?;
+            }
             Ok(n)
         }
         Err(e) => {

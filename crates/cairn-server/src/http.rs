@@ -27,6 +27,9 @@ use crate::service::{entry_json, Service};
 pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// Chunks a stream buffers ahead of a slow client.
 pub const STREAM_CHUNKS_AHEAD_MAX: usize = 16;
+/// After a shutdown signal, how long in-flight requests and streams may take before their
+/// connections are dropped.
+pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
 
 #[derive(Clone)]
 struct App {
@@ -53,9 +56,18 @@ pub async fn serve(
             stop.cancel();
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await
+    let serving = axum::serve(listener, app).with_graceful_shutdown(signal);
+    tokio::select! {
+        r = serving => r,
+        // A client that stops reading a stream must not hold the shutdown forever.
+        _ = async {
+            stop.cancelled().await;
+            tokio::time::sleep(std::time::Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
+        } => {
+            tracing::warn!("connections still open {SHUTDOWN_GRACE_MS} ms after the shutdown signal; dropping them");
+            Ok(())
+        }
+    }
 }
 
 /// The router (exposed for tests that drive it without a socket).
@@ -561,8 +573,9 @@ async fn log_tail(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Re
                     return;
                 }
             };
-            if tx.send(Ok(Bytes::from(line))).await.is_err() {
-                return;
+            tokio::select! {
+                sent = tx.send(Ok(Bytes::from(line))) => if sent.is_err() { return },
+                _ = stop.cancelled() => return,
             }
         }
     });
@@ -622,11 +635,10 @@ async fn stream_dir(
         app.svc.metrics().http(e.status);
         return error_response(&e);
     }
+    let data = app.svc.workspace().data_dir().to_path_buf();
     let made = tokio::task::spawn_blocking(move || {
-        let scratch = tempfile::Builder::new()
-            .prefix("cairn-stream-")
-            .tempdir()
-            .map_err(|e| ApiError::new(codes::INTERNAL, format!("scratch directory: {e}")))?;
+        // In the data directory: a checkpoint there is hard links, not a copy.
+        let scratch = cairn::tools::scratch_dir(&data, "stream")?;
         let dir = scratch.path().join("out");
         make(&dir)?;
         Ok::<_, ApiError>((scratch, dir))

@@ -21,6 +21,9 @@ use crate::metrics::Metrics;
 pub const LOG_SHOW_LIMIT_MAX: u64 = 10_000;
 /// Most items one `queue read` returns.
 pub const QUEUE_READ_LIMIT_MAX: u64 = 10_000;
+/// Payload bytes after which `log show` and `queue read` stop adding entries or items (at
+/// least one is always returned), so one request cannot make the server build gigabytes.
+pub const READ_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Runs requests against one workspace. Cheap to clone.
 #[derive(Clone)]
@@ -68,7 +71,18 @@ impl Service {
         };
         let is_command = req.role() == Role::Write || req.role() == Role::Admin;
         let started = Instant::now();
-        let result = self.run(req, &opts).await;
+        let result = if is_command || matches!(req, Request::AuditVerify | Request::LogShow { .. })
+        {
+            self.run(req, &opts).await
+        } else {
+            // Reads scan RocksDB (listings, queue items): on the blocking pool, never on the
+            // executor's workers.
+            let svc = self.clone();
+            let rt = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || rt.block_on(svc.run(req, &opts)))
+                .await
+                .map_err(|e| ApiError::new(codes::INTERNAL, format!("read task failed: {e}")))?
+        };
         if is_command {
             self.metrics
                 .command(started.elapsed(), result.as_ref().err());
@@ -186,7 +200,14 @@ impl Service {
                     not_found(format!("queue {queue:?} of package {pkg:?} does not exist"))
                 })?;
                 let limit = limit.clamp(1, QUEUE_READ_LIMIT_MAX) as usize;
-                let items = query::queue_items(&view, &pkg, &queue, from, limit)?;
+                let mut items = query::queue_items(&view, &pkg, &queue, from, limit)?;
+                let mut bytes = 0;
+                if let Some(cut) = items.iter().position(|(_, item)| {
+                    bytes += item.len();
+                    bytes > READ_BYTES_MAX
+                }) {
+                    items.truncate(cut.max(1));
+                }
                 Ok(Value::Array(
                     items
                         .iter()
@@ -286,9 +307,11 @@ impl Service {
                 Ok(json!({"applied_offset": d.applied, "digest": d.hash.to_string()}))
             }
             Request::AuditVerify => {
-                let _one_at_a_time = self.audit.lock().await;
+                // Held by the replay itself, so a client that goes away does not free it.
+                let one_at_a_time = Arc::clone(&self.audit).lock_owned().await;
                 let ws = ws.clone();
                 let report = tokio::task::spawn_blocking(move || {
+                    let _held = one_at_a_time;
                     cairn::tools::audit_verify(&ws, &mut |_, _| {})
                 })
                 .await
@@ -363,15 +386,14 @@ impl Service {
         tokio::task::spawn_blocking(move || {
             let view = ws.view()?;
             let mut out = Vec::new();
+            let mut bytes = 0;
             let mut failure = None;
             view.visit_log(from, |e| {
                 if kind.as_deref().is_none_or(|k| e.kind.starts_with(k)) {
+                    bytes += e.payload.len();
                     out.push(entry_json(&e));
                 }
-                if (out.len() as u64) >= limit {
-                    return false;
-                }
-                true
+                (out.len() as u64) < limit && bytes <= READ_BYTES_MAX
             })
             .map_err(|err| failure = Some(err))
             .ok();

@@ -52,6 +52,15 @@ fn lock(inner: &Inner) -> std::sync::MutexGuard<'_, EngineState> {
     inner.engine.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Stuck changes and onloads (their drivers stopped on an error).
+pub(crate) fn stuck(inner: &Inner) -> (Vec<Uuid>, Vec<String>) {
+    let engine = lock(inner);
+    (
+        engine.stuck_changes.iter().copied().collect(),
+        engine.stuck_onloads.iter().cloned().collect(),
+    )
+}
+
 /// The engine loop: after every commit (and at start), start drivers for changes and onloads
 /// that need one.
 pub(crate) async fn run(inner: Arc<Inner>) {

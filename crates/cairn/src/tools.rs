@@ -63,13 +63,46 @@ pub fn replay(
         )));
     }
     let until = until.min(view.applied());
-    Store::<KernelMachine>::init(into)?;
+    // Built under `<into>.partial` and renamed when complete: a failed replay leaves nothing
+    // at `into`.
+    let partial = std::path::PathBuf::from(format!("{}.partial", into.display()));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)
+            .map_err(|e| StoreError::io(format!("remove {}", partial.display()), e))?;
+    }
+    let built = replay_at(view, source_data, kernel, until, &partial, progress);
+    match built {
+        Ok(report) => {
+            std::fs::rename(&partial, into).map_err(|e| {
+                StoreError::io(
+                    format!("rename {} to {}", partial.display(), into.display()),
+                    e,
+                )
+            })?;
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&partial);
+            Err(e)
+        }
+    }
+}
+
+fn replay_at(
+    view: &ReadView,
+    source_data: &Path,
+    kernel: cairn_kernel::Kernel,
+    until: u64,
+    dir: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ReplayReport, Error> {
+    Store::<KernelMachine>::init(dir)?;
     let key = source_data.join(VAULT_KEY_FILE);
     if key.exists() {
-        std::fs::copy(&key, into.join(VAULT_KEY_FILE))
+        std::fs::copy(&key, dir.join(VAULT_KEY_FILE))
             .map_err(|e| StoreError::io(format!("copy {}", key.display()), e))?;
     }
-    let store = Store::open(into, KernelMachine(kernel), cairn_store::Options::default())?;
+    let store = Store::open(dir, KernelMachine(kernel), cairn_store::Options::default())?;
     replay_into(view, &store, until, progress)?;
     let out = store.read()?;
     Ok(ReplayReport {
@@ -122,10 +155,8 @@ pub fn audit_verify(
     let view = ws.view()?;
     let verified = view.verify(&mut |p| progress("verify", p))?;
     let stored = view.digest()?;
-    let scratch = tempfile::Builder::new()
-        .prefix("cairn-audit-")
-        .tempdir()
-        .map_err(|e| StoreError::io("create a scratch directory for the audit replay", e))?;
+    // Next to the workspace, on the same file system (system temp may be a small tmpfs).
+    let scratch = scratch_dir(ws.data_dir(), "audit")?;
     let dir = scratch.path().join("replay");
     Store::<KernelMachine>::init(&dir)?;
     let store = Store::open(
@@ -154,4 +185,18 @@ pub fn audit_verify(
         head_hash: verified.head.hash.0,
         digest: stored.hash.0,
     })
+}
+
+/// A scratch directory for a full-size copy of the workspace: inside the data directory
+/// (`.scratch-<what>-*`), so it is on the same file system, and removed when dropped.
+pub fn scratch_dir(data: &Path, what: &str) -> Result<tempfile::TempDir, Error> {
+    tempfile::Builder::new()
+        .prefix(&format!(".scratch-{what}-"))
+        .tempdir_in(data)
+        .map_err(|e| {
+            Error::Store(StoreError::io(
+                format!("create a scratch directory in {}", data.display()),
+                e,
+            ))
+        })
 }

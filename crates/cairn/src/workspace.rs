@@ -63,6 +63,10 @@ pub struct Options {
     /// the manifest (the declaration is replicated state; the handler is this process's way
     /// of running it).
     pub hook_handlers: BTreeMap<(String, String), HookHandler>,
+    /// Start the change engine: resume changes in progress, drive new ones, run `onload`
+    /// hooks (default). `false` is for a process that only reads (a CLI listing): it must not
+    /// start hooks it would kill a moment later when it exits.
+    pub drive: bool,
 }
 
 impl Default for Options {
@@ -72,6 +76,7 @@ impl Default for Options {
             kernel: Kernel::new(),
             actor: "local".into(),
             hook_handlers: BTreeMap::new(),
+            drive: true,
         }
     }
 }
@@ -205,8 +210,10 @@ impl Workspace {
             tracing::info!(?command, "recording schema migration");
             ws.execute(command, &CommandOptions::default()).await?;
         }
-        let engine = tokio::spawn(crate::engine::run(Arc::clone(&inner)));
-        *ws.handle.engine.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
+        if options.drive {
+            let engine = tokio::spawn(crate::engine::run(Arc::clone(&inner)));
+            *ws.handle.engine.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
+        }
         Ok(ws)
     }
 
@@ -395,6 +402,9 @@ impl Workspace {
 
     /// Waits until no change is in progress and the engine drives nothing (onload hooks
     /// excepted: they may run for as long as the package lives).
+    ///
+    /// Fails, instead of waiting forever, once every change still in progress has a driver
+    /// that stopped on an error (such a change resumes at the next open).
     pub async fn wait_idle(&self) -> Result<(), Error> {
         let mut rx = self.inner().applied.subscribe();
         loop {
@@ -402,11 +412,28 @@ impl Workspace {
             if active.is_empty() {
                 return Ok(());
             }
+            let (stuck, _) = self.stuck();
+            if active.iter().all(|c| stuck.contains(&c.id)) {
+                let ids: Vec<String> = active.iter().map(|c| c.id.to_string()).collect();
+                return Err(Error::Internal(format!(
+                    "the driver of change {} stopped on an error (see the log); it resumes at \
+                     the next open",
+                    ids.join(", ")
+                )));
+            }
+            // A driver that stops commits nothing, so look again now and then.
             tokio::select! {
                 r = rx.changed() => r.map_err(|_| Error::Closed)?,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
                 _ = self.inner().shutdown.cancelled() => return Err(Error::Closed),
             }
         }
+    }
+
+    /// Changes and `onload`s whose driver stopped on an error in this process: they are not
+    /// driven again until the workspace is next opened.
+    pub fn stuck(&self) -> (Vec<Uuid>, Vec<String>) {
+        crate::engine::stuck(self.inner())
     }
 
     /// The change id a change-starting command committed (the original one on an idempotent
@@ -646,6 +673,14 @@ impl Workspace {
         role: cairn_kernel::model::Role,
         opts: &CommandOptions,
     ) -> Result<(Committed, String), Error> {
+        if opts.idempotency_key.is_some() {
+            // A retry would return the first attempt's offsets but a new secret that matches
+            // no stored hash.
+            return Err(Error::Rejected(cairn_kernel::Rejection::Invalid(
+                "token create cannot carry an idempotency key (its secret is shown only once)"
+                    .into(),
+            )));
+        }
         let secret = crate::tokens::new_secret();
         let command = Command::TokenCreate {
             name: name.into(),

@@ -81,7 +81,8 @@ async fn migrations_run_once_in_order_and_are_recorded() {
         [
             "app:1:create-things",
             "app:2:split-things",
-            "cairn:1:initial"
+            "cairn:1:initial",
+            "cairn:2:api-tokens"
         ]
     );
     let v = ws.view().unwrap();
@@ -92,7 +93,7 @@ async fn migrations_run_once_in_order_and_are_recorded() {
 
     // Reopen with the same binary: nothing new.
     let ws = s.open_with(with_schema(app_schema(2, 1))).await;
-    assert_eq!(migrations_in_log(&ws).await.len(), 3);
+    assert_eq!(migrations_in_log(&ws).await.len(), 4);
     ws.close().await;
 
     // A newer binary records only the new migration.
@@ -103,6 +104,7 @@ async fn migrations_run_once_in_order_and_are_recorded() {
             "app:1:create-things",
             "app:2:split-things",
             "cairn:1:initial",
+            "cairn:2:api-tokens",
             "app:3:drop-old-things"
         ]
     );
