@@ -88,6 +88,9 @@ enum Cmd {
     /// A package's durable queues (named PKG:QUEUE).
     #[command(subcommand)]
     Queue(Queue),
+    /// A package's vaults (secrets, sealed with the workspace key before they are logged).
+    #[command(subcommand)]
+    Vault(Vault),
     /// Features: list, set, report.
     #[command(subcommand)]
     Feature(Feature),
@@ -262,6 +265,28 @@ enum Queue {
         name: String,
         /// Last sequence number acknowledged.
         upto: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum Vault {
+    /// Store a secret (the log and backups hold only its ciphertext).
+    #[command(after_help = "Example:\n  cairn vault set netmon api-token s3cret")]
+    Set {
+        /// Package.
+        pkg: String,
+        /// Vault.
+        vault: String,
+        /// The secret.
+        secret: String,
+    },
+    /// Print a secret (admin token in remote mode).
+    #[command(after_help = "Example:\n  cairn vault get netmon api-token")]
+    Get {
+        /// Package.
+        pkg: String,
+        /// Vault.
+        vault: String,
     },
 }
 
@@ -614,6 +639,21 @@ fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
                 true,
             )
         }
+        Cmd::Vault(Vault::Set { pkg, vault, secret }) => (
+            Request::VaultSet {
+                pkg: pkg.clone(),
+                vault: vault.clone(),
+                secret: secret.clone(),
+            },
+            true,
+        ),
+        Cmd::Vault(Vault::Get { pkg, vault }) => (
+            Request::VaultGet {
+                pkg: pkg.clone(),
+                vault: vault.clone(),
+            },
+            false,
+        ),
         Cmd::Feature(Feature::List) => (Request::FeatureList, false),
         Cmd::Feature(Feature::Set {
             name,
@@ -754,6 +794,11 @@ fn print_answer(cli: &Cli, v: &Value) {
         }
         Cmd::Var(Var::Get { .. }) => match &v["value"] {
             Value::String(s) => println!("{s}"),
+            other => println!("{other}"),
+        },
+        Cmd::Vault(Vault::Get { .. }) => match &v["secret"] {
+            Value::String(s) => println!("{s}"),
+            Value::Null => eprintln!("(the vault holds no secret)"),
             other => println!("{other}"),
         },
         Cmd::Var(Var::List { .. }) => output::vars(&v),

@@ -24,6 +24,7 @@ fn reads(change: &str) -> Vec<Vec<String>> {
         v(&["var", "list", "netmon"]),
         v(&["var", "list", "netmon", "--json"]),
         v(&["queue", "read", "netmon:events"]),
+        v(&["vault", "get", "netmon", "api-token"]),
         v(&["queue", "read", "netmon:events", "--from", "2", "--json"]),
         v(&["feature", "list"]),
         v(&["feature", "list", "--json"]),
@@ -88,6 +89,21 @@ fn every_command_in_local_and_remote_mode() {
         items,
         serde_json::json!([{"seq": 2, "item": "b"}, {"seq": 3, "item": "c"}])
     );
+
+    // Vaults: the secret is sealed before it is logged; only an admin reads it back.
+    ws.local(&["vault", "set", "netmon", "api-token", "s3cret-value"])
+        .ok();
+    assert_eq!(
+        ws.local(&["vault", "get", "netmon", "api-token"]).ok(),
+        "s3cret-value\n"
+    );
+    let log = ws.local(&["log", "show", "--json", "--limit", "1000"]).ok();
+    assert!(!log.contains("s3cret-value"), "plaintext in the log");
+    let sealed = ws
+        .local(&["log", "show", "--json", "--kind", "vault.set"])
+        .ok();
+    let sealed: Value = serde_json::from_str(sealed.lines().next().unwrap()).unwrap();
+    assert!(sealed["event"]["ciphertext_hex"].as_str().unwrap().len() > 2 * "s3cret-value".len());
 
     let features = ws.local(&["feature", "list", "--json"]).json();
     let netmon_rev = features
@@ -184,6 +200,23 @@ fn every_command_in_local_and_remote_mode() {
         .remote(&reader_file, &["var", "set", "netmon", "threshold", "1"])
         .expect(1);
     assert!(denied.stderr.contains("role read"), "{}", denied.stderr);
+    let denied = server
+        .remote(&reader_file, &["vault", "get", "netmon", "api-token"])
+        .expect(1);
+    assert!(
+        denied.stderr.contains("this needs admin"),
+        "{}",
+        denied.stderr
+    );
+    server
+        .remote(&admin, &["vault", "set", "netmon", "api-token", "rotated"])
+        .ok();
+    assert_eq!(
+        server
+            .remote(&admin, &["vault", "get", "netmon", "api-token"])
+            .ok(),
+        "rotated\n"
+    );
 
     // --- remote writes -------------------------------------------------------------------
     server

@@ -99,6 +99,15 @@ fn every_request() -> Vec<Request> {
             queue: s("q"),
             upto: 1,
         },
+        Request::VaultSet {
+            pkg: s("nosuch"),
+            vault: s("v"),
+            secret: s("x"),
+        },
+        Request::VaultGet {
+            pkg: s("netmon"),
+            vault: s("api-token"),
+        },
         Request::FeatureList,
         Request::FeatureSet {
             name: s("nosuch"),
@@ -224,6 +233,13 @@ fn every_endpoint_allows_and_denies_each_role_as_documented() {
             Some(r#"{"upto": 1}"#),
             "write",
         ),
+        (
+            "PUT",
+            "/v1/vaults/nosuch/v".into(),
+            Some(r#"{"secret": "x"}"#),
+            "write",
+        ),
+        ("GET", "/v1/vaults/netmon/api-token".into(), None, "admin"),
         ("GET", "/v1/features".into(), None, "read"),
         (
             "PUT",

@@ -98,6 +98,22 @@ pub enum Request {
         /// Last item acknowledged.
         upto: u64,
     },
+    /// `cairn vault set PKG VAULT SECRET` (sealed before it is logged).
+    VaultSet {
+        /// Owning package.
+        pkg: String,
+        /// Vault.
+        vault: String,
+        /// The secret (text).
+        secret: String,
+    },
+    /// `cairn vault get PKG VAULT` (admin: the plaintext).
+    VaultGet {
+        /// Owning package.
+        pkg: String,
+        /// Vault.
+        vault: String,
+    },
     /// `cairn feature list`
     FeatureList,
     /// `cairn feature set NAME STATE`
@@ -214,12 +230,13 @@ impl Request {
             | VarDel { .. }
             | QueuePut { .. }
             | QueueAck { .. }
+            | VaultSet { .. }
             | FeatureSet { .. }
             | FeatureReport { .. }
             | IfaceConnect { .. }
             | IfaceDisconnect { .. }
             | ChangeAbort { .. } => Role::Write,
-            TokenCreate { .. } | TokenRevoke { .. } | TokenList => Role::Admin,
+            TokenCreate { .. } | TokenRevoke { .. } | TokenList | VaultGet { .. } => Role::Admin,
         }
     }
 
@@ -296,6 +313,12 @@ impl Request {
                 format!("/v1/queues/{}/{}/ack", e(pkg), e(queue)),
                 json!({ "upto": upto }),
             ),
+            VaultSet { pkg, vault, secret } => with(
+                "PUT",
+                format!("/v1/vaults/{}/{}", e(pkg), e(vault)),
+                json!({ "secret": secret }),
+            ),
+            VaultGet { pkg, vault } => get(format!("/v1/vaults/{}/{}", e(pkg), e(vault))),
             FeatureList => get("/v1/features".into()),
             FeatureSet {
                 name,

@@ -90,6 +90,7 @@ fn router(svc: Service, shutdown: CancellationToken) -> Router {
             get(queue_read).post(queue_put),
         )
         .route("/v1/queues/{pkg}/{queue}/ack", post(queue_ack))
+        .route("/v1/vaults/{pkg}/{vault}", get(vault_get).put(vault_set))
         .route("/v1/features", get(feature_list))
         .route("/v1/features/{name}/state", put(feature_set))
         .route("/v1/features/{name}/observed", put(feature_report))
@@ -419,6 +420,35 @@ async fn queue_ack(
         upto: b.upto,
     });
     app.run(&headers, req).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VaultBody {
+    secret: String,
+}
+
+async fn vault_set(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((pkg, vault)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<VaultBody>(body).map(|b| Request::VaultSet {
+        pkg,
+        vault,
+        secret: b.secret,
+    });
+    app.run(&headers, req).await
+}
+
+async fn vault_get(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((pkg, vault)): Path<(String, String)>,
+) -> Response {
+    app.run(&headers, Ok(Request::VaultGet { pkg, vault }))
+        .await
 }
 
 async fn feature_list(State(app): State<App>, headers: HeaderMap) -> Response {

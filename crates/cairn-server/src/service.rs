@@ -218,6 +218,17 @@ impl Service {
             Request::QueueAck { pkg, queue, upto } => {
                 committed(ws.queue_ack(&pkg, &queue, upto, opts).await?)
             }
+            Request::VaultSet { pkg, vault, secret } => {
+                committed(ws.vault_set(&pkg, &vault, secret.as_bytes(), opts).await?)
+            }
+            Request::VaultGet { pkg, vault } => {
+                let secret = ws.vault_get(&pkg, &vault)?;
+                Ok(json!({
+                    "pkg": pkg,
+                    "vault": vault,
+                    "secret": secret.as_deref().map(bytes_json),
+                }))
+            }
             Request::FeatureList => {
                 let features = query::features(&ws.view()?)?;
                 Ok(Value::Array(
