@@ -42,6 +42,7 @@ fn call(b: &Backend, req: Request) -> Result<Value, Failure> {
 pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
     let started = Instant::now();
     let scratch;
+    let scratch_kept = into.is_some();
     let root = match into {
         Some(dir) => dir,
         None => {
@@ -57,7 +58,7 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
 
     step(
         1,
-        "init: a new workspace (one RocksDB database, a vault key, an admin token)",
+        "init: a new workspace (one RocksDB database and a vault key)",
     );
     let id = cairn::Workspace::init(&data).map_err(|e| Failure::Other(e.to_string()))?;
     println!("workspace id {id}");
@@ -288,7 +289,11 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
          resumed, and an audit that replayed everything to the same digest. ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
-    println!("Explore it: cairn --data {} log show", data.display());
+    if scratch_kept {
+        println!("Explore it: cairn --data {} log show", data.display());
+    } else {
+        println!("(the scratch workspace is removed now; `cairn demo --into DIR` keeps it)");
+    }
     Ok(())
 }
 

@@ -463,3 +463,36 @@ fn usage_errors_exit_2_and_init_or_serve_have_no_remote_mode() {
     let out = run(&["--server", "http://127.0.0.1:9", "pkg", "list"]);
     assert_eq!(out.code, 2, "--server without --token-file: {out:#?}");
 }
+
+#[test]
+fn the_demo_runs_the_whole_lifecycle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let into = tmp.path().join("demo");
+    let out = run(&["demo", "--into", into.to_str().unwrap()]).expect(0);
+    assert!(out.stderr.contains("resuming change"), "{}", out.stderr);
+    let out = out.stdout;
+    for step in [
+        "flaky.toml: install change",
+        "refused: feature \"bgp\" does not exist",
+        "status   error",
+        "killed it: signal: 9",
+        "hook onuninstall attempt 2",
+        "ok: ",
+        "package.removed.v1",
+    ] {
+        assert!(out.contains(step), "the demo should show {step:?}:\n{out}");
+    }
+    // The kept workspace is a real one: its audit passes, and netmon is gone with its vars kept.
+    let data = into.join("workspace");
+    run(&["--data", data.to_str().unwrap(), "audit", "verify"]).ok();
+    let vars = run(&[
+        "--data",
+        data.to_str().unwrap(),
+        "var",
+        "list",
+        "netmon",
+        "--json",
+    ])
+    .json();
+    assert_eq!(vars[0]["kept_from"], "netmon");
+}
