@@ -498,7 +498,7 @@ fn progress_bar(total: u64, what: &str) -> ProgressBar {
     }
     let pb = ProgressBar::new(total);
     pb.set_style(
-        ProgressStyle::with_template("{msg:>8} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+        ProgressStyle::with_template("{msg:>8} [{bar:40}] {human_pos}/{human_len} ({eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );

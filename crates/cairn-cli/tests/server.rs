@@ -754,3 +754,34 @@ fn sigterm_answers_requests_waiting_for_a_change_and_the_change_resumes_later() 
         .json();
     assert_eq!(aborted["status"], "undone", "{aborted}");
 }
+
+#[test]
+fn a_write_retried_with_the_same_idempotency_key_is_committed_once() {
+    let (ws, t) = setup();
+    let server = ws.serve();
+    let put = |key: &str, value: &str| -> Value {
+        let agent = ureq::AgentBuilder::new().build();
+        let r = agent
+            .put(&format!("{}/v1/vars/netmon/threshold", server.url))
+            .set("authorization", &format!("Bearer {}", t.write))
+            .set("idempotency-key", key)
+            .send_string(&format!("{{\"value\": \"{value}\"}}"))
+            .unwrap();
+        r.into_json().unwrap()
+    };
+    let first = put("retry-1", "7");
+    assert_eq!(first["replayed"], false);
+    let again = put("retry-1", "8");
+    assert_eq!(again["replayed"], true, "{again}");
+    assert_eq!(again["offsets"], first["offsets"]);
+    let (_, v) = http(
+        "GET",
+        &format!("{}/v1/vars/netmon/threshold", server.url),
+        Some(&t.read),
+        None,
+    );
+    let v: Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["value"], "7", "the retry wrote nothing");
+    assert_eq!(put("retry-2", "9")["replayed"], false);
+    assert!(server.stop().success());
+}

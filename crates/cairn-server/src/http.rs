@@ -128,7 +128,17 @@ impl App {
                 Err(e) => Err(e),
                 Ok(req) => {
                     let what = format!("{req:?}");
-                    let r = self.svc.handle(req, &actor).await;
+                    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+                        None => Ok(None),
+                        Some(Ok(k)) => Ok(Some(k.to_string())),
+                        Some(Err(_)) => Err(ApiError::bad(
+                            "the Idempotency-Key header is not visible ASCII",
+                        )),
+                    };
+                    let r = match key {
+                        Ok(key) => self.svc.handle_keyed(req, &actor, key).await,
+                        Err(e) => Err(e),
+                    };
                     match &r {
                         Ok(_) => tracing::debug!(actor, request = %short(&what), "ok"),
                         Err(e) => {

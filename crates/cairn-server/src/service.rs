@@ -65,9 +65,21 @@ impl Service {
 
     /// Runs one request as `actor` (recorded in the entries it writes).
     pub async fn handle(&self, req: Request, actor: &str) -> Result<Value, ApiError> {
+        self.handle_keyed(req, actor, None).await
+    }
+
+    /// Runs one request with an idempotency key: a command retried with a key seen before
+    /// (the last 100 000 are remembered) writes nothing and answers with the original
+    /// offsets (`"replayed": true`), or the original change.
+    pub async fn handle_keyed(
+        &self,
+        req: Request,
+        actor: &str,
+        idempotency_key: Option<String>,
+    ) -> Result<Value, ApiError> {
         let opts = CommandOptions {
             actor: Some(actor.to_string()),
-            idempotency_key: None,
+            idempotency_key,
         };
         let is_command = req.role() == Role::Write || req.role() == Role::Admin;
         let started = Instant::now();
