@@ -3,6 +3,7 @@
 //! benches measure the same work.
 
 pub mod lifecycle;
+pub mod server;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

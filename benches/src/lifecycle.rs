@@ -139,28 +139,33 @@ impl KernelSink {
     }
 
     fn command(i: u64) -> Command {
-        let (thread, n) = (i >> 40, i & ((1 << 40) - 1));
-        if n % 4 == 3 {
-            // Thread t owns feature f<t / 4> of package bench<t % 4>, and starts it enabled.
-            let t = thread % (SINK_PACKAGES * SINK_FEATURES_PER_PACKAGE);
-            let name = format!("bench{}-f{}", t % SINK_PACKAGES, t / SINK_PACKAGES);
-            let state = if (n / 4) % 2 == 0 {
-                FeatureState::Disabled
-            } else {
-                FeatureState::Enabled
-            };
-            Command::FeatureSet {
-                name,
-                state,
-                expect_revision: None,
-            }
+        sink_command(i)
+    }
+}
+
+/// The `i`-th command of the kernel sink's mix (`i`: writer thread << 40 | sequence).
+pub fn sink_command(i: u64) -> Command {
+    let (thread, n) = (i >> 40, i & ((1 << 40) - 1));
+    if n % 4 == 3 {
+        // Thread t owns feature f<t / 4> of package bench<t % 4>, and starts it enabled.
+        let t = thread % (SINK_PACKAGES * SINK_FEATURES_PER_PACKAGE);
+        let name = format!("bench{}-f{}", t % SINK_PACKAGES, t / SINK_PACKAGES);
+        let state = if (n / 4) % 2 == 0 {
+            FeatureState::Disabled
         } else {
-            Command::VarSet {
-                owner: format!("bench{}", (thread + n) % SINK_PACKAGES),
-                key: format!("key{}", (thread * 7 + n) % SINK_KEYS),
-                value: payload(i),
-                expect_revision: None,
-            }
+            FeatureState::Enabled
+        };
+        Command::FeatureSet {
+            name,
+            state,
+            expect_revision: None,
+        }
+    } else {
+        Command::VarSet {
+            owner: format!("bench{}", (thread + n) % SINK_PACKAGES),
+            key: format!("key{}", (thread * 7 + n) % SINK_KEYS),
+            value: payload(i),
+            expect_revision: None,
         }
     }
 }

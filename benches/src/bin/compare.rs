@@ -22,6 +22,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_benches::lifecycle::{self, KernelSink, MixSpec};
+use cairn_benches::server::HttpSink;
 use cairn_benches::{throughput, CairnSink, Grouped, RawDirect, Sink};
 use cairn_store::Durability;
 
@@ -68,6 +69,14 @@ fn main() {
                     let small = build(scratch.path(), "small", sizes.small);
                     open_times(&big, &small, sizes.opens);
                 }
+            }
+            "server64" => {
+                let sink = HttpSink::open(&scratch.path().join("only"), Durability::Sync);
+                let ops = throughput(&sink, 64, Duration::from_secs(5));
+                let shape = cairn_benches::Sink::groups(&sink)
+                    .unwrap_or_default()
+                    .describe();
+                println!("cairn server64: {ops:.0} commands/s over HTTP; {shape}");
             }
             "kernel64" => {
                 let sink = KernelSink::open(&scratch.path().join("only"), Durability::Sync);
@@ -129,6 +138,7 @@ fn main() {
     };
     let mut results = Vec::new();
     let mut kernel = Vec::new();
+    let mut server = Vec::new();
     println!(
         "{:<12} {:>14} {:>16} {:>16} {:>14} {:>8}",
         "workload", "cairn ops/s", "rocksdb-direct", "rocksdb-grouped", "sqlite ops/s", "ratio"
@@ -157,6 +167,7 @@ fn main() {
             grouped.push(run("rocksdb-grouped", &Grouped::rocksdb(&dir(), case.sync)));
             if case.name == "sync64" {
                 kernel.push(run("kernel", &KernelSink::open(&dir(), durability)));
+                server.push(run("server", &HttpSink::open(&dir(), durability)));
                 sqlite.push(run(
                     "sqlite",
                     &Grouped::sqlite(&{
@@ -196,6 +207,12 @@ fn main() {
         "kernel sync64: {kernel:.0} commands/s (3/4 var sets of 256 bytes, 1/4 feature toggles) \
          vs store-only sync64 {cairn64:.0} ops/s: {:.2} (target ≥ 0.7)",
         kernel / cairn64
+    );
+    let server = median(server);
+    println!(
+        "server sync64: {server:.0} commands/s over HTTP (the same mix, 64 client threads with \
+         keep-alive, JSON, bearer token) vs in-process {kernel:.0}: {:.2}",
+        server / kernel
     );
     let big = build(scratch.path(), "big", sizes.big);
     let (iterate, rebuild) = rebuild_rates(&big, sizes.rounds);

@@ -127,7 +127,12 @@ impl App {
             Ok(actor) => match req {
                 Err(e) => Err(e),
                 Ok(req) => {
-                    let what = format!("{req:?}");
+                    // Formatted only when it will be logged (this is per request).
+                    let what = if tracing::enabled!(tracing::Level::INFO) {
+                        format!("{req:?}")
+                    } else {
+                        String::new()
+                    };
                     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
                         None => Ok(None),
                         Some(Ok(k)) => Ok(Some(k.to_string())),
