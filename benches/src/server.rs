@@ -56,7 +56,10 @@ impl HttpSink {
             served: Some(served),
             url,
             auth: format!("Bearer {secret}"),
-            agent: ureq::AgentBuilder::new().max_idle_connections(128).build(),
+            agent: ureq::AgentBuilder::new()
+                .max_idle_connections(128)
+                .max_idle_connections_per_host(128)
+                .build(),
         }
     }
 }

@@ -71,7 +71,7 @@ impl Backend {
                 // again at the next open), instead of leaving them orphaned.
                 tokio::select! {
                     r = work => r,
-                    _ = tokio::signal::ctrl_c() => Err(ApiError::new(
+                    _ = interrupted() => Err(ApiError::new(
                         codes::UNAVAILABLE,
                         "interrupted; what was recorded stays, and a change in progress \
                          continues at the next open",
@@ -130,8 +130,20 @@ pub fn open_local(
             );
         }
         if wait_resumed {
-            rt.block_on(ws.wait_idle())
-                .map_err(|e| Failure::Other(e.to_string()))?;
+            let waited = rt.block_on(async {
+                tokio::select! {
+                    r = ws.wait_idle() => r.map_err(|e| Failure::Other(e.to_string())),
+                    _ = interrupted() => Err(Failure::Other(
+                        "interrupted while resumed changes ran; they continue at the next open"
+                            .into(),
+                    )),
+                }
+            });
+            if let Err(e) = waited {
+                // Stops the hooks this process runs (they run again at the next open).
+                rt.block_on(ws.close());
+                return Err(e);
+            }
             eprintln!("resumed changes finished");
         }
     }
@@ -140,6 +152,15 @@ pub fn open_local(
         rt,
         svc: Service::new(ws),
     })
+}
+
+/// Resolves at the first Ctrl-C; a second one during the clean-up that follows exits at once.
+async fn interrupted() {
+    let _ = tokio::signal::ctrl_c().await;
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
 }
 
 /// Waits until `pkg`'s `onload` hook is no longer pending or running.

@@ -270,15 +270,16 @@ enum Queue {
 
 #[derive(Subcommand)]
 enum Vault {
-    /// Store a secret (the log and backups hold only its ciphertext).
-    #[command(after_help = "Example:\n  cairn vault set netmon api-token s3cret")]
+    /// Store a secret read from stdin (the log and backups hold only its ciphertext).
+    #[command(after_help = "Example:\n  printf %s \"$TOKEN\" | cairn vault set netmon api-token")]
     Set {
         /// Package.
         pkg: String,
         /// Vault.
         vault: String,
-        /// The secret.
-        secret: String,
+        /// The secret; read from stdin when absent (an argument is visible to other users in
+        /// the process list). One trailing newline is dropped.
+        secret: Option<String>,
     },
     /// Print a secret (admin token in remote mode).
     #[command(after_help = "Example:\n  cairn vault get netmon api-token")]
@@ -537,7 +538,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
 fn request(cmd: &Cmd) -> Result<(Request, Open), Failure> {
     let (req, writes) = request_of(cmd)?;
     let open = match (cmd, writes) {
-        (Cmd::Change(Change::Abort { .. }) | Cmd::Token(_), _) => Open::Drive,
+        (Cmd::Change(Change::Abort { .. }), _) => Open::Drive,
+        // Tokens touch no change: no engine, no hooks.
+        (Cmd::Token(_), _) => Open::Read,
         (_, true) => Open::Write,
         (_, false) => Open::Read,
     };
@@ -643,7 +646,10 @@ fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
             Request::VaultSet {
                 pkg: pkg.clone(),
                 vault: vault.clone(),
-                secret: secret.clone(),
+                secret: match secret {
+                    Some(s) => s.clone(),
+                    None => read_secret()?,
+                },
             },
             true,
         ),
@@ -734,6 +740,20 @@ fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
             return Err(Failure::Other("internal: not a plain request".into()))
         }
     })
+}
+
+/// A secret from stdin, without one trailing newline.
+fn read_secret() -> Result<String, Failure> {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+        .map_err(|e| Failure::Other(format!("cannot read the secret from stdin: {e}")))?;
+    if s.ends_with('\n') {
+        s.pop();
+        if s.ends_with('\r') {
+            s.pop();
+        }
+    }
+    Ok(s)
 }
 
 /// Prints a plain command's answer. A command that waited for a change fails (exit 1) unless
@@ -915,13 +935,23 @@ fn init(cli: &Cli) -> Result<(), Failure> {
     // The file exists (empty, 0600) before the token does, so its secret cannot be lost
     // between the commit and the write.
     let mut file = create_secret_file(&token_file)?;
-    let b = open_local(&data, Open::Drive, durability(cli))?;
-    let created = b.call(Request::TokenCreate {
-        name: "admin".into(),
-        role: "admin".into(),
+    let created = open_local(&data, Open::Read, durability(cli)).and_then(|b| {
+        let r = b.call(Request::TokenCreate {
+            name: "admin".into(),
+            role: "admin".into(),
+        });
+        b.close();
+        r.map_err(Failure::from)
     });
-    b.close();
-    let secret = created?["token"].as_str().unwrap_or_default().to_string();
+    let created = match created {
+        Ok(v) => v,
+        Err(e) => {
+            // No token was made: leave no empty token file behind.
+            let _ = std::fs::remove_file(&token_file);
+            return Err(e);
+        }
+    };
+    let secret = created["token"].as_str().unwrap_or_default().to_string();
     writeln!(file, "{secret}")
         .and_then(|_| file.sync_all())
         .map_err(|e| Failure::Other(format!("cannot write {}: {e}", token_file.display())))?;

@@ -785,3 +785,51 @@ fn a_write_retried_with_the_same_idempotency_key_is_committed_once() {
     assert_eq!(put("retry-2", "9")["replayed"], false);
     assert!(server.stop().success());
 }
+
+#[test]
+fn vault_secrets_stay_out_of_the_server_log() {
+    let (ws, t) = setup();
+    let log = ws.path("server.log");
+    let server = Server::start_with(
+        &ws.data,
+        "debug",
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    // A failing set (no such package: logged at info) and a successful one (debug).
+    for (pkg, status) in [("nosuch", 404), ("netmon", 200)] {
+        let (got, body) = http(
+            "PUT",
+            &format!("{}/v1/vaults/{pkg}/api-token", server.url),
+            Some(&t.write),
+            Some(r#"{"secret": "hunter2-do-not-log"}"#),
+        );
+        assert_eq!(got, status, "{body}");
+    }
+    assert!(server.stop().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("VaultSet"),
+        "the requests were logged: {text}"
+    );
+    assert!(
+        !text.contains("hunter2"),
+        "a secret reached the log:\n{text}"
+    );
+    // And from stdin through the CLI (an argument would be visible in the process list).
+    let out = run_with_stdin(
+        &[
+            "--data",
+            ws.data.to_str().unwrap(),
+            "vault",
+            "set",
+            "netmon",
+            "api-token",
+        ],
+        "from-stdin\n",
+    );
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert_eq!(
+        ws.local(&["vault", "get", "netmon", "api-token"]).ok(),
+        "from-stdin\n"
+    );
+}

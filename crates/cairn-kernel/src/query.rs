@@ -99,8 +99,22 @@ pub fn queue_items(
     from: u64,
     limit: usize,
 ) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
+    queue_items_bounded(state, owner, name, from, limit, usize::MAX)
+}
+
+/// Like [`queue_items`], stopping once the items returned hold more than `bytes_max` bytes (at
+/// least one item is returned when there is one).
+pub fn queue_items_bounded(
+    state: &dyn StateRead,
+    owner: &str,
+    name: &str,
+    from: u64,
+    limit: usize,
+    bytes_max: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
     let prefix = keys::queue_items(owner, name);
     let mut out = Vec::new();
+    let mut bytes: usize = 0;
     if limit == 0 {
         return Ok(out);
     }
@@ -110,6 +124,10 @@ pub fn queue_items(
             .map(u64::from_be_bytes)
             .unwrap_or(0);
         if seq >= from {
+            if !out.is_empty() && bytes.saturating_add(v.len()) > bytes_max {
+                return false;
+            }
+            bytes += v.len();
             out.push((seq, v.to_vec()));
         }
         out.len() < limit

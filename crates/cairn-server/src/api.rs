@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// One operation. Names, states, roles and keep kinds travel as text and are checked by the
 /// service, so both modes reject bad values with the same message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// `cairn status`
@@ -193,6 +193,24 @@ pub enum Request {
     TokenList,
 }
 
+/// For logs: every field but a vault secret, which is redacted.
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::VaultSet { pkg, vault, .. } => f
+                .debug_struct("VaultSet")
+                .field("pkg", pkg)
+                .field("vault", vault)
+                .field("secret", &"<redacted>")
+                .finish(),
+            other => {
+                let v = serde_json::to_value(other).map_err(|_| std::fmt::Error)?;
+                write!(f, "{v}")
+            }
+        }
+    }
+}
+
 /// How a request travels over HTTP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Http {
@@ -207,6 +225,43 @@ pub struct Http {
 }
 
 impl Request {
+    /// Whether the request only reads (it runs on the blocking pool and is not timed as a
+    /// command).
+    pub fn is_read(&self) -> bool {
+        use Request::*;
+        match self {
+            Status
+            | PkgList
+            | PkgShow { .. }
+            | VarGet { .. }
+            | VarList { .. }
+            | QueueRead { .. }
+            | VaultGet { .. }
+            | FeatureList
+            | IfaceList
+            | ChangeList
+            | ChangeShow { .. }
+            | LogShow { .. }
+            | StateDigest
+            | AuditVerify
+            | TokenList => true,
+            PkgInstall { .. }
+            | PkgUninstall { .. }
+            | VarSet { .. }
+            | VarDel { .. }
+            | QueuePut { .. }
+            | QueueAck { .. }
+            | VaultSet { .. }
+            | FeatureSet { .. }
+            | FeatureReport { .. }
+            | IfaceConnect { .. }
+            | IfaceDisconnect { .. }
+            | ChangeAbort { .. }
+            | TokenCreate { .. }
+            | TokenRevoke { .. } => false,
+        }
+    }
+
     /// The least role that may run this request.
     pub fn role(&self) -> Role {
         use Request::*;

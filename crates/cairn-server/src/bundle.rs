@@ -145,9 +145,20 @@ pub fn read_bundle(
             source: io::Error::new(io::ErrorKind::AlreadyExists, "the directory already exists"),
         });
     }
+    let dir: PathBuf = dir.components().collect();
+    let dir = dir.as_path();
     let partial = PathBuf::from(format!("{}.partial", dir.display()));
     if partial.exists() {
-        fs::remove_dir_all(&partial).map_err(io_err(format!("remove {}", partial.display())))?;
+        return Err(BundleError::Io {
+            context: format!("write into {}", dir.display()),
+            source: io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists (an interrupted transfer, or another one running); remove it first",
+                    partial.display()
+                ),
+            ),
+        });
     }
     fs::create_dir_all(&partial).map_err(io_err(format!("create {}", partial.display())))?;
     let result = read_into(input, &partial, progress);

@@ -64,7 +64,7 @@ pub async fn serve(
             stop.cancelled().await;
             tokio::time::sleep(std::time::Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
         } => {
-            tracing::warn!("connections still open {SHUTDOWN_GRACE_MS} ms after the shutdown signal; dropping them");
+            tracing::warn!("connections still open {SHUTDOWN_GRACE_MS} ms after the shutdown signal; not waiting for them (they end when the runtime stops)");
             Ok(())
         }
     }

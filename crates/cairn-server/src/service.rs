@@ -79,9 +79,11 @@ impl Service {
     ) -> Result<Value, ApiError> {
         let opts = CommandOptions {
             actor: Some(actor.to_string()),
-            idempotency_key,
+            // Keys are scoped to the actor (the token), so one client cannot make another's
+            // write look like a retry.
+            idempotency_key: idempotency_key.map(|k| format!("{actor}/{k}")),
         };
-        let is_command = req.role() == Role::Write || req.role() == Role::Admin;
+        let is_command = !req.is_read();
         let started = Instant::now();
         let result = if is_command || matches!(req, Request::AuditVerify | Request::LogShow { .. })
         {
@@ -212,14 +214,8 @@ impl Service {
                     not_found(format!("queue {queue:?} of package {pkg:?} does not exist"))
                 })?;
                 let limit = limit.clamp(1, QUEUE_READ_LIMIT_MAX) as usize;
-                let mut items = query::queue_items(&view, &pkg, &queue, from, limit)?;
-                let mut bytes = 0;
-                if let Some(cut) = items.iter().position(|(_, item)| {
-                    bytes += item.len();
-                    bytes > READ_BYTES_MAX
-                }) {
-                    items.truncate(cut.max(1));
-                }
+                let items =
+                    query::queue_items_bounded(&view, &pkg, &queue, from, limit, READ_BYTES_MAX)?;
                 Ok(Value::Array(
                     items
                         .iter()

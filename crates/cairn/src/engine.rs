@@ -152,6 +152,13 @@ pub(crate) async fn wait_drivers(inner: &Arc<Inner>) {
 }
 
 /// Cancels the hook a change is running now, if any (used by abort).
+/// Lets a change whose driver stopped be driven again (after an abort), and wakes the engine.
+pub(crate) fn unstick(inner: &Inner, change: Uuid) {
+    if lock(inner).stuck_changes.remove(&change) {
+        inner.kick.notify_one();
+    }
+}
+
 pub(crate) fn cancel_running(inner: &Inner, change: Uuid) {
     if let Some(Some(token)) = lock(inner).changes.get(&change) {
         token.cancel();

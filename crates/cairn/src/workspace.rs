@@ -177,6 +177,7 @@ impl Workspace {
         })
         .await
         .map_err(|e| Error::Internal(format!("open task failed: {e}")))??;
+        remove_stale_scratch(&data);
         let key_path = data.join(VAULT_KEY_FILE);
         let vault = if key_path.exists() {
             Some(VaultKey::load(&key_path)?)
@@ -378,7 +379,13 @@ impl Workspace {
     /// Aborts a change: its running hook is cancelled, then it is undone.
     pub async fn abort(&self, change: Uuid, opts: &CommandOptions) -> Result<Committed, Error> {
         let c = self.execute(Command::Abort { change }, opts).await?;
-        crate::engine::cancel_running(self.inner(), change);
+        // A retried abort (same idempotency key) must not cancel the undo that the first one
+        // started.
+        if !c.replayed {
+            crate::engine::cancel_running(self.inner(), change);
+            // A change whose driver had stopped gets a new one to run its undo.
+            crate::engine::unstick(self.inner(), change);
+        }
         Ok(c)
     }
 
@@ -393,8 +400,16 @@ impl Workspace {
             if c.status.is_ready() {
                 return Ok(c);
             }
+            if self.stuck().0.contains(&change) {
+                return Err(Error::Internal(format!(
+                    "the driver of change {change} stopped on an error (see the log); it \
+                     resumes at the next open, or abort it"
+                )));
+            }
+            // A driver that stops commits nothing, so look again now and then.
             tokio::select! {
                 r = rx.changed() => r.map_err(|_| Error::Closed)?,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
                 _ = self.inner().shutdown.cancelled() => return Err(Error::Closed),
             }
         }
@@ -716,6 +731,20 @@ impl Workspace {
         tokio::task::spawn_blocking(move || Ok(inner.store.read()?.read_log(from, limit)?))
             .await
             .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+    }
+}
+
+/// Removes scratch directories (`.scratch-*`) an interrupted audit, backup stream or replay
+/// left in the data directory. Called under the workspace lock, so none is in use.
+fn remove_stale_scratch(data: &Path) {
+    let Ok(entries) = std::fs::read_dir(data) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".scratch-") {
+            tracing::info!(path = %entry.path().display(), "removing a stale scratch directory");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

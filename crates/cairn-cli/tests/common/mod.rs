@@ -12,6 +12,33 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cairn")
 }
 
+/// Runs `cairn ARGS` with `input` on stdin.
+pub fn run_with_stdin(args: &[&str], input: &str) -> Out {
+    use std::io::Write;
+    let mut child = Command::new(bin())
+        .args(args)
+        .env_remove("CAIRN_DATA")
+        .env_remove("CAIRN_SERVER")
+        .env_remove("CAIRN_TOKEN_FILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cairn");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// What a run printed and how it exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Out {
@@ -136,6 +163,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Path) -> Server {
+        Self::start_with(data, "warn", Stdio::inherit())
+    }
+
+    /// A server logging at `level` into `stderr`.
+    pub fn start_with(data: &Path, level: &str, stderr: Stdio) -> Server {
         let mut child = Command::new(bin())
             .args([
                 "--data",
@@ -145,10 +177,10 @@ impl Server {
                 "127.0.0.1:0",
             ])
             .env_remove("CAIRN_DATA")
-            .env("CAIRN_LOG", "warn")
+            .env("CAIRN_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start cairn serve");
         let stdout = child.stdout.take().unwrap();
