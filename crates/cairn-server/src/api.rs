@@ -228,42 +228,17 @@ impl Request {
     /// Whether the request only reads (it runs on the blocking pool and is not timed as a
     /// command).
     pub fn is_read(&self) -> bool {
-        use Request::*;
-        match self {
-            Status
-            | PkgList
-            | PkgShow { .. }
-            | VarGet { .. }
-            | VarList { .. }
-            | QueueRead { .. }
-            | VaultGet { .. }
-            | FeatureList
-            | IfaceList
-            | ChangeList
-            | ChangeShow { .. }
-            | LogShow { .. }
-            | StateDigest
-            | AuditVerify
-            | TokenList => true,
-            PkgInstall { .. }
-            | PkgUninstall { .. }
-            | VarSet { .. }
-            | VarDel { .. }
-            | QueuePut { .. }
-            | QueueAck { .. }
-            | VaultSet { .. }
-            | FeatureSet { .. }
-            | FeatureReport { .. }
-            | IfaceConnect { .. }
-            | IfaceDisconnect { .. }
-            | ChangeAbort { .. }
-            | TokenCreate { .. }
-            | TokenRevoke { .. } => false,
-        }
+        self.class().1
     }
 
     /// The least role that may run this request.
     pub fn role(&self) -> Role {
+        self.class().0
+    }
+
+    /// `(least role, reads only)`, in one exhaustive match so that a new request is classified
+    /// on both counts.
+    fn class(&self) -> (Role, bool) {
         use Request::*;
         match self {
             Status
@@ -278,7 +253,7 @@ impl Request {
             | ChangeShow { .. }
             | LogShow { .. }
             | StateDigest
-            | AuditVerify => Role::Read,
+            | AuditVerify => (Role::Read, true),
             PkgInstall { .. }
             | PkgUninstall { .. }
             | VarSet { .. }
@@ -290,8 +265,9 @@ impl Request {
             | FeatureReport { .. }
             | IfaceConnect { .. }
             | IfaceDisconnect { .. }
-            | ChangeAbort { .. } => Role::Write,
-            TokenCreate { .. } | TokenRevoke { .. } | TokenList | VaultGet { .. } => Role::Admin,
+            | ChangeAbort { .. } => (Role::Write, false),
+            TokenList | VaultGet { .. } => (Role::Admin, true),
+            TokenCreate { .. } | TokenRevoke { .. } => (Role::Admin, false),
         }
     }
 
