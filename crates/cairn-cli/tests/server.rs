@@ -783,6 +783,36 @@ fn a_write_retried_with_the_same_idempotency_key_is_committed_once() {
     let v: Value = serde_json::from_str(&v).unwrap();
     assert_eq!(v["value"], "7", "the retry wrote nothing");
     assert_eq!(put("retry-2", "9")["replayed"], false);
+    // The same key on a different command is refused, not taken for a retry.
+    let reused = ureq::AgentBuilder::new()
+        .build()
+        .post(&format!("{}/v1/connections", server.url))
+        .set("authorization", &format!("Bearer {}", t.write))
+        .set("idempotency-key", "retry-1")
+        .send_string(r#"{"plug": "netmon:net", "slot": "router:net"}"#);
+    match reused {
+        Err(ureq::Error::Status(400, r)) => {
+            let body = r.into_string().unwrap();
+            assert!(
+                body.contains("already used by a different command"),
+                "{body}"
+            );
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    // Another token's identical key is its own.
+    let (status, body) = {
+        let r = ureq::AgentBuilder::new()
+            .build()
+            .put(&format!("{}/v1/vars/netmon/threshold", server.url))
+            .set("authorization", &format!("Bearer {}", t.admin))
+            .set("idempotency-key", "retry-1")
+            .send_string(r#"{"value": "10"}"#)
+            .unwrap();
+        (r.status(), r.into_string().unwrap())
+    };
+    assert_eq!(status, 200);
+    assert!(body.contains("\"replayed\":false"), "{body}");
     assert!(server.stop().success());
 }
 

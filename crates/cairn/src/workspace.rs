@@ -465,8 +465,15 @@ impl Workspace {
             Ok(Event::InstallStarted(e)) => Ok(e.change.id),
             Ok(Event::UninstallStarted(e)) => Ok(e.change.id),
             Ok(Event::ChangeCreated(c)) => Ok(c.id),
-            other => Err(Error::Internal(format!(
-                "idempotency key was used by a command that started no change ({other:?})"
+            Ok(other) => Err(Error::Rejected(cairn_kernel::Rejection::Invalid(format!(
+                "the idempotency key was already used by a different command (one that wrote \
+                 {} at offset {}); use a fresh key",
+                other.kind(),
+                entry.offset
+            )))),
+            Err(e) => Err(Error::Internal(format!(
+                "entry {} of a replayed command does not decode: {e}",
+                entry.offset
             ))),
         }
     }
