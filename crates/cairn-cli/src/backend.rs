@@ -163,34 +163,15 @@ async fn interrupted() {
     });
 }
 
-/// Waits until `pkg`'s `onload` hook is no longer pending or running.
+/// Waits for `pkg`'s `onload` hook, saying so on stderr if it is still to run.
 async fn wait_onload(ws: &Workspace, pkg: &str) -> Result<(), ApiError> {
-    let mut told = false;
-    loop {
-        let applied = ws.applied();
-        let wanted = cairn::kernel::query::onloads_wanted(&ws.view()?)?;
-        if !wanted.iter().any(|w| w == pkg) {
-            return Ok(());
-        }
-        if ws.stuck().1.iter().any(|w| w == pkg) {
-            return Err(ApiError::new(
-                codes::INTERNAL,
-                format!(
-                    "the onload hook of {pkg} could not be driven (see the log); it runs again \
-                     at the next open"
-                ),
-            ));
-        }
-        if !told {
-            eprintln!("running the onload hook of {pkg}");
-            told = true;
-        }
-        // A driver that stops commits nothing, so look again now and then.
-        tokio::select! {
-            r = ws.wait_for(applied + 1) => r?,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
+    if cairn::kernel::query::onloads_wanted(&ws.view()?)?
+        .iter()
+        .any(|w| w == pkg)
+    {
+        eprintln!("running the onload hook of {pkg}");
     }
+    Ok(ws.wait_onload(pkg).await?)
 }
 
 /// `{dir, applied_offset, digest}` of a workspace that is not open anywhere, read through the

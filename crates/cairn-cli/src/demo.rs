@@ -254,7 +254,7 @@ pub fn run(into: Option<PathBuf>) -> Result<(), Failure> {
             Backend::Local { svc, .. } => svc.workspace(),
             Backend::Remote(_) => unreachable!("the demo runs locally"),
         },
-        &mut |_, _| {},
+        &mut |_| {},
     )
     .map_err(|e| Failure::from(cairn_server::ApiError::from(e)))?;
     println!(

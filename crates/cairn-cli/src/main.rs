@@ -1172,15 +1172,12 @@ fn audit(cli: &Cli) -> Result<(), Failure> {
     let b = backend(cli, Open::Read)?;
     let result = match &b {
         Backend::Local { svc, .. } => {
-            let verify = progress_bar(0, "verify");
-            let replay = progress_bar(0, "replay");
-            let r = cairn::tools::audit_verify(svc.workspace(), &mut |phase, p| {
-                let pb = if phase == "verify" { &verify } else { &replay };
+            let pb = progress_bar(0, "audit");
+            let r = cairn::tools::audit_verify(svc.workspace(), &mut |p| {
                 pb.set_length(p.total);
                 pb.set_position(p.done);
             });
-            verify.finish_and_clear();
-            replay.finish_and_clear();
+            pb.finish_and_clear();
             r.map(|rep| serde_json::to_value(rep).unwrap_or_default())
                 .map_err(|e| Failure::from(ApiError::from(e)))
         }

@@ -119,3 +119,25 @@ fn a_replayed_workspace_at_n_has_the_digest_the_original_had_at_n() {
         run(&["--data", into.to_str().unwrap(), "audit", "verify"]).ok();
     }
 }
+
+#[test]
+fn replay_never_deletes_a_partial_it_did_not_make_and_accepts_a_trailing_slash() {
+    let ws = workspace();
+    let into = ws.path("replayed");
+    let partial = ws.path("replayed.partial");
+    std::fs::create_dir(&partial).unwrap();
+    std::fs::write(partial.join("mine"), b"user data").unwrap();
+    let out = ws
+        .local(&["replay", "--until", "5", "--into", into.to_str().unwrap()])
+        .expect(1);
+    assert!(out.stderr.contains("remove it first"), "{}", out.stderr);
+    assert_eq!(std::fs::read(partial.join("mine")).unwrap(), b"user data");
+    assert!(!into.exists());
+    std::fs::remove_dir_all(&partial).unwrap();
+    // `--into DIR/` builds DIR.partial beside DIR, not inside it.
+    let with_slash = format!("{}/", into.display());
+    ws.local(&["replay", "--until", "5", "--into", &with_slash])
+        .ok();
+    assert!(into.join("db").is_dir());
+    assert!(!partial.exists());
+}

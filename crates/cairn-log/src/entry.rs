@@ -15,17 +15,23 @@ pub const FORMAT_LATEST: u8 = 1;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 pub struct Hash(pub [u8; 32]);
 
+/// Lowercase hex of any bytes (hashes, ciphertext, token secrets in output).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
 impl Hash {
     /// The `prev` of the first entry.
     pub const ZERO: Hash = Hash([0; 32]);
 
     /// Lowercase hex, 64 characters.
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        hex(&self.0)
     }
 
     /// Parses 64 hex characters.

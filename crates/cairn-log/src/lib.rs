@@ -22,7 +22,7 @@ mod store;
 pub mod testing;
 
 pub use chain::{verify_hash, ChainCursor, Head};
-pub use entry::{EntryDraft, Hash, Meta, StoredEntry, FORMAT_LATEST, PAYLOAD_BYTES_MAX};
+pub use entry::{hex, EntryDraft, Hash, Meta, StoredEntry, FORMAT_LATEST, PAYLOAD_BYTES_MAX};
 pub use error::{ChainError, CorruptReason, DecodeError, EntryError, LogError};
 pub use mem::MemLog;
 pub use state::{Space, StateError, StateRead, StateWrite};

@@ -157,6 +157,15 @@ impl App {
         self.reply(result)
     }
 
+    /// `Ok` when the bearer token may do what `role` allows; else the error response
+    /// (counted), for the handlers outside the common path (metrics, streams).
+    fn allow(&self, headers: &HeaderMap, role: Role) -> Result<(), Response> {
+        self.auth(headers, Some(role)).map(|_| ()).map_err(|e| {
+            self.svc.metrics().http(e.status);
+            error_response(&e)
+        })
+    }
+
     fn reply(&self, result: Result<Value, ApiError>) -> Response {
         match result {
             Ok(v) => {
@@ -257,9 +266,8 @@ async fn health() -> Response {
 }
 
 async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
-    if let Err(e) = app.auth(&headers, Some(Role::Read)) {
-        app.svc.metrics().http(e.status);
-        return error_response(&e);
+    if let Err(denied) = app.allow(&headers, Role::Read) {
+        return denied;
     }
     app.svc.metrics().http(200);
     let text = app.svc.metrics().render(app.svc.workspace());
@@ -584,9 +592,8 @@ async fn log_show(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Re
 /// `GET /v1/log/tail?from=N`: JSON lines, one entry each, live until the client goes away or
 /// the server shuts down.
 async fn log_tail(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Response {
-    if let Err(e) = app.auth(&headers, Some(Role::Read)) {
-        app.svc.metrics().http(e.status);
-        return error_response(&e);
+    if let Err(denied) = app.allow(&headers, Role::Read) {
+        return denied;
     }
     let ws = app.svc.workspace();
     let from = match q_u64(&q, "from", ws.applied() + 1) {
@@ -670,16 +677,11 @@ impl Write for ChunkWriter {
 }
 
 /// Streams a directory made by `make` (in a scratch directory, on a blocking thread) as a
-/// bundle; a failure before the first byte is a JSON error.
+/// bundle; a failure before the first byte is a JSON error. The caller checks the token.
 async fn stream_dir(
     app: &App,
-    headers: &HeaderMap,
     make: impl FnOnce(&std::path::Path) -> Result<(), ApiError> + Send + 'static,
 ) -> Response {
-    if let Err(e) = app.auth(headers, Some(Role::Admin)) {
-        app.svc.metrics().http(e.status);
-        return error_response(&e);
-    }
     let data = app.svc.workspace().data_dir().to_path_buf();
     let made = tokio::task::spawn_blocking(move || {
         // In the data directory: a checkpoint there is hard links, not a copy.
@@ -717,8 +719,11 @@ async fn stream_dir(
 }
 
 async fn backup(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(denied) = app.allow(&headers, Role::Admin) {
+        return denied;
+    }
     let ws = app.svc.workspace().clone();
-    stream_dir(&app, &headers, move |dir| {
+    stream_dir(&app, move |dir| {
         ws.store().backup(dir)?;
         Ok(())
     })
@@ -736,16 +741,15 @@ async fn replay(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(e) = app.auth(&headers, Some(Role::Admin)) {
-        app.svc.metrics().http(e.status);
-        return error_response(&e);
+    if let Err(denied) = app.allow(&headers, Role::Admin) {
+        return denied;
     }
     let until = match json_body::<ReplayBody>(body) {
         Ok(b) => b.until,
         Err(e) => return app.reply(Err(e)),
     };
     let ws = app.svc.workspace().clone();
-    stream_dir(&app, &headers, move |dir| {
+    stream_dir(&app, move |dir| {
         let view = ws.view()?;
         let kernel = ws.store().machine().0.clone();
         cairn::tools::replay(&view, ws.data_dir(), kernel, until, dir, &mut |_| {})?;

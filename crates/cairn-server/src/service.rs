@@ -9,7 +9,7 @@ use cairn::kernel::model::{FeatureState, ResourceKind, Role};
 use cairn::kernel::records::{OnloadState, PackageRecord, PackageStatus};
 use cairn::kernel::{query, ChangeRecord, Event};
 use cairn::{CommandOptions, Workspace};
-use cairn_log::{Hash, StoredEntry};
+use cairn_log::{hex, Hash, StoredEntry};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -331,7 +331,7 @@ impl Service {
                 let ws = ws.clone();
                 let report = tokio::task::spawn_blocking(move || {
                     let _held = one_at_a_time;
-                    cairn::tools::audit_verify(&ws, &mut |_, _| {})
+                    cairn::tools::audit_verify(&ws, &mut |_| {})
                 })
                 .await
                 .map_err(|e| ApiError::new(codes::INTERNAL, format!("audit task failed: {e}")))??;
@@ -496,14 +496,6 @@ pub fn bytes_json(b: &[u8]) -> Value {
         Ok(s) => Value::String(s.to_string()),
         Err(_) => json!({ "hex": hex(b) }),
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
 }
 
 /// A change as JSON: `{id, kind, summary, status, aborted, packages, actor, spawn_ms,

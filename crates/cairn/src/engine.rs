@@ -100,6 +100,9 @@ fn start_drivers(inner: &Arc<Inner>) -> Result<(), Error> {
                 engine.stuck_changes.insert(id);
             }
             drop(engine);
+            if failed {
+                inner.stuck.send_modify(|n| *n += 1);
+            }
             inner.kick.notify_one();
         });
         engine.track(task);
@@ -130,6 +133,9 @@ fn start_drivers(inner: &Arc<Inner>) -> Result<(), Error> {
                 engine.stuck_onloads.insert(name.clone());
             }
             drop(engine);
+            if failed {
+                inner.stuck.send_modify(|n| *n += 1);
+            }
             let _ = done_tx.send(true);
             inner.kick.notify_one();
         });
@@ -151,7 +157,6 @@ pub(crate) async fn wait_drivers(inner: &Arc<Inner>) {
     }
 }
 
-/// Cancels the hook a change is running now, if any (used by abort).
 /// Lets a change whose driver stopped be driven again (after an abort), and wakes the engine.
 pub(crate) fn unstick(inner: &Inner, change: Uuid) {
     if lock(inner).stuck_changes.remove(&change) {
@@ -159,6 +164,7 @@ pub(crate) fn unstick(inner: &Inner, change: Uuid) {
     }
 }
 
+/// Cancels the hook a change is running now, if any (used by abort).
 pub(crate) fn cancel_running(inner: &Inner, change: Uuid) {
     if let Some(Some(token)) = lock(inner).changes.get(&change) {
         token.cancel();

@@ -10,12 +10,7 @@ pub const TOKEN_PREFIX: &str = "cairn_";
 pub fn new_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let mut s = String::with_capacity(TOKEN_PREFIX.len() + 64);
-    s.push_str(TOKEN_PREFIX);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    format!("{TOKEN_PREFIX}{}", cairn_log::hex(&bytes))
 }
 
 /// The hash a secret is stored and looked up by (surrounding whitespace, such as a token

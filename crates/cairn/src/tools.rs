@@ -64,21 +64,31 @@ pub fn replay(
     }
     let until = until.min(view.applied());
     // Built under `<into>.partial` and renamed when complete: a failed replay leaves nothing
-    // at `into`.
+    // at `into`. (`into` without a trailing `/`, so the sibling is not made inside it.)
+    let into: std::path::PathBuf = into.components().collect();
     let partial = std::path::PathBuf::from(format!("{}.partial", into.display()));
     if partial.exists() {
-        std::fs::remove_dir_all(&partial)
-            .map_err(|e| StoreError::io(format!("remove {}", partial.display()), e))?;
+        return Err(Error::Store(StoreError::io(
+            format!("replay into {}", into.display()),
+            format!(
+                "{} exists (an interrupted replay, or another one running); remove it first",
+                partial.display()
+            ),
+        )));
     }
-    let built = replay_at(view, source_data, kernel, until, &partial, progress);
-    match built {
+    match replay_at(view, source_data, kernel, until, &partial, progress) {
         Ok(report) => {
-            std::fs::rename(&partial, into).map_err(|e| {
+            std::fs::rename(&partial, &into).map_err(|e| {
                 StoreError::io(
                     format!("rename {} to {}", partial.display(), into.display()),
                     e,
                 )
             })?;
+            if let Some(parent) = into.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| StoreError::io(format!("sync {}", parent.display()), e))?;
+            }
             Ok(report)
         }
         Err(e) => {
@@ -111,12 +121,15 @@ fn replay_at(
     })
 }
 
+/// Feeds the log `1..=until` to `store` in batches, in one checked pass over the log (every
+/// entry's decoding, hash and link to the one before, across batches too; the error names the
+/// first bad offset). Returns the head of what was replayed.
 fn replay_into(
     view: &ReadView,
     store: &Store<KernelMachine>,
     until: u64,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(), Error> {
+) -> Result<cairn_log::Head, Error> {
     let first = view.first_retained();
     if first > 1 {
         return Err(Error::Compacted {
@@ -124,36 +137,47 @@ fn replay_into(
             first,
         });
     }
-    let mut next = 1;
-    while next <= until {
-        let limit = REPLAY_BATCH_ENTRIES.min((until - next + 1) as usize);
-        let entries = view.read_log(next, limit)?;
-        if entries.is_empty() {
-            return Err(Error::Store(StoreError::Inconsistent(format!(
-                "the log ends before offset {next}, but the head is {}",
-                view.applied()
-            ))));
-        }
-        next += entries.len() as u64;
-        store.submit_entries(entries).wait().map_err(Error::Store)?;
-        progress(Progress {
-            done: next - 1,
-            total: until,
-        });
+    let mut batch = Vec::with_capacity(REPLAY_BATCH_ENTRIES);
+    let mut head = cairn_log::Head::EMPTY;
+    let mut failed = None;
+    let mut flush = |batch: &mut Vec<cairn_log::StoredEntry>| -> Result<(), Error> {
+        let done = batch.last().map_or(0, |e| e.offset);
+        store
+            .submit_entries(std::mem::take(batch))
+            .wait()
+            .map_err(Error::Store)?;
+        progress(Progress { done, total: until });
+        Ok(())
+    };
+    if until > 0 {
+        view.visit_log(1, |entry| {
+            head = entry.head();
+            batch.push(entry);
+            if batch.len() == REPLAY_BATCH_ENTRIES || head.offset == until {
+                if let Err(e) = flush(&mut batch) {
+                    failed = Some(e);
+                    return false;
+                }
+            }
+            head.offset < until
+        })?;
     }
-    Ok(())
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(head)
 }
 
-/// Audits the workspace: verifies every entry's hash and chain link (the error names the
-/// first bad offset), replays the whole log into a scratch store through the same apply, and
-/// compares that store's digest with the stored projection's. `progress` sees the chain check
-/// and then the replay (each `done` of `total` entries).
+/// Audits the workspace: replays the whole log into a scratch store through the same apply,
+/// checking every entry's hash and chain link on the way (the error names the first bad
+/// offset), checks that the log ends at the stored head, and compares the scratch store's
+/// digest with the stored projection's. `progress` sees the replay (`done` of `total`
+/// entries).
 pub fn audit_verify(
     ws: &Workspace,
-    progress: &mut dyn FnMut(&str, Progress),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<AuditReport, Error> {
     let view = ws.view()?;
-    let verified = view.verify(&mut |p| progress("verify", p))?;
     let stored = view.digest()?;
     // Next to the workspace, on the same file system (system temp may be a small tmpfs).
     let scratch = scratch_dir(ws.data_dir(), "audit")?;
@@ -167,9 +191,19 @@ pub fn audit_verify(
             ..Default::default()
         },
     )?;
-    replay_into(&view, &store, view.applied(), &mut |p| {
-        progress("replay", p)
-    })?;
+    // The replay reads every entry through the checked iteration, so it is also the chain
+    // verification: one pass over the log, not two.
+    let head = replay_into(&view, &store, view.applied(), progress)?;
+    if head != view.head() {
+        return Err(Error::Store(StoreError::Inconsistent(format!(
+            "the log ends at offset {} with hash {}, but the stored head is offset {} with \
+             hash {}",
+            head.offset,
+            head.hash,
+            view.head().offset,
+            view.head().hash
+        ))));
+    }
     let replayed = store.read()?.digest()?;
     drop(store);
     if replayed != stored {
@@ -180,9 +214,9 @@ pub fn audit_verify(
         ))));
     }
     Ok(AuditReport {
-        entries: verified.entries,
-        head_offset: verified.head.offset,
-        head_hash: verified.head.hash.0,
+        entries: head.offset,
+        head_offset: head.offset,
+        head_hash: head.hash.0,
         digest: stored.hash.0,
     })
 }

@@ -101,6 +101,9 @@ pub(crate) struct Inner {
     pub handlers: BTreeMap<(String, String), HookHandler>,
     pub engine: Mutex<crate::engine::EngineState>,
     pub hook_runs: HookRuns,
+    /// Bumped whenever a driver stops on an error (it commits nothing, so waiters need this
+    /// to notice).
+    pub stuck: watch::Sender<u64>,
 }
 
 /// Hook runs since open, by outcome (for metrics).
@@ -196,6 +199,7 @@ impl Workspace {
             handlers: options.hook_handlers.clone(),
             engine: Mutex::new(Default::default()),
             hook_runs: HookRuns::default(),
+            stuck: watch::channel(0).0,
         });
         let ws = Workspace {
             handle: Arc::new(Handle {
@@ -392,7 +396,7 @@ impl Workspace {
     /// Waits until the change is ready (done, undone or error) and returns it. Stopping the
     /// wait does not cancel the change; only `abort` does.
     pub async fn wait_change(&self, change: Uuid) -> Result<ChangeRecord, Error> {
-        let mut rx = self.inner().applied.subscribe();
+        let mut rx = self.watch();
         loop {
             let c = query::change(&self.view()?, change)?.ok_or(Error::Rejected(
                 cairn_kernel::Rejection::NotFound(cairn_kernel::Entity::Change(change)),
@@ -406,12 +410,7 @@ impl Workspace {
                      resumes at the next open, or abort it"
                 )));
             }
-            // A driver that stops commits nothing, so look again now and then.
-            tokio::select! {
-                r = rx.changed() => r.map_err(|_| Error::Closed)?,
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-                _ = self.inner().shutdown.cancelled() => return Err(Error::Closed),
-            }
+            self.changed(&mut rx).await?;
         }
     }
 
@@ -421,7 +420,7 @@ impl Workspace {
     /// Fails, instead of waiting forever, once every change still in progress has a driver
     /// that stopped on an error (such a change resumes at the next open).
     pub async fn wait_idle(&self) -> Result<(), Error> {
-        let mut rx = self.inner().applied.subscribe();
+        let mut rx = self.watch();
         loop {
             let active = query::active_changes(&self.view()?)?;
             if active.is_empty() {
@@ -436,12 +435,48 @@ impl Workspace {
                     ids.join(", ")
                 )));
             }
-            // A driver that stops commits nothing, so look again now and then.
-            tokio::select! {
-                r = rx.changed() => r.map_err(|_| Error::Closed)?,
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-                _ = self.inner().shutdown.cancelled() => return Err(Error::Closed),
+            self.changed(&mut rx).await?;
+        }
+    }
+
+    /// Waits until `package`'s `onload` hook is no longer pending or running (it finished, was
+    /// cancelled, or the package is gone). Fails if its driver stopped on an error.
+    pub async fn wait_onload(&self, package: &str) -> Result<(), Error> {
+        let mut rx = self.watch();
+        loop {
+            if !query::onloads_wanted(&self.view()?)?
+                .iter()
+                .any(|w| w == package)
+            {
+                return Ok(());
             }
+            if self.stuck().1.iter().any(|w| w == package) {
+                return Err(Error::Internal(format!(
+                    "the onload hook of {package} could not be driven (see the log); it runs \
+                     again at the next open"
+                )));
+            }
+            self.changed(&mut rx).await?;
+        }
+    }
+
+    /// Receivers for what the waits above react to: a commit, or a driver stopping.
+    fn watch(&self) -> (watch::Receiver<u64>, watch::Receiver<u64>) {
+        (
+            self.inner().applied.subscribe(),
+            self.inner().stuck.subscribe(),
+        )
+    }
+
+    /// Returns at the next commit or stopped driver after the receivers were last seen.
+    async fn changed(
+        &self,
+        (applied, stuck): &mut (watch::Receiver<u64>, watch::Receiver<u64>),
+    ) -> Result<(), Error> {
+        tokio::select! {
+            r = applied.changed() => r.map_err(|_| Error::Closed),
+            r = stuck.changed() => r.map_err(|_| Error::Closed),
+            _ = self.inner().shutdown.cancelled() => Err(Error::Closed),
         }
     }
 
