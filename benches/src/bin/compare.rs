@@ -16,7 +16,8 @@
 //!   1k-entry one (lower is better).
 //!
 //! `--only WORKLOAD` runs one cairn workload alone, for profiling: `sync64`, `sync1`,
-//! `buffered64`, `none64` (store only), `kernel64`, `rebuild`, `open` (sized by `--quick`).
+//! `buffered64`, `none64` (store only), `kernel64`, `server64`, `rebuild`, `open` (sized by
+//! `--quick`), or a peer alone: `sqlite64`, `grouped64` (raw RocksDB, one group-commit thread).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -77,6 +78,20 @@ fn main() {
                     .unwrap_or_default()
                     .describe();
                 println!("cairn server64: {ops:.0} commands/s over HTTP; {shape}");
+            }
+            "sqlite64" | "grouped64" => {
+                let dir = scratch.path().join("only");
+                std::fs::create_dir_all(&dir).expect("scratch dir");
+                let sink = if name == "sqlite64" {
+                    Grouped::sqlite(&dir)
+                } else {
+                    Grouped::rocksdb(&dir, true)
+                };
+                let ops = throughput(&sink, 64, Duration::from_secs(5));
+                let shape = cairn_benches::Sink::groups(&sink)
+                    .unwrap_or_default()
+                    .describe();
+                println!("{name}: {ops:.0} ops/s; {shape}");
             }
             "kernel64" => {
                 let sink = KernelSink::open(&scratch.path().join("only"), Durability::Sync);
