@@ -15,6 +15,7 @@ pub mod layout;
 mod lock;
 mod machine;
 mod overlay;
+mod spin;
 mod store;
 pub mod testing;
 mod view;
@@ -23,6 +24,7 @@ mod writer;
 pub use error::{CommandError, StoreError};
 pub use machine::{ApplyError, DecideCtx, DecideError, Event, StateMachine};
 pub use overlay::READ_CACHE_BYTES_MAX;
+pub use spin::{ANSWER_YIELD_US_MAX, QUICK_WRITE_NS_MAX};
 pub use store::{
     db_options, open_raw_db, system_clock_ms, CommandTicket, Durability, Options, RebuildReport,
     Store, Ticket, TicketFuture, BUFFERED_SYNC_INTERVAL_MS,

@@ -17,6 +17,7 @@ use crate::error::{CommandError, StoreError};
 use crate::layout::{self, CFS, CF_LOG, CF_META};
 use crate::lock::WorkspaceLock;
 use crate::machine::StateMachine;
+use crate::spin;
 use crate::view::{decode_stored, read_meta, Progress, ReadView};
 use crate::writer::{Committed, Request, Shared, Spent, Writer, WriterStats};
 
@@ -79,6 +80,8 @@ pub fn system_clock_ms() -> u64 {
 /// hands back to be freed on the caller's side (see [`Spent`]).
 pub struct Ticket<T, E, S = ()> {
     rx: oneshot::Receiver<(Result<T, E>, S)>,
+    /// Answers were coming quickly when this was submitted: `wait` yields before it sleeps.
+    quick: bool,
 }
 
 /// A command's ticket.
@@ -91,6 +94,18 @@ pub type CommandTicket<M> = Ticket<
 impl<T, E: From<StoreError>, S> Ticket<T, E, S> {
     /// Blocks until the writer answers.
     pub fn wait(self) -> Result<T, E> {
+        if self.quick {
+            let ready = || match self.rx.try_recv() {
+                Ok(answer) => Some(Ok(answer)),
+                Err(oneshot::TryRecvError::Empty) => None,
+                Err(oneshot::TryRecvError::Disconnected) => Some(Err(())),
+            };
+            match spin::yield_until(ready) {
+                Some(Ok((result, _spent))) => return result,
+                Some(Err(())) => return Err(writer_gone().into()),
+                None => {}
+            }
+        }
         match self.rx.recv() {
             // `spent` is dropped here, on the caller's thread.
             Ok((result, _spent)) => result,
@@ -324,7 +339,10 @@ impl<M: StateMachine> Store<M> {
             command,
             reply,
         });
-        Ticket { rx }
+        Ticket {
+            rx,
+            quick: self.shared.answers_quick(),
+        }
     }
 
     /// Submits a command and waits for the answer.
@@ -341,7 +359,10 @@ impl<M: StateMachine> Store<M> {
     pub fn submit_entries(&self, entries: Vec<StoredEntry>) -> Ticket<Committed, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Entries { entries, reply });
-        Ticket { rx }
+        Ticket {
+            rx,
+            quick: self.shared.answers_quick(),
+        }
     }
 
     fn send(&self, request: Request<M>) {
@@ -359,6 +380,14 @@ impl<M: StateMachine> Store<M> {
     /// What the writer has done since open: group commits, entries, rejections, write time.
     pub fn stats(&self) -> WriterStats {
         self.shared.stats.snapshot()
+    }
+
+    /// Whether answers currently come quickly (the last group write took at most
+    /// [`QUICK_WRITE_NS_MAX`](crate::QUICK_WRITE_NS_MAX)), so that threads waiting on a
+    /// [`Ticket`] yield for up to [`ANSWER_YIELD_US_MAX`](crate::ANSWER_YIELD_US_MAX) before
+    /// they sleep.
+    pub fn answers_quick(&self) -> bool {
+        self.shared.answers_quick()
     }
 
     /// The applied offset of the latest commit.
@@ -702,4 +731,47 @@ fn rebuild_db<M: StateMachine>(
         entries: done,
         head: meta.head,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Answer = oneshot::Sender<(Result<u32, StoreError>, ())>;
+
+    fn quick_ticket() -> (Answer, Ticket<u32, StoreError>) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Ticket { rx, quick: true })
+    }
+
+    #[test]
+    fn a_yielding_wait_gets_an_answer_sent_at_once_or_later() {
+        let (tx, ticket) = quick_ticket();
+        tx.send((Ok(1), ())).unwrap();
+        assert_eq!(ticket.wait().unwrap(), 1);
+        // Later than the yielding lasts: the wait goes on to sleep and still gets it.
+        for delay_us in [10, 5_000] {
+            let (tx, ticket) = quick_ticket();
+            let sender = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_micros(delay_us));
+                tx.send((Ok(2), ())).unwrap();
+            });
+            assert_eq!(ticket.wait().unwrap(), 2);
+            sender.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_yielding_wait_ends_when_the_writer_is_gone() {
+        let (tx, ticket) = quick_ticket();
+        drop(tx);
+        assert!(matches!(ticket.wait(), Err(StoreError::Stopped(_))));
+        let (tx, ticket) = quick_ticket();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            drop(tx);
+        });
+        assert!(matches!(ticket.wait(), Err(StoreError::Stopped(_))));
+        sender.join().unwrap();
+    }
 }

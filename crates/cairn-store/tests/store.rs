@@ -149,19 +149,28 @@ fn commands_in_one_group_see_the_ones_before_them() {
     assert_eq!(store.applied(), 2);
 }
 
-#[test]
-fn concurrent_writers_get_dense_unique_offsets() {
+/// 16 threads × 40 commands under `durability`: offsets are dense and unique, and each answer
+/// names the entry its own command wrote. (Under `buffered` and `none`, writes are quick and
+/// waiting threads yield before they sleep: `cairn_store::QUICK_WRITE_NS_MAX`.)
+fn concurrent_writers(durability: Durability) {
     let dir = fresh();
-    let store = Arc::new(open(dir.path()));
+    let opts = Options {
+        durability,
+        ..Options::default()
+    };
+    let store = Arc::new(Store::open(dir.path(), KvMachine::default(), opts).unwrap());
     let threads = 16;
     let per_thread = 40;
-    let mut offsets: Vec<u64> = std::thread::scope(|s| {
+    let mut answered: Vec<(u64, String)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let store = Arc::clone(&store);
                 s.spawn(move || {
                     (0..per_thread)
-                        .map(|i| set(&store, &format!("t{t}-{i}"), "x"))
+                        .map(|i| {
+                            let key = format!("t{t}-{i}");
+                            (set(&store, &key, "x"), key)
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -171,11 +180,33 @@ fn concurrent_writers_get_dense_unique_offsets() {
             .flat_map(|h| h.join().unwrap())
             .collect()
     });
-    offsets.sort_unstable();
+    answered.sort_unstable();
     let n = (threads * per_thread) as u64;
+    let offsets: Vec<u64> = answered.iter().map(|(o, _)| *o).collect();
     assert_eq!(offsets, (1..=n).collect::<Vec<_>>());
-    let report = store.read().unwrap().verify(&mut |_| {}).unwrap();
+    let view = store.read().unwrap();
+    let entries = view.read_log(1, n as usize).unwrap();
+    for ((offset, key), entry) in answered.iter().zip(&entries) {
+        assert_eq!(entry.offset, *offset);
+        let (written, _): (String, Vec<u8>) = codec::decode_value(&entry.payload).unwrap();
+        assert_eq!(
+            &written, key,
+            "the answer at offset {offset} is its own command's"
+        );
+    }
+    let report = view.verify(&mut |_| {}).unwrap();
     assert_eq!(report.entries, n);
+}
+
+#[test]
+fn concurrent_writers_get_dense_unique_offsets() {
+    concurrent_writers(Durability::Sync);
+}
+
+#[test]
+fn concurrent_writers_get_their_own_answers_when_writes_are_quick() {
+    concurrent_writers(Durability::Buffered);
+    concurrent_writers(Durability::None);
 }
 
 #[test]
