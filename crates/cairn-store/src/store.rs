@@ -177,11 +177,17 @@ pub fn db_options() -> rocksdb::Options {
     // Reuse obsolete WAL files instead of growing fresh ones: an fdatasync of a write that
     // stays within the file's size needs no metadata update, which roughly halves sync cost.
     o.set_recycle_log_file_num(4);
+    // Flush every column family together. A WAL file is recyclable only once every family
+    // with data in it has flushed, and RocksDB starts a new WAL file whenever any family's
+    // memtable is switched: flushed one by one, the small families (`meta`: three keys per
+    // group) cut WAL files short, and a recycled short file is extended by every later sync
+    // (an fdatasync that changes the file size commits the ext4 journal). Flushed together,
+    // every WAL file holds one full memtable's worth and the next one overwrites it in place
+    // (store-only sync64: about 116k -> 127k writes/s, five alternating runs each).
+    o.set_atomic_flush(true);
     o.set_write_buffer_size(8 << 20);
-    // A WAL file can be recycled only once every column family with data in it has flushed.
-    // The small families (`meta` above all) would otherwise hold WAL files until the default
-    // limit (hundreds of MiB), so every sync would extend a fresh file instead of overwriting a
-    // recycled one; this limit makes RocksDB flush them and recycle WAL files early.
+    // Bounds the WAL a crash recovery replays (RocksDB's default is hundreds of MiB); with
+    // atomic flushes it is rarely what triggers one.
     o.set_max_total_wal_size(24 << 20);
     o.set_max_background_jobs(2);
     o.set_bytes_per_sync(1 << 20);
