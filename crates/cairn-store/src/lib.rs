@@ -22,6 +22,7 @@ mod view;
 mod writer;
 
 pub use error::{CommandError, StoreError};
+pub use lock::LOCK_RETRY_MS;
 pub use machine::{ApplyError, DecideCtx, DecideError, Event, StateMachine};
 pub use overlay::READ_CACHE_BYTES_MAX;
 pub use spin::{ANSWER_YIELD_US_MAX, QUICK_WRITE_NS_MAX};

@@ -2,6 +2,11 @@
 //!
 //! An advisory `flock` on `<data>/cairn.lock`, which holds the holder's pid. The kernel drops the
 //! lock when the holder dies, even by SIGKILL, so a crash never leaves a stale lock behind.
+//!
+//! A `flock` belongs to the open file, and a child process being spawned holds a copy of every
+//! descriptor until its `exec` closes the close-on-exec ones: a lock this process has just
+//! released can stay held for that moment if a hook was being spawned meanwhile. So when the
+//! lock file names this very process, taking the lock is retried for up to `LOCK_RETRY_MS`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -9,6 +14,9 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use crate::error::StoreError;
+
+/// How long a lock that names this process is retried (see the module doc).
+pub const LOCK_RETRY_MS: u64 = 200;
 
 /// Held for as long as the workspace is open.
 #[derive(Debug)]
@@ -26,19 +34,67 @@ impl WorkspaceLock {
             .truncate(false)
             .open(path)
             .map_err(|e| StoreError::io(format!("open lock file {}", path.display()), e))?;
-        // SAFETY: flock on a file descriptor we own, for the lifetime of `file`.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
+        let started = std::time::Instant::now();
+        let ours = std::process::id().to_string();
+        loop {
+            // SAFETY: flock on a file descriptor we own, for the lifetime of `file`.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
+            }
             let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            return Err(StoreError::Locked {
-                pid: pid.trim().to_owned(),
-            });
+            let _ = file
+                .seek(SeekFrom::Start(0))
+                .and_then(|_| file.read_to_string(&mut pid));
+            let pid = pid.trim().to_owned();
+            if pid != ours || started.elapsed() >= std::time::Duration::from_millis(LOCK_RETRY_MS) {
+                return Err(StoreError::Locked { pid });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
         file.set_len(0)
             .and_then(|_| file.seek(SeekFrom::Start(0)))
             .and_then(|_| writeln!(file, "{}", std::process::id()))
             .map_err(|e| StoreError::io(format!("write lock file {}", path.display()), e))?;
         Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_held_only_by_a_child_being_spawned_is_taken_once_it_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.lock");
+        let lock = WorkspaceLock::acquire(&path).unwrap();
+        // A copy of the descriptor without close-on-exec, inherited by a child that lives
+        // 50 ms: the child holds the lock after this process lets go, as a hook being
+        // spawned does until its exec.
+        // SAFETY: dup of a descriptor we own; the copy is closed below.
+        let copy = unsafe { libc::dup(lock._file.as_raw_fd()) };
+        assert!(copy >= 0);
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.05")
+            .spawn()
+            .unwrap();
+        // SAFETY: closing the copy made above.
+        unsafe { libc::close(copy) };
+        drop(lock);
+        let again = WorkspaceLock::acquire(&path);
+        child.wait().unwrap();
+        assert!(again.is_ok(), "{again:?}");
+    }
+
+    #[test]
+    fn a_lock_held_in_this_process_is_refused_after_the_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.lock");
+        let _held = WorkspaceLock::acquire(&path).unwrap();
+        match WorkspaceLock::acquire(&path) {
+            Err(StoreError::Locked { pid }) => assert_eq!(pid, std::process::id().to_string()),
+            other => panic!("expected Locked, got {other:?}"),
+        }
     }
 }

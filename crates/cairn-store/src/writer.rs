@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 
 use cairn_log::{codec, ChainCursor, EntryDraft, Head, Meta, StoredEntry};
@@ -231,12 +231,24 @@ impl<M: StateMachine> Writer<M> {
 
     fn serve(&mut self, rx: Receiver<Request<M>>) {
         let mut requests = Vec::with_capacity(self.opts.batch_entries_max);
+        let mut credit = spin::YieldCredit::default();
         loop {
-            // Between quick groups the next request is usually a few microseconds away:
-            // yielding for it saves the writer a sleep and its caller a wake-up call.
-            let quick = self.shared.answers_quick();
-            let first = match quick.then(|| spin::yield_until(|| rx.try_recv().ok())) {
-                Some(Some(r)) => r,
+            // Between quick groups under load the next request is usually a few microseconds
+            // away: yielding for it saves the writer a sleep and its caller a wake-up call.
+            // The credit stops that when requests come too far apart for yielding to pay.
+            let waited = (self.shared.answers_quick() && credit.try_yield()).then(|| {
+                let got = spin::yield_until(|| match rx.try_recv() {
+                    Ok(r) => Some(Some(r)),
+                    Err(TryRecvError::Disconnected) => Some(None),
+                    Err(TryRecvError::Empty) => None,
+                });
+                credit.record(got.is_some());
+                got
+            });
+            let first = match waited {
+                Some(Some(Some(r))) => r,
+                // Every sender is gone.
+                Some(Some(None)) => break,
                 _ => match rx.recv() {
                     Ok(r) => r,
                     Err(_) => break,
@@ -615,4 +627,24 @@ pub(crate) fn write_overlay(
     wo.disable_wal(disable_wal);
     db.write_opt(batch, &wo)
         .map_err(StoreError::db("rebuild: write batch"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spin::QUICK_WRITE_NS_MAX;
+
+    #[test]
+    fn answers_are_quick_after_a_write_of_at_most_the_limit() {
+        let shared = Shared::new(0);
+        assert!(!shared.answers_quick(), "nothing written yet");
+        shared
+            .last_write_ns
+            .store(QUICK_WRITE_NS_MAX, Ordering::Relaxed);
+        assert!(shared.answers_quick());
+        shared
+            .last_write_ns
+            .store(QUICK_WRITE_NS_MAX + 1, Ordering::Relaxed);
+        assert!(!shared.answers_quick());
+    }
 }

@@ -186,6 +186,7 @@ fn concurrent_writers(durability: Durability) {
     assert_eq!(offsets, (1..=n).collect::<Vec<_>>());
     let view = store.read().unwrap();
     let entries = view.read_log(1, n as usize).unwrap();
+    assert_eq!(entries.len(), n as usize);
     for ((offset, key), entry) in answered.iter().zip(&entries) {
         assert_eq!(entry.offset, *offset);
         let (written, _): (String, Vec<u8>) = codec::decode_value(&entry.payload).unwrap();
