@@ -70,20 +70,32 @@ mod tests {
         let path = dir.path().join("cairn.lock");
         let lock = WorkspaceLock::acquire(&path).unwrap();
         // A copy of the descriptor without close-on-exec, inherited by a child that lives
-        // 50 ms: the child holds the lock after this process lets go, as a hook being
-        // spawned does until its exec.
+        // until its stdin closes: the child holds the lock after this process lets go, as a
+        // hook being spawned does until its exec.
         // SAFETY: dup of a descriptor we own; the copy is closed below.
         let copy = unsafe { libc::dup(lock._file.as_raw_fd()) };
         assert!(copy >= 0);
-        let mut child = std::process::Command::new("sleep")
-            .arg("0.05")
+        let mut child = std::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
         // SAFETY: closing the copy made above.
         unsafe { libc::close(copy) };
         drop(lock);
+        // The child really holds it now.
+        let probe = File::open(&path).unwrap();
+        // SAFETY: flock on a descriptor we own; it fails, so there is nothing to release.
+        let held = unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_ne!(held, 0, "the child holds the lock");
+        // The child lets go (its stdin closes, it exits) while the lock is being retried.
+        let stdin = child.stdin.take().unwrap();
+        let ender = std::thread::spawn(move || {
+            drop(stdin);
+            child.wait().unwrap()
+        });
         let again = WorkspaceLock::acquire(&path);
-        child.wait().unwrap();
+        ender.join().unwrap();
         assert!(again.is_ok(), "{again:?}");
     }
 

@@ -236,23 +236,23 @@ impl<M: StateMachine> Writer<M> {
             // Between quick groups under load the next request is usually a few microseconds
             // away: yielding for it saves the writer a sleep and its caller a wake-up call.
             // The credit stops that when requests come too far apart for yielding to pay.
-            let waited = (self.shared.answers_quick() && credit.try_yield()).then(|| {
+            let mut first = None;
+            if self.shared.answers_quick() && credit.try_yield() {
                 let got = spin::yield_until(|| match rx.try_recv() {
-                    Ok(r) => Some(Some(r)),
-                    Err(TryRecvError::Disconnected) => Some(None),
                     Err(TryRecvError::Empty) => None,
+                    other => Some(other),
                 });
                 credit.record(got.is_some());
-                got
-            });
-            let first = match waited {
-                Some(Some(Some(r))) => r,
-                // Every sender is gone.
-                Some(Some(None)) => break,
-                _ => match rx.recv() {
-                    Ok(r) => r,
-                    Err(_) => break,
-                },
+                match got {
+                    Some(Ok(r)) => first = Some(r),
+                    // Every sender is gone.
+                    Some(Err(_)) => break,
+                    None => {}
+                }
+            }
+            let first = match first.map_or_else(|| rx.recv(), Ok) {
+                Ok(r) => r,
+                Err(_) => break,
             };
             requests.push(first);
             while requests.len() < self.opts.batch_entries_max {
