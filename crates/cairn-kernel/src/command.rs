@@ -224,6 +224,9 @@ pub enum Command {
         /// Name.
         name: String,
     },
+    /// Record that an operator accepted a WAL loss the store found (the runtime issues it
+    /// once, after the acceptance).
+    AcceptWalLoss(crate::event::WalLossAccepted),
     /// Append an extension event.
     Ext {
         /// Kind, `ext.<app>.<name>.v<N>`.

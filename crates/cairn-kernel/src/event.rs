@@ -88,6 +88,28 @@ pub struct HookRef {
     pub attempt: u32,
 }
 
+/// `store.wal_loss_accepted.v1`: an operator accepted that the workspace's WAL replay dropped
+/// acknowledged commits (the store refused to open until then). The entries after
+/// `recovered_offset` in the log are new ones, written after the acceptance; the lost ones
+/// are gone. Applying it changes no state: it is the audit trail of the loss.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalLossAccepted {
+    /// When the store found the damage (ms since the Unix epoch).
+    pub detected_ms: u64,
+    /// The offset the workspace recovered to (this entry follows it).
+    pub recovered_offset: u64,
+    /// The WAL file where the replay stopped.
+    pub file: String,
+    /// The byte in that file.
+    pub byte: u64,
+    /// What was wrong there.
+    pub reason: String,
+    /// Intact commits after the damage that were dropped.
+    pub lost_commits: u64,
+    /// The highest offset those commits had reached, if known.
+    pub lost_through_offset: Option<u64>,
+}
+
 /// `package.install_started.v1`: the package, everything it declares and its install change,
 /// created in one commit. Kept resources of the same name are adopted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +339,8 @@ pub enum Event {
         /// Name.
         name: String,
     },
+    /// `store.wal_loss_accepted.v1`
+    WalLossAccepted(WalLossAccepted),
     /// An extension's event (`ext.<app>.<name>.v<N>`), applied by its registered handler.
     Ext {
         /// Kind.
@@ -509,6 +533,7 @@ pub mod kinds {
     pub const SCHEMA_MIGRATED: &str = "schema.migrated.v1";
     pub const TOKEN_CREATED: &str = "token.created.v1";
     pub const TOKEN_REVOKED: &str = "token.revoked.v1";
+    pub const WAL_LOSS_ACCEPTED: &str = "store.wal_loss_accepted.v1";
     /// Prefix of extension kinds.
     pub const EXT_PREFIX: &str = "ext.";
 }
@@ -546,6 +571,7 @@ impl Event {
             Event::SchemaMigrated { .. } => SCHEMA_MIGRATED,
             Event::TokenCreated { .. } => TOKEN_CREATED,
             Event::TokenRevoked { .. } => TOKEN_REVOKED,
+            Event::WalLossAccepted(_) => WAL_LOSS_ACCEPTED,
             Event::Ext { kind, .. } => kind,
         }
     }
@@ -674,6 +700,7 @@ impl Event {
                 enc(&wire::TokenCreated { name, role, hash })
             }
             Event::TokenRevoked { name } => enc(&wire::TokenRevoked { name }),
+            Event::WalLossAccepted(e) => enc(&e),
             Event::Ext { payload, .. } => payload,
         }
     }
@@ -848,6 +875,7 @@ impl Event {
                 let w: wire::TokenRevoked = dec(kind, payload)?;
                 Event::TokenRevoked { name: w.name }
             }
+            WAL_LOSS_ACCEPTED => Event::WalLossAccepted(dec(kind, payload)?),
             other if other.starts_with(EXT_PREFIX) => Event::Ext {
                 kind: other.to_string(),
                 payload: payload.to_vec(),

@@ -27,10 +27,11 @@ use crate::records::*;
 /// rebuilds the projection from the log at open.
 pub const PROJECTION_VERSION: u64 = 2;
 /// The kernel's own schema version.
-pub const SCHEMA_VERSION: u32 = 2;
-/// Oldest binary schema version that can open data written by this one (2: API tokens are
-/// events a version-1 binary cannot apply, so it must refuse the workspace at open).
-pub const SCHEMA_COMPAT_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
+/// Oldest binary schema version that can open data written by this one (3: an accepted WAL
+/// loss is an event a version-2 binary cannot apply, so it must refuse the workspace at open,
+/// as version 1 refuses API tokens).
+pub const SCHEMA_COMPAT_VERSION: u32 = 3;
 /// Name of the kernel's own schema.
 pub const SCHEMA_NAME: &str = "cairn";
 
@@ -127,7 +128,8 @@ impl Default for Kernel {
 }
 
 /// The kernel's own schema: version 1 is the initial layout; version 2 adds API tokens
-/// (`token.created.v1`, `token.revoked.v1`), which version-1 binaries cannot apply.
+/// (`token.created.v1`, `token.revoked.v1`), which version-1 binaries cannot apply; version 3
+/// adds the record of an accepted WAL loss (`store.wal_loss_accepted.v1`).
 pub fn builtin_schema() -> Schema {
     Schema {
         name: SCHEMA_NAME.into(),
@@ -143,6 +145,12 @@ pub fn builtin_schema() -> Schema {
                 to: 2,
                 compat: 2,
                 name: "api-tokens".into(),
+                apply: |_| Ok(()),
+            },
+            Migration {
+                to: 3,
+                compat: 3,
+                name: "wal-loss-record".into(),
                 apply: |_| Ok(()),
             },
         ],
@@ -957,6 +965,7 @@ impl Kernel {
                     .ok_or_else(|| Rejection::NotFound(Entity::Token(name.clone())))?;
                 Ok(vec![Event::TokenRevoked { name: name.clone() }])
             }
+            Command::AcceptWalLoss(loss) => Ok(vec![Event::WalLossAccepted(loss.clone())]),
             Command::Ext { kind, payload } => {
                 let app = ext::app_of(kind).ok_or_else(|| {
                     Rejection::Invalid(format!(
@@ -2073,6 +2082,8 @@ impl Kernel {
                 state.delete(Space::State, &keys::token(&name));
                 state.delete(Space::State, &keys::token_hash(&t.hash));
             }
+            // The audit trail of a loss; no state records it.
+            Event::WalLossAccepted(_) => {}
             Event::Ext { kind, payload } => {
                 let app = ext::app_of(&kind)
                     .ok_or_else(|| ApplyFailure(format!("malformed extension kind {kind:?}")))?;

@@ -369,6 +369,30 @@ fn token_events() -> Vec<Event> {
     ]
 }
 
+/// Events of kinds added with schema 3, in their own golden file.
+fn wal_loss_events() -> Vec<Event> {
+    vec![
+        Event::WalLossAccepted(cairn_kernel::event::WalLossAccepted {
+            detected_ms: 1_764_576_000_000,
+            recovered_offset: 10,
+            file: "000012.log".into(),
+            byte: 4096,
+            reason: "checksum mismatch".into(),
+            lost_commits: 90,
+            lost_through_offset: Some(100),
+        }),
+        Event::WalLossAccepted(cairn_kernel::event::WalLossAccepted {
+            detected_ms: 1,
+            recovered_offset: 0,
+            file: "000004.log".into(),
+            byte: 0,
+            reason: String::new(),
+            lost_commits: 1,
+            lost_through_offset: None,
+        }),
+    ]
+}
+
 fn blake3_like() -> &'static [u8; 32] {
     &[
         0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
@@ -416,9 +440,11 @@ fn every_built_in_kind_is_in_the_golden_file() {
         kinds::SCHEMA_MIGRATED,
         kinds::TOKEN_CREATED,
         kinds::TOKEN_REVOKED,
+        kinds::WAL_LOSS_ACCEPTED,
     ];
     let mut events = events();
     events.extend(token_events());
+    events.extend(wal_loss_events());
     let covered: std::collections::BTreeSet<&str> = events.iter().map(|e| e.kind()).collect();
     for kind in all {
         assert!(covered.contains(kind), "{kind} has no golden event");
@@ -435,6 +461,13 @@ fn golden_token_events_decode_to_the_same_values_and_encode_to_the_same_bytes() 
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/events-tokens-v1.frames");
     check_golden(&path, &token_events());
+}
+
+#[test]
+fn golden_wal_loss_events_decode_to_the_same_values_and_encode_to_the_same_bytes() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/events-wal-loss-v1.frames");
+    check_golden(&path, &wal_loss_events());
 }
 
 // The determinism bans are for the kernel's code; a test may read its environment.

@@ -4,6 +4,7 @@
 use cairn_log::{ChainError, CorruptReason, EntryError, LogError};
 
 use crate::machine::ApplyError;
+use crate::recovery::WalDamage;
 
 /// A failure of the store.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -73,6 +74,24 @@ pub enum StoreError {
     /// An entry could not be applied; the writer stopped.
     #[error("{0}")]
     Apply(#[from] ApplyError),
+    /// The write-ahead log holds acknowledged commits that its replay would drop; every open
+    /// is refused until the loss is accepted or the workspace restored.
+    #[error("{0}")]
+    WalDamaged(Box<WalDamage>),
+    /// An acceptance of WAL loss on a workspace that has none recorded.
+    #[error("no write-ahead log damage is recorded for {path}; there is nothing to accept")]
+    NothingToAccept {
+        /// The data directory.
+        path: String,
+    },
+    /// RocksDB found corruption in its files (a bad block checksum, a damaged MANIFEST).
+    #[error("{context}: {message}")]
+    DbCorruption {
+        /// What the store was doing.
+        context: String,
+        /// RocksDB's report, naming the file where it can.
+        message: String,
+    },
     /// RocksDB or the file system failed.
     #[error("{context}: {message}")]
     Io {
@@ -81,6 +100,19 @@ pub enum StoreError {
         /// The underlying error.
         message: String,
     },
+    /// A group commit's write failed (a full disk, an IO error): the command is not
+    /// acknowledged. The writer stays up and tries again with the next commit.
+    #[error(
+        "commit failed: {reason}; it is not acknowledged (commits are retried and resume by \
+         themselves once the cause is gone, e.g. when disk space is freed)"
+    )]
+    WriteFailed {
+        /// RocksDB's or the file system's error.
+        reason: String,
+    },
+    /// A command was submitted to a store opened read-only.
+    #[error("the workspace is open read-only; it accepts no commands")]
+    ReadOnly,
     /// The writer stopped after an earlier failure; reopen the workspace.
     #[error("store writer stopped after an earlier failure: {0}")]
     Stopped(String),
@@ -95,17 +127,33 @@ impl StoreError {
         }
     }
 
-    /// A RocksDB failure while doing `context`.
+    /// A RocksDB failure while doing `context`: corruption RocksDB detected is an integrity
+    /// failure ([`StoreError::DbCorruption`]), anything else IO.
     pub(crate) fn db(context: &str) -> impl FnOnce(rocksdb::Error) -> Self + '_ {
-        move |e| StoreError::io(context, e)
+        move |e| StoreError::from_db(context, &e)
     }
 
-    /// Whether this is an integrity failure (corruption or inconsistency), as opposed to IO.
+    /// Classifies a RocksDB error met while doing `context`.
+    pub fn from_db(context: &str, e: &rocksdb::Error) -> Self {
+        match e.kind() {
+            rocksdb::ErrorKind::Corruption => StoreError::DbCorruption {
+                context: context.to_owned(),
+                message: e.to_string(),
+            },
+            _ => StoreError::io(context, e),
+        }
+    }
+
+    /// Whether this is an integrity failure (corruption, a damaged WAL, an inconsistency), as
+    /// opposed to IO or a usage error.
     pub fn is_integrity(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Corrupt { .. } | StoreError::Inconsistent(_)
-        )
+        match self {
+            StoreError::Corrupt { .. }
+            | StoreError::Inconsistent(_)
+            | StoreError::WalDamaged(_)
+            | StoreError::DbCorruption { .. } => true,
+            _ => false,
+        }
     }
 }
 

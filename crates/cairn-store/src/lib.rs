@@ -15,20 +15,24 @@ pub mod layout;
 mod lock;
 mod machine;
 mod overlay;
+mod recovery;
 mod spin;
 mod store;
 pub mod testing;
 mod view;
+mod wal;
 mod writer;
 
 pub use error::{CommandError, StoreError};
 pub use lock::LOCK_RETRY_MS;
 pub use machine::{ApplyError, DecideCtx, DecideError, Event, StateMachine};
 pub use overlay::READ_CACHE_BYTES_MAX;
+pub use recovery::{WalDamage, QUARANTINE_DIR, WAL_DAMAGE_FILE, WAL_LOSS_ACCEPTED_FILE};
 pub use spin::{ANSWER_YIELD_US_MAX, QUICK_WRITE_NS_MAX};
 pub use store::{
     db_options, open_raw_db, system_clock_ms, CommandTicket, Durability, Options, RebuildReport,
-    Store, Ticket, TicketFuture, BUFFERED_SYNC_INTERVAL_MS,
+    Store, Ticket, TicketFuture, BUFFERED_SYNC_INTERVAL_MS, INFO_LOG_FILES_MAX,
+    INFO_LOG_FILE_BYTES_MAX,
 };
 pub use view::{Digest, Progress, ReadView, VerifyReport};
-pub use writer::{Committed, Spent, WriterStats};
+pub use writer::{Committed, Spent, WriterHealth, WriterStats};

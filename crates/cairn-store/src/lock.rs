@@ -52,10 +52,18 @@ impl WorkspaceLock {
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        file.set_len(0)
-            .and_then(|_| file.seek(SeekFrom::Start(0)))
-            .and_then(|_| writeln!(file, "{}", std::process::id()))
-            .map_err(|e| StoreError::io(format!("write lock file {}", path.display()), e))?;
+        // The pid is written over the old one, then the file cut to it: on a full disk, bytes
+        // within the file's existing block still fit (cutting first would give the block up).
+        // The pid is only for messages: the flock is the lock, so a pid that cannot be written
+        // is a warning, not a failure (reads must open on a full disk).
+        let pid = format!("{}\n", std::process::id());
+        let written = file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(pid.as_bytes()))
+            .and_then(|_| file.set_len(pid.len() as u64));
+        if let Err(error) = written {
+            tracing::warn!(path = %path.display(), %error, "could not write the pid into the lock file");
+        }
         Ok(Self { _file: file })
     }
 }

@@ -17,9 +17,10 @@ use crate::error::{CommandError, StoreError};
 use crate::layout::{self, CFS, CF_LOG, CF_META};
 use crate::lock::WorkspaceLock;
 use crate::machine::StateMachine;
+use crate::recovery::Access;
 use crate::spin;
 use crate::view::{decode_stored, read_meta, Progress, ReadView};
-use crate::writer::{Committed, Request, Shared, Spent, Writer, WriterStats};
+use crate::writer::{Committed, Request, Shared, Spent, Writer, WriterHealth, WriterStats};
 
 /// How durable an acknowledged commit is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -170,6 +171,14 @@ pub struct Store<M: StateMachine> {
     _lock: WorkspaceLock,
 }
 
+/// What [`Store::open`] and [`Store::open_read_only`] found before the writer starts.
+struct Opened {
+    db: DB,
+    workspace_id: Uuid,
+    epoch: u64,
+    head: Head,
+}
+
 /// The RocksDB options every workspace database is opened with (benchmarks open their raw
 /// RocksDB peer with the same ones).
 pub fn db_options() -> rocksdb::Options {
@@ -190,6 +199,9 @@ pub fn db_options() -> rocksdb::Options {
     // atomic flushes it is rarely what triggers one.
     o.set_max_total_wal_size(24 << 20);
     o.set_max_background_jobs(2);
+    // RocksDB's own log (`db/LOG`): every open rolls it to a `LOG.old.*` file; keep a few.
+    o.set_keep_log_file_num(INFO_LOG_FILES_MAX);
+    o.set_max_log_file_size(INFO_LOG_FILE_BYTES_MAX);
     o.set_bytes_per_sync(1 << 20);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
     // Commands read state keys that were written long ago (a package's status, a feature):
@@ -199,6 +211,11 @@ pub fn db_options() -> rocksdb::Options {
     o.set_block_based_table_factory(&table);
     o
 }
+
+/// RocksDB info log files (`db/LOG`, `db/LOG.old.*`) kept besides the current one.
+pub const INFO_LOG_FILES_MAX: usize = 4;
+/// Size at which RocksDB's info log rolls over to a new file.
+pub const INFO_LOG_FILE_BYTES_MAX: usize = 1 << 20;
 
 fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
     CFS.iter()
@@ -213,6 +230,13 @@ pub fn open_raw_db(data: &Path) -> Result<DB, StoreError> {
         .map_err(StoreError::db("open database"))
 }
 
+/// Opens the database read-only: the WAL is replayed into memory, nothing is written (so it
+/// works on a full disk).
+fn open_db_read_only(data: &Path) -> Result<DB, StoreError> {
+    DB::open_cf_descriptors_read_only(&db_options(), layout::db_dir(data), cf_descriptors(), false)
+        .map_err(StoreError::db("open database read-only"))
+}
+
 /// Opens the database for a rebuild: RocksDB refuses WAL-less writes while WAL files are
 /// recycled, and a rebuild's state writes skip the WAL (see `rebuild_db`).
 fn open_for_rebuild(data: &Path) -> Result<DB, StoreError> {
@@ -220,6 +244,22 @@ fn open_for_rebuild(data: &Path) -> Result<DB, StoreError> {
     opts.set_recycle_log_file_num(0);
     DB::open_cf_descriptors(&opts, layout::db_dir(data), cf_descriptors())
         .map_err(StoreError::db("open database for rebuild"))
+}
+
+/// Opens the database with `open` after the WAL check (`recovery::open_checked`): refused
+/// when the replay dropped acknowledged commits, or when such a loss was found before.
+fn open_db_checked(
+    data: &Path,
+    access: crate::recovery::Access,
+    open: impl FnOnce() -> Result<DB, StoreError>,
+) -> Result<DB, StoreError> {
+    crate::recovery::open_checked(
+        data,
+        access,
+        open,
+        |db| Ok(read_meta(Base { db, snap: None })?.head.offset),
+        system_clock_ms(),
+    )
 }
 
 impl<M: StateMachine> Store<M> {
@@ -267,26 +307,12 @@ impl<M: StateMachine> Store<M> {
     /// grow with the log, except for that rebuild.
     pub fn open(data: &Path, machine: M, opts: Options) -> Result<Self, StoreError> {
         let lock = lock_workspace(data)?;
-        let mut db = open_raw_db(data)?;
-        let (workspace_id, meta_epoch) = check_layout(&db)?;
-        let head = check_head(&db)?;
-        machine
-            .check_open(&Base {
-                db: &db,
-                snap: None,
-            })
-            .map_err(StoreError::Incompatible)?;
-        let stored_projection = read_projection_version(&db)?;
-        if stored_projection != Some(machine.projection_version()) {
-            tracing::info!(
-                stored = ?stored_projection,
-                wanted = machine.projection_version(),
-                "projection version differs; rebuilding from the log"
-            );
-            drop(db);
-            rebuild_db(&mut open_for_rebuild(data)?, &machine, &mut |_| {})?;
-            db = open_raw_db(data)?;
-        }
+        let Opened {
+            db,
+            workspace_id,
+            epoch,
+            head,
+        } = open_current(data, &machine, Access::Write, || open_raw_db(data))?;
         let db = Arc::new(db);
         let machine = Arc::new(machine);
         let shared = Arc::new(Shared::new(head.offset));
@@ -298,7 +324,7 @@ impl<M: StateMachine> Store<M> {
             opts,
             shared: Arc::clone(&shared),
             head,
-            epoch: meta_epoch.max(head.epoch),
+            epoch,
             stopped: None,
             replier: None,
             cache: Default::default(),
@@ -324,6 +350,35 @@ impl<M: StateMachine> Store<M> {
         })
     }
 
+    /// Opens the workspace at `data` for reading only: no writer, every command is answered
+    /// with [`StoreError::ReadOnly`], and RocksDB opens read-only, writing nothing, so this
+    /// works on a full disk. The same checks as [`Store::open`] (WAL, layout, head, the
+    /// machine's `check_open`). Only a projection built by another version is rebuilt first
+    /// (that writes the projection, never the log).
+    pub fn open_read_only(data: &Path, machine: M) -> Result<Self, StoreError> {
+        let lock = lock_workspace(data)?;
+        let Opened {
+            db,
+            workspace_id,
+            head,
+            ..
+        } = open_current(data, &machine, Access::Read, || open_db_read_only(data))?;
+        let shared = Arc::new(Shared::new(head.offset));
+        shared.set_health(WriterHealth::ReadOnly);
+        Ok(Self {
+            tx: None,
+            writer: None,
+            flusher: None,
+            db: Arc::new(db),
+            machine: Arc::new(machine),
+            shared,
+            durability: Durability::None,
+            workspace_id,
+            data: data.to_owned(),
+            _lock: lock,
+        })
+    }
+
     /// Rebuilds the projection of the (closed) workspace at `data` from its log.
     pub fn rebuild(
         data: &Path,
@@ -331,15 +386,39 @@ impl<M: StateMachine> Store<M> {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<RebuildReport, StoreError> {
         let _lock = lock_workspace(data)?;
-        let mut db = open_for_rebuild(data)?;
+        let mut db = open_db_checked(data, Access::Write, || open_for_rebuild(data))?;
         check_layout(&db)?;
         check_head(&db)?;
         rebuild_db(&mut db, machine, progress)
     }
 
+    /// Accepts the recorded WAL damage of the (closed) workspace at `data`: it will open at the
+    /// offset its WAL replay recovered, without the lost commits. The WAL files holding them
+    /// are removed (copies are in the quarantine directory the damage names). The acceptance
+    /// waits in [`Store::pending_wal_loss`] until the caller has logged it (the `cairn` runtime
+    /// does at its next open) and called [`Store::wal_loss_recorded`].
+    pub fn accept_wal_loss(data: &Path) -> Result<crate::WalDamage, StoreError> {
+        let _lock = lock_workspace(data)?;
+        crate::recovery::accept(data, || open_raw_db(data))
+    }
+
+    /// An accepted WAL loss that is not logged yet (see [`Store::accept_wal_loss`]).
+    pub fn pending_wal_loss(&self) -> Result<Option<crate::WalDamage>, StoreError> {
+        crate::recovery::pending_accepted(&self.data)
+    }
+
+    /// The accepted WAL loss has been logged: forget it.
+    pub fn wal_loss_recorded(&self) -> Result<(), StoreError> {
+        crate::recovery::accepted_recorded(&self.data)
+    }
+
     /// Submits a command; the ticket answers once it is committed (or rejected).
     pub fn submit(&self, meta: Meta, command: M::Command) -> CommandTicket<M> {
         let (reply, rx) = oneshot::channel();
+        if self.tx.is_none() {
+            let _ = reply.send((Err(StoreError::ReadOnly.into()), (meta, command)));
+            return Ticket { rx, quick: false };
+        }
         self.send(Request::Command {
             meta,
             command,
@@ -364,6 +443,10 @@ impl<M: StateMachine> Store<M> {
     /// chain; they are applied and committed like the store's own.
     pub fn submit_entries(&self, entries: Vec<StoredEntry>) -> Ticket<Committed, StoreError> {
         let (reply, rx) = oneshot::channel();
+        if self.tx.is_none() {
+            let _ = reply.send((Err(StoreError::ReadOnly), ()));
+            return Ticket { rx, quick: false };
+        }
         self.send(Request::Entries { entries, reply });
         Ticket {
             rx,
@@ -372,7 +455,10 @@ impl<M: StateMachine> Store<M> {
     }
 
     fn send(&self, request: Request<M>) {
-        let tx = self.tx.as_ref().expect("sender lives until drop");
+        let tx = self
+            .tx
+            .as_ref()
+            .expect("a writable store keeps its sender until drop (read-only ones never send)");
         // If the writer is gone, the request (and its reply sender) is dropped here, and the
         // ticket answers "writer exited".
         let _ = tx.send(request);
@@ -381,6 +467,17 @@ impl<M: StateMachine> Store<M> {
     /// A consistent read view at the latest commit.
     pub fn read(&self) -> Result<ReadView, StoreError> {
         ReadView::new(Arc::clone(&self.db))
+    }
+
+    /// Whether the writer can commit: ok, degraded by failing writes (they are retried), stopped,
+    /// or read-only.
+    pub fn health(&self) -> WriterHealth {
+        self.shared.health()
+    }
+
+    /// Whether this store was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.tx.is_none()
     }
 
     /// What the writer has done since open: group commits, entries, rejections, write time.
@@ -444,6 +541,53 @@ impl<M: StateMachine> Store<M> {
     }
 }
 
+/// Opens the database with `open` (after the WAL check) and checks it: layout, head, the
+/// machine's compatibility; rebuilds a projection of another version first (through a
+/// writable open, even for reading: the projection is derived, the log is not touched).
+fn open_current<M: StateMachine>(
+    data: &Path,
+    machine: &M,
+    access: Access,
+    open: impl Fn() -> Result<DB, StoreError>,
+) -> Result<Opened, StoreError> {
+    let db = open_db_checked(data, access, &open)?;
+    let (workspace_id, meta_epoch) = check_layout(&db)?;
+    let head = check_head(&db)?;
+    machine
+        .check_open(&Base {
+            db: &db,
+            snap: None,
+        })
+        .map_err(StoreError::Incompatible)?;
+    let stored_projection = read_projection_version(&db)?;
+    if stored_projection == Some(machine.projection_version()) {
+        return Ok(Opened {
+            db,
+            workspace_id,
+            epoch: meta_epoch.max(head.epoch),
+            head,
+        });
+    }
+    match stored_projection {
+        // A new workspace (or a replay target) builds its first projection.
+        None => tracing::debug!("building the projection from the log"),
+        Some(stored) => tracing::info!(
+            stored,
+            wanted = machine.projection_version(),
+            "projection version differs; rebuilding from the log"
+        ),
+    }
+    drop(db);
+    rebuild_db(&mut open_for_rebuild(data)?, machine, &mut |_| {})?;
+    let db = open()?;
+    Ok(Opened {
+        db,
+        workspace_id,
+        epoch: meta_epoch.max(head.epoch),
+        head,
+    })
+}
+
 impl<M: StateMachine> Drop for Store<M> {
     fn drop(&mut self) {
         drop(self.tx.take());
@@ -454,6 +598,7 @@ impl<M: StateMachine> Drop for Store<M> {
             drop(stop);
             let _ = flusher.join();
         }
+        // A read-only store has durability `None`: nothing to sync.
         if self.durability != Durability::None {
             if let Err(e) = self.db.flush_wal(true) {
                 tracing::error!(error = %e, "final WAL sync failed");

@@ -5,7 +5,14 @@
 //! the overlay of the group so far, seals the resulting entries onto the chain, applies them to
 //! the overlay, and finally writes entries + state changes + `applied`/`head` in one batch. Every
 //! caller is answered only after that write returns, so under `Durability::Sync` an answer
-//! means durable. A failed write or apply stops the writer: nothing after it is acknowledged.
+//! means durable.
+//!
+//! A failed *write* (a full disk, an IO error) fails the group and degrades the writer: it goes
+//! on taking requests and tries each group's write again, so commits resume by themselves when
+//! the cause is gone (RocksDB itself recovers from a full disk once space returns: it flushes
+//! the memtables and starts a new WAL file, so the failed batch, even if it reached the old WAL,
+//! is never replayed after newer ones). A failed *apply* (an entry the machine cannot fold) stops
+//! the writer: nothing after it is acknowledged until the workspace is reopened.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,6 +81,32 @@ pub(crate) struct Shared {
     /// How long the last group's write took: short writes mean answers come quickly, and a
     /// waiting thread does better to yield for a moment than to sleep (see `spin`).
     last_write_ns: AtomicU64,
+    /// Whether the writer can commit.
+    health: Mutex<WriterHealth>,
+}
+
+/// Whether the store's writer can commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriterHealth {
+    /// Commits go through.
+    Ok,
+    /// The last group's write failed; every group is tried again, and commits resume once a
+    /// write succeeds. Reads are not affected.
+    Degraded {
+        /// Why the last write failed.
+        reason: String,
+        /// When the first failed write of this spell happened (ms since the Unix epoch).
+        since_ms: u64,
+        /// Group writes that failed in this spell.
+        failed_writes: u64,
+    },
+    /// The writer stopped (an entry could not be applied); reopen the workspace.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+    /// The store was opened read-only; it never commits.
+    ReadOnly,
 }
 
 /// The applied offset and who waits for it to move.
@@ -94,6 +127,8 @@ pub struct WriterStats {
     pub rejections: u64,
     /// Nanoseconds spent in RocksDB writes of group commits (including fsync under `Sync`).
     pub write_ns: u64,
+    /// Group writes that failed (their commands were answered with an error).
+    pub failed_writes: u64,
 }
 
 #[derive(Default)]
@@ -102,6 +137,7 @@ pub(crate) struct StatsCounters {
     entries: AtomicU64,
     rejections: AtomicU64,
     write_ns: AtomicU64,
+    failed_writes: AtomicU64,
 }
 
 impl StatsCounters {
@@ -111,6 +147,7 @@ impl StatsCounters {
             entries: self.entries.load(Ordering::Relaxed),
             rejections: self.rejections.load(Ordering::Relaxed),
             write_ns: self.write_ns.load(Ordering::Relaxed),
+            failed_writes: self.failed_writes.load(Ordering::Relaxed),
         }
     }
 }
@@ -126,6 +163,56 @@ impl Shared {
             dirty: AtomicBool::new(false),
             stats: StatsCounters::default(),
             last_write_ns: AtomicU64::new(u64::MAX),
+            health: Mutex::new(WriterHealth::Ok),
+        }
+    }
+
+    /// Whether the writer can commit.
+    pub fn health(&self) -> WriterHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_health(&self, health: WriterHealth) {
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
+    }
+
+    /// Records a failed group write; returns whether the writer was healthy before.
+    fn write_failed(&self, reason: &str, now_ms: u64) -> bool {
+        self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let was_ok = *health == WriterHealth::Ok;
+        *health = match &*health {
+            WriterHealth::Degraded {
+                since_ms,
+                failed_writes,
+                ..
+            } => WriterHealth::Degraded {
+                reason: reason.to_owned(),
+                since_ms: *since_ms,
+                failed_writes: failed_writes + 1,
+            },
+            _ => WriterHealth::Degraded {
+                reason: reason.to_owned(),
+                since_ms: now_ms,
+                failed_writes: 1,
+            },
+        };
+        was_ok
+    }
+
+    /// Records a successful group write; returns how many writes had failed before it.
+    fn write_succeeded(&self) -> Option<u64> {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        match &*health {
+            WriterHealth::Degraded { failed_writes, .. } => {
+                let failed = *failed_writes;
+                *health = WriterHealth::Ok;
+                Some(failed)
+            }
+            _ => None,
         }
     }
 
@@ -408,9 +495,18 @@ impl<M: StateMachine> Writer<M> {
         let full = group.entries.len() + entries.len() > self.opts.batch_entries_max
             || group.entry_bytes + group.overlay.bytes() + bytes > self.opts.batch_bytes_max;
         if full && !group.entries.is_empty() {
+            let before = group.cursor.head();
             self.commit(group);
             if let Some(why) = &self.stopped {
                 return Err(StoreError::Stopped(why.clone()));
+            }
+            if self.head != before {
+                // The write failed, and these entries were sealed to follow the lost ones.
+                let reason = match self.shared.health() {
+                    WriterHealth::Degraded { reason, .. } => reason,
+                    other => format!("{other:?}"),
+                };
+                return Err(StoreError::WriteFailed { reason });
             }
         }
         for entry in &entries {
@@ -500,25 +596,43 @@ impl<M: StateMachine> Writer<M> {
                 self.shared.advance(head.offset);
                 group.entries.clear();
                 group.entry_bytes = 0;
+                if let Some(failed) = self.shared.write_succeeded() {
+                    tracing::warn!(failed, "commits resumed after failed writes");
+                }
                 self.answer(group, Ok(()));
             }
             Err(e) => {
+                // The group is dropped whole: its state changes were never written and the
+                // cached values it changed are forgotten. The chain head stays where the last
+                // successful commit left it.
                 group.overlay.forget_cache();
-                let error = StoreError::io("commit write batch", e);
-                self.stop(group, &error);
+                let reason = e.to_string();
+                if self.shared.write_failed(&reason, (self.opts.clock)()) {
+                    tracing::error!(%reason, "a commit failed; writes are retried with each new commit");
+                }
+                let error = StoreError::WriteFailed { reason };
+                self.discard(group, &error);
             }
         }
+    }
+
+    /// Fails everyone in the group and empties it, leaving the writer running.
+    fn discard(&mut self, group: &mut Group<'_, M>, error: &StoreError) {
+        group.overlay.drain();
+        group.entries.clear();
+        group.entry_bytes = 0;
+        group.cursor = ChainCursor::new(self.head);
+        self.answer(group, Err(error.clone()));
     }
 
     /// Stops the writer, failing everyone in the group.
     fn stop(&mut self, group: &mut Group<'_, M>, error: &StoreError) {
         tracing::error!(%error, "store writer stopped");
         self.stopped = Some(error.to_string());
-        group.overlay.drain();
-        group.entries.clear();
-        group.entry_bytes = 0;
-        group.cursor = ChainCursor::new(self.head);
-        self.answer(group, Err(error.clone()));
+        self.shared.set_health(WriterHealth::Stopped {
+            reason: error.to_string(),
+        });
+        self.discard(group, error);
     }
 
     /// Hands the group's answers to the replier thread (waking each caller costs a futex
