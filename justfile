@@ -33,7 +33,8 @@ fuzz TARGET SECONDS="60": prereqs
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run {{TARGET}} corpus/{{TARGET}} -- -max_total_time={{SECONDS}}
 
-# Install what the build needs when it is missing (RocksDB's bindgen needs libclang).
+# Install what the build needs when it is missing (RocksDB's bindgen needs libclang), and
+# fusermount3 for the power-cut tests' FUSE mount when not root (root mounts with mount(2)).
 prereqs:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -41,4 +42,8 @@ prereqs:
         sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libclang-dev clang >/dev/null
+    fi
+    if [ "$(id -u)" != 0 ] && ! command -v fusermount3 >/dev/null; then
+        sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive sudo apt-get install -y -qq fuse3 >/dev/null
     fi

@@ -1,4 +1,5 @@
-//! Small state machines and helpers for tests, benches, the demo and the crash test.
+//! Small state machines and helpers for tests, benches, the demo and the crash and power-cut
+//! tests.
 //!
 //! [`KvMachine`] is a tiny key/value domain that follows the kernel's rules (a delete of a key
 //! that does not exist is rejected, never an upsert); [`NullMachine`] appends events and keeps
@@ -12,7 +13,7 @@ use cairn_log::{codec, Meta, Space, StateWrite, StoredEntry};
 use uuid::Uuid;
 
 use crate::machine::{ApplyError, DecideCtx, DecideError, Event, StateMachine};
-use crate::{CommandError, Options, Store};
+use crate::{CommandError, Durability, Options, Store};
 
 /// Commands of [`KvMachine`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,8 +196,22 @@ pub fn crash_value(key: &str) -> Vec<u8> {
 /// appends from `threads` threads until killed (or `max_entries` are written, or stdout is
 /// closed), printing `<offset> <key>` for every acknowledged command, flushed at once.
 pub fn crash_writer(data: &Path, threads: usize, max_entries: u64) -> Result<(), String> {
-    let store =
-        Store::open(data, KvMachine::default(), Options::default()).map_err(|e| e.to_string())?;
+    crash_writer_with(data, threads, max_entries, Durability::Sync)
+}
+
+/// [`crash_writer`] under any `durability`: the power-cut test's negative control writes
+/// with `Durability::None` to show that its checker finds what a missing fsync loses.
+pub fn crash_writer_with(
+    data: &Path,
+    threads: usize,
+    max_entries: u64,
+    durability: Durability,
+) -> Result<(), String> {
+    let opts = Options {
+        durability,
+        ..Options::default()
+    };
+    let store = Store::open(data, KvMachine::default(), opts).map_err(|e| e.to_string())?;
     let start = store.applied();
     let per_thread = max_entries / threads as u64 + 1;
     std::thread::scope(|s| {
