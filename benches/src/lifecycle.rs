@@ -8,8 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn::KernelMachine;
+use cairn_kernel::manifest::Validated;
 use cairn_kernel::model::{FeatureState, ResourceKind};
-use cairn_kernel::{manifest, query, Command, Manifest};
+use cairn_kernel::{manifest, query, Command};
 use cairn_store::{Durability, Options, Progress, Store};
 use uuid::Uuid;
 
@@ -37,7 +38,7 @@ pub fn open(dir: &Path, durability: Durability) -> KernelStore {
 
 /// A manifest named `name` declaring `vars` vars, `queues` queues, `features` features, a
 /// daemon, a vault, a plug and a slot. Features are named `<name>-f<i>`.
-pub fn manifest(name: &str, vars: usize, queues: usize, features: usize) -> Manifest {
+pub fn manifest(name: &str, vars: usize, queues: usize, features: usize) -> Validated {
     let mut text = format!("name = \"{name}\"\nversion = \"1.0.0\"\n[vars]\n");
     for i in 0..vars {
         text += &format!("k{i} = \"initial value of var {i}\"\n");
@@ -58,7 +59,7 @@ pub fn manifest(name: &str, vars: usize, queues: usize, features: usize) -> Mani
 /// An `Install` and the engine command that finishes it. An install of a manifest without
 /// auto-connecting plugs has two tasks, `create` (done when the change is created) and
 /// `mark-installed` (task 1), which the engine runs with a `TaskRun`.
-pub fn install(manifest: Manifest, change: Uuid) -> [Command; 2] {
+pub fn install(manifest: Validated, change: Uuid) -> [Command; 2] {
     [
         Command::Install { manifest, change },
         Command::TaskRun {
@@ -244,7 +245,7 @@ pub fn build_mixed_log(dir: &Path, spec: MixSpec) -> u64 {
         for t in 0..spec.threads {
             let store = &store;
             s.spawn(move || {
-                let manifests: Vec<Manifest> = (0..spec.names_per_thread)
+                let manifests: Vec<Validated> = (0..spec.names_per_thread)
                     .map(|n| manifest(&format!("c{t}-{n}"), 8, 1, 1))
                     .collect();
                 let mut cycle = 0u64;
@@ -279,7 +280,7 @@ pub fn build_mixed_log(dir: &Path, spec: MixSpec) -> u64 {
 }
 
 /// The commands of thread `t`'s cycle number `cycle`.
-fn mix_cycle(spec: &MixSpec, t: u64, cycle: u64, manifests: &[Manifest]) -> Vec<Command> {
+fn mix_cycle(spec: &MixSpec, t: u64, cycle: u64, manifests: &[Validated]) -> Vec<Command> {
     let slot = cycle % spec.names_per_thread;
     let m = &manifests[slot as usize];
     let name = m.name.clone();

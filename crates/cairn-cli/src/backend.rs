@@ -16,9 +16,12 @@ use crate::Failure;
 /// How a local command opens the workspace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Open {
-    /// Reads only: the change engine does not start, so no hook is started (and killed a
-    /// moment later when the command exits).
+    /// Reads only: the store opens read-only (it works on a full disk and never appends to
+    /// the log, not even a pending schema migration), and no hook is started.
     Read,
+    /// Writes without the change engine (tokens, `init`, `backup`): no hook is started (and
+    /// killed a moment later when the command exits).
+    Quiet,
     /// A write: the engine resumes changes in progress, and the command waits for them first.
     Write,
     /// The engine runs, without waiting for resumed changes first (`change abort`, tokens,
@@ -110,7 +113,10 @@ pub fn open_local(
         ..Default::default()
     };
     opts.store.durability = durability;
-    opts.drive = open != Open::Read;
+    opts.drive = opts_drive(open);
+    if open == Open::Read {
+        opts.access = cairn::Access::ReadOnly;
+    }
     let ws = rt
         .block_on(Workspace::open(data, opts))
         .map_err(|e| open_failure(data, e))?;
@@ -120,7 +126,7 @@ pub fn open_local(
         .and_then(|v| cairn::kernel::query::active_changes(&v).ok())
         .unwrap_or_default();
     let wait_resumed = open == Open::Write;
-    if open != Open::Read && !active.is_empty() {
+    if opts_drive(open) && !active.is_empty() {
         for c in &active {
             eprintln!(
                 "resuming change {} ({}): {}",
@@ -152,6 +158,11 @@ pub fn open_local(
         rt,
         svc: Service::new(ws),
     })
+}
+
+/// Whether `open` starts the change engine.
+fn opts_drive(open: Open) -> bool {
+    matches!(open, Open::Write | Open::Drive)
 }
 
 /// Resolves at the first Ctrl-C; a second one during the clean-up that follows exits at once.

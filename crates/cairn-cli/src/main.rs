@@ -122,6 +122,21 @@ enum Cmd {
     /// Rebuild the projection from the log (local mode; the workspace must not be open).
     #[command(after_help = "Example:\n  cairn --data ./ws rebuild")]
     Rebuild,
+    /// Recover a workspace that refuses to open (local mode; the workspace must not be open).
+    #[command(
+        after_help = "A workspace whose write-ahead log lost acknowledged commits (a \
+        damaged record before intact ones) refuses every open with exit code 3 and says what was \
+        found. Restore it from a backup, or accept the loss:\n\n  cairn --data ./ws recover \
+        --accept-wal-loss\n\nThe workspace then continues from the offset its WAL replay \
+        recovered; the lost commits are gone (copies of the damaged WAL files stay in \
+        <data>/quarantine/), and the acceptance is recorded in the log as \
+        store.wal_loss_accepted.v1."
+    )]
+    Recover {
+        /// Accept the loss of the commits a damaged write-ahead log dropped.
+        #[arg(long, required = true)]
+        accept_wal_loss: bool,
+    },
     /// Write a consistent checkpoint (log + state + meta) into DIR (must not exist).
     #[command(after_help = "Example:\n  cairn backup /backups/ws-2026-11-22")]
     Backup {
@@ -512,6 +527,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Init => init(&cli),
         Cmd::Serve { listen } => serve(&cli, listen),
         Cmd::Rebuild => rebuild(&cli),
+        Cmd::Recover { .. } => recover(&cli),
         Cmd::Demo { into } => demo::run(into.clone()),
         Cmd::DemoVictim => demo::victim(&data_dir(&cli.data)),
         Cmd::Completions { shell } => {
@@ -540,7 +556,7 @@ fn request(cmd: &Cmd) -> Result<(Request, Open), Failure> {
     let open = match (cmd, writes) {
         (Cmd::Change(Change::Abort { .. }), _) => Open::Drive,
         // Tokens touch no change: no engine, no hooks.
-        (Cmd::Token(_), _) => Open::Read,
+        (Cmd::Token(_), _) => Open::Quiet,
         (_, true) => Open::Write,
         (_, false) => Open::Read,
     };
@@ -730,6 +746,7 @@ fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
         Cmd::Init
         | Cmd::Serve { .. }
         | Cmd::Rebuild
+        | Cmd::Recover { .. }
         | Cmd::Demo { .. }
         | Cmd::DemoVictim
         | Cmd::Completions { .. }
@@ -854,6 +871,8 @@ fn print_answer(cli: &Cli, v: &Value) {
                 "epoch",
                 "leader",
                 "lag",
+                "writer",
+                "writer_reason",
             ],
         ),
         Cmd::Token(Token::Create { name, role }) => {
@@ -935,7 +954,7 @@ fn init(cli: &Cli) -> Result<(), Failure> {
     // The file exists (empty, 0600) before the token does, so its secret cannot be lost
     // between the commit and the write.
     let mut file = create_secret_file(&token_file)?;
-    let created = open_local(&data, Open::Read, durability(cli)).and_then(|b| {
+    let created = open_local(&data, Open::Quiet, durability(cli)).and_then(|b| {
         let r = b.call(Request::TokenCreate {
             name: "admin".into(),
             role: "admin".into(),
@@ -1055,6 +1074,60 @@ fn rebuild(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `recover --accept-wal-loss`: accepts a recorded WAL damage and logs the acceptance.
+fn recover(cli: &Cli) -> Result<(), Failure> {
+    if cli.server.is_some() {
+        return Err(Failure::Usage(
+            "recover runs in local mode, on the machine that holds the workspace, with the \
+             server stopped (a damaged workspace does not open, so no server can serve it)"
+                .into(),
+        ));
+    }
+    let data = data_dir(&cli.data);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(format!("cannot start the runtime: {e}")))?;
+    let opts = cairn::Options {
+        actor: backend::LOCAL_ACTOR.into(),
+        ..Default::default()
+    };
+    let (damage, recorded) = rt
+        .block_on(cairn::Workspace::accept_wal_loss(&data, opts))
+        .map_err(|e| backend::open_failure(&data, e))?;
+    if cli.json {
+        print_json(&serde_json::json!({
+            "recovered_offset": damage.recovered_offset,
+            "lost_commits": damage.lost_commits,
+            "lost_through_offset": damage.lost_through_offset,
+            "file": damage.file,
+            "byte": damage.byte,
+            "reason": damage.reason,
+            "quarantine": damage.quarantine,
+            "recorded_at": recorded,
+        }));
+    } else {
+        println!(
+            "accepted the loss of {} commit(s) after db/{} byte {} ({}); the workspace \
+             continues from offset {}; the acceptance is recorded at offset {}",
+            damage.lost_commits,
+            damage.file,
+            damage.byte,
+            damage.reason,
+            damage.recovered_offset,
+            recorded
+        );
+        if let Some(q) = &damage.quarantine {
+            println!(
+                "copies of the damaged WAL files: {}",
+                data.join(q).display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn backup(cli: &Cli, dir: &Path) -> Result<(), Failure> {
     if dir.exists() {
         return Err(Failure::Other(format!(
@@ -1062,7 +1135,7 @@ fn backup(cli: &Cli, dir: &Path) -> Result<(), Failure> {
             dir.display()
         )));
     }
-    let b = backend(cli, Open::Read)?;
+    let b = backend(cli, Open::Quiet)?;
     let result = match &b {
         Backend::Local { svc, .. } => svc
             .workspace()

@@ -186,7 +186,35 @@ fn every_command_in_local_and_remote_mode() {
     let admin = ws.admin_token();
     for (args, local) in reads(&change).iter().zip(&local_reads) {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let remote = server.remote(&admin, &args);
+        let mut remote = server.remote(&admin, &args);
+        if args[0] == "status" {
+            // The one difference: a local read runs no writer; the server's writer is up.
+            let writer = |out: &Out, json: bool| -> String {
+                if json {
+                    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+                    v["writer"].as_str().unwrap().to_owned()
+                } else {
+                    out.stdout
+                        .lines()
+                        .find_map(|l| l.strip_prefix("writer "))
+                        .unwrap()
+                        .trim()
+                        .to_owned()
+                }
+            };
+            let json = args.contains(&"--json");
+            assert_eq!(writer(local, json), "none");
+            assert_eq!(writer(&remote, json), "ok");
+            remote.stdout = if json {
+                remote
+                    .stdout
+                    .replace("\"writer\": \"ok\"", "\"writer\": \"none\"")
+            } else {
+                remote
+                    .stdout
+                    .replace("writer          ok", "writer          none")
+            };
+        }
         assert_eq!(
             &remote,
             local,

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::change::End;
 use crate::event::HookResult;
-use crate::manifest::{Manifest, ManifestError};
+use crate::manifest::ManifestError;
 use crate::model::{DaemonState, FeatureState, ResourceKind, Role, Scope};
 
 pub use crate::manifest::VAR_VALUE_BYTES_MAX;
@@ -31,8 +31,8 @@ pub const IDEMPOTENCY_KEYS_RETAINED: u64 = 100_000;
 pub enum Command {
     /// Install a package from a validated manifest.
     Install {
-        /// The manifest.
-        manifest: Manifest,
+        /// The manifest (validated: see [`crate::manifest::Validated`]).
+        manifest: crate::manifest::Validated,
         /// Id for the install change.
         change: Uuid,
     },

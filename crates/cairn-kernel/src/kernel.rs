@@ -163,7 +163,7 @@ fn get<T: DeserializeOwned>(state: &dyn StateRead, key: &[u8]) -> Result<Option<
         Some(bytes) => cairn_log::codec::decode_value(&bytes)
             .map(Some)
             .map_err(|e| {
-                StateError(format!(
+                StateError::corrupt(format!(
                     "record at {:?} does not decode: {e}",
                     String::from_utf8_lossy(key)
                 ))
@@ -222,7 +222,7 @@ fn scan_records<T: DeserializeOwned>(
         .into_iter()
         .map(|(k, v)| {
             cairn_log::codec::decode_value(&v).map_err(|e| {
-                StateError(format!(
+                StateError::corrupt(format!(
                     "record at {:?} does not decode: {e}",
                     String::from_utf8_lossy(&k)
                 ))
@@ -428,7 +428,7 @@ fn remark<T: Owned>(
     revision: u64,
 ) -> Result<(), StateError> {
     let mut r: T = cairn_log::codec::decode_value(bytes)
-        .map_err(|e| StateError(format!("record does not decode: {e}")))?;
+        .map_err(|e| StateError::corrupt(format!("record does not decode: {e}")))?;
     let (k, rev) = r.owned();
     if k != kept_from {
         *k = kept_from.clone();
@@ -548,7 +548,7 @@ impl Kernel {
         })?;
         if let Some((app, first)) = unknown {
             let (kind, offset): (String, u64) = cairn_log::codec::decode_value(&first)
-                .map_err(|e| StateError(format!("extapp/{app} does not decode: {e}")))?;
+                .map_err(|e| StateError::corrupt(format!("extapp/{app} does not decode: {e}")))?;
             return Err(OpenError::UnknownExtension { app, kind, offset });
         }
         Ok(())
@@ -881,6 +881,9 @@ impl Kernel {
                 expect_revision,
             } => {
                 let f = self.feature(state, name)?;
+                // The package is being removed: its features' desired state is frozen (the
+                // service side may still report what it observes until they are deleted).
+                self.owner_not_uninstalling(state, &f.owner)?;
                 check_revision(
                     Entity::Feature(name.clone()),
                     expect_revision,
@@ -909,7 +912,9 @@ impl Kernel {
                 }])
             }
             Command::FeatureScopeSync { name, scope } => {
-                self.feature(state, name)?;
+                let f = self.feature(state, name)?;
+                // The scope is configuration, like the desired state: frozen while uninstalling.
+                self.owner_not_uninstalling(state, &f.owner)?;
                 Ok(vec![Event::FeatureScopeSynced {
                     name: name.clone(),
                     scope: *scope,
@@ -1038,6 +1043,26 @@ impl Kernel {
         Ok(())
     }
 
+    /// Rejects a desired-state change of something `owner` owns while `owner` is being
+    /// uninstalled (as [`Kernel::writable_package`] does for resource writes).
+    fn owner_not_uninstalling(
+        &self,
+        state: &dyn StateRead,
+        owner: &str,
+    ) -> Result<(), DecideError> {
+        if let Some(PackageStatus::Uninstalling { change, .. }) =
+            get::<PackageStatus>(state, &keys::package_status(owner))?
+        {
+            return Err(Rejection::Busy {
+                entity: Entity::Package(owner.to_string()),
+                kind: "an uninstall".into(),
+                change,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     /// Rejects if a change is in progress on any of `packages`.
     fn check_not_busy<'a>(
         &self,
@@ -1046,8 +1071,9 @@ impl Kernel {
     ) -> Result<(), DecideError> {
         for p in packages {
             if let Some(id) = state.get(Space::State, &keys::busy(p))? {
-                let id = Uuid::from_slice(&id)
-                    .map_err(|_| StateError(format!("busy/{p} does not hold a change id")))?;
+                let id = Uuid::from_slice(&id).map_err(|_| {
+                    StateError::corrupt(format!("busy/{p} does not hold a change id"))
+                })?;
                 let kind = get::<ChangeRecord>(state, &keys::change(id))?
                     .map_or("a", |c| change_kind_article(c.kind));
                 return Err(Rejection::Busy {
@@ -1477,9 +1503,14 @@ impl Kernel {
                 let marked = state
                     .get(Space::State, &keys::undesired(&plug, &slot))?
                     .is_some();
-                let missing = [&plug.0, &slot.0]
-                    .into_iter()
-                    .find(|p| matches!(state.get(Space::State, &keys::package(p)), Ok(None)));
+                // A failed read is a failure of the decision, never "the package exists".
+                let mut missing = None;
+                for p in [&plug.0, &slot.0] {
+                    if state.get(Space::State, &keys::package(p))?.is_none() {
+                        missing = Some(p);
+                        break;
+                    }
+                }
                 if let Some(p) = missing {
                     outcome = TaskOutcome::Failed(format!("package {p:?} no longer exists"));
                 } else if state
@@ -1878,14 +1909,13 @@ impl Kernel {
                 }
                 Some(task) => {
                     let mut c = self.applied_change(state, h.change)?;
-                    if let Some(t) = c.tasks.get_mut(task as usize) {
-                        t.log.push(format!(
-                            "hook {} attempt {}: {}",
-                            h.hook,
-                            h.attempt,
-                            result.describe()
-                        ));
-                    }
+                    let t = applied_task(&mut c, task)?;
+                    t.log.push(format!(
+                        "hook {} attempt {}: {}",
+                        h.hook,
+                        h.attempt,
+                        result.describe()
+                    ));
                     self.save_change(state, c, entry)?;
                 }
             },
@@ -1895,10 +1925,9 @@ impl Kernel {
                 })?,
                 Some(task) => {
                     let mut c = self.applied_change(state, h.change)?;
-                    if let Some(t) = c.tasks.get_mut(task as usize) {
-                        t.log
-                            .push(format!("hook {} attempt {}: cancelled", h.hook, h.attempt));
-                    }
+                    applied_task(&mut c, task)?
+                        .log
+                        .push(format!("hook {} attempt {}: cancelled", h.hook, h.attempt));
                     self.save_change(state, c, entry)?;
                 }
             },
@@ -2169,12 +2198,12 @@ impl Kernel {
         rev: u64,
         f: impl FnOnce(&mut PackageRecord),
     ) -> Result<(), ApplyFailure> {
-        let key = keys::package(name);
-        if let Some(mut p) = get::<PackageRecord>(state, &key)? {
-            f(&mut p);
-            p.revision = rev;
-            put_package(state, &p);
-        }
+        // A missing package is an impossible state here (decide checked it): the same failure
+        // as a missing feature or change, never a silent skip.
+        let mut p = self.applied_record::<PackageRecord>(state, &keys::package(name))?;
+        f(&mut p);
+        p.revision = rev;
+        put_package(state, &p);
         Ok(())
     }
 
@@ -2192,6 +2221,14 @@ impl Kernel {
         put(state, &key, &r);
         Ok(())
     }
+}
+
+/// Task `task` of a change an entry applies to; a missing one is an impossible state.
+fn applied_task(c: &mut ChangeRecord, task: u32) -> Result<&mut crate::change::Task, ApplyFailure> {
+    let id = c.id;
+    c.tasks
+        .get_mut(task as usize)
+        .ok_or_else(|| ApplyFailure(format!("change {id} has no task {task}")))
 }
 
 fn check_revision(

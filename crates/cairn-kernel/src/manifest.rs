@@ -166,7 +166,7 @@ const HOOK_NAME_RULE: &str =
 /// its own path (`features[0].colour`, `daemons[0].command`); a count over
 /// [`ITEMS_PER_KIND_MAX`] by the kind (`queues`, `model.types`). [`DOCUMENT_PATH`] is used for
 /// the size limit and for TOML syntax errors, whose reason gives the line and column.
-pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+pub fn parse(text: &str) -> Result<Validated, ManifestError> {
     if text.len() > MANIFEST_BYTES_MAX {
         return Err(err(
             DOCUMENT_PATH,
@@ -177,15 +177,50 @@ pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
         ));
     }
     let raw = deserialize(text)?;
-    raw.validate()
+    raw.validate().map(Validated)
 }
 
-impl FromStr for Manifest {
+impl FromStr for Validated {
     type Err = ManifestError;
 
     /// Same as [`parse`].
-    fn from_str(text: &str) -> Result<Manifest, ManifestError> {
+    fn from_str(text: &str) -> Result<Validated, ManifestError> {
         parse(text)
+    }
+}
+
+/// A manifest that passed validation: only [`parse`] and [`Validated::new`] make one, so a
+/// command that installs a package (`Command::Install`) cannot carry a manifest that was never
+/// checked, whoever builds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validated(Manifest);
+
+impl Validated {
+    /// Validates a manifest built in code, with the same rules and messages as [`parse`]
+    /// (error paths as the TOML form would name them). A manifest that validation would
+    /// normalize differently is refused too.
+    pub fn new(manifest: Manifest) -> Result<Validated, ManifestError> {
+        let checked = RawManifest::from_manifest(&manifest).validate()?;
+        if checked != manifest {
+            return Err(err(
+                DOCUMENT_PATH,
+                "manifest is not in the form validation gives (build it with manifest::parse)",
+            ));
+        }
+        Ok(Validated(checked))
+    }
+
+    /// The manifest.
+    pub fn into_inner(self) -> Manifest {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Validated {
+    type Target = Manifest;
+
+    fn deref(&self) -> &Manifest {
+        &self.0
     }
 }
 
@@ -472,6 +507,90 @@ struct RawModelType {
 }
 
 impl RawManifest {
+    /// The raw form a manifest would have been parsed from.
+    fn from_manifest(m: &Manifest) -> RawManifest {
+        let named = |names: &[String]| {
+            names
+                .iter()
+                .map(|name| RawNamed { name: name.clone() })
+                .collect()
+        };
+        RawManifest {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            hooks: m
+                .hooks
+                .iter()
+                .map(|(name, spec)| {
+                    let (run, command) = match &spec.exec {
+                        HookExec::Shell(script) => (Some(script.clone()), None),
+                        HookExec::Argv(argv) => (None, Some(argv.clone())),
+                    };
+                    let hook = RawHook {
+                        run,
+                        command,
+                        timeout_s: Some(spec.timeout_s),
+                    };
+                    (name.clone(), hook)
+                })
+                .collect(),
+            vars: m.vars.clone(),
+            queues: named(&m.queues),
+            vaults: named(&m.vaults),
+            daemons: m
+                .daemons
+                .iter()
+                .map(|d| RawDaemon {
+                    name: d.name.clone(),
+                    command: d.command.clone(),
+                    restart: Some(d.restart.as_str().to_owned()),
+                    enabled: Some(d.enabled),
+                })
+                .collect(),
+            features: m
+                .features
+                .iter()
+                .map(|f| RawFeature {
+                    name: f.name.clone(),
+                    state: Some(f.state.as_str().to_owned()),
+                    auto_restart: Some(f.auto_restart),
+                    scope: Some(RawScope {
+                        global: Some(f.scope.global),
+                        per_instance: Some(f.scope.per_instance),
+                    }),
+                })
+                .collect(),
+            plugs: m
+                .plugs
+                .iter()
+                .map(|p| RawPlug {
+                    name: p.name.clone(),
+                    interface: p.interface.clone(),
+                    auto_connect: Some(p.auto_connect),
+                })
+                .collect(),
+            slots: m
+                .slots
+                .iter()
+                .map(|s| RawSlot {
+                    name: s.name.clone(),
+                    interface: s.interface.clone(),
+                })
+                .collect(),
+            model: RawModel {
+                types: m
+                    .model
+                    .iter()
+                    .map(|t| RawModelType {
+                        name: t.name.clone(),
+                        base: t.base.clone(),
+                        doc: Some(t.doc.clone()),
+                    })
+                    .collect(),
+            },
+        }
+    }
+
     fn validate(self) -> Result<Manifest, ManifestError> {
         if !is_package_name(&self.name) {
             return Err(err(
@@ -889,7 +1008,7 @@ types = [{ name = "netmon:ip", base = "str", doc = "an address seen by netmon" }
 
     fn check_ok(text: &str) -> Manifest {
         match parse(text) {
-            Ok(manifest) => manifest,
+            Ok(manifest) => manifest.into_inner(),
             Err(e) => panic!("expected ok, got {e}\n--- manifest:\n{text}"),
         }
     }
@@ -961,7 +1080,12 @@ types = [{ name = "netmon:ip", base = "str", doc = "an address seen by netmon" }
             }],
         };
         assert_eq!(check_ok(DESIGN_EXAMPLE), expected);
-        assert_eq!(DESIGN_EXAMPLE.parse::<Manifest>(), Ok(expected));
+        assert_eq!(
+            DESIGN_EXAMPLE
+                .parse::<Validated>()
+                .map(Validated::into_inner),
+            Ok(expected)
+        );
     }
 
     #[test]
@@ -1787,7 +1911,7 @@ types = [{ name = "x", base = "bytes" }]
             parse(&text).unwrap_err().to_string(),
             "manifest queues[2].name: duplicate queue \"events\" (also queues[0])"
         );
-        assert_eq!("".parse::<Manifest>().unwrap_err().path, "name");
+        assert_eq!("".parse::<Validated>().unwrap_err().path, "name");
     }
 
     #[test]

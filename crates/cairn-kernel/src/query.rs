@@ -11,7 +11,7 @@ use crate::records::*;
 
 fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StateError> {
     cairn_log::codec::decode_value(bytes).map_err(|e| {
-        StateError(format!(
+        StateError::corrupt(format!(
             "record at {:?} does not decode: {e}",
             String::from_utf8_lossy(key)
         ))

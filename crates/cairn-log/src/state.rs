@@ -29,8 +29,39 @@ impl Space {
 
 /// Reading the projection failed underneath (IO or corruption): never a rejection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("state read failed: {0}")]
-pub struct StateError(pub String);
+#[error("state read failed: {message}")]
+pub struct StateError {
+    message: String,
+    corrupt: bool,
+}
+
+impl StateError {
+    /// The storage underneath failed (an IO error).
+    pub fn io(message: impl Into<String>) -> Self {
+        StateError {
+            message: message.into(),
+            corrupt: false,
+        }
+    }
+
+    /// What was read is damaged: a storage checksum failed, or a record does not decode.
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        StateError {
+            message: message.into(),
+            corrupt: true,
+        }
+    }
+
+    /// Whether this is corruption (an integrity failure) rather than IO.
+    pub fn is_corrupt(&self) -> bool {
+        self.corrupt
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
 
 /// Read access to the projection at one consistent point.
 pub trait StateRead {

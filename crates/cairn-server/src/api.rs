@@ -505,6 +505,10 @@ impl From<cairn::Error> for ApiError {
                 ApiError::new(codes::BAD_REQUEST, e.to_string())
             }
             cairn::Error::Closed => ApiError::new(codes::UNAVAILABLE, e.to_string()),
+            // A full disk or an IO error: the writer retries with the next commit.
+            cairn::Error::Store(cairn_store::StoreError::WriteFailed { .. }) => {
+                ApiError::new(codes::UNAVAILABLE, e.to_string())
+            }
             cairn::Error::Compacted { .. } => ApiError::new(codes::BAD_REQUEST, e.to_string()),
             _ => ApiError::new(codes::INTERNAL, e.to_string()),
         }
@@ -519,6 +523,6 @@ impl From<cairn_store::StoreError> for ApiError {
 
 impl From<cairn_log::StateError> for ApiError {
     fn from(e: cairn_log::StateError) -> Self {
-        ApiError::new(codes::INTERNAL, e.to_string())
+        cairn::Error::from(e).into()
     }
 }

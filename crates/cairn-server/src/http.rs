@@ -161,7 +161,7 @@ impl App {
     /// (counted), for the handlers outside the common path (metrics, streams).
     fn allow(&self, headers: &HeaderMap, role: Role) -> Result<(), Response> {
         self.auth(headers, Some(role)).map(|_| ()).map_err(|e| {
-            self.svc.metrics().http(e.status);
+            self.svc.metrics().error(&e);
             error_response(&e)
         })
     }
@@ -178,7 +178,7 @@ impl App {
                     .into_response()
             }
             Err(e) => {
-                self.svc.metrics().http(e.status);
+                self.svc.metrics().error(&e);
                 error_response(&e)
             }
         }
@@ -256,11 +256,22 @@ fn q_u64(q: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, A
     }
 }
 
-async fn health() -> Response {
+/// `{"ok": true, "writer": "ok"}`, or 503 with `ok: false` and why the writer cannot commit
+/// (degraded by failing writes, e.g. a full disk, or stopped): reads still work then.
+async fn health(State(app): State<App>) -> Response {
+    let health = app.svc.workspace().health();
+    let ok = health == cairn::store::WriterHealth::Ok;
+    let mut body = crate::service::writer_json(&health);
+    body["ok"] = serde_json::Value::Bool(ok);
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
-        StatusCode::OK,
+        status,
         [("content-type", "application/json")],
-        "{\"ok\":true}",
+        serde_json::to_vec(&body).unwrap_or_default(),
     )
         .into_response()
 }

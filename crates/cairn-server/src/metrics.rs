@@ -23,6 +23,7 @@ pub struct Metrics {
     sum_ns: AtomicU64,
     rejections: Mutex<BTreeMap<String, u64>>,
     http: Mutex<BTreeMap<u16, u64>>,
+    integrity: AtomicU64,
 }
 
 impl Metrics {
@@ -42,6 +43,19 @@ impl Metrics {
             let mut r = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
             *r.entry(e.code.clone()).or_default() += 1;
         }
+    }
+
+    /// Records an integrity failure answered to a request (corruption, a damaged WAL).
+    pub fn integrity_failure(&self) {
+        self.integrity.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records an error response: its status, and an integrity failure as one.
+    pub fn error(&self, e: &ApiError) {
+        if e.is_integrity() {
+            self.integrity_failure();
+        }
+        self.http(e.status);
     }
 
     /// Records one HTTP response status.
@@ -77,6 +91,24 @@ impl Metrics {
             "Log entries committed since open.",
             "counter",
             stats.entries.to_string(),
+        );
+        gauge(
+            "cairn_writer_up",
+            "1 while the writer can commit; 0 while it is degraded (failed writes are retried), stopped or read-only.",
+            "gauge",
+            u8::from(ws.health() == cairn::store::WriterHealth::Ok).to_string(),
+        );
+        gauge(
+            "cairn_failed_commit_writes_total",
+            "Group commit writes that failed (full disk, IO error) since open.",
+            "counter",
+            stats.failed_writes.to_string(),
+        );
+        gauge(
+            "cairn_integrity_failures_total",
+            "Requests answered with an integrity failure (corruption detected) since start.",
+            "counter",
+            self.integrity.load(Ordering::Relaxed).to_string(),
         );
         gauge(
             "cairn_commit_write_seconds_total",

@@ -110,14 +110,20 @@ impl Service {
             Request::Status => {
                 let view = ws.view()?;
                 let head = view.head();
-                Ok(json!({
+                let mut status = json!({
                     "role": "leader",
                     "workspace_id": ws.id().to_string(),
                     "applied_offset": view.applied(),
                     "epoch": head.epoch.max(1),
                     "leader": Value::Null,
                     "lag": 0,
-                }))
+                });
+                if let (Some(status), Value::Object(writer)) =
+                    (status.as_object_mut(), writer_json(&ws.health()))
+                {
+                    status.extend(writer);
+                }
+                Ok(status)
             }
             Request::PkgInstall { manifest, wait } => {
                 let change = ws.install_toml(&manifest, opts).await?;
@@ -495,6 +501,30 @@ pub fn bytes_json(b: &[u8]) -> Value {
     match std::str::from_utf8(b) {
         Ok(s) => Value::String(s.to_string()),
         Err(_) => json!({ "hex": hex(b) }),
+    }
+}
+
+/// The writer's health as JSON fields: `writer` (`ok`, `degraded`, `stopped`, or `none` for a
+/// workspace opened read-only, as local-mode reads are),
+/// `writer_reason` (why it is not ok, or null), `writer_since_ms` and
+/// `writer_failed_writes` (while degraded).
+pub fn writer_json(health: &cairn::store::WriterHealth) -> Value {
+    use cairn::store::WriterHealth as H;
+    match health {
+        H::Ok => json!({"writer": "ok", "writer_reason": Value::Null}),
+        H::Degraded {
+            reason,
+            since_ms,
+            failed_writes,
+        } => json!({
+            "writer": "degraded",
+            "writer_reason": reason,
+            "writer_since_ms": since_ms,
+            "writer_failed_writes": failed_writes,
+        }),
+        H::Stopped { reason } => json!({"writer": "stopped", "writer_reason": reason}),
+        // Local mode reads without a writer: there is none to report on.
+        H::ReadOnly => json!({"writer": "none", "writer_reason": Value::Null}),
     }
 }
 

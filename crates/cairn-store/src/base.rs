@@ -33,7 +33,7 @@ impl<'a> Base<'a> {
     pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.db
             .get_cf_opt(self.cf(space.name()), key, &self.read_opts())
-            .map_err(|e| StateError(format!("get {space}/{}: {e}", String::from_utf8_lossy(key))))
+            .map_err(|e| state_error(format!("get {space}/{}", String::from_utf8_lossy(key)), &e))
     }
 
     /// Visits `(key, value)` pairs with `prefix` in key order until `visit` returns false.
@@ -53,7 +53,7 @@ impl<'a> Base<'a> {
             IteratorMode::From(prefix, Direction::Forward),
         );
         for item in iter {
-            let (k, v) = item.map_err(|e| StateError(format!("scan {space}: {e}")))?;
+            let (k, v) = item.map_err(|e| state_error(format!("scan {space}"), &e))?;
             if !k.starts_with(prefix) || !visit(&k, &v) {
                 break;
             }
@@ -86,5 +86,14 @@ impl cairn_log::StateRead for Base<'_> {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StateError> {
         Base::scan_prefix(self, space, prefix, visit)
+    }
+}
+
+/// A RocksDB read error as a state error: corruption RocksDB detected stays corruption.
+pub(crate) fn state_error(context: String, e: &rocksdb::Error) -> StateError {
+    let message = format!("{context}: {e}");
+    match e.kind() {
+        rocksdb::ErrorKind::Corruption => StateError::corrupt(message),
+        _ => StateError::io(message),
     }
 }

@@ -133,6 +133,18 @@ impl StoreError {
         move |e| StoreError::from_db(context, &e)
     }
 
+    /// A failed state read while doing `context`: corruption stays an integrity failure.
+    pub fn state(context: &str, e: cairn_log::StateError) -> Self {
+        if e.is_corrupt() {
+            StoreError::DbCorruption {
+                context: context.to_owned(),
+                message: e.message().to_owned(),
+            }
+        } else {
+            StoreError::io(context, e)
+        }
+    }
+
     /// Classifies a RocksDB error met while doing `context`.
     pub fn from_db(context: &str, e: &rocksdb::Error) -> Self {
         match e.kind() {

@@ -25,7 +25,7 @@ mod writer;
 
 pub use error::{CommandError, StoreError};
 pub use lock::LOCK_RETRY_MS;
-pub use machine::{ApplyError, DecideCtx, DecideError, Event, StateMachine};
+pub use machine::{ApplyError, CheckOpenError, DecideCtx, DecideError, Event, StateMachine};
 pub use overlay::READ_CACHE_BYTES_MAX;
 pub use recovery::{WalDamage, QUARANTINE_DIR, WAL_DAMAGE_FILE, WAL_LOSS_ACCEPTED_FILE};
 pub use spin::{ANSWER_YIELD_US_MAX, QUICK_WRITE_NS_MAX};

@@ -107,8 +107,17 @@ pub trait StateMachine: Send + Sync + 'static {
 
     /// Checked at open, against the committed projection, before anything else runs: a
     /// machine refuses data it cannot serve (e.g. a schema newer than it supports).
-    fn check_open(&self, state: &dyn StateRead) -> Result<(), String> {
+    fn check_open(&self, state: &dyn StateRead) -> Result<(), CheckOpenError> {
         let _ = state;
         Ok(())
     }
+}
+
+/// Why [`StateMachine::check_open`] refuses a workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckOpenError {
+    /// The machine cannot serve this data (say why, and what to do).
+    Incompatible(String),
+    /// Reading the projection failed (IO or corruption).
+    State(StateError),
 }

@@ -16,7 +16,7 @@ use crate::base::Base;
 use crate::error::{CommandError, StoreError};
 use crate::layout::{self, CFS, CF_LOG, CF_META};
 use crate::lock::WorkspaceLock;
-use crate::machine::StateMachine;
+use crate::machine::{CheckOpenError, StateMachine};
 use crate::recovery::Access;
 use crate::spin;
 use crate::view::{decode_stored, read_meta, Progress, ReadView};
@@ -553,14 +553,18 @@ fn open_current<M: StateMachine>(
     let db = open_db_checked(data, access, &open)?;
     let (workspace_id, meta_epoch) = check_layout(&db)?;
     let head = check_head(&db)?;
-    machine
-        .check_open(&Base {
-            db: &db,
-            snap: None,
-        })
-        .map_err(StoreError::Incompatible)?;
     let stored_projection = read_projection_version(&db)?;
-    if stored_projection == Some(machine.projection_version()) {
+    let current = stored_projection == Some(machine.projection_version());
+    // Checked before a rebuild too, against the old projection, so that a binary too old for
+    // the data refuses it before dropping anything; a projection of another version may not
+    // be readable, so only a clear refusal counts then, and the check is made again after the
+    // rebuild, against the projection it built.
+    match check_machine(&db, machine) {
+        Err(e @ StoreError::Incompatible(_)) => return Err(e),
+        Err(e) if current => return Err(e),
+        _ => {}
+    }
+    if current {
         return Ok(Opened {
             db,
             workspace_id,
@@ -580,12 +584,23 @@ fn open_current<M: StateMachine>(
     drop(db);
     rebuild_db(&mut open_for_rebuild(data)?, machine, &mut |_| {})?;
     let db = open()?;
+    check_machine(&db, machine)?;
     Ok(Opened {
         db,
         workspace_id,
         epoch: meta_epoch.max(head.epoch),
         head,
     })
+}
+
+/// The machine's own check of the data at open (`StateMachine::check_open`).
+fn check_machine<M: StateMachine>(db: &DB, machine: &M) -> Result<(), StoreError> {
+    machine
+        .check_open(&Base { db, snap: None })
+        .map_err(|e| match e {
+            CheckOpenError::Incompatible(why) => StoreError::Incompatible(why),
+            CheckOpenError::State(e) => StoreError::state("check the workspace at open", e),
+        })
 }
 
 impl<M: StateMachine> Drop for Store<M> {

@@ -425,7 +425,7 @@ impl<M: StateMachine> Writer<M> {
             match self.machine.idempotent(&group.overlay, key) {
                 Ok(Some(offsets)) => return Ok((offsets, true)),
                 Ok(None) => {}
-                Err(e) => return Err(StoreError::io("idempotency lookup", e).into()),
+                Err(e) => return Err(StoreError::state("idempotency lookup", e).into()),
             }
         }
         let head = group.cursor.head();
@@ -437,7 +437,7 @@ impl<M: StateMachine> Writer<M> {
         let events = match self.machine.decide(&group.overlay, &ctx, command) {
             Ok(events) => events,
             Err(DecideError::Rejected(r)) => return Err(CommandError::Rejected(r)),
-            Err(DecideError::State(e)) => return Err(StoreError::io("decide", e).into()),
+            Err(DecideError::State(e)) => return Err(StoreError::state("decide", e).into()),
         };
         if events.len() > self.opts.command_entries_max {
             return Err(StoreError::TooManyEvents {

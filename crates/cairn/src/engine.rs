@@ -177,8 +177,14 @@ enum Step2 {
     Rejected(String),
 }
 
-async fn submit(inner: &Arc<Inner>, command: Command) -> Result<Step2, Error> {
-    match execute(inner, command, &CommandOptions::default()).await {
+/// Submits an engine command on behalf of `actor`, the actor of the command that started the
+/// change (so the audit trail names who acted, not the process that drove it).
+async fn submit(inner: &Arc<Inner>, command: Command, actor: &str) -> Result<Step2, Error> {
+    let opts = CommandOptions {
+        actor: (!actor.is_empty()).then(|| actor.to_owned()),
+        idempotency_key: None,
+    };
+    match execute(inner, command, &opts).await {
         Ok(_) => Ok(Step2::Done),
         Err(Error::Rejected(r)) => Ok(Step2::Rejected(r.to_string())),
         Err(e) => Err(e),
@@ -221,6 +227,7 @@ async fn drive_change(inner: &Arc<Inner>, id: Uuid) -> Result<(), Error> {
                         task: i as u32,
                         undo,
                     },
+                    &change.actor,
                 )
                 .await?
             }
@@ -255,12 +262,29 @@ fn declared_hook(
     Ok(spec.map(|s| (p, s)))
 }
 
+/// The `CAIRN_HOOK_RUN` value of a task's hooks (or a package's `onload`, `task` = `None`):
+/// every attempt of the same task carries it (see `hooks::kill_leftovers`).
+fn hook_run_id(inner: &Inner, change: Uuid, task: Option<u32>) -> String {
+    let task = task.map_or_else(|| "onload".to_owned(), |t| t.to_string());
+    format!("{}/{change}/{task}", inner.store.workspace_id())
+}
+
+/// Before a later attempt of a hook starts: kills what an earlier attempt left running (its
+/// runner died), so that no hook of a task runs twice at the same time.
+async fn kill_earlier_attempt(run: &str) -> Result<(), Error> {
+    crate::hooks::kill_leftovers(run)
+        .await
+        .map(|_| ())
+        .map_err(Error::Internal)
+}
+
 fn hook_env(
     inner: &Inner,
     package: &PackageRecord,
     hook: &str,
     change: Uuid,
     step: &Step,
+    run: &str,
 ) -> Vec<(String, String)> {
     let keep = match &package.status {
         PackageStatus::Uninstalling { keep, .. } => keep
@@ -279,6 +303,7 @@ fn hook_env(
         ("CAIRN_HOOK".to_string(), hook.to_string()),
         ("CAIRN_CHANGE".to_string(), change.to_string()),
         ("CAIRN_KEEP".to_string(), keep),
+        (crate::hooks::HOOK_RUN_ENV.to_string(), run.to_string()),
     ];
     if let Step::Hook { plug, slot, .. } = step {
         if let Some((p, n)) = plug {
@@ -389,6 +414,10 @@ async fn run_task_hook(
     if let Some(slot) = lock(inner).changes.get_mut(&change.id) {
         *slot = Some(token.clone());
     }
+    let run = hook_run_id(inner, change.id, Some(task));
+    if change.tasks[task as usize].attempts > 0 {
+        kill_earlier_attempt(&run).await?;
+    }
     if let Step2::Rejected(why) = submit(
         inner,
         Command::HookStart {
@@ -396,12 +425,13 @@ async fn run_task_hook(
             task,
             undo,
         },
+        &change.actor,
     )
     .await?
     {
         return Ok(Step2::Rejected(why));
     }
-    let env = hook_env(inner, package, hook, change.id, step);
+    let env = hook_env(inner, package, hook, change.id, step, &run);
     let result = run_hook_once(inner, package, hook, &spec, env, change.id, &token).await;
     if let Some(slot) = lock(inner).changes.get_mut(&change.id) {
         *slot = None;
@@ -418,6 +448,7 @@ async fn run_task_hook(
             undo,
             result,
         },
+        &change.actor,
     )
     .await
 }
@@ -427,11 +458,22 @@ async fn drive_onload(
     package: &str,
     token: &CancellationToken,
 ) -> Result<(), Error> {
+    // The onload belongs to the package's install: its entries name the installer.
+    let actor = {
+        let view = inner.store.read()?;
+        query::package(&view, package)?
+            .map(|p| query::change(&view, p.install_change))
+            .transpose()?
+            .flatten()
+            .map(|c| c.actor)
+            .unwrap_or_default()
+    };
     if let Step2::Rejected(why) = submit(
         inner,
         Command::OnloadStart {
             package: package.to_string(),
         },
+        &actor,
     )
     .await?
     {
@@ -450,7 +492,11 @@ async fn drive_onload(
     let Some(spec) = p.manifest.hooks.get("onload").cloned() else {
         return Ok(());
     };
-    let env = hook_env(inner, &p, "onload", p.install_change, &Step::Nothing);
+    let run = hook_run_id(inner, p.install_change, None);
+    if attempt > 1 {
+        kill_earlier_attempt(&run).await?;
+    }
+    let env = hook_env(inner, &p, "onload", p.install_change, &Step::Nothing, &run);
     let result = run_hook_once(inner, &p, "onload", &spec, env, p.install_change, token).await;
     let Some(result) = result else {
         // Cancelled: by shutdown (rerun at open) or by an uninstall (which records it).
@@ -463,6 +509,7 @@ async fn drive_onload(
             attempt,
             result,
         },
+        &actor,
     )
     .await?
     {

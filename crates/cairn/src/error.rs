@@ -61,6 +61,6 @@ impl From<Rejection> for Error {
 
 impl From<cairn_log::StateError> for Error {
     fn from(e: cairn_log::StateError) -> Self {
-        Error::Store(StoreError::io("read state", e))
+        Error::Store(StoreError::state("read state", e))
     }
 }

@@ -31,5 +31,6 @@ pub use error::Error;
 pub use machine::KernelMachine;
 pub use subscribe::{Subscription, SUBSCRIBER_BATCH_ENTRIES};
 pub use workspace::{
-    CommandOptions, HookContext, HookHandler, HookRunStats, Options, Workspace, VAULT_KEY_FILE,
+    Access, CommandOptions, HookContext, HookHandler, HookRunStats, Options, Workspace,
+    VAULT_KEY_FILE,
 };

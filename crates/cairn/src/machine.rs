@@ -51,7 +51,10 @@ impl StateMachine for KernelMachine {
         self.0.idempotent(state, key)
     }
 
-    fn check_open(&self, state: &dyn StateRead) -> Result<(), String> {
-        self.0.check_open(state).map_err(|e| e.to_string())
+    fn check_open(&self, state: &dyn StateRead) -> Result<(), cairn_store::CheckOpenError> {
+        self.0.check_open(state).map_err(|e| match e {
+            cairn_kernel::OpenError::State(e) => cairn_store::CheckOpenError::State(e),
+            other => cairn_store::CheckOpenError::Incompatible(other.to_string()),
+        })
     }
 }

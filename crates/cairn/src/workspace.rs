@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use cairn_kernel::event::HookResult;
-use cairn_kernel::manifest::{self, Manifest};
+use cairn_kernel::manifest;
 use cairn_kernel::model::{DaemonState, FeatureState, ResourceKind, Scope};
 use cairn_kernel::{query, ChangeRecord, Command, Event, Kernel};
 use cairn_log::{Meta, StoredEntry};
@@ -64,9 +64,26 @@ pub struct Options {
     /// of running it).
     pub hook_handlers: BTreeMap<(String, String), HookHandler>,
     /// Start the change engine: resume changes in progress, drive new ones, run `onload`
-    /// hooks (default). `false` is for a process that only reads (a CLI listing): it must not
-    /// start hooks it would kill a moment later when it exits.
+    /// hooks (default). `false` is for a process that must not start hooks it would kill a
+    /// moment later when it exits (a CLI command creating a token).
     pub drive: bool,
+    /// Whether the workspace accepts commands ([`Access::ReadWrite`], the default) or only
+    /// reads ([`Access::ReadOnly`]).
+    pub access: Access,
+}
+
+/// How a workspace is opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Access {
+    /// Commands are accepted; opening records pending schema migrations and an accepted WAL
+    /// loss, and starts the change engine if [`Options::drive`] says so.
+    #[default]
+    ReadWrite,
+    /// Nothing is ever written to the log: the store opens read-only (so this works on a full
+    /// disk), commands fail with a read-only error, and the change engine does not start.
+    /// Only a projection built by another version of cairn is rebuilt at open (derived state;
+    /// see `cairn_store::Store::open_read_only`).
+    ReadOnly,
 }
 
 impl Default for Options {
@@ -77,6 +94,7 @@ impl Default for Options {
             actor: "local".into(),
             hook_handlers: BTreeMap::new(),
             drive: true,
+            access: Access::ReadWrite,
         }
     }
 }
@@ -175,12 +193,16 @@ impl Workspace {
         let store_opts = options.store.clone();
         let kernel = options.kernel.clone();
         let path = data.clone();
-        let store = tokio::task::spawn_blocking(move || {
-            Store::open(&path, KernelMachine(kernel), store_opts)
+        let access = options.access;
+        let store = tokio::task::spawn_blocking(move || match access {
+            Access::ReadWrite => Store::open(&path, KernelMachine(kernel), store_opts),
+            Access::ReadOnly => Store::open_read_only(&path, KernelMachine(kernel)),
         })
         .await
         .map_err(|e| Error::Internal(format!("open task failed: {e}")))??;
-        remove_stale_scratch(&data);
+        if access == Access::ReadWrite {
+            remove_stale_scratch(&data);
+        }
         let key_path = data.join(VAULT_KEY_FILE);
         let vault = if key_path.exists() {
             Some(VaultKey::load(&key_path)?)
@@ -207,6 +229,9 @@ impl Workspace {
                 engine: Mutex::new(None),
             }),
         };
+        if access == Access::ReadOnly {
+            return Ok(ws);
+        }
         let pending = {
             let view = ws.view()?;
             inner.store.machine().0.pending_migrations(&view)?
@@ -215,6 +240,7 @@ impl Workspace {
             tracing::info!(?command, "recording schema migration");
             ws.execute(command, &CommandOptions::default()).await?;
         }
+        ws.record_accepted_wal_loss().await?;
         if options.drive {
             let engine = tokio::spawn(crate::engine::run(Arc::clone(&inner)));
             *ws.handle.engine.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
@@ -224,6 +250,66 @@ impl Workspace {
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.handle.inner
+    }
+
+    /// Logs an accepted WAL loss that the store holds (`store.wal_loss_accepted.v1`), once:
+    /// the idempotency key makes a retry after a crash write nothing.
+    async fn record_accepted_wal_loss(&self) -> Result<(), Error> {
+        let Some(damage) = self.inner().store.pending_wal_loss()? else {
+            return Ok(());
+        };
+        let command = Command::AcceptWalLoss(cairn_kernel::event::WalLossAccepted {
+            detected_ms: damage.detected_ms,
+            recovered_offset: damage.recovered_offset,
+            file: damage.file.clone(),
+            byte: damage.byte,
+            reason: damage.reason.clone(),
+            lost_commits: damage.lost_commits,
+            lost_through_offset: damage.lost_through_offset,
+        });
+        let opts = CommandOptions {
+            actor: None,
+            idempotency_key: Some(format!("wal-loss-accepted/{}", damage.detected_ms)),
+        };
+        let committed = self.execute(command, &opts).await?;
+        self.inner().store.wal_loss_recorded()?;
+        tracing::warn!(
+            offset = committed.offsets.start,
+            recovered_offset = damage.recovered_offset,
+            lost_commits = damage.lost_commits,
+            "recorded the accepted WAL loss in the log"
+        );
+        Ok(())
+    }
+
+    /// Accepts the WAL damage that keeps the (closed) workspace at `data` from opening: it
+    /// continues from the offset its WAL replay recovered, and the lost commits are gone (copies
+    /// of the damaged WAL files stay in the quarantine directory the damage names). The
+    /// acceptance is logged (`store.wal_loss_accepted.v1`, by `options.actor`) before this
+    /// returns; returns the damage and the offset of that entry.
+    pub async fn accept_wal_loss(
+        data: &Path,
+        options: Options,
+    ) -> Result<(cairn_store::WalDamage, u64), Error> {
+        let path = data.to_path_buf();
+        let damage =
+            tokio::task::spawn_blocking(move || Store::<KernelMachine>::accept_wal_loss(&path))
+                .await
+                .map_err(|e| Error::Internal(format!("accept task failed: {e}")))??;
+        let options = Options {
+            drive: false,
+            access: Access::ReadWrite,
+            ..options
+        };
+        let ws = Workspace::open(data, options).await?;
+        let recorded = ws.applied();
+        ws.close().await;
+        Ok((damage, recorded))
+    }
+
+    /// Whether the store can commit (ok, degraded by failing writes, stopped, read-only).
+    pub fn health(&self) -> cairn_store::WriterHealth {
+        self.inner().store.health()
     }
 
     /// Stops the engine (running hooks are stopped and rerun at next open; nothing is
@@ -308,8 +394,13 @@ impl Workspace {
 
     // --- changes -------------------------------------------------------------------------
 
-    /// Starts installing a package; returns the install change id.
-    pub async fn install(&self, manifest: Manifest, opts: &CommandOptions) -> Result<Uuid, Error> {
+    /// Starts installing a package from a validated manifest ([`manifest::parse`], or
+    /// [`manifest::Validated::new`] for one built in code); returns the install change id.
+    pub async fn install(
+        &self,
+        manifest: manifest::Validated,
+        opts: &CommandOptions,
+    ) -> Result<Uuid, Error> {
         let change = Uuid::new_v4();
         let c = self
             .execute(Command::Install { manifest, change }, opts)

@@ -53,6 +53,9 @@ async fn reports_and_scope_syncs_racing_an_uninstall_never_leave_a_ghost_row() {
                     match r {
                         Ok(_) => ok += 1,
                         Err(Error::Rejected(Rejection::NotFound(_))) => missing += 1,
+                        // A scope sync while the uninstall runs: the feature is frozen.
+                        Err(Error::Rejected(Rejection::Busy { .. }))
+                            if !(t + i).is_multiple_of(2) => {}
                         Err(e) => panic!("unexpected error: {e}"),
                     }
                     if missing > 20 {
@@ -82,6 +85,54 @@ async fn reports_and_scope_syncs_racing_an_uninstall_never_leave_a_ghost_row() {
         );
         assert_replay_matches(&ws);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feature_is_frozen_while_its_package_uninstalls_but_still_reports() {
+    let s = Scratch::new();
+    let ws = s.open().await;
+    let go = s.data().with_file_name("go");
+    let manifest = format!(
+        "name = \"netmon\"\nversion = \"1\"\n[hooks.onuninstall]\nrun = \"while [ ! -e '{}' ]; do sleep 0.02; done\"\n[[features]]\nname = \"bgp\"\nstate = \"enabled\"\n",
+        go.display()
+    );
+    install(&ws, &manifest).await;
+    let id = ws.uninstall("netmon", &[], false, &opts()).await.unwrap();
+    // The onuninstall hook waits for `go`: the package is uninstalling meanwhile.
+    assert_eq!(
+        package_status(&ws, "netmon").as_deref(),
+        Some("uninstalling")
+    );
+    let busy = |r: Result<cairn::store::Committed, Error>| match r {
+        Err(Error::Rejected(Rejection::Busy { change, .. })) => assert_eq!(change, id),
+        other => panic!("expected a rejection naming the uninstall, got {other:?}"),
+    };
+    let before = ws.view().unwrap().digest().unwrap();
+    busy(
+        ws.feature_set("bgp", FeatureState::Disabled, None, &opts())
+            .await,
+    );
+    let scope = Scope {
+        global: false,
+        per_instance: true,
+    };
+    busy(ws.feature_scope_sync("bgp", scope, &opts()).await);
+    busy(ws.var_set("netmon", "k", b"v", None, &opts()).await);
+    assert_eq!(
+        ws.view().unwrap().digest().unwrap(),
+        before,
+        "nothing written"
+    );
+    // The service side still says what it observes (that is how it reports it stopped).
+    ws.feature_report("bgp", FeatureState::Disabled, &opts())
+        .await
+        .unwrap();
+    std::fs::write(&go, b"").unwrap();
+    assert_eq!(finish(&ws, id).await.status, ChangeStatus::Done);
+    assert!(query::feature(&ws.view().unwrap(), "bgp")
+        .unwrap()
+        .is_none());
+    assert_replay_matches(&ws);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use common::*;
 fn hook(dir: &Path, name: &str) -> String {
     let d = dir.display();
     format!(
-        "[hooks.{name}]\nrun = \"echo {name} keep=$CAIRN_KEEP >> '{d}/trace'; if [ \\\"$CRASH_AT\\\" = {name} ] && [ ! -e '{d}/crashed' ]; then touch '{d}/crashed'; echo $$ > '{d}/marker'; exec sleep 60; fi\"\n"
+        "[hooks.{name}]\nrun = \"echo {name} keep=$CAIRN_KEEP >> '{d}/trace'; if [ \\\"$(cat '{d}/crash_at')\\\" = {name} ] && [ ! -e '{d}/crashed' ]; then touch '{d}/crashed'; echo $$ > '{d}/marker'; exec sleep 60; fi\"\n"
     )
 }
 
@@ -78,10 +78,11 @@ async fn uninstall_killed_during_each_hook_resumes_to_completion() {
             ws.close().await;
         }
         std::fs::remove_file(dir.join("trace")).ok();
+        // Hooks get a clean environment: the crash point reaches them through a file.
+        std::fs::write(dir.join("crash_at"), crash_at).unwrap();
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "child", "--nocapture", "--test-threads=1"])
             .env("CAIRN_RESUME_CHILD", s.data())
-            .env("CRASH_AT", crash_at)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -82,7 +82,8 @@ async fn migrations_run_once_in_order_and_are_recorded() {
             "app:1:create-things",
             "app:2:split-things",
             "cairn:1:initial",
-            "cairn:2:api-tokens"
+            "cairn:2:api-tokens",
+            "cairn:3:wal-loss-record"
         ]
     );
     let v = ws.view().unwrap();
@@ -93,7 +94,7 @@ async fn migrations_run_once_in_order_and_are_recorded() {
 
     // Reopen with the same binary: nothing new.
     let ws = s.open_with(with_schema(app_schema(2, 1))).await;
-    assert_eq!(migrations_in_log(&ws).await.len(), 4);
+    assert_eq!(migrations_in_log(&ws).await.len(), 5);
     ws.close().await;
 
     // A newer binary records only the new migration.
@@ -105,6 +106,7 @@ async fn migrations_run_once_in_order_and_are_recorded() {
             "app:2:split-things",
             "cairn:1:initial",
             "cairn:2:api-tokens",
+            "cairn:3:wal-loss-record",
             "app:3:drop-old-things"
         ]
     );
