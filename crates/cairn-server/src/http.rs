@@ -570,10 +570,12 @@ async fn change_show(
     app.run(&headers, Ok(Request::ChangeShow { id })).await
 }
 
+/// The body (`{}`) is read, unused, for the reason given at [`backup`].
 async fn change_abort(
     State(app): State<App>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    _body: Result<Bytes, BytesRejection>,
 ) -> Response {
     app.run(&headers, Ok(Request::ChangeAbort { id })).await
 }
@@ -718,7 +720,14 @@ async fn stream_dir(
         .into_response()
 }
 
-async fn backup(State(app): State<App>, headers: HeaderMap) -> Response {
+/// The request body (`{}` from the CLI) is read before the stream starts: a connection closed
+/// with request bytes still unread is reset by the kernel, and the reset can overtake the end
+/// of the stream at the client (seen as `Connection reset by peer` near the end of a backup).
+async fn backup(
+    State(app): State<App>,
+    headers: HeaderMap,
+    _body: Result<Bytes, BytesRejection>,
+) -> Response {
     if let Err(denied) = app.allow(&headers, Role::Admin) {
         return denied;
     }
@@ -760,7 +769,12 @@ async fn replay(
     .await
 }
 
-async fn rebuild(State(app): State<App>, headers: HeaderMap) -> Response {
+/// The body (`{}`) is read, unused, for the reason given at [`backup`].
+async fn rebuild(
+    State(app): State<App>,
+    headers: HeaderMap,
+    _body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = app.auth(&headers, Some(Role::Admin)).and_then(|_| {
         Err(ApiError::new(
             codes::OFFLINE_ONLY,
