@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use cairn_log::Head;
-use cairn_store::{Digest, Progress, ReadView, Store, StoreError};
+use cairn_store::{Digest, PartialDir, Progress, ReadView, Store, StoreError};
 use serde::Serialize;
 
 use crate::error::Error;
@@ -46,8 +46,10 @@ fn hex32<S: serde::Serializer>(h: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// Builds a new workspace at `into` (which must not exist) holding the log of `view` up to
-/// `until` and the state that log folds to. The vault key is copied, so the replayed
-/// workspace opens the same secrets. `progress` sees entries replayed of entries to replay.
+/// `until` and the state that log folds to. The vault key is copied, so the
+/// replayed workspace opens the same secrets. `progress` sees entries replayed of entries to
+/// replay. It is built in `<into>.partial` and renamed when complete, so `into` appears whole
+/// or not at all (see [`PartialDir`] for a `<into>.partial` left by an interrupted run).
 pub fn replay(
     view: &ReadView,
     source_data: &Path,
@@ -56,46 +58,11 @@ pub fn replay(
     into: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ReplayReport, Error> {
-    if into.exists() {
-        return Err(Error::Store(StoreError::io(
-            format!("replay into {}", into.display()),
-            "the directory already exists",
-        )));
-    }
     let until = until.min(view.applied());
-    // Built under `<into>.partial` and renamed when complete: a failed replay leaves nothing
-    // at `into`. (`into` without a trailing `/`, so the sibling is not made inside it.)
-    let into: std::path::PathBuf = into.components().collect();
-    let partial = std::path::PathBuf::from(format!("{}.partial", into.display()));
-    if partial.exists() {
-        return Err(Error::Store(StoreError::io(
-            format!("replay into {}", into.display()),
-            format!(
-                "{} exists (an interrupted replay, or another one running); remove it first",
-                partial.display()
-            ),
-        )));
-    }
-    match replay_at(view, source_data, kernel, until, &partial, progress) {
-        Ok(report) => {
-            std::fs::rename(&partial, &into).map_err(|e| {
-                StoreError::io(
-                    format!("rename {} to {}", partial.display(), into.display()),
-                    e,
-                )
-            })?;
-            if let Some(parent) = into.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| StoreError::io(format!("sync {}", parent.display()), e))?;
-            }
-            Ok(report)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&partial);
-            Err(e)
-        }
-    }
+    let partial = PartialDir::create(into, "replay")?;
+    let report = replay_at(view, source_data, kernel, until, partial.path(), progress)?;
+    partial.commit()?;
+    Ok(report)
 }
 
 fn replay_at(

@@ -1,0 +1,135 @@
+//! Everyday sharp edges of the `cairn` binary, each checked through the binary itself.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+fn partial_of(dir: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.partial", dir.display()))
+}
+
+fn spawn(args: &[&str], stdout: Stdio) -> Child {
+    Command::new(bin())
+        .args(args)
+        .env_remove("CAIRN_DATA")
+        .env_remove("CAIRN_SERVER")
+        .env_remove("CAIRN_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cairn")
+}
+
+/// `cairn --server URL --token-file TOKEN ARGS` as a vector.
+fn remote_args<'a>(server: &'a Server, token: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--server", server.url.as_str(), "--token-file", token];
+    all.extend_from_slice(args);
+    all
+}
+
+/// Runs `args` (a backup into `dir`) and SIGKILLs it as soon as `dir` or `dir.partial`
+/// appears. Returns whether it was killed (false: it had already exited).
+fn kill_when_the_backup_appears(args: &[&str], dir: &Path) -> bool {
+    let mut child = spawn(args, Stdio::null());
+    let partial = partial_of(dir);
+    loop {
+        if dir.exists() || partial.exists() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_killed_local_backup_leaves_nothing_under_the_final_name_and_its_leftover_is_removed() {
+    let ws = Ws::init();
+    let data = ws.data.to_str().unwrap().to_string();
+    let digest = ws.digest();
+    let slow = std::env::var("CAIRN_SLOW_TESTS").is_ok_and(|v| v == "1");
+    let mut leftovers = 0;
+    for cycle in 0..if slow { 20 } else { 5 } {
+        let dir = ws.path(&format!("backup-{cycle}"));
+        let dir_s = dir.to_str().unwrap();
+        kill_when_the_backup_appears(&["--data", &data, "backup", dir_s], &dir);
+        if dir.exists() {
+            // Under its final name only when complete.
+            let out = run(&["--data", dir_s, "state", "digest"]);
+            assert_eq!(
+                out.clone().expect(0).stdout,
+                digest,
+                "cycle {cycle}: an incomplete backup under its final name: {out:#?}"
+            );
+            continue;
+        }
+        if partial_of(&dir).exists() {
+            leftovers += 1;
+        }
+        // Whatever the kill left, the next backup into the same directory succeeds.
+        let out = ws.local(&["backup", dir_s]).expect(0);
+        assert!(out.stdout.contains("backup written to"), "{out:#?}");
+        assert_eq!(run(&["--data", dir_s, "state", "digest"]).ok(), digest);
+        assert!(
+            !partial_of(&dir).exists(),
+            "cycle {cycle}: the leftover is gone"
+        );
+    }
+    eprintln!("{leftovers} kills left a partial backup behind");
+}
+
+#[test]
+fn a_remote_backup_after_an_interrupted_one_removes_the_leftover_and_says_so() {
+    let ws = Ws::init();
+    let digest = ws.digest();
+    let server = ws.serve();
+    let token = ws.admin_token().to_str().unwrap().to_string();
+    // A leftover is what a client killed mid-transfer leaves; kill until one is caught.
+    let mut caught = None;
+    for attempt in 0..20 {
+        let dir = ws.path(&format!("remote-{attempt}"));
+        let dir_s = dir.to_str().unwrap().to_string();
+        kill_when_the_backup_appears(&remote_args(&server, &token, &["backup", &dir_s]), &dir);
+        assert!(
+            !dir.exists() || run(&["--data", &dir_s, "state", "digest"]).ok() == digest,
+            "an incomplete backup under its final name"
+        );
+        if partial_of(&dir).exists() {
+            caught = Some(dir);
+            break;
+        }
+    }
+    let dir = caught.expect("one of 20 remote backups killed as its transfer began left a partial");
+    let dir_s = dir.to_str().unwrap();
+    let out = server
+        .remote(&ws.admin_token(), &["backup", dir_s])
+        .expect(0);
+    assert!(
+        out.stderr
+            .contains("left by an interrupted backup or replay"),
+        "the removal is reported: {out:#?}"
+    );
+    assert!(!partial_of(&dir).exists());
+    assert_eq!(run(&["--data", dir_s, "state", "digest"]).ok(), digest);
+
+    // A partial directory that cairn did not make is never removed.
+    let other = ws.path("other");
+    std::fs::create_dir(partial_of(&other)).unwrap();
+    std::fs::write(partial_of(&other).join("mine"), b"user data").unwrap();
+    let out = server
+        .remote(&ws.admin_token(), &["backup", other.to_str().unwrap()])
+        .expect(1);
+    assert!(out.stderr.contains("remove it first"), "{out:#?}");
+    assert_eq!(
+        std::fs::read(partial_of(&other).join("mine")).unwrap(),
+        b"user data"
+    );
+    assert!(server.stop().success());
+}
