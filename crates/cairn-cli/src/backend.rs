@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cairn::kernel::echo::echo_bare;
 use cairn::{Options, Workspace};
 use cairn_server::api::{codes, ApiError, ErrorBody, Request};
 use cairn_server::Service;
@@ -302,7 +303,7 @@ impl Remote {
             }
             Err(e) => Err(ApiError::new(
                 codes::UNAVAILABLE,
-                format!("cannot reach the server at {}: {e}", self.base),
+                format!("cannot reach the server at {}: {e}", echo_bare(&self.base)),
             )),
         }
     }

@@ -431,7 +431,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let _ = e.print();
+            print_clap_error(&e);
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
@@ -459,6 +459,32 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(code)
         }
+    }
+}
+
+/// Prints clap's message. clap quotes a bad argument whole, so a usage error holding a word
+/// longer than [`cairn_kernel::echo::ERROR_ECHO_CHARS_MAX`] characters is printed without
+/// colour, such words cut like echoed input.
+fn print_clap_error(e: &clap::Error) {
+    use cairn_kernel::echo::{echo_bare, ERROR_ECHO_CHARS_MAX};
+    let long = |w: &str| w.chars().count() > ERROR_ECHO_CHARS_MAX;
+    let text = e.render().to_string();
+    if !e.use_stderr() || !text.split([' ', '\n']).any(long) {
+        let _ = e.print();
+        return;
+    }
+    for line in text.lines() {
+        let words: Vec<String> = line
+            .split(' ')
+            .map(|w| {
+                if long(w) {
+                    echo_bare(w).to_string()
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        eprintln!("{}", words.join(" "));
     }
 }
 

@@ -7,6 +7,11 @@ use std::process::{Child, Command, Stdio};
 
 use common::*;
 
+/// Echoed user input is cut to this many characters in messages
+/// (`cairn_kernel::echo::ERROR_ECHO_CHARS_MAX`); a message that repeats a long name must stay
+/// well under this many bytes.
+const LONG_MESSAGE_BYTES_MAX: usize = 1000;
+
 fn partial_of(dir: &Path) -> PathBuf {
     PathBuf::from(format!("{}.partial", dir.display()))
 }
@@ -130,6 +135,80 @@ fn a_remote_backup_after_an_interrupted_one_removes_the_leftover_and_says_so() {
     assert_eq!(
         std::fs::read(partial_of(&other).join("mine")).unwrap(),
         b"user data"
+    );
+    assert!(server.stop().success());
+}
+
+#[test]
+fn errors_cut_long_names_and_values_and_say_so() {
+    let ws = Ws::init();
+    let long = "x".repeat(10_000);
+    let long_end = format!("{long}:{long}");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["var", "get", "nosuch", &long],
+        vec!["pkg", "show", &long],
+        vec!["pkg", "uninstall", &long],
+        vec!["feature", "set", "nosuch", &long],
+        vec!["feature", "set", &long, "enabled"],
+        vec!["queue", "read", &long],
+        vec!["queue", "put", &long_end, "item"],
+        vec!["iface", "connect", &long_end, "a:b"],
+        vec!["change", "show", &long],
+        vec!["token", "create", &long, "--role", "read"],
+        vec!["token", "revoke", &long],
+    ];
+    let check = |mode: &str, args: &[&str], out: Out| {
+        if out.code == 0 {
+            return;
+        }
+        assert!(
+            out.stderr.len() < LONG_MESSAGE_BYTES_MAX,
+            "{mode} {:?}: {} bytes of error: {}...",
+            &args[..2],
+            out.stderr.len(),
+            &out.stderr[..200.min(out.stderr.len())]
+        );
+        assert!(
+            out.stderr.contains("... (10000 bytes)"),
+            "{mode} {:?}: the cut is marked: {}",
+            &args[..2],
+            out.stderr
+        );
+    };
+    for args in &cases {
+        check("local", args, ws.local(args));
+    }
+    let server = ws.serve();
+    for args in &cases {
+        check("remote", args, server.remote(&ws.admin_token(), args));
+    }
+    // clap's usage errors quote a bad value whole: it is cut too.
+    let out = ws
+        .local(&["token", "create", "a", "--role", &long])
+        .expect(2);
+    assert!(
+        out.stderr.len() < LONG_MESSAGE_BYTES_MAX,
+        "{}",
+        out.stderr.len()
+    );
+    assert!(
+        out.stderr.contains("... (10002 bytes) for '--role <ROLE>'"),
+        "{}",
+        out.stderr
+    );
+    // A long --server value is cut too.
+    let out = run(&[
+        "--server",
+        &long,
+        "--token-file",
+        ws.admin_token().to_str().unwrap(),
+        "status",
+    ]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.len() < LONG_MESSAGE_BYTES_MAX,
+        "{}",
+        out.stderr.len()
     );
     assert!(server.stop().success());
 }

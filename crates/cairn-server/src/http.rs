@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
+use cairn::kernel::echo::{echo, echo_bare};
 use cairn::kernel::model::Role;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -210,8 +211,10 @@ impl App {
                 return Err(ApiError::new(
                     codes::FORBIDDEN,
                     format!(
-                        "token {:?} has role {}; this needs {}",
-                        token.name, token.role, needed
+                        "token {} has role {}; this needs {}",
+                        echo(&token.name),
+                        token.role,
+                        needed
                     ),
                 ));
             }
@@ -250,7 +253,8 @@ fn q_u64(q: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, A
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| {
             ApiError::bad(format!(
-                "query parameter {name}={v:?} is not a non-negative integer"
+                "query parameter {name}={} is not a non-negative integer",
+                echo(v)
             ))
         }),
     }
@@ -819,6 +823,6 @@ async fn token_revoke(
 async fn fallback(State(app): State<App>, method: Method, uri: Uri) -> Response {
     app.reply(Err(ApiError::new(
         codes::NOT_FOUND,
-        format!("no endpoint {method} {}", uri.path()),
+        format!("no endpoint {method} {}", echo_bare(uri.path())),
     )))
 }
