@@ -3,6 +3,19 @@
 //! run the same `cairn_server::Request` and print the same output. Exit codes: 0 success, 1 a
 //! rejected or failed command, 2 usage errors, 3 integrity failures.
 
+/// `println!` for this crate, shadowing the standard one in every module (it is defined
+/// before them): a closed stdout (the reader of a pipe went away, as in `cairn log show | head
+/// -1`) ends the process quietly with exit 0 instead of a panic; any other write error is
+/// reported and exits 1. See [`print_line`].
+macro_rules! println {
+    () => {
+        $crate::print_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::print_line(format_args!($($arg)*))
+    };
+}
+
 mod backend;
 mod demo;
 mod output;
@@ -447,6 +460,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -490,6 +504,32 @@ fn print_clap_error(e: &clap::Error) {
 
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Writes one line to stdout (what this crate's `println!` does). When stdout is closed
+/// (`EPIPE`: the reader is gone, so nobody can see more output) the process exits 0 at once,
+/// as `head` expects of the command before it, and what `cairn` had done stands; it exits 0
+/// rather than dying of SIGPIPE (141) so that `set -o pipefail` scripts that stop reading
+/// early do not fail, and because SIGPIPE stays ignored, so a write to a hook's or a socket's
+/// closed pipe is an error where it happens, never a kill. Any other write error exits 1.
+fn print_line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out
+        .write_fmt(args)
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
+    {
+        stdout_failed(&e);
+    }
+}
+
+/// Ends the process after a failed write to stdout (see [`print_line`]).
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to stdout: {e}");
+    std::process::exit(1);
 }
 
 /// Opens where the command runs: remote when `--server` is given, else local.
@@ -541,7 +581,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Demo { into } => demo::run(into.clone()),
         Cmd::DemoVictim => demo::victim(&data_dir(&cli.data)),
         Cmd::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "cairn", &mut script);
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(&script).and_then(|_| out.flush()) {
+                stdout_failed(&e);
+            }
             Ok(())
         }
         Cmd::Backup { dir } => backup(&cli, dir),
@@ -1028,8 +1073,9 @@ fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
         .map_err(|e| Failure::Other(format!("cannot install signal handlers: {e}")))?;
     let url_file = data.join(backend::SERVER_ADDR_FILE);
     let _ = std::fs::write(&url_file, format!("{url}\n"));
-    println!("listening on {url}");
-    let _ = std::io::stdout().flush();
+    // Not `println!`: a daemon whose stdout is closed goes on serving.
+    let _ =
+        writeln!(std::io::stdout(), "listening on {url}").and_then(|_| std::io::stdout().flush());
     tracing::info!(%url, workspace = %svc.workspace().id(), "serving");
     let ws = svc.workspace().clone();
     let result = rt.block_on(async move {

@@ -36,6 +36,70 @@ fn remote_args<'a>(server: &'a Server, token: &'a str, args: &[&'a str]) -> Vec<
     all
 }
 
+#[test]
+fn logs_written_to_a_file_have_no_colour_codes() {
+    let ws = Ws::init();
+    let log = ws.path("server.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let server = Server::start_with(&ws.data, "info", Stdio::from(file));
+    assert!(server.stop().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("serving"),
+        "the server logged at info: {text:?}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "ANSI escape codes in a log file: {text:?}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_every_printing_command_quietly_with_exit_0() {
+    let ws = Ws::init();
+    let data = ws.data.to_str().unwrap().to_string();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["log", "show"],
+        vec!["log", "show", "--json"],
+        vec!["log", "tail", "--from", "1"],
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["pkg", "list"],
+        vec!["state", "digest"],
+        vec!["token", "list"],
+        vec!["audit", "verify"],
+        vec!["completions", "bash"],
+        vec!["--help"],
+    ];
+    let check = |mode: &str, args: &[&str], all: &[&str]| {
+        // The reading end is closed before the command can have written anything.
+        let mut child = spawn(all, Stdio::piped());
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{mode} {args:?} with stdout closed: {stderr}"
+        );
+        assert!(stderr.is_empty(), "{mode} {args:?} said: {stderr}");
+    };
+    for args in &commands {
+        let local: Vec<&str> = ["--data", data.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        check("local", args, &local);
+    }
+    // Remote mode once local mode is done with the workspace (the server holds its lock).
+    let server = ws.serve();
+    let token = ws.admin_token().to_str().unwrap().to_string();
+    for args in &commands {
+        check("remote", args, &remote_args(&server, &token, args));
+    }
+    assert!(server.stop().success());
+}
+
 /// Runs `args` (a backup into `dir`) and SIGKILLs it as soon as `dir` or `dir.partial`
 /// appears. Returns whether it was killed (false: it had already exited).
 fn kill_when_the_backup_appears(args: &[&str], dir: &Path) -> bool {
