@@ -1178,6 +1178,11 @@ fn receive(r: &Remote, path: &str, body: Value, dir: &Path, what: &str) -> Resul
 }
 
 fn replay(cli: &Cli, until: u64, into: &Path) -> Result<(), Failure> {
+    if until == 0 {
+        return Err(Failure::Usage(
+            "--until 0: offsets start at 1 (--until N replays the log up to offset N)".into(),
+        ));
+    }
     if into.exists() {
         return Err(Failure::Other(format!(
             "replay target {} already exists",

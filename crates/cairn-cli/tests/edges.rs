@@ -100,6 +100,39 @@ fn a_closed_stdout_ends_every_printing_command_quietly_with_exit_0() {
     assert!(server.stop().success());
 }
 
+#[test]
+fn replay_until_0_is_refused_in_both_modes_before_anything_is_written() {
+    let ws = Ws::init();
+    let into = ws.path("at-0");
+    let into_s = into.to_str().unwrap();
+    let out = ws
+        .local(&["replay", "--until", "0", "--into", into_s])
+        .expect(2);
+    assert!(out.stderr.contains("offsets start at 1"), "{}", out.stderr);
+    assert!(!into.exists() && !partial_of(&into).exists());
+
+    let server = ws.serve();
+    let out = server
+        .remote(
+            &ws.admin_token(),
+            &["replay", "--until", "0", "--into", into_s],
+        )
+        .expect(2);
+    assert!(out.stderr.contains("offsets start at 1"), "{}", out.stderr);
+    assert!(!into.exists() && !partial_of(&into).exists());
+    // The HTTP API refuses it too, for clients other than the CLI.
+    let token = std::fs::read_to_string(ws.admin_token()).unwrap();
+    let (status, body) = http(
+        "POST",
+        &format!("{}/v1/replay", server.url),
+        Some(token.trim()),
+        Some(r#"{"until": 0}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("offsets start at 1"), "{body}");
+    assert!(server.stop().success());
+}
+
 /// Runs `args` (a backup into `dir`) and SIGKILLs it as soon as `dir` or `dir.partial`
 /// appears. Returns whether it was killed (false: it had already exited).
 fn kill_when_the_backup_appears(args: &[&str], dir: &Path) -> bool {

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use cairn_kernel::Rejection;
 use cairn_log::Head;
 use cairn_store::{Digest, PartialDir, Progress, ReadView, Store, StoreError};
 use serde::Serialize;
@@ -45,8 +46,12 @@ fn hex32<S: serde::Serializer>(h: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&cairn_log::Hash(*h))
 }
 
+/// What a replay is told when asked for offset 0 (which holds nothing: offsets start at 1).
+pub const REPLAY_UNTIL_ZERO: &str =
+    "replay until offset 0: offsets start at 1 (until N keeps the log up to offset N)";
+
 /// Builds a new workspace at `into` (which must not exist) holding the log of `view` up to
-/// `until` and the state that log folds to. The vault key is copied, so the
+/// `until` (at least 1) and the state that log folds to. The vault key is copied, so the
 /// replayed workspace opens the same secrets. `progress` sees entries replayed of entries to
 /// replay. It is built in `<into>.partial` and renamed when complete, so `into` appears whole
 /// or not at all (see [`PartialDir`] for a `<into>.partial` left by an interrupted run).
@@ -58,6 +63,11 @@ pub fn replay(
     into: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ReplayReport, Error> {
+    if until == 0 {
+        return Err(Error::Rejected(Rejection::Invalid(
+            REPLAY_UNTIL_ZERO.into(),
+        )));
+    }
     let until = until.min(view.applied());
     let partial = PartialDir::create(into, "replay")?;
     let report = replay_at(view, source_data, kernel, until, partial.path(), progress)?;
