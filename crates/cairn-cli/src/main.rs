@@ -29,6 +29,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use backend::{data_dir, open_local, Backend, Open, Remote};
+use cairn_kernel::echo::echo;
 use cairn_server::api::{ApiError, Request};
 
 /// Why a command failed, and the exit code it maps to.
@@ -420,14 +421,20 @@ enum Audit {
 
 #[derive(Subcommand)]
 enum Token {
-    /// Create a token; prints its secret (shown once).
-    #[command(after_help = "Example:\n  cairn token create ops --role read > ops.token")]
+    /// Create a token; prints its secret (shown once), or writes it into --out FILE.
+    #[command(
+        after_help = "Examples:\n  cairn token create ops --role read --out ops.token\n  cairn token create ops --role read > ops.token"
+    )]
     Create {
         /// Name.
         name: String,
         /// Role.
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["read", "write", "admin", "mirror"]))]
         role: String,
+        /// Write the secret into FILE instead of stdout. FILE is created with mode 0600 before
+        /// the token is, and must not exist (it is never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Revoke a token.
     #[command(after_help = "Example:\n  cairn token revoke ops")]
@@ -593,6 +600,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Replay { until, into } => replay(&cli, *until, into),
         Cmd::Audit(Audit::Verify) => audit(&cli),
         Cmd::Log(Log::Tail { from }) => tail(&cli, *from),
+        Cmd::Token(Token::Create {
+            name,
+            out: Some(file),
+            ..
+        }) => token_create_out(&cli, name, file),
         _ => {
             let (req, open) = request(&cli.command)?;
             let b = backend(&cli, open)?;
@@ -789,7 +801,7 @@ fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
         ),
         Cmd::State(State::Digest) => (Request::StateDigest, false),
         Cmd::Status => (Request::Status, false),
-        Cmd::Token(Token::Create { name, role }) => (
+        Cmd::Token(Token::Create { name, role, .. }) => (
             Request::TokenCreate {
                 name: name.clone(),
                 role: role.clone(),
@@ -927,7 +939,7 @@ fn print_answer(cli: &Cli, v: &Value) {
                 "lag",
             ],
         ),
-        Cmd::Token(Token::Create { name, role }) => {
+        Cmd::Token(Token::Create { name, role, .. }) => {
             eprintln!("created token {name:?} with role {role}; its secret (shown once):");
             println!("{}", v["token"].as_str().unwrap_or_default());
         }
@@ -1043,7 +1055,60 @@ fn create_secret_file(path: &Path) -> Result<std::fs::File, Failure> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| Failure::Other(format!("cannot create {}: {e}", path.display())))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Failure::Other(format!(
+                "{} already exists; a secret is never written over a file (choose another \
+                 name, or remove it first)",
+                path.display()
+            )),
+            _ => Failure::Other(format!("cannot create {}: {e}", path.display())),
+        })
+}
+
+/// `token create NAME --role R --out FILE`: FILE is created (mode 0600, never over an existing
+/// file) before the token is, so no secret is made that cannot be kept; if the token is not
+/// created, the empty file is removed. The secret goes into the file, not to stdout.
+fn token_create_out(cli: &Cli, name: &str, file: &Path) -> Result<(), Failure> {
+    let (req, open) = request(&cli.command)?;
+    let mut f = create_secret_file(file)?;
+    let created = backend(cli, open).and_then(|b| {
+        let r = b.call(req);
+        b.close();
+        r.map_err(Failure::from)
+    });
+    let mut v = match created {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(file);
+            return Err(e);
+        }
+    };
+    let secret = v["token"].as_str().unwrap_or_default().to_string();
+    writeln!(f, "{secret}")
+        .and_then(|_| f.sync_all())
+        .map_err(|e| {
+            Failure::Other(format!(
+                "token {} was created, but its secret could not be written to {}: {e}; revoke it \
+             (`cairn token revoke NAME`) and create another",
+                echo(name),
+                file.display()
+            ))
+        })?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("token");
+        o.insert("token_file".into(), file.display().to_string().into());
+    }
+    if cli.json {
+        print_json(&v);
+    } else {
+        eprintln!(
+            "created token {} with role {}; its secret is in {} (mode 0600)",
+            echo(name),
+            v["role"].as_str().unwrap_or_default(),
+            file.display()
+        );
+    }
+    Ok(())
 }
 
 fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -237,6 +238,30 @@ fn a_remote_backup_after_an_interrupted_one_removes_the_leftover_and_says_so() {
 }
 
 #[test]
+fn a_server_url_without_a_scheme_says_to_add_http() {
+    let ws = Ws::init();
+    let token = ws.admin_token();
+    let out = run(&[
+        "--server",
+        "127.0.0.1:7878",
+        "--token-file",
+        token.to_str().unwrap(),
+        "status",
+    ])
+    .expect(2);
+    assert!(
+        out.stderr.contains("\"127.0.0.1:7878\"") && out.stderr.contains("http://127.0.0.1:7878"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("RelativeUrlWithoutBase"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn errors_cut_long_names_and_values_and_say_so() {
     let ws = Ws::init();
     let long = "x".repeat(10_000);
@@ -307,5 +332,101 @@ fn errors_cut_long_names_and_values_and_say_so() {
         "{}",
         out.stderr.len()
     );
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_token_file_others_can_read_is_used_with_a_warning() {
+    let ws = Ws::init();
+    let server = ws.serve();
+    let open = ws.path("open.token");
+    std::fs::copy(ws.admin_token(), &open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = server.remote(&open, &["status"]).expect(0);
+    assert!(
+        out.stderr.contains(open.to_str().unwrap()) && out.stderr.contains("0644"),
+        "a warning names the file and its mode: {:?}",
+        out.stderr
+    );
+    // A private one (as `init` writes it) is used silently.
+    let out = server.remote(&ws.admin_token(), &["status"]).expect(0);
+    assert!(out.stderr.is_empty(), "{:?}", out.stderr);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn token_create_out_writes_a_private_file_and_never_overwrites_one() {
+    let ws = Ws::init();
+    let names = |out: Out| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&out.ok()).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Local mode first: the server, once started, holds the workspace.
+    let mut server: Option<Server> = None;
+    for mode in ["local", "remote"] {
+        if mode == "remote" {
+            server = Some(ws.serve());
+        }
+        let call = |args: &[&str]| match &server {
+            None => ws.local(args),
+            Some(s) => s.remote(&ws.admin_token(), args),
+        };
+        let file = ws.path(&format!("{mode}.token"));
+        let file_s = file.to_str().unwrap();
+        let name = format!("ops-{mode}");
+        let out = call(&["token", "create", &name, "--role", "read", "--out", file_s]).expect(0);
+        assert!(
+            !out.stdout.contains("cairn_"),
+            "no secret on stdout: {out:#?}"
+        );
+        assert!(out.stderr.contains(file_s), "{out:#?}");
+        let secret = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            secret.starts_with("cairn_") && secret.ends_with('\n'),
+            "{secret:?}"
+        );
+        let mode_bits = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode_bits, 0o600, "{mode}: the token file is private");
+        // An existing file is never overwritten, and no token is created then.
+        let second = format!("second-{mode}");
+        let out = call(&[
+            "token", "create", &second, "--role", "read", "--out", file_s,
+        ])
+        .expect(1);
+        assert!(out.stderr.contains("already exists"), "{out:#?}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), secret);
+        let listed = names(call(&["token", "list", "--json"]));
+        assert!(
+            listed.contains(&name) && !listed.contains(&second),
+            "{listed:?}"
+        );
+        // With --json the answer names the file and holds no secret.
+        let json_file = ws.path(&format!("{mode}-json.token"));
+        let out = call(&[
+            "token",
+            "create",
+            &format!("json-{mode}"),
+            "--role",
+            "read",
+            "--out",
+            json_file.to_str().unwrap(),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out.ok()).unwrap();
+        assert_eq!(v["token_file"], json_file.to_str().unwrap());
+        assert!(v.get("token").is_none(), "{v}");
+    }
+    // Both tokens work, silently (their files are private).
+    let server = server.expect("started for the remote round");
+    for mode in ["local", "remote"] {
+        let out = server
+            .remote(&ws.path(&format!("{mode}.token")), &["status"])
+            .expect(0);
+        assert!(out.stderr.is_empty(), "{mode}: {:?}", out.stderr);
+    }
     assert!(server.stop().success());
 }
