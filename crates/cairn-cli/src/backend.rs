@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cairn::kernel::echo::{echo, echo_bare};
 use cairn::{Options, Workspace};
 use cairn_server::api::{codes, ApiError, ErrorBody, Request};
 use cairn_server::Service;
@@ -227,15 +228,55 @@ pub fn open_failure(data: &Path, e: cairn::Error) -> Failure {
     Failure::Other(e.to_string())
 }
 
+/// Checks that a `--server` value is an `http://` or `https://` URL, saying what to write
+/// instead when it is not (`127.0.0.1:7878` has no scheme).
+fn check_server_url(base: &str) -> Result<(), Failure> {
+    let lower = base.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return Ok(());
+    }
+    Err(Failure::Usage(if base.contains("://") {
+        format!("--server {} is not an http:// or https:// URL", echo(base))
+    } else {
+        format!(
+            "--server {} has no scheme: add http:// (--server http://{})",
+            echo(base),
+            echo_bare(base)
+        )
+    }))
+}
+
+/// Reads a token file, warning on stderr (as ssh does for a private key) when its group or
+/// others may read or write it: whoever can read it can act with the token.
+fn read_token_file(token_file: &Path) -> Result<String, Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let cannot = |e: std::io::Error| {
+        Failure::Other(format!(
+            "cannot read the token file {}: {e}",
+            token_file.display()
+        ))
+    };
+    let mut file = std::fs::File::open(token_file).map_err(cannot)?;
+    let mode = file.metadata().map_err(cannot)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        eprintln!(
+            "warning: the token file {} is accessible by others (mode {:04o}): anyone who can \
+             read it can use the token; restrict it with `chmod 600 {}`",
+            token_file.display(),
+            mode & 0o7777,
+            token_file.display()
+        );
+    }
+    let mut token = String::new();
+    file.read_to_string(&mut token).map_err(cannot)?;
+    Ok(token)
+}
+
 impl Remote {
     /// A client for `base` with the token read from `token_file`.
     pub fn new(base: &str, token_file: &Path) -> Result<Remote, Failure> {
-        let token = std::fs::read_to_string(token_file).map_err(|e| {
-            Failure::Other(format!(
-                "cannot read the token file {}: {e}",
-                token_file.display()
-            ))
-        })?;
+        check_server_url(base)?;
+        let token = read_token_file(token_file)?;
         let token = token.trim().to_string();
         if token.is_empty() {
             return Err(Failure::Other(format!(
@@ -313,7 +354,7 @@ impl Remote {
             }
             Err(e) => Err(ApiError::new(
                 codes::UNAVAILABLE,
-                format!("cannot reach the server at {}: {e}", self.base),
+                format!("cannot reach the server at {}: {e}", echo_bare(&self.base)),
             )),
         }
     }

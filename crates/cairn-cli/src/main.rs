@@ -3,6 +3,19 @@
 //! run the same `cairn_server::Request` and print the same output. Exit codes: 0 success, 1 a
 //! rejected or failed command, 2 usage errors, 3 integrity failures.
 
+/// `println!` for this crate, shadowing the standard one in every module (it is defined
+/// before them): a closed stdout (the reader of a pipe went away, as in `cairn log show | head
+/// -1`) ends the process quietly with exit 0 instead of a panic; any other write error is
+/// reported and exits 1. See [`print_line`].
+macro_rules! println {
+    () => {
+        $crate::print_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::print_line(format_args!($($arg)*))
+    };
+}
+
 mod backend;
 mod demo;
 mod output;
@@ -16,6 +29,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use backend::{data_dir, open_local, Backend, Open, Remote};
+use cairn_kernel::echo::echo;
 use cairn_server::api::{ApiError, Request};
 
 /// Why a command failed, and the exit code it maps to.
@@ -422,14 +436,20 @@ enum Audit {
 
 #[derive(Subcommand)]
 enum Token {
-    /// Create a token; prints its secret (shown once).
-    #[command(after_help = "Example:\n  cairn token create ops --role read > ops.token")]
+    /// Create a token; prints its secret (shown once), or writes it into --out FILE.
+    #[command(
+        after_help = "Examples:\n  cairn token create ops --role read --out ops.token\n  cairn token create ops --role read > ops.token"
+    )]
     Create {
         /// Name.
         name: String,
         /// Role.
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["read", "write", "admin", "mirror"]))]
         role: String,
+        /// Write the secret into FILE instead of stdout. FILE is created with mode 0600 before
+        /// the token is, and must not exist (it is never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Revoke a token.
     #[command(after_help = "Example:\n  cairn token revoke ops")]
@@ -446,7 +466,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let _ = e.print();
+            print_clap_error(&e);
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
@@ -462,6 +482,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -477,8 +498,60 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints clap's message. clap quotes a bad argument whole, so a usage error holding a word
+/// longer than [`cairn_kernel::echo::ERROR_ECHO_CHARS_MAX`] characters is printed without
+/// colour, such words cut like echoed input.
+fn print_clap_error(e: &clap::Error) {
+    use cairn_kernel::echo::{echo_bare, ERROR_ECHO_CHARS_MAX};
+    let long = |w: &str| w.chars().count() > ERROR_ECHO_CHARS_MAX;
+    let text = e.render().to_string();
+    if !e.use_stderr() || !text.split([' ', '\n']).any(long) {
+        let _ = e.print();
+        return;
+    }
+    for line in text.lines() {
+        let words: Vec<String> = line
+            .split(' ')
+            .map(|w| {
+                if long(w) {
+                    echo_bare(w).to_string()
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        eprintln!("{}", words.join(" "));
+    }
+}
+
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Writes one line to stdout (what this crate's `println!` does). When stdout is closed
+/// (`EPIPE`: the reader is gone, so nobody can see more output) the process exits 0 at once,
+/// as `head` expects of the command before it, and what `cairn` had done stands; it exits 0
+/// rather than dying of SIGPIPE (141) so that `set -o pipefail` scripts that stop reading
+/// early do not fail, and because SIGPIPE stays ignored, so a write to a hook's or a socket's
+/// closed pipe is an error where it happens, never a kill. Any other write error exits 1.
+fn print_line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out
+        .write_fmt(args)
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
+    {
+        stdout_failed(&e);
+    }
+}
+
+/// Ends the process after a failed write to stdout (see [`print_line`]).
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to stdout: {e}");
+    std::process::exit(1);
 }
 
 /// Opens where the command runs: remote when `--server` is given, else local.
@@ -531,13 +604,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Demo { into } => demo::run(into.clone()),
         Cmd::DemoVictim => demo::victim(&data_dir(&cli.data)),
         Cmd::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "cairn", &mut script);
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(&script).and_then(|_| out.flush()) {
+                stdout_failed(&e);
+            }
             Ok(())
         }
         Cmd::Backup { dir } => backup(&cli, dir),
         Cmd::Replay { until, into } => replay(&cli, *until, into),
         Cmd::Audit(Audit::Verify) => audit(&cli),
         Cmd::Log(Log::Tail { from }) => tail(&cli, *from),
+        Cmd::Token(Token::Create {
+            name,
+            out: Some(file),
+            ..
+        }) => token_create_out(&cli, name, file),
         _ => {
             let (req, open) = request(&cli.command)?;
             let b = backend(&cli, open)?;
@@ -734,7 +817,7 @@ fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
         ),
         Cmd::State(State::Digest) => (Request::StateDigest, false),
         Cmd::Status => (Request::Status, false),
-        Cmd::Token(Token::Create { name, role }) => (
+        Cmd::Token(Token::Create { name, role, .. }) => (
             Request::TokenCreate {
                 name: name.clone(),
                 role: role.clone(),
@@ -875,7 +958,7 @@ fn print_answer(cli: &Cli, v: &Value) {
                 "writer_reason",
             ],
         ),
-        Cmd::Token(Token::Create { name, role }) => {
+        Cmd::Token(Token::Create { name, role, .. }) => {
             eprintln!("created token {name:?} with role {role}; its secret (shown once):");
             println!("{}", v["token"].as_str().unwrap_or_default());
         }
@@ -991,7 +1074,60 @@ fn create_secret_file(path: &Path) -> Result<std::fs::File, Failure> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| Failure::Other(format!("cannot create {}: {e}", path.display())))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Failure::Other(format!(
+                "{} already exists; a secret is never written over a file (choose another \
+                 name, or remove it first)",
+                path.display()
+            )),
+            _ => Failure::Other(format!("cannot create {}: {e}", path.display())),
+        })
+}
+
+/// `token create NAME --role R --out FILE`: FILE is created (mode 0600, never over an existing
+/// file) before the token is, so no secret is made that cannot be kept; if the token is not
+/// created, the empty file is removed. The secret goes into the file, not to stdout.
+fn token_create_out(cli: &Cli, name: &str, file: &Path) -> Result<(), Failure> {
+    let (req, open) = request(&cli.command)?;
+    let mut f = create_secret_file(file)?;
+    let created = backend(cli, open).and_then(|b| {
+        let r = b.call(req);
+        b.close();
+        r.map_err(Failure::from)
+    });
+    let mut v = match created {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(file);
+            return Err(e);
+        }
+    };
+    let secret = v["token"].as_str().unwrap_or_default().to_string();
+    writeln!(f, "{secret}")
+        .and_then(|_| f.sync_all())
+        .map_err(|e| {
+            Failure::Other(format!(
+                "token {} was created, but its secret could not be written to {}: {e}; revoke it \
+             (`cairn token revoke NAME`) and create another",
+                echo(name),
+                file.display()
+            ))
+        })?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("token");
+        o.insert("token_file".into(), file.display().to_string().into());
+    }
+    if cli.json {
+        print_json(&v);
+    } else {
+        eprintln!(
+            "created token {} with role {}; its secret is in {} (mode 0600)",
+            echo(name),
+            v["role"].as_str().unwrap_or_default(),
+            file.display()
+        );
+    }
+    Ok(())
 }
 
 fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
@@ -1021,8 +1157,9 @@ fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
         .map_err(|e| Failure::Other(format!("cannot install signal handlers: {e}")))?;
     let url_file = data.join(backend::SERVER_ADDR_FILE);
     let _ = std::fs::write(&url_file, format!("{url}\n"));
-    println!("listening on {url}");
-    let _ = std::io::stdout().flush();
+    // Not `println!`: a daemon whose stdout is closed goes on serving.
+    let _ =
+        writeln!(std::io::stdout(), "listening on {url}").and_then(|_| std::io::stdout().flush());
     tracing::info!(%url, workspace = %svc.workspace().id(), "serving");
     let ws = svc.workspace().clone();
     let result = rt.block_on(async move {
@@ -1179,6 +1316,11 @@ fn receive(r: &Remote, path: &str, body: Value, dir: &Path, what: &str) -> Resul
 }
 
 fn replay(cli: &Cli, until: u64, into: &Path) -> Result<(), Failure> {
+    if until == 0 {
+        return Err(Failure::Usage(
+            "--until 0: offsets start at 1 (--until N replays the log up to offset N)".into(),
+        ));
+    }
     if into.exists() {
         return Err(Failure::Other(format!(
             "replay target {} already exists",

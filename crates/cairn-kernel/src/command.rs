@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::change::End;
+#[cfg(doc)]
+use crate::echo::ERROR_ECHO_CHARS_MAX;
+use crate::echo::{echo, echo_bare};
 use crate::event::HookResult;
 use crate::manifest::ManifestError;
 use crate::model::{DaemonState, FeatureState, ResourceKind, Role, Scope};
@@ -261,11 +264,13 @@ pub enum Entity {
     Token(String),
 }
 
+/// Names are user input: a message repeats at most [`ERROR_ECHO_CHARS_MAX`] characters of
+/// each (see [`crate::echo`]).
 impl fmt::Display for Entity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Entity::Package(p) => write!(f, "package {p:?}"),
-            Entity::Feature(n) => write!(f, "feature {n:?}"),
+            Entity::Package(p) => write!(f, "package {}", echo(p)),
+            Entity::Feature(n) => write!(f, "feature {}", echo(n)),
             Entity::Resource(kind, owner, name) => {
                 let what = match kind {
                     ResourceKind::Vars => "var",
@@ -274,21 +279,24 @@ impl fmt::Display for Entity {
                     ResourceKind::Daemons => "daemon",
                     ResourceKind::Model => "model type",
                 };
-                write!(f, "{what} {name:?} of package {owner:?}")
+                write!(f, "{what} {} of package {}", echo(name), echo(owner))
             }
-            Entity::Plug((p, n)) => write!(f, "plug {p}:{n}"),
-            Entity::Slot((p, n)) => write!(f, "slot {p}:{n}"),
+            Entity::Plug((p, n)) => write!(f, "plug {}:{}", echo_bare(p), echo_bare(n)),
+            Entity::Slot((p, n)) => write!(f, "slot {}:{}", echo_bare(p), echo_bare(n)),
             Entity::Connection(plug, slot) => {
                 write!(
                     f,
                     "connection {}:{} → {}:{}",
-                    plug.0, plug.1, slot.0, slot.1
+                    echo_bare(&plug.0),
+                    echo_bare(&plug.1),
+                    echo_bare(&slot.0),
+                    echo_bare(&slot.1)
                 )
             }
             Entity::Change(id) => write!(f, "change {id}"),
-            Entity::Schema(s) => write!(f, "schema {s:?}"),
-            Entity::Extension(a) => write!(f, "extension {a:?}"),
-            Entity::Token(n) => write!(f, "token {n:?}"),
+            Entity::Schema(s) => write!(f, "schema {}", echo(s)),
+            Entity::Extension(a) => write!(f, "extension {}", echo(a)),
+            Entity::Token(n) => write!(f, "token {}", echo(n)),
         }
     }
 }

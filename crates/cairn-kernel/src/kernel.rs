@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::change::{Action, ChangeKind, ChangeRecord, ChangeStatus, End, Step, Task, TaskOutcome};
 use crate::command::*;
+use crate::echo::echo;
 use crate::event::{
     Event, HookOutcome, HookRef, HookResult, InstallStarted, ResourcesDeleted, UninstallStarted,
     HOOK_OUTPUT_BYTES_MAX,
@@ -244,7 +245,8 @@ fn check_name(what: &str, name: &str) -> Result<(), Rejection> {
         Ok(())
     } else {
         Err(Rejection::Invalid(format!(
-            "{what} {name:?} is not a valid name ({ITEM_NAME_RULE})"
+            "{what} {} is not a valid name ({ITEM_NAME_RULE})",
+            echo(name)
         )))
     }
 }
@@ -718,7 +720,8 @@ impl Kernel {
                 check_name("var", key)?;
                 if value.len() > VAR_VALUE_BYTES_MAX {
                     return Err(Rejection::Invalid(format!(
-                        "value of var {key:?} is {} bytes, over the limit of {VAR_VALUE_BYTES_MAX}",
+                        "value of var {} is {} bytes, over the limit of {VAR_VALUE_BYTES_MAX}",
+                        echo(key),
                         value.len()
                     ))
                     .into());
@@ -805,7 +808,8 @@ impl Kernel {
                 let q = self.resource::<QueueRecord>(state, ResourceKind::Queues, owner, queue)?;
                 if *upto >= q.next_seq {
                     return Err(Rejection::Invalid(format!(
-                        "cannot ack queue {queue:?} up to {upto}: its last item is {}",
+                        "cannot ack queue {} up to {upto}: its last item is {}",
+                        echo(queue),
                         q.next_seq - 1
                     ))
                     .into());
@@ -828,8 +832,9 @@ impl Kernel {
                 self.resource::<VaultRecord>(state, ResourceKind::Vaults, owner, vault)?;
                 if sealed.len() > VAULT_SEALED_BYTES_MAX {
                     return Err(Rejection::Invalid(format!(
-                        "sealed value of vault {vault:?} is {} bytes, over the limit of \
+                        "sealed value of vault {} is {} bytes, over the limit of \
                          {VAULT_SEALED_BYTES_MAX}",
+                        echo(vault),
                         sealed.len()
                     ))
                     .into());
@@ -955,7 +960,8 @@ impl Kernel {
                 }
                 if state.get(Space::State, &keys::token_hash(hash))?.is_some() {
                     return Err(Rejection::Invalid(format!(
-                        "token {name:?}: its secret's hash is already in use by another token"
+                        "token {}: its secret's hash is already in use by another token",
+                        echo(name)
                     ))
                     .into());
                 }
@@ -974,7 +980,8 @@ impl Kernel {
             Command::Ext { kind, payload } => {
                 let app = ext::app_of(kind).ok_or_else(|| {
                     Rejection::Invalid(format!(
-                        "extension event kind {kind:?} is not of the form ext.<app>.<name>.v<N>"
+                        "extension event kind {} is not of the form ext.<app>.<name>.v<N>",
+                        echo(kind)
                     ))
                 })?;
                 let extension = self
@@ -991,7 +998,11 @@ impl Kernel {
                 extension
                     .validate(&ExtRead::new(state, app), kind, payload)
                     .map_err(|reason| {
-                        Rejection::Invalid(format!("extension {app:?} refused {kind:?}: {reason}"))
+                        Rejection::Invalid(format!(
+                            "extension {} refused {}: {reason}",
+                            echo(app),
+                            echo(kind)
+                        ))
                     })?;
                 Ok(vec![Event::Ext {
                     kind: kind.clone(),
@@ -1096,9 +1107,11 @@ impl Kernel {
 
     fn decide_install(&self, state: &dyn StateRead, m: &Manifest, change: Uuid) -> Decided {
         if !is_package_name(&m.name) {
-            return Err(
-                Rejection::Invalid(format!("{:?} is not a valid package name", m.name)).into(),
-            );
+            return Err(Rejection::Invalid(format!(
+                "{} is not a valid package name",
+                echo(&m.name)
+            ))
+            .into());
         }
         self.check_new_change(state, change)?;
         if let Some(p) = get::<PackageRecord>(state, &keys::package(&m.name))? {

@@ -7,6 +7,7 @@
 //! - [`change`] holds the task engine's rules; the runtime drives changes by asking
 //!   [`ChangeRecord::next_action`] and reporting outcomes as commands.
 //! - [`query`] reads the projection for the runtime, the CLI and the server.
+//! - [`echo`] cuts user input repeated in messages to a bounded length.
 
 // Rejections name their entity in full (for messages) and events carry whole records; both
 // are moved once per command, so their size is not worth boxing.
@@ -14,6 +15,7 @@
 
 pub mod change;
 pub mod command;
+pub mod echo;
 pub mod event;
 pub mod ext;
 mod kernel;

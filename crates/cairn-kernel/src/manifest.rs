@@ -133,9 +133,10 @@ pub struct ModelType {
 
 /// A manifest that cannot be used: where and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("manifest {path}: {reason}")]
+#[error("manifest {}: {reason}", crate::echo::echo_bare(.path))]
 pub struct ManifestError {
-    /// Field path, e.g. `features[1].name`, or `(document)` for the whole file.
+    /// Field path, e.g. `features[1].name`, or `(document)` for the whole file (cut in the
+    /// message when a long user-chosen key makes it long, see [`crate::echo`]).
     pub path: String,
     /// What is wrong.
     pub reason: String,
@@ -303,15 +304,9 @@ fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Longest part of a value quoted in an error message, in characters.
-const QUOTE_CHARS_MAX: usize = 80;
-
 /// Quotes a value for an error message: escaped, and cut short when long.
 fn q(value: &str) -> String {
-    match value.char_indices().nth(QUOTE_CHARS_MAX) {
-        None => format!("{value:?}"),
-        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
-    }
+    crate::echo::echo(value).to_string()
 }
 
 fn check_count(path: &str, noun: &str, count: usize) -> Result<(), ManifestError> {

@@ -2,7 +2,9 @@
 //! line, then per file `path length (u16 BE) | path | size (u64 BE) | bytes`, then a zero path
 //! length and the blake3 hash of everything before it. The reader refuses absolute paths,
 //! `..` and empty segments, checks the hash, and writes into `<dir>.partial` first, renaming
-//! it to `dir` only when the whole stream checked out: nothing is half-written.
+//! it to `dir` only when the whole stream checked out: nothing is half-written (a
+//! `<dir>.partial` left by an interrupted transfer is removed by the next one, see
+//! `cairn_store::PartialDir`).
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -27,6 +29,9 @@ pub enum BundleError {
     /// The stream is not a well-formed bundle.
     #[error("bad bundle stream: {0}")]
     Malformed(String),
+    /// The target directory cannot be built (it exists, or its `.partial` is in use).
+    #[error(transparent)]
+    Target(#[from] cairn_store::StoreError),
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> BundleError {
@@ -139,49 +144,10 @@ pub fn read_bundle(
     dir: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, BundleError> {
-    if dir.exists() {
-        return Err(BundleError::Io {
-            context: format!("write into {}", dir.display()),
-            source: io::Error::new(io::ErrorKind::AlreadyExists, "the directory already exists"),
-        });
-    }
-    let dir: PathBuf = dir.components().collect();
-    let dir = dir.as_path();
-    let partial = PathBuf::from(format!("{}.partial", dir.display()));
-    if partial.exists() {
-        return Err(BundleError::Io {
-            context: format!("write into {}", dir.display()),
-            source: io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} exists (an interrupted transfer, or another one running); remove it first",
-                    partial.display()
-                ),
-            ),
-        });
-    }
-    fs::create_dir_all(&partial).map_err(io_err(format!("create {}", partial.display())))?;
-    let result = read_into(input, &partial, progress);
-    match result {
-        Ok(n) => {
-            fs::rename(&partial, dir).map_err(io_err(format!(
-                "rename {} to {}",
-                partial.display(),
-                dir.display()
-            )))?;
-            // The rename is durable once the parent directory is synced.
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io_err(format!("sync {}", parent.display())))?;
-            }
-            Ok(n)
-        }
-        Err(e) => {
-            let _ = fs::remove_dir_all(&partial);
-            Err(e)
-        }
-    }
+    let partial = cairn_store::PartialDir::create(dir, "write")?;
+    let files = read_into(input, partial.path(), progress)?;
+    partial.commit()?;
+    Ok(files)
 }
 
 fn read_into(
@@ -221,6 +187,7 @@ fn read_into(
             || name
                 .split('/')
                 .any(|s| s.is_empty() || s == "." || s == "..")
+            || name == cairn_store::partial::PARTIAL_MARKER_FILE
         {
             return Err(BundleError::Malformed(format!("unsafe path {name:?}")));
         }

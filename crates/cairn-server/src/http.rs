@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
+use cairn::kernel::echo::{echo, echo_bare};
 use cairn::kernel::model::Role;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -210,8 +211,10 @@ impl App {
                 return Err(ApiError::new(
                     codes::FORBIDDEN,
                     format!(
-                        "token {:?} has role {}; this needs {}",
-                        token.name, token.role, needed
+                        "token {} has role {}; this needs {}",
+                        echo(&token.name),
+                        token.role,
+                        needed
                     ),
                 ));
             }
@@ -250,7 +253,8 @@ fn q_u64(q: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, A
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| {
             ApiError::bad(format!(
-                "query parameter {name}={v:?} is not a non-negative integer"
+                "query parameter {name}={} is not a non-negative integer",
+                echo(v)
             ))
         }),
     }
@@ -581,10 +585,12 @@ async fn change_show(
     app.run(&headers, Ok(Request::ChangeShow { id })).await
 }
 
+/// The body (`{}`) is read, unused, for the reason given at [`backup`].
 async fn change_abort(
     State(app): State<App>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    _body: Result<Bytes, BytesRejection>,
 ) -> Response {
     app.run(&headers, Ok(Request::ChangeAbort { id })).await
 }
@@ -729,7 +735,14 @@ async fn stream_dir(
         .into_response()
 }
 
-async fn backup(State(app): State<App>, headers: HeaderMap) -> Response {
+/// The request body (`{}` from the CLI) is read before the stream starts: a connection closed
+/// with request bytes still unread is reset by the kernel, and the reset can overtake the end
+/// of the stream at the client (seen as `Connection reset by peer` near the end of a backup).
+async fn backup(
+    State(app): State<App>,
+    headers: HeaderMap,
+    _body: Result<Bytes, BytesRejection>,
+) -> Response {
     if let Err(denied) = app.allow(&headers, Role::Admin) {
         return denied;
     }
@@ -771,7 +784,12 @@ async fn replay(
     .await
 }
 
-async fn rebuild(State(app): State<App>, headers: HeaderMap) -> Response {
+/// The body (`{}`) is read, unused, for the reason given at [`backup`].
+async fn rebuild(
+    State(app): State<App>,
+    headers: HeaderMap,
+    _body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = app.auth(&headers, Some(Role::Admin)).and_then(|_| {
         Err(ApiError::new(
             codes::OFFLINE_ONLY,
@@ -816,6 +834,6 @@ async fn token_revoke(
 async fn fallback(State(app): State<App>, method: Method, uri: Uri) -> Response {
     app.reply(Err(ApiError::new(
         codes::NOT_FOUND,
-        format!("no endpoint {method} {}", uri.path()),
+        format!("no endpoint {method} {}", echo_bare(uri.path())),
     )))
 }

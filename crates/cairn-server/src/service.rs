@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use cairn::kernel::echo::echo;
 use cairn::kernel::model::{FeatureState, ResourceKind, Role};
 use cairn::kernel::records::{OnloadState, PackageRecord, PackageStatus};
 use cairn::kernel::{query, ChangeRecord, Event};
@@ -156,7 +157,7 @@ impl Service {
             Request::PkgShow { name } => {
                 let view = ws.view()?;
                 let p = query::package(&view, &name)?
-                    .ok_or_else(|| not_found(format!("package {name:?} does not exist")))?;
+                    .ok_or_else(|| not_found(format!("package {} does not exist", echo(&name))))?;
                 package_json(&view, &p)
             }
             Request::VarSet {
@@ -170,7 +171,11 @@ impl Service {
             ),
             Request::VarGet { pkg, key } => {
                 let v = query::var(&ws.view()?, &pkg, &key)?.ok_or_else(|| {
-                    not_found(format!("var {key:?} of package {pkg:?} does not exist"))
+                    not_found(format!(
+                        "var {} of package {} does not exist",
+                        echo(&key),
+                        echo(&pkg)
+                    ))
                 })?;
                 Ok(json!({
                     "pkg": pkg,
@@ -184,7 +189,7 @@ impl Service {
             Request::VarList { pkg } => {
                 let view = ws.view()?;
                 if query::package(&view, &pkg)?.is_none() && query::vars(&view, &pkg)?.is_empty() {
-                    return Err(not_found(format!("package {pkg:?} does not exist")));
+                    return Err(not_found(format!("package {} does not exist", echo(&pkg))));
                 }
                 Ok(Value::Array(
                     query::vars(&view, &pkg)?
@@ -217,7 +222,11 @@ impl Service {
             } => {
                 let view = ws.view()?;
                 query::queue(&view, &pkg, &queue)?.ok_or_else(|| {
-                    not_found(format!("queue {queue:?} of package {pkg:?} does not exist"))
+                    not_found(format!(
+                        "queue {} of package {} does not exist",
+                        echo(&queue),
+                        echo(&pkg)
+                    ))
                 })?;
                 let limit = limit.clamp(1, QUEUE_READ_LIMIT_MAX) as usize;
                 let items =
@@ -347,7 +356,10 @@ impl Service {
                 let role = Role::parse(&role).ok_or_else(|| {
                     ApiError::new(
                         "invalid",
-                        format!("unknown role {role:?} (one of read, write, admin, mirror)"),
+                        format!(
+                            "unknown role {} (one of read, write, admin, mirror)",
+                            echo(&role)
+                        ),
                     )
                 })?;
                 let (c, secret) = ws.token_create(&name, role, opts).await?;
@@ -458,7 +470,8 @@ pub fn parse_keep(keep: &[String]) -> Result<Vec<ResourceKind>, ApiError> {
                 ApiError::new(
                     "invalid",
                     format!(
-                        "unknown keep value {k:?} (one of vars, queues, vaults, daemons, model)"
+                        "unknown keep value {} (one of vars, queues, vaults, daemons, model)",
+                        echo(k)
                     ),
                 )
             })
@@ -471,8 +484,9 @@ fn parse_feature_state(s: &str) -> Result<FeatureState, ApiError> {
         ApiError::new(
             "invalid",
             format!(
-                "unknown feature state {s:?} (one of enabled, disabled, always_enabled, \
-                 always_disabled)"
+                "unknown feature state {} (one of enabled, disabled, always_enabled, \
+                 always_disabled)",
+                echo(s)
             ),
         )
     })
@@ -486,14 +500,14 @@ pub fn parse_end(what: &str, s: &str) -> Result<(String, String), ApiError> {
         }
         _ => Err(ApiError::new(
             "invalid",
-            format!("{what} {s:?} is not of the form PKG:NAME"),
+            format!("{what} {} is not of the form PKG:NAME", echo(s)),
         )),
     }
 }
 
 fn parse_change_id(s: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(s)
-        .map_err(|_| ApiError::new("invalid", format!("change id {s:?} is not a uuid")))
+        .map_err(|_| ApiError::new("invalid", format!("change id {} is not a uuid", echo(s))))
 }
 
 /// Bytes as JSON: a string when they are UTF-8, else `{"hex": "..."}`.

@@ -8,6 +8,7 @@
 //! - [`Store::read`] a [`ReadView`]: a snapshot that reports the applied offset it reflects,
 //!   reads state, reads the log, verifies the chain and computes the state [`Digest`].
 //! - [`Store::backup`] a checkpoint; [`Store::rebuild`] the projection from the log.
+//! - [`PartialDir`]: a directory that appears complete under its final name or not at all.
 
 mod base;
 mod error;
@@ -15,6 +16,7 @@ pub mod layout;
 mod lock;
 mod machine;
 mod overlay;
+pub mod partial;
 mod recovery;
 mod spin;
 mod store;
@@ -27,6 +29,7 @@ pub use error::{CommandError, StoreError};
 pub use lock::LOCK_RETRY_MS;
 pub use machine::{ApplyError, CheckOpenError, DecideCtx, DecideError, Event, StateMachine};
 pub use overlay::READ_CACHE_BYTES_MAX;
+pub use partial::PartialDir;
 pub use recovery::{WalDamage, QUARANTINE_DIR, WAL_DAMAGE_FILE, WAL_LOSS_ACCEPTED_FILE};
 pub use spin::{ANSWER_YIELD_US_MAX, QUICK_WRITE_NS_MAX};
 pub use store::{

@@ -17,6 +17,7 @@ use crate::error::{CommandError, StoreError};
 use crate::layout::{self, CFS, CF_LOG, CF_META};
 use crate::lock::WorkspaceLock;
 use crate::machine::{CheckOpenError, StateMachine};
+use crate::partial::PartialDir;
 use crate::recovery::Access;
 use crate::spin;
 use crate::view::{decode_stored, read_meta, Progress, ReadView};
@@ -519,24 +520,19 @@ impl<M: StateMachine> Store<M> {
     }
 
     /// Writes a consistent checkpoint (log + state + meta) into `dir`, which must not exist.
-    /// The result is a workspace directory that opens as it is.
+    /// The result is a workspace directory that opens as it is. It is built in
+    /// `<dir>.partial` and renamed when complete, so `dir` appears whole or not at all (see
+    /// [`PartialDir`] for what happens to a `<dir>.partial` left by an interrupted run).
     pub fn backup(&self, dir: &Path) -> Result<Head, StoreError> {
-        if dir.exists() {
-            return Err(StoreError::io(
-                format!("backup to {}", dir.display()),
-                "the directory already exists",
-            ));
-        }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
+        let partial = PartialDir::create(dir, "backup")?;
         let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)
             .map_err(StoreError::db("prepare checkpoint"))?;
         checkpoint
-            .create_checkpoint(layout::db_dir(dir))
+            .create_checkpoint(layout::db_dir(partial.path()))
             .map_err(StoreError::db("create checkpoint"))?;
         // The checkpoint is self-consistent; report what it holds.
-        let db = open_raw_db(dir)?;
-        let head = check_head(&db)?;
+        let head = check_head(&open_raw_db(partial.path())?)?;
+        partial.commit()?;
         Ok(head)
     }
 }

@@ -5,8 +5,9 @@
 
 use std::path::Path;
 
+use cairn_kernel::Rejection;
 use cairn_log::Head;
-use cairn_store::{Digest, Progress, ReadView, Store, StoreError};
+use cairn_store::{Digest, PartialDir, Progress, ReadView, Store, StoreError};
 use serde::Serialize;
 
 use crate::error::Error;
@@ -45,9 +46,15 @@ fn hex32<S: serde::Serializer>(h: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&cairn_log::Hash(*h))
 }
 
+/// What a replay is told when asked for offset 0 (which holds nothing: offsets start at 1).
+pub const REPLAY_UNTIL_ZERO: &str =
+    "replay until offset 0: offsets start at 1 (until N keeps the log up to offset N)";
+
 /// Builds a new workspace at `into` (which must not exist) holding the log of `view` up to
-/// `until` and the state that log folds to. The vault key is copied, so the replayed
-/// workspace opens the same secrets. `progress` sees entries replayed of entries to replay.
+/// `until` (at least 1) and the state that log folds to. The vault key is copied, so the
+/// replayed workspace opens the same secrets. `progress` sees entries replayed of entries to
+/// replay. It is built in `<into>.partial` and renamed when complete, so `into` appears whole
+/// or not at all (see [`PartialDir`] for a `<into>.partial` left by an interrupted run).
 pub fn replay(
     view: &ReadView,
     source_data: &Path,
@@ -56,46 +63,16 @@ pub fn replay(
     into: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ReplayReport, Error> {
-    if into.exists() {
-        return Err(Error::Store(StoreError::io(
-            format!("replay into {}", into.display()),
-            "the directory already exists",
+    if until == 0 {
+        return Err(Error::Rejected(Rejection::Invalid(
+            REPLAY_UNTIL_ZERO.into(),
         )));
     }
     let until = until.min(view.applied());
-    // Built under `<into>.partial` and renamed when complete: a failed replay leaves nothing
-    // at `into`. (`into` without a trailing `/`, so the sibling is not made inside it.)
-    let into: std::path::PathBuf = into.components().collect();
-    let partial = std::path::PathBuf::from(format!("{}.partial", into.display()));
-    if partial.exists() {
-        return Err(Error::Store(StoreError::io(
-            format!("replay into {}", into.display()),
-            format!(
-                "{} exists (an interrupted replay, or another one running); remove it first",
-                partial.display()
-            ),
-        )));
-    }
-    match replay_at(view, source_data, kernel, until, &partial, progress) {
-        Ok(report) => {
-            std::fs::rename(&partial, &into).map_err(|e| {
-                StoreError::io(
-                    format!("rename {} to {}", partial.display(), into.display()),
-                    e,
-                )
-            })?;
-            if let Some(parent) = into.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| StoreError::io(format!("sync {}", parent.display()), e))?;
-            }
-            Ok(report)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&partial);
-            Err(e)
-        }
-    }
+    let partial = PartialDir::create(into, "replay")?;
+    let report = replay_at(view, source_data, kernel, until, partial.path(), progress)?;
+    partial.commit()?;
+    Ok(report)
 }
 
 fn replay_at(

@@ -159,7 +159,7 @@ async fn abort_cancels_the_running_hook_and_undoes_backwards() {
     let ws = s.open().await;
     let pid_file = s.dir.path().join("hook.pid");
     let slow_slot = format!(
-        "name = \"prov\"\nversion = \"1\"\n[[slots]]\nname = \"metrics\"\ninterface = \"metrics\"\n{}{}{}[hooks.connect-slot-metrics]\nrun = \"echo connect-slot-metrics >> '{}'; echo $$ > '{}'; exec sleep 60\"\n",
+        "name = \"prov\"\nversion = \"1\"\n[[slots]]\nname = \"metrics\"\ninterface = \"metrics\"\n{}{}{}[hooks.connect-slot-metrics]\nrun = \"echo connect-slot-metrics >> '{}'; echo $$ > '{}'; exec sleep 600\"\n",
         tracing_hook(&s.trace(), "prepare-slot-metrics", 0),
         tracing_hook(&s.trace(), "disconnect-slot-metrics", 0),
         tracing_hook(&s.trace(), "unprepare-slot-metrics", 0),
@@ -187,11 +187,20 @@ async fn abort_cancels_the_running_hook_and_undoes_backwards() {
         ChangeStatus::Doing,
         "still running after the waiter left"
     );
-    let started = std::time::Instant::now();
+    let hook_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     ws.abort(id, &opts()).await.unwrap();
-    let c = finish(&ws, id).await;
-    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // The hook sleeps for 600 s: a change that is ready well before that had its hook
+    // cancelled rather than waited for. (A bound, not a timing measurement.)
+    let c = tokio::time::timeout(std::time::Duration::from_secs(120), ws.wait_change(id))
+        .await
+        .expect("the abort waited for the running hook instead of cancelling it")
+        .unwrap();
     assert_eq!(c.status, ChangeStatus::Undone, "{c:#?}");
+    assert!(!alive(hook_pid), "the cancelled hook {hook_pid} is gone");
     assert_eq!(
         s.hooks_run(),
         [
@@ -215,4 +224,15 @@ async fn abort_cancels_the_running_hook_and_undoes_backwards() {
             .contains("has already finished (status undone)"),
         "{e}"
     );
+}
+
+/// Whether `pid` is a live (non-zombie) process.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
 }

@@ -19,6 +19,10 @@
 //!
 //! `CAIRN_SLOW_TESTS=1` runs more cases. The SIGKILL variant (a child process killed mid-change,
 //! then reopened) is the last test of this file.
+//!
+//! This file is its own harness (`harness = false`, tests run by `libtest-mimic`): the same
+//! binary is the SIGKILL test's child when [`CHILD_DATA_ENV`] is set (see [`sigkill_child`]),
+//! so the child is not a test that passes without checking anything.
 
 mod common;
 
@@ -1788,10 +1792,43 @@ fn config() -> ProptestConfig {
     }
 }
 
+/// Every test of this file, run by `libtest-mimic` unless this process is the SIGKILL child.
+fn main() -> std::process::ExitCode {
+    if let Ok(data) = std::env::var(CHILD_DATA_ENV) {
+        sigkill_child(&data);
+        return std::process::ExitCode::SUCCESS;
+    }
+    let args = libtest_mimic::Arguments::from_args();
+    let test = |name: &str, run: fn()| {
+        libtest_mimic::Trial::test(name, move || {
+            run();
+            Ok(())
+        })
+    };
+    let tests = vec![
+        test(
+            "random_command_sequences_keep_the_model_and_the_invariants",
+            random_command_sequences_keep_the_model_and_the_invariants,
+        ),
+        test(
+            "undone_disconnect_of_an_auto_connection_leaves_it_desired",
+            undone_disconnect_of_an_auto_connection_leaves_it_desired,
+        ),
+        test(
+            "undone_connect_of_an_undesired_pair_leaves_it_undesired",
+            undone_connect_of_an_undesired_pair_leaves_it_undesired,
+        ),
+        test(
+            "sigkill_mid_change_then_reopen_resumes_and_keeps_the_invariants",
+            sigkill_mid_change_then_reopen_resumes_and_keeps_the_invariants,
+        ),
+    ];
+    libtest_mimic::run(&args, tests).exit_code()
+}
+
 proptest! {
     #![proptest_config(config())]
 
-    #[test]
     fn random_command_sequences_keep_the_model_and_the_invariants(
         specs in prop::collection::vec(spec(), PACKAGES.len() * VARIANTS),
         modes in prop::collection::vec(initial_mode(), hook_names().len()),
@@ -1854,7 +1891,6 @@ fn first_conn() -> Op {
 
 /// A disconnect of an auto connection that fails after the connection was removed is undone:
 /// the connection comes back, and so must its "desired" standing (it was never disconnected).
-#[test]
 fn undone_disconnect_of_an_auto_connection_leaves_it_desired() {
     run_case(
         self_connecting(&["unprepare-plug-p1"]),
@@ -1872,7 +1908,6 @@ fn undone_disconnect_of_an_auto_connection_leaves_it_desired() {
 
 /// A manual connect of an undesired pair that fails after the connection was established is
 /// undone: the pair must stay undesired (the connect never happened).
-#[test]
 fn undone_connect_of_an_undesired_pair_leaves_it_undesired() {
     run_case(
         self_connecting(&["connect-plug-p1"]),
@@ -1947,12 +1982,8 @@ impl Rng {
 
 /// The child: with [`CHILD_DATA_ENV`] set, opens that workspace (`Durability::Sync`) with slow
 /// and sometimes failing hooks and starts changes without waiting for them, printing
-/// `started <change id>` once each is acknowledged, until it is killed. Without it, passes.
-#[test]
-fn sigkill_child() {
-    let Ok(data) = std::env::var(CHILD_DATA_ENV) else {
-        return;
-    };
+/// `started <change id>` once each is acknowledged, until it is killed.
+fn sigkill_child(data: &str) {
     let seed: u64 = std::env::var(CHILD_SEED_ENV).unwrap().parse().unwrap();
     let mut rng = Rng(seed | 1);
     let modes: BTreeMap<String, Mode> = hook_names()
@@ -2034,7 +2065,6 @@ fn sigkill_child() {
 /// opens the workspace: every change the child was told about is there, every change
 /// resumes and finishes, the invariants hold, the chain verifies and replaying the log gives
 /// the live digest. 3 kill cycles, 20 with `CAIRN_SLOW_TESTS=1`.
-#[test]
 fn sigkill_mid_change_then_reopen_resumes_and_keeps_the_invariants() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
@@ -2054,12 +2084,6 @@ fn sigkill_mid_change_then_reopen_resumes_and_keeps_the_invariants() {
     let mut applied_acked = 0u64;
     for cycle in 0..cycles {
         let mut child = Command::new(&exe)
-            .args([
-                "sigkill_child",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
             .env(CHILD_DATA_ENV, scratch.data())
             .env(CHILD_SEED_ENV, (cycle as u64 + 1).to_string())
             .stdout(Stdio::piped())

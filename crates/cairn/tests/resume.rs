@@ -2,7 +2,9 @@
 //! change runs; reopening resumes the change to completion, rerunning the interrupted hook
 //! (`doing` → run again) and nothing that had finished.
 //!
-//! The child is this test binary re-executed with `CAIRN_RESUME_CHILD` set (see `child`).
+//! This file is its own harness (`harness = false`, tests run by `libtest-mimic`): the same
+//! binary is the child, started with `CAIRN_RESUME_CHILD` set (see [`child`]), so the child
+//! is not a test that passes without checking anything.
 
 mod common;
 
@@ -46,12 +48,27 @@ const UNINSTALL_HOOKS: [&str; 5] = [
     "unprepare-plug-m",
 ];
 
-/// The child: opens the workspace, starts the uninstall and waits to be killed.
-#[test]
-fn child() {
-    let Ok(data) = std::env::var("CAIRN_RESUME_CHILD") else {
-        return;
-    };
+/// Environment variable that makes this binary the child: the data directory to drive.
+const CHILD_DATA_ENV: &str = "CAIRN_RESUME_CHILD";
+
+fn main() -> std::process::ExitCode {
+    if let Ok(data) = std::env::var(CHILD_DATA_ENV) {
+        child(&data);
+        return std::process::ExitCode::SUCCESS;
+    }
+    let args = libtest_mimic::Arguments::from_args();
+    let tests = vec![libtest_mimic::Trial::test(
+        "uninstall_killed_during_each_hook_resumes_to_completion",
+        || {
+            uninstall_killed_during_each_hook_resumes_to_completion();
+            Ok(())
+        },
+    )];
+    libtest_mimic::run(&args, tests).exit_code()
+}
+
+/// The child: opens the workspace at `data`, starts the uninstall and waits to be killed.
+fn child(data: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ws = cairn::Workspace::open(Path::new(&data), Default::default())
@@ -64,8 +81,16 @@ fn child() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uninstall_killed_during_each_hook_resumes_to_completion() {
+fn uninstall_killed_during_each_hook_resumes_to_completion() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(killed_during_each_hook());
+}
+
+async fn killed_during_each_hook() {
     for crash_at in UNINSTALL_HOOKS {
         let s = Scratch::new();
         let dir = s.dir.path();
@@ -81,8 +106,7 @@ async fn uninstall_killed_during_each_hook_resumes_to_completion() {
         // Hooks get a clean environment: the crash point reaches them through a file.
         std::fs::write(dir.join("crash_at"), crash_at).unwrap();
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-            .env("CAIRN_RESUME_CHILD", s.data())
+            .env(CHILD_DATA_ENV, s.data())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
