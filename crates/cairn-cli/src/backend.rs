@@ -25,9 +25,12 @@ pub enum Open {
     Quiet,
     /// A write: the engine resumes changes in progress, and the command waits for them first.
     Write,
-    /// The engine runs, without waiting for resumed changes first (`change abort`, tokens,
-    /// `serve`).
+    /// The engine runs, without waiting for resumed changes first (`change abort`, the demo).
     Drive,
+    /// `cairn serve`: the engine runs every pending `onload` too. Every other local command
+    /// runs only the `onload` of a package it installs and waits for (a short-lived process
+    /// would stop any other one again when it exits; see `cairn::Onloads`).
+    Serve,
 }
 
 /// A running command's connection to its workspace.
@@ -62,6 +65,16 @@ impl Backend {
         match self {
             Backend::Local { rt, svc } => rt.block_on(async {
                 let waits_onload = matches!(req, Request::PkgInstall { wait: true, .. });
+                if let Request::PkgInstall {
+                    manifest,
+                    wait: true,
+                } = &req
+                {
+                    // This command runs the package's onload and waits for it.
+                    if let Ok(m) = cairn::kernel::manifest::parse(manifest) {
+                        svc.workspace().run_onload(&m.name);
+                    }
+                }
                 let work = async {
                     let v = svc.handle(req, LOCAL_ACTOR).await?;
                     if waits_onload && v["status"] == "done" {
@@ -115,6 +128,9 @@ pub fn open_local(
     };
     opts.store.durability = durability;
     opts.drive = opts_drive(open);
+    if open != Open::Serve {
+        opts.onloads = cairn::Onloads::Only(Default::default());
+    }
     if open == Open::Read {
         opts.access = cairn::Access::ReadOnly;
     }
@@ -163,7 +179,7 @@ pub fn open_local(
 
 /// Whether `open` starts the change engine.
 fn opts_drive(open: Open) -> bool {
-    matches!(open, Open::Write | Open::Drive)
+    matches!(open, Open::Write | Open::Drive | Open::Serve)
 }
 
 /// Resolves at the first Ctrl-C; a second one during the clean-up that follows exits at once.

@@ -1132,7 +1132,7 @@ fn token_create_out(cli: &Cli, name: &str, file: &Path) -> Result<(), Failure> {
 
 fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
     let data = local_only(cli, "serve")?;
-    let b = open_local(&data, Open::Drive, durability(cli))?;
+    let b = open_local(&data, Open::Serve, durability(cli))?;
     let Backend::Local { rt, svc } = b else {
         return Err(Failure::Other(
             "internal: serve needs a local workspace".into(),

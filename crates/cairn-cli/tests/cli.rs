@@ -524,3 +524,14 @@ fn the_demo_runs_the_whole_lifecycle() {
     .json();
     assert_eq!(vars[0]["kept_from"], "netmon");
 }
+
+#[test]
+fn the_binary_is_small_enough_to_copy_around() {
+    // RocksDB's C++ built with debug info had made it 468 MB; dependencies now build without.
+    let bytes = std::fs::metadata(bin()).unwrap().len();
+    assert!(
+        bytes < 100 << 20,
+        "target/release/cairn is {} MiB; are dependencies built with debug info again?",
+        bytes >> 20
+    );
+}

@@ -79,10 +79,10 @@ fn a_running_hook_dies_with_the_server_that_ran_it() {
             || is_dead(main) && is_dead(bg),
         )
     });
-    if died.is_err() {
+    if let Err(panic) = died {
         kill(main);
         kill(bg);
-        std::panic::resume_unwind(died.unwrap_err());
+        std::panic::resume_unwind(panic);
     }
 }
 
@@ -161,4 +161,36 @@ fn entries_the_change_engine_writes_name_the_actor_who_started_the_change() {
         }
     }
     assert!(engine_entries >= 6, "{log}");
+}
+
+#[test]
+fn local_commands_leave_a_pending_onload_to_the_server() {
+    let ws = Ws::init();
+    let dir = ws.path("run");
+    std::fs::create_dir(&dir).unwrap();
+    let manifest = ws.file(
+        "pkg.toml",
+        &format!(
+            "name = \"slow\"\nversion = \"1\"\n[vars]\nk = \"0\"\n[hooks.onload]\nrun = \"echo run >> {}/runs; exec sleep 100\"\n",
+            dir.display()
+        ),
+    );
+    // Installed without waiting: its onload is pending, and the install change may still be
+    // finishing (the next command resumes it).
+    ws.local(&["pkg", "install", &manifest, "--no-wait"]).ok();
+    for i in 0..3 {
+        ws.local(&["var", "set", "slow", "k", &i.to_string()]).ok();
+    }
+    let runs = || std::fs::read_to_string(dir.join("runs")).map_or(0, |t| t.lines().count());
+    assert_eq!(
+        runs(),
+        0,
+        "a local write command started the onload (and killed it on exit)"
+    );
+    // A leader that stays up runs it.
+    let server = ws.serve();
+    wait_until(Duration::from_secs(20), "the server ran the onload", || {
+        runs() == 1
+    });
+    assert!(server.stop().success());
 }

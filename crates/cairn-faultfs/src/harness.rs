@@ -1,8 +1,10 @@
-//! A small libtest-style runner for test binaries (`harness = false`) whose tests need FUSE.
+//! A small libtest-style runner for test binaries (`harness = false`) whose tests need
+//! something of the machine: FUSE ([`main`]), or anything a gate checks ([`main_gated`], e.g.
+//! mounting a tmpfs, which needs root).
 //!
-//! Where FUSE cannot be used it prints `SUITE: SKIPPED: <reason>` and reports every selected
-//! test as ignored, so a skip never reads as a pass; with `CI=true` in the environment a
-//! missing FUSE fails every selected test instead (CI has it, so missing it there is a bug).
+//! Where the need cannot be met it prints `SUITE: SKIPPED: <reason>` and reports every selected
+//! test as ignored, so a skip never reads as a pass; with `CI=true` in the environment an unmet
+//! need fails every selected test instead (CI has it, so missing it there is a bug).
 //!
 //! Arguments, as cargo passes them: `--list` lists the tests; other `--flags` are accepted and
 //! ignored (with `--skip NAME` and `--exact` honoured); any other argument is a name filter.
@@ -20,9 +22,20 @@ pub struct Test {
     pub run: fn(),
 }
 
-/// Runs the selected `tests` of the binary named `suite` and exits with libtest's status
-/// (0 when nothing failed, 101 otherwise).
+/// Runs the selected `tests` of the binary named `suite`, which need FUSE, and exits with
+/// libtest's status (0 when nothing failed, 101 otherwise).
 pub fn main(suite: &str, tests: &[Test]) -> ! {
+    main_gated(suite, tests, "FUSE", FaultFs::available)
+}
+
+/// Runs the selected `tests` of the binary named `suite` if `gate` says that what they `need`
+/// is there (`Err` says why not), and exits with libtest's status.
+pub fn main_gated(
+    suite: &str,
+    tests: &[Test],
+    need: &str,
+    gate: impl FnOnce() -> Result<(), String>,
+) -> ! {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
         for t in tests {
@@ -35,16 +48,12 @@ pub fn main(suite: &str, tests: &[Test]) -> ! {
     println!();
     println!("running {} tests", selected.len());
     let (mut passed, mut failed, mut ignored) = (0, 0, 0);
-    let gate = if selected.is_empty() {
-        Ok(())
-    } else {
-        FaultFs::available()
-    };
+    let gate = if selected.is_empty() { Ok(()) } else { gate() };
     match gate {
         Err(reason) if ci() => {
-            eprintln!("{suite}: FAILED: FUSE is required under CI=true: {reason}");
+            eprintln!("{suite}: FAILED: {need} is required under CI=true: {reason}");
             for t in &selected {
-                println!("test {} ... FAILED (no FUSE: {reason})", t.name);
+                println!("test {} ... FAILED (no {need}: {reason})", t.name);
             }
             failed = selected.len();
         }
@@ -53,7 +62,7 @@ pub fn main(suite: &str, tests: &[Test]) -> ! {
             eprintln!("{suite}: SKIPPED: {reason}");
             println!("{suite}: SKIPPED: {reason}");
             for t in &selected {
-                println!("test {} ... ignored, needs FUSE", t.name);
+                println!("test {} ... ignored, needs {need}", t.name);
             }
             ignored = selected.len();
         }
@@ -83,7 +92,7 @@ pub fn main(suite: &str, tests: &[Test]) -> ! {
     std::process::exit(if failed == 0 { 0 } else { 101 });
 }
 
-/// Whether this runs under CI (`CI=true`), where a missing FUSE is a failure.
+/// Whether this runs under CI (`CI=true`), where an unmet need is a failure.
 pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }

@@ -1041,17 +1041,13 @@ impl Kernel {
 
     /// The package exists and is not being uninstalled: its resources may be written.
     fn writable_package(&self, state: &dyn StateRead, owner: &str) -> Result<(), DecideError> {
-        let status = get::<PackageStatus>(state, &keys::package_status(owner))?
-            .ok_or_else(|| Rejection::NotFound(Entity::Package(owner.to_string())))?;
-        if let PackageStatus::Uninstalling { change, .. } = status {
-            return Err(Rejection::Busy {
-                entity: Entity::Package(owner.to_string()),
-                kind: "an uninstall".into(),
-                change,
-            }
-            .into());
+        if state
+            .get(Space::State, &keys::package_status(owner))?
+            .is_none()
+        {
+            return Err(Rejection::NotFound(Entity::Package(owner.to_string())).into());
         }
-        Ok(())
+        self.owner_not_uninstalling(state, owner)
     }
 
     /// Rejects a desired-state change of something `owner` owns while `owner` is being

@@ -159,13 +159,13 @@ impl StoreError {
     /// Whether this is an integrity failure (corruption, a damaged WAL, an inconsistency), as
     /// opposed to IO or a usage error.
     pub fn is_integrity(&self) -> bool {
-        match self {
+        matches!(
+            self,
             StoreError::Corrupt { .. }
-            | StoreError::Inconsistent(_)
-            | StoreError::WalDamaged(_)
-            | StoreError::DbCorruption { .. } => true,
-            _ => false,
-        }
+                | StoreError::Inconsistent(_)
+                | StoreError::WalDamaged(_)
+                | StoreError::DbCorruption { .. }
+        )
     }
 }
 

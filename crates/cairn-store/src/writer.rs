@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     last_write_ns: AtomicU64,
     /// Whether the writer can commit.
     health: Mutex<WriterHealth>,
+    /// Set while `health` is `Degraded`, so that a successful commit checks it without a lock.
+    degraded: AtomicBool,
 }
 
 /// Whether the store's writer can commit.
@@ -164,6 +166,7 @@ impl Shared {
             stats: StatsCounters::default(),
             last_write_ns: AtomicU64::new(u64::MAX),
             health: Mutex::new(WriterHealth::Ok),
+            degraded: AtomicBool::new(false),
         }
     }
 
@@ -184,6 +187,7 @@ impl Shared {
         self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let was_ok = *health == WriterHealth::Ok;
+        self.degraded.store(true, Ordering::Release);
         *health = match &*health {
             WriterHealth::Degraded {
                 since_ms,
@@ -205,6 +209,10 @@ impl Shared {
 
     /// Records a successful group write; returns how many writes had failed before it.
     fn write_succeeded(&self) -> Option<u64> {
+        if !self.degraded.load(Ordering::Acquire) {
+            return None;
+        }
+        self.degraded.store(false, Ordering::Release);
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         match &*health {
             WriterHealth::Degraded { failed_writes, .. } => {

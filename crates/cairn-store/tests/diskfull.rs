@@ -1,14 +1,15 @@
 //! A full disk degrades the store, it does not kill it: on a small tmpfs filled to the last
 //! byte, commits fail with a clear error while reads go on and the store reports itself
 //! degraded; once space comes back, commits resume without a reopen, and nothing acknowledged
-//! is lost. Needs root (to mount the tmpfs): without it the test says so loudly and fails under
-//! `CI=true`, where it must run.
+//! is lost. Needs root (to mount the tmpfs): without it the tests are reported ignored, loudly,
+//! and fail under `CI=true`, where they must run (`cairn_faultfs::harness`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cairn_faultfs::harness::{self, Test};
 use cairn_log::StateRead;
 use cairn_store::testing::{kv_location, meta, KvCommand, KvMachine};
 use cairn_store::{CommandError, Options, Store, StoreError, WriterHealth};
@@ -85,19 +86,26 @@ fn set(
     store.execute(meta(n), command).map(|c| c.offsets.start)
 }
 
-#[test]
+fn main() {
+    harness::main_gated(
+        "diskfull",
+        &[
+            Test {
+                name: "a_full_disk_fails_commits_keeps_reads_and_recovers_by_itself",
+                run: a_full_disk_fails_commits_keeps_reads_and_recovers_by_itself,
+            },
+            Test {
+                name: "a_full_disk_still_opens_for_reading",
+                run: a_full_disk_still_opens_for_reading,
+            },
+        ],
+        "a tmpfs mount (root)",
+        || Tmpfs::mount().map(drop),
+    )
+}
+
 fn a_full_disk_fails_commits_keeps_reads_and_recovers_by_itself() {
-    let fs = match Tmpfs::mount() {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("diskfull: SKIPPED: cannot mount a tmpfs: {why}");
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI runs as root and must be able to mount a tmpfs: {why}"
-            );
-            return;
-        }
-    };
+    let fs = Tmpfs::mount().expect("the harness's gate mounted one");
     let data = fs.path().join("ws");
     Store::<KvMachine>::init(&data).unwrap();
     let store = Store::open(&data, KvMachine::default(), Options::default()).unwrap();
@@ -200,19 +208,8 @@ fn a_full_disk_fails_commits_keeps_reads_and_recovers_by_itself() {
     assert_eq!(store.read().unwrap().digest().unwrap(), digest);
 }
 
-#[test]
 fn a_full_disk_still_opens_for_reading() {
-    let fs = match Tmpfs::mount() {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("diskfull: SKIPPED: cannot mount a tmpfs: {why}");
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI runs as root and must be able to mount a tmpfs: {why}"
-            );
-            return;
-        }
-    };
+    let fs = Tmpfs::mount().expect("the harness's gate mounted one");
     let data = fs.path().join("ws");
     Store::<KvMachine>::init(&data).unwrap();
     {

@@ -108,6 +108,13 @@ fn start_drivers(inner: &Arc<Inner>) -> Result<(), Error> {
         engine.track(task);
     }
     for name in query::onloads_wanted(&view)? {
+        let allowed = match &*inner.onloads.lock().unwrap_or_else(|p| p.into_inner()) {
+            crate::workspace::Onloads::All => true,
+            crate::workspace::Onloads::Only(packages) => packages.contains(&name),
+        };
+        if !allowed {
+            continue;
+        }
         let mut engine = lock(inner);
         if engine.onloads.contains_key(&name) || engine.stuck_onloads.contains(&name) {
             continue;

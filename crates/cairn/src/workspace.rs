@@ -70,6 +70,20 @@ pub struct Options {
     /// Whether the workspace accepts commands ([`Access::ReadWrite`], the default) or only
     /// reads ([`Access::ReadOnly`]).
     pub access: Access,
+    /// Which packages' `onload` hooks the change engine runs (with [`Options::drive`]).
+    pub onloads: Onloads,
+}
+
+/// Which pending `onload` hooks the change engine runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Onloads {
+    /// Every one (a leader that stays up: `cairn serve`, an embedder).
+    #[default]
+    All,
+    /// Only those of these packages, and of packages added with [`Workspace::run_onload`]. A
+    /// short-lived process (a CLI command) must not start an `onload` it would stop again a
+    /// moment later when it exits: each such restart is one more attempt.
+    Only(std::collections::BTreeSet<String>),
 }
 
 /// How a workspace is opened.
@@ -95,6 +109,7 @@ impl Default for Options {
             hook_handlers: BTreeMap::new(),
             drive: true,
             access: Access::ReadWrite,
+            onloads: Onloads::All,
         }
     }
 }
@@ -118,6 +133,8 @@ pub(crate) struct Inner {
     pub shutdown: CancellationToken,
     pub handlers: BTreeMap<(String, String), HookHandler>,
     pub engine: Mutex<crate::engine::EngineState>,
+    /// Which `onload` hooks the engine may start.
+    pub onloads: Mutex<Onloads>,
     pub hook_runs: HookRuns,
     /// Bumped whenever a driver stops on an error (it commits nothing, so waiters need this
     /// to notice).
@@ -220,6 +237,7 @@ impl Workspace {
             shutdown: CancellationToken::new(),
             handlers: options.hook_handlers.clone(),
             engine: Mutex::new(Default::default()),
+            onloads: Mutex::new(options.onloads.clone()),
             hook_runs: HookRuns::default(),
             stuck: watch::channel(0).0,
         });
@@ -305,6 +323,21 @@ impl Workspace {
         let recorded = ws.applied();
         ws.close().await;
         Ok((damage, recorded))
+    }
+
+    /// Lets the engine run `package`'s `onload` hook (with [`Onloads::Only`]; a no-op with
+    /// [`Onloads::All`]).
+    pub fn run_onload(&self, package: &str) {
+        let mut onloads = self
+            .inner()
+            .onloads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Onloads::Only(allowed) = &mut *onloads {
+            allowed.insert(package.to_owned());
+        }
+        drop(onloads);
+        self.inner().kick.notify_one();
     }
 
     /// Whether the store can commit (ok, degraded by failing writes, stopped, read-only).

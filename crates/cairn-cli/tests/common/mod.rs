@@ -266,3 +266,26 @@ pub fn digest_line(v: &serde_json::Value) -> String {
         v["digest"].as_str().expect("a digest")
     )
 }
+
+/// `PUT /v1/vars/netmon/KEY` with `value`: `(status, body)`.
+pub fn put_var(server: &Server, token: &str, key: &str, value: &str) -> (u16, String) {
+    http(
+        "PUT",
+        &format!("{}/v1/vars/netmon/{key}", server.url),
+        Some(token),
+        Some(&format!("{{\"value\": \"{value}\"}}")),
+    )
+}
+
+/// The value of metric `name` in `/metrics`.
+pub fn metric(server: &Server, token: &str, name: &str) -> String {
+    let (status, text) = http("GET", &format!("{}/metrics", server.url), Some(token), None);
+    assert_eq!(status, 200);
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
