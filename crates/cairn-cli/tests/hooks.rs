@@ -96,7 +96,7 @@ fn a_hook_never_runs_while_an_earlier_attempt_still_does() {
     // process that leaves the group (setsid) and so escapes the guard. An attempt that cannot
     // take the lock is running beside an earlier one.
     let onload = format!(
-        "echo start >> {d}/starts; exec 9> {d}/lock; flock -n 9 || echo overlap >> {d}/overlaps; setsid sh -c 'echo $$ > {d}/escaped.pid; exec sleep 100' & sleep 100"
+        "echo start >> {d}/starts; echo $$ > {d}/main.pid; exec 9> {d}/lock; flock -n 9 || echo overlap >> {d}/overlaps; setsid sh -c 'echo $$ > {d}/escaped.pid; exec sleep 100' & sleep 100"
     );
     let server = ws.serve();
     install(
@@ -110,10 +110,15 @@ fn a_hook_never_runs_while_an_earlier_attempt_still_does() {
         lines(&starts) == 1 && pid_in(&escaped).is_some()
     });
     let first = pid_in(&escaped).unwrap();
+    let main = pid_in(&dir.join("main.pid")).unwrap();
     std::fs::remove_file(&escaped).unwrap();
     sigkill(server);
-    // The escaped process outlives the server (the guard kills only the group)...
-    std::thread::sleep(Duration::from_millis(200));
+    // The guard kills the attempt's group; the escaped process outlives it...
+    wait_until(
+        Duration::from_secs(10),
+        "the guard killed attempt 1's group",
+        || is_dead(main),
+    );
     assert!(!is_dead(first), "the setsid process escaped the group");
 
     let server = ws.serve();

@@ -560,27 +560,24 @@ fn open_current<M: StateMachine>(
         Err(e) if current => return Err(e),
         _ => {}
     }
-    if current {
-        return Ok(Opened {
-            db,
-            workspace_id,
-            epoch: meta_epoch.max(head.epoch),
-            head,
-        });
-    }
-    match stored_projection {
-        // A new workspace (or a replay target) builds its first projection.
-        None => tracing::debug!("building the projection from the log"),
-        Some(stored) => tracing::info!(
-            stored,
-            wanted = machine.projection_version(),
-            "projection version differs; rebuilding from the log"
-        ),
-    }
-    drop(db);
-    rebuild_db(&mut open_for_rebuild(data)?, machine, &mut |_| {})?;
-    let db = open()?;
-    check_machine(&db, machine)?;
+    let db = if current {
+        db
+    } else {
+        match stored_projection {
+            // A new workspace (or a replay target) builds its first projection.
+            None => tracing::debug!("building the projection from the log"),
+            Some(stored) => tracing::info!(
+                stored,
+                wanted = machine.projection_version(),
+                "projection version differs; rebuilding from the log"
+            ),
+        }
+        drop(db);
+        rebuild_db(&mut open_for_rebuild(data)?, machine, &mut |_| {})?;
+        let db = open()?;
+        check_machine(&db, machine)?;
+        db
+    };
     Ok(Opened {
         db,
         workspace_id,

@@ -247,3 +247,44 @@ pub fn crash_writer_with(
     });
     Ok(())
 }
+
+/// The parent side of the crash and power-cut tests: reads a crash writer child's
+/// `<offset> <key>` lines, SIGKILLs it once it has acknowledged `target` entries (it writes
+/// continuously from several threads, so the kill lands mid-write), then reads what it printed
+/// before it died (still in the pipe). Calls `ack` with every complete line; returns how many
+/// there were, or an error if the child exited before `target`.
+pub fn kill_after_acks(
+    child: &mut std::process::Child,
+    target: usize,
+    ack: &mut dyn FnMut(&str),
+) -> Result<usize, String> {
+    use std::io::BufRead;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or("the child's stdout is not piped")?;
+    let mut out = std::io::BufReader::new(stdout);
+    let mut line = String::new();
+    let mut seen = 0;
+    while seen < target {
+        line.clear();
+        if out.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            return Err(format!("the child exited early: {:?}", child.wait()));
+        }
+        ack(&line);
+        seen += 1;
+    }
+    child.kill().map_err(|e| e.to_string())?; // SIGKILL
+    child.wait().map_err(|e| e.to_string())?;
+    loop {
+        line.clear();
+        if out.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            return Ok(seen);
+        }
+        // A line cut short by the kill was never acknowledged.
+        if line.ends_with('\n') {
+            ack(&line);
+            seen += 1;
+        }
+    }
+}

@@ -7,12 +7,11 @@
 //! `--child DIR`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use cairn_log::{codec, StateRead};
-use cairn_store::testing::{crash_value, crash_writer, kv_location, KvMachine};
+use cairn_store::testing::{crash_value, crash_writer, kill_after_acks, kv_location, KvMachine};
 use cairn_store::{Options, Store};
 use rand::Rng;
 
@@ -56,31 +55,8 @@ fn crash_loop(cycles: usize) {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut seen = 0usize;
-        let mut line = String::new();
-        // Kill once the child has acknowledged `target` entries: it is writing continuously
-        // from several threads, so the kill lands mid-write.
-        while seen < target {
-            line.clear();
-            if out.read_line(&mut line).unwrap() == 0 {
-                panic!("cycle {cycle}: child exited early: {:?}", child.wait());
-            }
-            record(&mut acked, &line);
-            seen += 1;
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        // Acknowledgements printed before the kill are still in the pipe.
-        loop {
-            line.clear();
-            if out.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            if line.ends_with('\n') {
-                record(&mut acked, &line);
-            }
-        }
+        kill_after_acks(&mut child, target, &mut |line| record(&mut acked, line))
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
         check(dir.path(), &acked, cycle);
     }
     println!(

@@ -20,7 +20,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,7 +27,9 @@ use std::time::{Duration, Instant};
 use cairn_faultfs::harness::{self, Test};
 use cairn_faultfs::{Cut, FaultFs};
 use cairn_log::{codec, StateRead};
-use cairn_store::testing::{crash_value, crash_writer_with, kv_location, KvMachine};
+use cairn_store::testing::{
+    crash_value, crash_writer_with, kill_after_acks, kv_location, KvMachine,
+};
 use cairn_store::{Durability, Options, Store};
 use rand::Rng;
 
@@ -224,32 +225,8 @@ fn power_cut_loop(durability: Durability, budget: Budget) -> Vec<CycleResult> {
                 .unwrap(),
         );
         let child = &mut child.0;
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let mut seen = 0;
-        // Kill once the child has acknowledged `target` entries: it writes continuously from
-        // several threads, so the kill lands mid-write (and mid-fsync).
-        while seen < target {
-            line.clear();
-            if out.read_line(&mut line).unwrap() == 0 {
-                panic!("cycle {index}: child exited early: {:?}", child.wait());
-            }
-            record(&mut acked, &line);
-            seen += 1;
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        // Acknowledgements printed before the kill are still in the pipe.
-        loop {
-            line.clear();
-            if out.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            if line.ends_with('\n') {
-                record(&mut acked, &line);
-                seen += 1;
-            }
-        }
+        let seen = kill_after_acks(child, target, &mut |line| record(&mut acked, line))
+            .unwrap_or_else(|e| panic!("cycle {index}: {e}"));
         let cut = if index % 2 == 1 {
             Cut::Torn { seed: rng.random() }
         } else {

@@ -225,14 +225,3 @@ async fn abort_cancels_the_running_hook_and_undoes_backwards() {
         "{e}"
     );
 }
-
-/// Whether `pid` is a live (non-zombie) process.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => false,
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}

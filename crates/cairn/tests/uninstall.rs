@@ -217,14 +217,3 @@ async fn a_long_running_onload_is_cancelled_and_recorded() {
     assert!(log[started_at].offset < cancelled[0].offset);
     assert!(!log.iter().any(|e| e.kind == "hook.finished.v1"));
 }
-
-/// Whether `pid` is a live (non-zombie) process.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => false,
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}

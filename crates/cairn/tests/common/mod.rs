@@ -106,3 +106,14 @@ pub fn assert_replay_matches(ws: &Workspace) {
     let rebuilt = store.read().unwrap().digest().unwrap();
     assert_eq!(live, rebuilt, "replaying the log gives a different state");
 }
+
+/// Whether `pid` is a live (non-zombie) process.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
