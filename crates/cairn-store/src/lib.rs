@@ -26,7 +26,6 @@ mod wal;
 mod writer;
 
 pub use error::{CommandError, StoreError};
-pub use lock::LOCK_RETRY_MS;
 pub use machine::{ApplyError, CheckOpenError, DecideCtx, DecideError, Event, StateMachine};
 pub use overlay::READ_CACHE_BYTES_MAX;
 pub use partial::PartialDir;

@@ -1,61 +1,90 @@
 //! The workspace lock: one opener at a time, and the next one is told who holds it.
 //!
-//! An advisory `flock` on `<data>/cairn.lock`, which holds the holder's pid. The kernel drops the
-//! lock when the holder dies, even by SIGKILL, so a crash never leaves a stale lock behind.
+//! A POSIX record lock (`fcntl(F_SETLK)`) over all of `<data>/cairn.lock`, which holds the
+//! holder's pid for messages. The kernel drops it when the holder dies, even by SIGKILL, so a
+//! crash never leaves a stale lock behind.
 //!
-//! A `flock` belongs to the open file, and a child process being spawned holds a copy of every
-//! descriptor until its `exec` closes the close-on-exec ones: a lock this process has just
-//! released can stay held for that moment if a hook was being spawned meanwhile. So when the
-//! lock file names this very process, taking the lock is retried for up to `LOCK_RETRY_MS`.
+//! Why a record lock and not `flock`: a `flock` belongs to the open file, and every child
+//! process holds a copy of this process's descriptors from its `fork` until its `exec` closes
+//! the close-on-exec ones. A hook being spawned at the moment its leader is killed (or a
+//! workspace closed while a hook starts) kept such a lock held after its holder was gone, and the
+//! next opener was refused. A record lock belongs to the process and is never inherited, so only
+//! a live opener ever holds it.
+//!
+//! Record locks have two properties this module works around:
+//! - they do not exclude within one process, so the open lock files of this process are kept in
+//!   [`HELD`] and a second opener in the same process is refused from there;
+//! - closing *any* descriptor of the file drops the process's lock on it, so the file is never
+//!   opened while this process holds it (the check against [`HELD`] comes first), and a holder
+//!   closes its descriptor before it leaves [`HELD`].
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::StoreError;
 
-/// How long a lock that names this process is retried (see the module doc).
-pub const LOCK_RETRY_MS: u64 = 200;
+/// The lock files this process holds, by canonical path.
+static HELD: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+fn held() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
+    // A panic while the set was held leaves it consistent (inserts and removes are single
+    // calls), so a poisoned lock is still good to use.
+    HELD.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Held for as long as the workspace is open.
 #[derive(Debug)]
 pub struct WorkspaceLock {
-    _file: File,
+    /// `None` only while dropping: the descriptor is closed before `path` leaves [`HELD`].
+    file: Option<File>,
+    path: PathBuf,
 }
 
 impl WorkspaceLock {
     /// Takes the lock at `path`, or says which pid holds it.
     pub fn acquire(path: &Path) -> Result<Self, StoreError> {
+        let canonical = canonical(path)?;
+        let mut held = held();
+        if held.contains(&canonical) {
+            return Err(StoreError::Locked {
+                pid: std::process::id().to_string(),
+            });
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(path)
+            .open(&canonical)
             .map_err(|e| StoreError::io(format!("open lock file {}", path.display()), e))?;
-        let started = std::time::Instant::now();
-        let ours = std::process::id().to_string();
-        loop {
-            // SAFETY: flock on a file descriptor we own, for the lifetime of `file`.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                break;
+        match lock_whole(&file) {
+            Ok(true) => {}
+            Ok(false) => {
+                let mut pid = String::new();
+                let _ = file
+                    .seek(SeekFrom::Start(0))
+                    .and_then(|_| file.read_to_string(&mut pid));
+                return Err(StoreError::Locked {
+                    pid: pid.trim().to_owned(),
+                });
             }
-            let mut pid = String::new();
-            let _ = file
-                .seek(SeekFrom::Start(0))
-                .and_then(|_| file.read_to_string(&mut pid));
-            let pid = pid.trim().to_owned();
-            if pid != ours || started.elapsed() >= std::time::Duration::from_millis(LOCK_RETRY_MS) {
-                return Err(StoreError::Locked { pid });
+            Err(e) => {
+                return Err(StoreError::io(
+                    format!("lock the lock file {}", path.display()),
+                    e,
+                ))
             }
-            std::thread::sleep(std::time::Duration::from_millis(2));
         }
+        held.insert(canonical.clone());
+        drop(held);
         // The pid is written over the old one, then the file cut to it: on a full disk, bytes
         // within the file's existing block still fit (cutting first would give the block up).
-        // The pid is only for messages: the flock is the lock, so a pid that cannot be written
-        // is a warning, not a failure (reads must open on a full disk).
+        // The pid is only for messages: the record lock is the lock, so a pid that cannot be
+        // written is a warning, not a failure (reads must open on a full disk).
         let pid = format!("{}\n", std::process::id());
         let written = file
             .seek(SeekFrom::Start(0))
@@ -64,7 +93,65 @@ impl WorkspaceLock {
         if let Err(error) = written {
             tracing::warn!(path = %path.display(), %error, "could not write the pid into the lock file");
         }
-        Ok(Self { _file: file })
+        Ok(Self {
+            file: Some(file),
+            path: canonical,
+        })
+    }
+}
+
+impl Drop for WorkspaceLock {
+    fn drop(&mut self) {
+        let mut held = held();
+        // Closing the descriptor drops the record lock; only then may another opener in this
+        // process open the file (its close would otherwise drop a lock it does not hold yet).
+        drop(self.file.take());
+        held.remove(&self.path);
+    }
+}
+
+/// `path` with its directory resolved, so two spellings of one workspace are one lock. The file
+/// itself may not exist yet; its directory must.
+fn canonical(path: &Path) -> Result<PathBuf, StoreError> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(StoreError::io(
+            format!("lock file {}", path.display()),
+            io::Error::new(io::ErrorKind::InvalidInput, "has no directory and name"),
+        ));
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let dir = std::fs::canonicalize(dir)
+        .map_err(|e| StoreError::io(format!("resolve the directory of {}", path.display()), e))?;
+    Ok(dir.join(name))
+}
+
+/// Takes a write lock over the whole of `file` without waiting; `false` when another process
+/// holds one.
+fn lock_whole(file: &File) -> io::Result<bool> {
+    // SAFETY: a zeroed `flock` struct is a valid value (all integer fields); the fields that
+    // matter are set below.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = libc::F_WRLCK as libc::c_short;
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    request.l_start = 0;
+    request.l_len = 0; // to the end of the file, however long it grows
+    loop {
+        // SAFETY: fcntl on a descriptor owned by `file`, which outlives the call, with a
+        // pointer to a `flock` struct that lives across it.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &request) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EAGAIN) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(error),
+        }
     }
 }
 
@@ -72,16 +159,23 @@ impl WorkspaceLock {
 mod tests {
     use super::*;
 
+    fn expect_locked(result: Result<WorkspaceLock, StoreError>) -> String {
+        match result {
+            Err(StoreError::Locked { pid }) => pid,
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn a_lock_held_only_by_a_child_being_spawned_is_taken_once_it_is_released() {
+    fn a_child_holding_a_copy_of_the_descriptor_does_not_hold_the_lock() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cairn.lock");
         let lock = WorkspaceLock::acquire(&path).unwrap();
-        // A copy of the descriptor without close-on-exec, inherited by a child that lives
-        // until its stdin closes: the child holds the lock after this process lets go, as a
-        // hook being spawned does until its exec.
+        // A copy of the descriptor without close-on-exec, inherited by a child that lives on:
+        // the state of a hook between its fork and its exec, frozen.
+        let fd = lock.file.as_ref().unwrap().as_raw_fd();
         // SAFETY: dup of a descriptor we own; the copy is closed below.
-        let copy = unsafe { libc::dup(lock._file.as_raw_fd()) };
+        let copy = unsafe { libc::dup(fd) };
         assert!(copy >= 0);
         let mut child = std::process::Command::new("cat")
             .stdin(std::process::Stdio::piped())
@@ -91,30 +185,81 @@ mod tests {
         // SAFETY: closing the copy made above.
         unsafe { libc::close(copy) };
         drop(lock);
-        // The child really holds it now.
-        let probe = File::open(&path).unwrap();
-        // SAFETY: flock on a descriptor we own; it fails, so there is nothing to release.
-        let held = unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_ne!(held, 0, "the child holds the lock");
-        // The child lets go (its stdin closes, it exits) while the lock is being retried.
-        let stdin = child.stdin.take().unwrap();
-        let ender = std::thread::spawn(move || {
-            drop(stdin);
-            child.wait().unwrap()
-        });
+        // The child is still running with the descriptor open, and the lock is free at once.
         let again = WorkspaceLock::acquire(&path);
-        ender.join().unwrap();
+        drop(child.stdin.take());
+        child.wait().unwrap();
         assert!(again.is_ok(), "{again:?}");
     }
 
     #[test]
-    fn a_lock_held_in_this_process_is_refused_after_the_retries() {
+    fn a_second_opener_in_this_process_is_refused_and_does_not_release_the_first() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cairn.lock");
         let _held = WorkspaceLock::acquire(&path).unwrap();
-        match WorkspaceLock::acquire(&path) {
-            Err(StoreError::Locked { pid }) => assert_eq!(pid, std::process::id().to_string()),
-            other => panic!("expected Locked, got {other:?}"),
+        assert_eq!(
+            expect_locked(WorkspaceLock::acquire(&path)),
+            std::process::id().to_string()
+        );
+        // Another spelling of the same file is the same lock.
+        let other = dir.path().join(".").join("cairn.lock");
+        expect_locked(WorkspaceLock::acquire(&other));
+        // The refusals opened nothing that could have dropped the record lock: another process
+        // is still refused.
+        assert!(held_by_another_process(&path));
+    }
+
+    #[test]
+    fn a_released_lock_is_free_for_this_process_and_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.lock");
+        drop(WorkspaceLock::acquire(&path).unwrap());
+        assert!(!held_by_another_process(&path));
+        let again = WorkspaceLock::acquire(&path).unwrap();
+        assert!(held_by_another_process(&path));
+        drop(again);
+    }
+
+    /// Whether the record lock on `path` would refuse a process other than this one: `F_GETLK`
+    /// reports a conflicting lock of another process only, so it is asked by a child (`sh`
+    /// cannot take record locks, and this process cannot see its own).
+    fn held_by_another_process(path: &Path) -> bool {
+        // This test process forks a copy of itself that probes and exits at once: the child has
+        // its own (empty) set of record locks, so this process's lock conflicts with it.
+        // SAFETY: the forked child calls only async-signal-safe functions (open, fcntl, _exit).
+        let probe = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: in the child, async-signal-safe calls only, on a path made before fork.
+            unsafe {
+                let fd = libc::open(probe.as_ptr(), libc::O_RDWR);
+                if fd < 0 {
+                    libc::_exit(2);
+                }
+                let mut request: libc::flock = std::mem::zeroed();
+                request.l_type = libc::F_WRLCK as libc::c_short;
+                request.l_whence = libc::SEEK_SET as libc::c_short;
+                let rc = libc::fcntl(fd, libc::F_GETLK, &mut request);
+                if rc != 0 {
+                    libc::_exit(3);
+                }
+                libc::_exit(if request.l_type == libc::F_UNLCK as libc::c_short {
+                    0
+                } else {
+                    1
+                });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child forked above.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(waited, pid);
+        assert!(libc::WIFEXITED(status), "the probe did not exit: {status}");
+        match libc::WEXITSTATUS(status) {
+            0 => false,
+            1 => true,
+            code => panic!("the probe failed with {code}"),
         }
     }
 }

@@ -650,3 +650,70 @@ fn waiters_are_woken_by_the_commit_they_wait_for() {
         assert!(waited < timeout / 2, "woken by the commit, not the timeout");
     }
 }
+
+/// Set in the child process of the next test: the workspace it opens.
+const LOCK_CHILD_ENV: &str = "CAIRN_TEST_LOCK_CHILD";
+
+/// A process that had the workspace open is killed while a child it forked has not reached its
+/// `exec` yet (a hook being spawned when the leader dies): that child still holds copies of all
+/// its descriptors, and the next opener must still get the workspace. It was refused with
+/// "locked by pid N" for a dead N while the lock was a `flock`.
+#[test]
+fn a_killed_opener_s_half_spawned_child_does_not_keep_the_workspace() {
+    if let Some(dir) = std::env::var_os(LOCK_CHILD_ENV) {
+        hold_then_fork(Path::new(&dir));
+    }
+    let dir = fresh();
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "a_killed_opener_s_half_spawned_child_does_not_keep_the_workspace",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LOCK_CHILD_ENV, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let grandchild = loop {
+        let mut line = String::new();
+        use std::io::BufRead;
+        assert_ne!(out.read_line(&mut line).unwrap(), 0, "the child ended early");
+        // libtest prints the test's name on the same line first.
+        if let Some((_, pid)) = line.trim().split_once("forked ") {
+            break pid.parse::<i32>().unwrap();
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The grandchild lives on (it sleeps up to 30 s) with the dead opener's descriptors.
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    assert_eq!(unsafe { libc::kill(grandchild, 0) }, 0, "the forked child is alive");
+    let reopened = Store::open(dir.path(), KvMachine::default(), Options::default());
+    // SAFETY: SIGKILL to the grandchild this test made; it was reparented, so it is not reaped
+    // here.
+    unsafe { libc::kill(grandchild, libc::SIGKILL) };
+    let store = reopened.expect("the workspace opens while the forked child lives");
+    assert_eq!(store.applied(), 0);
+}
+
+/// The child's part: open `dir`, fork a child that only sleeps (frozen before an `exec`), say
+/// its pid, and wait to be killed.
+fn hold_then_fork(dir: &Path) -> ! {
+    let _store = open(dir);
+    // SAFETY: the forked child calls only async-signal-safe functions (sleep, _exit).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: async-signal-safe calls in the forked child.
+        unsafe {
+            libc::sleep(30);
+            libc::_exit(0);
+        }
+    }
+    assert!(pid > 0, "fork failed");
+    println!("forked {pid}");
+    std::thread::sleep(Duration::from_secs(30));
+    std::process::exit(1);
+}
