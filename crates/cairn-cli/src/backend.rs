@@ -31,6 +31,9 @@ pub enum Open {
     /// runs only the `onload` of a package it installs and waits for (a short-lived process
     /// would stop any other one again when it exits; see `cairn::Onloads`).
     Serve,
+    /// `cairn mirror`: opened as a mirror (`cairn::NodeRole::Mirror`): no engine, no hook, no
+    /// command; entries come from the leader.
+    Mirror,
 }
 
 /// A running command's connection to its workspace.
@@ -133,6 +136,9 @@ pub fn open_local(
     }
     if open == Open::Read {
         opts.access = cairn::Access::ReadOnly;
+    }
+    if open == Open::Mirror {
+        opts.role = cairn::NodeRole::Mirror;
     }
     let ws = rt
         .block_on(Workspace::open(data, opts))
@@ -246,7 +252,7 @@ pub fn open_failure(data: &Path, e: cairn::Error) -> Failure {
 
 /// Checks that a `--server` value is an `http://` or `https://` URL, saying what to write
 /// instead when it is not (`127.0.0.1:7878` has no scheme).
-fn check_server_url(base: &str) -> Result<(), Failure> {
+pub fn check_server_url(base: &str) -> Result<(), Failure> {
     let lower = base.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
         return Ok(());
@@ -264,7 +270,7 @@ fn check_server_url(base: &str) -> Result<(), Failure> {
 
 /// Reads a token file, warning on stderr (as ssh does for a private key) when its group or
 /// others may read or write it: whoever can read it can act with the token.
-fn read_token_file(token_file: &Path) -> Result<String, Failure> {
+pub fn read_token_file(token_file: &Path) -> Result<String, Failure> {
     use std::os::unix::fs::PermissionsExt;
     let cannot = |e: std::io::Error| {
         Failure::Other(format!(

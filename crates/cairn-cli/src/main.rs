@@ -164,6 +164,29 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:7878", value_name = "ADDR")]
         listen: String,
     },
+    /// Run a mirror: follow a leader's log into the local data directory and serve the read
+    /// API on ADDR until SIGTERM or SIGINT (writes answer 503 naming the leader).
+    #[command(
+        after_help = "Example:\n  cairn --data ./mirror mirror --leader http://10.0.0.1:7878 \\\n    --leader-token mirror.token --from-backup /backups/ws --listen 127.0.0.1:7879"
+    )]
+    Mirror {
+        /// The leader's URL.
+        #[arg(long, value_name = "URL")]
+        leader: String,
+        /// File holding a token of role `mirror` on the leader.
+        #[arg(long, value_name = "FILE")]
+        leader_token: PathBuf,
+        /// Address to listen on (port 0 picks a free port; the URL is printed).
+        #[arg(long, default_value = "127.0.0.1:7879", value_name = "ADDR")]
+        listen: String,
+        /// Provision an empty (or missing) data directory from this `cairn backup` of the
+        /// leader.
+        #[arg(long, value_name = "DIR")]
+        from_backup: Option<PathBuf>,
+        /// The name shown in the leader's status (default: the host name and listen address).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Role, workspace id, applied offset, epoch.
     #[command(after_help = "Example:\n  cairn status --json")]
     Status,
@@ -471,7 +494,7 @@ fn main() -> ExitCode {
         }
     };
     // The daemon logs what it does; one-shot commands only warnings. `CAIRN_LOG` overrides.
-    let default_level = if matches!(cli.command, Cmd::Serve { .. }) {
+    let default_level = if matches!(cli.command, Cmd::Serve { .. } | Cmd::Mirror { .. }) {
         "info"
     } else {
         "warn"
@@ -599,6 +622,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Cmd::Init => init(&cli),
         Cmd::Serve { listen } => serve(&cli, listen),
+        Cmd::Mirror { .. } => mirror(&cli),
         Cmd::Rebuild => rebuild(&cli),
         Cmd::Recover { .. } => recover(&cli),
         Cmd::Demo { into } => demo::run(into.clone()),
@@ -828,6 +852,7 @@ fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
         Cmd::Token(Token::List) => (Request::TokenList, false),
         Cmd::Init
         | Cmd::Serve { .. }
+        | Cmd::Mirror { .. }
         | Cmd::Rebuild
         | Cmd::Recover { .. }
         | Cmd::Demo { .. }
@@ -1138,6 +1163,131 @@ fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
             "internal: serve needs a local workspace".into(),
         ));
     };
+    run_server(&rt, svc, &data, listen, "serving")
+}
+
+/// `cairn mirror`: provisions the data directory from a backup when asked, opens it as a
+/// mirror, follows the leader on a thread and serves the read API until a signal.
+fn mirror(cli: &Cli) -> Result<(), Failure> {
+    let Cmd::Mirror {
+        leader,
+        leader_token,
+        listen,
+        from_backup,
+        name,
+    } = &cli.command
+    else {
+        unreachable!("called for `cairn mirror`")
+    };
+    let data = local_only(cli, "mirror")?;
+    backend::check_server_url(leader)?;
+    let token = backend::read_token_file(leader_token)?.trim().to_string();
+    let empty = std::fs::read_dir(&data).map_or(true, |mut d| d.next().is_none());
+    match (from_backup, empty) {
+        (Some(backup), true) => provision_from_backup(backup, &data)?,
+        (Some(_), false) => {
+            return Err(Failure::Usage(format!(
+                "--from-backup provisions an empty data directory; {} is not empty",
+                data.display()
+            )))
+        }
+        (None, true) => {
+            return Err(Failure::Usage(format!(
+                "{} is empty: provision it with --from-backup DIR (a `cairn backup` of the leader)",
+                data.display()
+            )))
+        }
+        (None, false) => {}
+    }
+    let b = open_local(&data, Open::Mirror, durability(cli))?;
+    let Backend::Local { rt, svc } = b else {
+        return Err(Failure::Other(
+            "internal: mirror needs a local workspace".into(),
+        ));
+    };
+    let ws = svc.workspace().clone();
+    drop(svc);
+    let name = name.clone().unwrap_or_else(|| default_mirror_name(listen));
+    let follower = cairn_mirror::start(
+        ws.clone(),
+        rt.handle().clone(),
+        cairn_mirror::FollowerOptions {
+            leader: leader.trim_end_matches('/').to_string(),
+            token,
+            name,
+        },
+    )
+    .map_err(|e| Failure::Other(format!("cannot start the follower: {e}")))?;
+    let svc = cairn_server::Service::mirror(ws, follower.watch());
+    let served = run_server(&rt, svc, &data, listen, "serving as a mirror");
+    follower.stop();
+    served
+}
+
+/// The host name and listen address, as a mirror name (`[A-Za-z0-9-_.:]`).
+fn default_mirror_name(listen: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let name: String = format!("{host}-{listen}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.:".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(cairn_mirror::protocol::MIRROR_NAME_BYTES_MAX)
+        .collect();
+    name
+}
+
+/// Copies a `cairn backup` directory into `data` (built aside and renamed, so an interrupted
+/// copy leaves no half-provisioned mirror). Opening it as a mirror then checks it whole.
+fn provision_from_backup(backup: &Path, data: &Path) -> Result<(), Failure> {
+    if !backup.join("db").is_dir() {
+        return Err(Failure::Usage(format!(
+            "{} is not a cairn backup (it has no db directory)",
+            backup.display()
+        )));
+    }
+    let failed = |e: &dyn std::fmt::Display| {
+        Failure::Other(format!("cannot provision {}: {e}", data.display()))
+    };
+    // An empty directory is replaced by the copy.
+    if data.exists() {
+        std::fs::remove_dir(data).map_err(|e| failed(&e))?;
+    }
+    let partial = cairn_store::PartialDir::create(data, "provision").map_err(|e| failed(&e))?;
+    copy_tree(backup, partial.path()).map_err(|e| failed(&e))?;
+    partial.commit().map_err(|e| failed(&e))?;
+    tracing::info!(backup = %backup.display(), "provisioned from a backup");
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Serves `svc` on `listen` until SIGTERM or SIGINT, then closes the workspace.
+fn run_server(
+    rt: &tokio::runtime::Runtime,
+    svc: cairn_server::Service,
+    data: &Path,
+    listen: &str,
+    what: &str,
+) -> Result<(), Failure> {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(listen))
         .map_err(|e| Failure::Other(format!("cannot listen on {listen}: {e}")))?;
@@ -1160,7 +1310,7 @@ fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
     // Not `println!`: a daemon whose stdout is closed goes on serving.
     let _ =
         writeln!(std::io::stdout(), "listening on {url}").and_then(|_| std::io::stdout().flush());
-    tracing::info!(%url, workspace = %svc.workspace().id(), "serving");
+    tracing::info!(%url, workspace = %svc.workspace().id(), "{what}");
     let ws = svc.workspace().clone();
     let result = rt.block_on(async move {
         let shutdown = async move {

@@ -524,6 +524,39 @@ impl Kernel {
         self.schemas.values()
     }
 
+    /// Whether this kernel can fold an entry of `kind` with `payload`: a built-in kind of a
+    /// version it decodes, an extension registered here, and no schema migration to a
+    /// compatibility version newer than this binary's. A mirror asks this of every entry from
+    /// its leader before applying it, so an older binary stops before what it cannot fold
+    /// instead of failing in the middle of a commit. The error says what is missing.
+    pub fn understands(&self, kind: &str, payload: &[u8]) -> Result<(), String> {
+        let event = Event::decode(kind, payload).map_err(|e| e.to_string())?;
+        match &event {
+            Event::Ext { kind, .. } => {
+                let app = ext::app_of(kind)
+                    .ok_or_else(|| format!("malformed extension kind {kind:?}"))?;
+                if !self.extensions.contains_key(app) {
+                    return Err(format!(
+                        "event kind {kind:?} needs extension {app:?}, which is not registered"
+                    ));
+                }
+            }
+            Event::SchemaMigrated { schema, compat, .. } => {
+                if let Some(known) = self.schemas.get(schema) {
+                    if *compat > known.version {
+                        return Err(format!(
+                            "schema {schema:?} migrates to compatibility version {compat}; \
+                             this binary supports version {}",
+                            known.version
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Refuses a workspace whose stored compat version of any registered schema is newer than
     /// this binary's version of it.
     pub fn check_open(&self, state: &dyn StateRead) -> Result<(), OpenError> {

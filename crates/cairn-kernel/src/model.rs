@@ -135,12 +135,15 @@ impl Role {
     }
 
     /// Whether a token of this role may do what `needed` allows: `read` ⊂ `write` ⊂
-    /// `admin`; `mirror` grants only itself (and admin grants mirror too).
+    /// `admin`; `mirror` grants only the replication endpoints, and only a `mirror` token
+    /// grants them (an admin token cannot stream the log: a leaked one must not turn into a
+    /// copy of the workspace's log elsewhere without a token made for that).
     pub fn allows(self, needed: Role) -> bool {
         match (self, needed) {
-            (Role::Admin, _) => true,
-            (Role::Mirror, needed) => needed == Role::Mirror,
-            (_, Role::Mirror) => false,
+            (Role::Mirror, Role::Mirror) => true,
+            (Role::Mirror, Role::Read | Role::Write | Role::Admin) => false,
+            (Role::Read | Role::Write | Role::Admin, Role::Mirror) => false,
+            (Role::Admin, Role::Read | Role::Write | Role::Admin) => true,
             (Role::Write, Role::Read | Role::Write) => true,
             (Role::Write, Role::Admin) => false,
             (Role::Read, Role::Read) => true,

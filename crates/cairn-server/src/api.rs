@@ -432,6 +432,7 @@ pub mod codes {
     pub const INTERNAL: &str = "internal";
     pub const UNAVAILABLE: &str = "unavailable";
     pub const OFFLINE_ONLY: &str = "offline_only";
+    pub const NOT_LEADER: &str = "not_leader";
 }
 
 /// A failed request, as the JSON body `{"error": {"code", "message"}}` and an HTTP status.
@@ -484,7 +485,10 @@ pub fn status_of(code: &str) -> u16 {
         "unauthorized" => 401,
         "forbidden" => 403,
         "too_large" => 413,
-        "unavailable" => 503,
+        "unavailable" | "not_leader" => 503,
+        // A follower the leader refuses (`cairn_mirror::Refusal::code`).
+        "wrong_workspace" | "upgrade_mirror" | "follower_ahead" | "diverged" => 409,
+        "protocol" => 400,
         _ => 500,
     }
 }
@@ -505,6 +509,7 @@ impl From<cairn::Error> for ApiError {
                 ApiError::new(codes::BAD_REQUEST, e.to_string())
             }
             cairn::Error::Closed => ApiError::new(codes::UNAVAILABLE, e.to_string()),
+            cairn::Error::NotLeader => ApiError::new(codes::NOT_LEADER, e.to_string()),
             // A full disk or an IO error: the writer retries with the next commit.
             cairn::Error::Store(cairn_store::StoreError::WriteFailed { .. }) => {
                 ApiError::new(codes::UNAVAILABLE, e.to_string())

@@ -109,6 +109,9 @@ fn router(svc: Service, shutdown: CancellationToken) -> Router {
         .route("/v1/rebuild", post(rebuild))
         .route("/v1/tokens", get(token_list).post(token_create))
         .route("/v1/tokens/{name}", axum::routing::delete(token_revoke))
+        .route("/v1/replication/stream", get(replication_stream))
+        .route("/v1/replication/ack", post(replication_ack))
+        .route("/v1/replication/hash", get(replication_hash))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(app)
@@ -285,7 +288,10 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
         return denied;
     }
     app.svc.metrics().http(200);
-    let text = app.svc.metrics().render(app.svc.workspace());
+    let text = app
+        .svc
+        .metrics()
+        .render(app.svc.workspace(), app.svc.replication());
     (
         StatusCode::OK,
         [("content-type", "text/plain; version=0.0.4")],
@@ -836,4 +842,106 @@ async fn fallback(State(app): State<App>, method: Method, uri: Uri) -> Response 
         codes::NOT_FOUND,
         format!("no endpoint {method} {}", echo_bare(uri.path())),
     )))
+}
+
+/// The mirrors table of a leader, or the 503 `not_leader` a mirror answers replication
+/// requests with (mirrors do not cascade).
+fn leader_mirrors(app: &App) -> Result<std::sync::Arc<cairn_mirror::Mirrors>, ApiError> {
+    match app.svc.replication() {
+        crate::service::Replication::Leader(m) => Ok(std::sync::Arc::clone(m)),
+        crate::service::Replication::Mirror(f) => Err(ApiError::new(
+            codes::NOT_LEADER,
+            format!(
+                "this node is a mirror of {}; mirrors follow the leader",
+                f.get().leader
+            ),
+        )),
+    }
+}
+
+/// `GET /v1/replication/stream?workspace&from&prev&protocol&schema&projection&name` (role
+/// `mirror`): the follower's hello is admitted or refused (409 with the refusal's code), then
+/// frames follow (`cairn_mirror::protocol`).
+async fn replication_stream(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Response {
+    if let Err(denied) = app.allow(&headers, Role::Mirror) {
+        return denied;
+    }
+    let mirrors = match leader_mirrors(&app) {
+        Ok(m) => m,
+        Err(e) => return app.reply(Err(e)),
+    };
+    let hello = match cairn_mirror::FollowerHello::from_query(|k| q.get(k).cloned()) {
+        Ok(h) => h,
+        Err(e) => return app.reply(Err(ApiError::bad(e))),
+    };
+    let opened = cairn_mirror::open_stream(
+        app.svc.workspace().clone(),
+        hello,
+        mirrors,
+        app.shutdown.clone(),
+    )
+    .await;
+    let rx = match opened {
+        Ok(rx) => rx,
+        Err(cairn_mirror::StreamError::Refused(r)) => {
+            return app.reply(Err(ApiError::new(r.code(), r.to_string())))
+        }
+        Err(cairn_mirror::StreamError::Failed(e)) => return app.reply(Err(e.into())),
+    };
+    app.svc.metrics().http(200);
+    let chunks =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| {
+            c.map(Bytes::from)
+        });
+    (
+        StatusCode::OK,
+        [("content-type", "application/vnd.cairn.replication")],
+        Body::from_stream(chunks),
+    )
+        .into_response()
+}
+
+/// `POST /v1/replication/ack?name&applied` (role `mirror`): a mirror's durably applied
+/// offset.
+async fn replication_ack(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Response {
+    if let Err(denied) = app.allow(&headers, Role::Mirror) {
+        return denied;
+    }
+    let result = leader_mirrors(&app).and_then(|mirrors| {
+        let name = q
+            .get("name")
+            .filter(|n| !n.is_empty() && n.len() <= cairn_mirror::protocol::MIRROR_NAME_BYTES_MAX)
+            .ok_or_else(|| ApiError::bad("query parameter name is missing or too long"))?;
+        let applied = q_u64(&q, "applied", 0)?;
+        let head = app.svc.workspace().applied();
+        if applied > head {
+            return Err(ApiError::new(
+                "follower_ahead",
+                format!(
+                    "mirror {} acknowledges offset {applied}; this leader's head is {head}",
+                    echo(name)
+                ),
+            ));
+        }
+        mirrors.ack(name, applied, cairn_mirror::leader::now_ms());
+        Ok(serde_json::json!({ "applied_offset": applied }))
+    });
+    app.reply(result)
+}
+
+/// `GET /v1/replication/hash?offset=N` (role `mirror`): `{offset, hash}` of the leader's
+/// entry N (`hash` null past the head), for a follower finding where its log diverged.
+async fn replication_hash(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Response {
+    if let Err(denied) = app.allow(&headers, Role::Mirror) {
+        return denied;
+    }
+    let offset = match q_u64(&q, "offset", 0) {
+        Ok(o) => o,
+        Err(e) => return app.reply(Err(e)),
+    };
+    let result = cairn_mirror::leader::hash_at(app.svc.workspace(), offset)
+        .await
+        .map(|h| serde_json::json!({ "offset": offset, "hash": h.map(|h| h.to_string()) }))
+        .map_err(ApiError::from);
+    app.reply(result)
 }

@@ -65,7 +65,11 @@ impl Metrics {
     }
 
     /// Renders every metric in Prometheus text format.
-    pub fn render(&self, ws: &cairn::Workspace) -> String {
+    pub fn render(
+        &self,
+        ws: &cairn::Workspace,
+        replication: &crate::service::Replication,
+    ) -> String {
         let mut out = String::new();
         let stats = ws.store().stats();
         let hooks = ws.hook_runs();
@@ -170,6 +174,82 @@ impl Metrics {
         for (status, n) in self.http.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(out, "cairn_http_responses_total{{status=\"{status}\"}} {n}");
         }
+        render_replication(&mut out, ws.applied(), replication);
         out
+    }
+}
+
+/// The replication metrics: per mirror on a leader, the follower's on a mirror. Mirror names
+/// are `[A-Za-z0-9-_.:]` (checked at hello), so they need no escaping as label values.
+fn render_replication(out: &mut String, applied: u64, replication: &crate::service::Replication) {
+    use crate::service::Replication;
+    let mut family = |name: &str, help: &str, kind: &str, rows: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in rows {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    match replication {
+        Replication::Leader(mirrors) => {
+            let list = mirrors.list();
+            let rows = |f: &dyn Fn(&cairn_mirror::MirrorRecord) -> u64| -> Vec<(String, u64)> {
+                list.iter()
+                    .map(|m| (format!("{{mirror=\"{}\"}}", m.name), f(m)))
+                    .collect()
+            };
+            family(
+                "cairn_mirror_applied_offset",
+                "The offset each mirror last acknowledged as durably applied.",
+                "gauge",
+                &rows(&|m| m.applied_offset),
+            );
+            family(
+                "cairn_mirror_lag_entries",
+                "Entries each mirror is behind this leader's head.",
+                "gauge",
+                &rows(&|m| applied.saturating_sub(m.applied_offset)),
+            );
+            family(
+                "cairn_mirror_connected",
+                "1 while a mirror has a stream open.",
+                "gauge",
+                &rows(&|m| u64::from(m.streams > 0)),
+            );
+        }
+        Replication::Mirror(follower) => {
+            let f = follower.get();
+            let one = |v: u64| vec![(String::new(), v)];
+            family(
+                "cairn_follower_leader_head",
+                "The leader's head offset as last heard.",
+                "gauge",
+                &one(f.leader_head),
+            );
+            family(
+                "cairn_follower_lag_entries",
+                "Entries this mirror is behind its leader's head as last heard.",
+                "gauge",
+                &one(f.leader_head.saturating_sub(applied)),
+            );
+            family(
+                "cairn_follower_following",
+                "1 while connected and caught up with the leader.",
+                "gauge",
+                &one(u64::from(f.state == cairn_mirror::FollowState::Following)),
+            );
+            family(
+                "cairn_follower_refused_frames_total",
+                "Frames from the leader refused (never applied) since start.",
+                "counter",
+                &one(f.refused_frames),
+            );
+            family(
+                "cairn_follower_connects_total",
+                "Streams opened to the leader since start.",
+                "counter",
+                &one(f.connects),
+            );
+        }
     }
 }

@@ -35,17 +35,45 @@ pub struct Service {
     shutdown: CancellationToken,
     /// One audit at a time (each replays the whole log).
     audit: Arc<tokio::sync::Mutex<()>>,
+    /// This node's part in replication.
+    replication: Replication,
+}
+
+/// A node's part in replication, as the service sees it.
+#[derive(Clone)]
+pub enum Replication {
+    /// A leader, with the table of the mirrors it streams to.
+    Leader(Arc<cairn_mirror::Mirrors>),
+    /// A mirror, with its follower's status.
+    Mirror(cairn_mirror::StatusWatch),
 }
 
 impl Service {
-    /// A service over an open workspace.
+    /// A service over an open workspace, as its leader.
     pub fn new(ws: Workspace) -> Self {
+        Self::with_replication(ws, Replication::Leader(Arc::default()))
+    }
+
+    /// A service over a workspace opened as a mirror (`cairn::NodeRole::Mirror`), whose
+    /// follower reports through `follower`: reads are served here, commands answer 503
+    /// `not_leader` naming the leader.
+    pub fn mirror(ws: Workspace, follower: cairn_mirror::StatusWatch) -> Self {
+        Self::with_replication(ws, Replication::Mirror(follower))
+    }
+
+    fn with_replication(ws: Workspace, replication: Replication) -> Self {
         Self {
             ws,
             metrics: Arc::new(Metrics::default()),
             shutdown: CancellationToken::new(),
             audit: Arc::default(),
+            replication,
         }
+    }
+
+    /// This node's part in replication.
+    pub fn replication(&self) -> &Replication {
+        &self.replication
     }
 
     /// The token whose cancellation makes waiting requests answer `503 unavailable` at once
@@ -98,11 +126,54 @@ impl Service {
                 .await
                 .map_err(|e| ApiError::new(codes::INTERNAL, format!("read task failed: {e}")))?
         };
+        let result = match (result, &self.replication) {
+            (Err(e), Replication::Mirror(follower)) if e.code == codes::NOT_LEADER => {
+                Err(ApiError::new(
+                    codes::NOT_LEADER,
+                    format!(
+                        "this node is a mirror of {}; send commands to the leader",
+                        follower.get().leader
+                    ),
+                ))
+            }
+            (result, _) => result,
+        };
         if is_command {
             self.metrics
                 .command(started.elapsed(), result.as_ref().err());
         }
         result
+    }
+
+    /// Each mirror's applied offset and lag: in entries, and in milliseconds since the
+    /// oldest entry it does not have was committed (0 when it has them all).
+    async fn mirrors_json(
+        &self,
+        mirrors: &cairn_mirror::Mirrors,
+        head: u64,
+    ) -> Result<Vec<Value>, ApiError> {
+        let now = cairn_mirror::leader::now_ms();
+        let mut out = Vec::new();
+        for m in mirrors.list() {
+            let lag_ms = if m.applied_offset < head {
+                let oldest = self.ws.read_log(m.applied_offset + 1, 1).await?;
+                oldest
+                    .first()
+                    .map(|e| now.saturating_sub(e.time_ms))
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+            out.push(json!({
+                "name": m.name,
+                "applied_offset": m.applied_offset,
+                "lag_entries": head.saturating_sub(m.applied_offset),
+                "lag_ms": lag_ms,
+                "connected": m.streams > 0,
+                "last_contact_ms": m.last_contact_ms,
+            }));
+        }
+        Ok(out)
     }
 
     async fn run(&self, req: Request, opts: &CommandOptions) -> Result<Value, ApiError> {
@@ -119,6 +190,19 @@ impl Service {
                     "leader": Value::Null,
                     "lag": 0,
                 });
+                match &self.replication {
+                    Replication::Leader(mirrors) => {
+                        status["mirrors"] =
+                            Value::Array(self.mirrors_json(mirrors, view.applied()).await?);
+                    }
+                    Replication::Mirror(follower) => {
+                        let f = follower.get();
+                        status["role"] = json!("mirror");
+                        status["leader"] = json!(f.leader);
+                        status["lag"] = json!(f.leader_head.saturating_sub(view.applied()));
+                        status["follow"] = serde_json::to_value(&f).unwrap_or(Value::Null);
+                    }
+                }
                 if let (Some(status), Value::Object(writer)) =
                     (status.as_object_mut(), writer_json(&ws.health()))
                 {

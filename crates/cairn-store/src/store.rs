@@ -499,6 +499,14 @@ impl<M: StateMachine> Store<M> {
         self.shared.applied()
     }
 
+    /// Calls `listener` with the new applied offset after every commit from now on, whoever
+    /// made it: commands and entries submitted from elsewhere (a mirror's) alike. It runs on
+    /// the writer thread between commits, so it must be quick and must not block (sending on a
+    /// channel or a `watch` is right; submitting to this store would deadlock).
+    pub fn on_applied(&self, listener: impl Fn(u64) + Send + Sync + 'static) {
+        self.shared.add_listener(Box::new(listener));
+    }
+
     /// Waits until `offset` is applied or `timeout` passes; returns whether it is applied.
     pub fn wait_for(&self, offset: u64, timeout: Duration) -> bool {
         self.shared.wait_for(offset, timeout)

@@ -85,7 +85,13 @@ pub(crate) struct Shared {
     health: Mutex<WriterHealth>,
     /// Set while `health` is `Degraded`, so that a successful commit checks it without a lock.
     degraded: AtomicBool,
+    /// Called with the new applied offset after every commit, whoever submitted it.
+    listeners: Mutex<Vec<AppliedListener>>,
 }
+
+/// A function the writer calls after each commit with the new applied offset (see
+/// [`crate::Store::on_applied`]).
+pub type AppliedListener = Box<dyn Fn(u64) + Send + Sync>;
 
 /// Whether the store's writer can commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,7 +173,16 @@ impl Shared {
             last_write_ns: AtomicU64::new(u64::MAX),
             health: Mutex::new(WriterHealth::Ok),
             degraded: AtomicBool::new(false),
+            listeners: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Adds a listener called with the applied offset after every commit from now on.
+    pub fn add_listener(&self, listener: AppliedListener) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
     }
 
     /// Whether the writer can commit.
@@ -246,6 +261,15 @@ impl Shared {
         applied.offset = to;
         if applied.waiters > 0 {
             self.advanced.notify_all();
+        }
+        drop(applied);
+        for listener in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            listener(to);
         }
     }
 

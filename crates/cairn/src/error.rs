@@ -29,6 +29,12 @@ pub enum Error {
     /// The workspace is closing or closed.
     #[error("the workspace is closed")]
     Closed,
+    /// This workspace is a mirror: it takes entries from its leader and decides no command.
+    #[error("this workspace is a mirror; commands go to its leader")]
+    NotLeader,
+    /// Replicated entries were submitted to a workspace that is not a mirror.
+    #[error("this workspace is a leader; only a mirror applies a leader's entries")]
+    NotMirror,
     /// Something the runtime expected of the projection does not hold.
     #[error("{0}")]
     Internal(String),

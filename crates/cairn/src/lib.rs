@@ -31,6 +31,6 @@ pub use error::Error;
 pub use machine::KernelMachine;
 pub use subscribe::{Subscription, SUBSCRIBER_BATCH_ENTRIES};
 pub use workspace::{
-    Access, CommandOptions, HookContext, HookHandler, HookRunStats, Onloads, Options, Workspace,
-    VAULT_KEY_FILE,
+    Access, CommandOptions, HookContext, HookHandler, HookRunStats, NodeRole, Onloads, Options,
+    Workspace, VAULT_KEY_FILE,
 };

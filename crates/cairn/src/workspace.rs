@@ -72,6 +72,21 @@ pub struct Options {
     pub access: Access,
     /// Which packages' `onload` hooks the change engine runs (with [`Options::drive`]).
     pub onloads: Onloads,
+    /// Leader (decides commands, runs the change engine) or mirror (applies its leader's
+    /// entries only).
+    pub role: NodeRole,
+}
+
+/// The part a workspace plays in replication.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NodeRole {
+    /// Decides commands, records migrations, runs the change engine and hooks.
+    #[default]
+    Leader,
+    /// Holds its leader's log bit for bit: it decides nothing, records nothing of its own, runs
+    /// no change engine and no hook; entries come in through [`Workspace::apply_replicated`],
+    /// and every command fails with [`Error::NotLeader`].
+    Mirror,
 }
 
 /// Which pending `onload` hooks the change engine runs.
@@ -110,6 +125,7 @@ impl Default for Options {
             drive: true,
             access: Access::ReadWrite,
             onloads: Onloads::All,
+            role: NodeRole::Leader,
         }
     }
 }
@@ -139,6 +155,8 @@ pub(crate) struct Inner {
     /// Bumped whenever a driver stops on an error (it commits nothing, so waiters need this
     /// to notice).
     pub stuck: watch::Sender<u64>,
+    /// Leader or mirror.
+    pub role: NodeRole,
 }
 
 /// Hook runs since open, by outcome (for metrics).
@@ -240,6 +258,17 @@ impl Workspace {
             onloads: Mutex::new(options.onloads.clone()),
             hook_runs: HookRuns::default(),
             stuck: watch::channel(0).0,
+            role: options.role,
+        });
+        // Every commit moves `applied`, whoever made it (a command here, a leader's entries on
+        // a mirror), and that wakes subscribers, streams and waiters.
+        let published = inner.applied.clone();
+        inner.store.on_applied(move |offset| {
+            published.send_if_modified(|a| {
+                let moved = offset > *a;
+                *a = (*a).max(offset);
+                moved
+            });
         });
         let ws = Workspace {
             handle: Arc::new(Handle {
@@ -248,6 +277,17 @@ impl Workspace {
             }),
         };
         if access == Access::ReadOnly {
+            return Ok(ws);
+        }
+        if options.role == NodeRole::Mirror {
+            // A mirror records nothing of its own: migrations and an accepted WAL loss are the
+            // leader's to log, and it never drives changes.
+            if inner.store.pending_wal_loss()?.is_some() {
+                tracing::warn!(
+                    "this mirror accepted a WAL loss; it is not logged here (only a leader \
+                     logs), and the lost entries come again from the leader"
+                );
+            }
             return Ok(ws);
         }
         let pending = {
@@ -891,6 +931,31 @@ impl Workspace {
         Ok(query::token_by_hash(&self.view()?, &hash)?)
     }
 
+    /// Whether this workspace is a leader or a mirror.
+    pub fn role(&self) -> NodeRole {
+        self.inner().role
+    }
+
+    /// Applies entries written by this mirror's leader, in one commit: they must continue this
+    /// log's chain (offset, link, hash, epoch; the store checks each one again before it
+    /// applies it), and are folded through the same `apply` as on the leader. Only a mirror
+    /// takes them ([`Error::NotMirror`] otherwise). Returns the commit.
+    pub async fn apply_replicated(&self, entries: Vec<StoredEntry>) -> Result<Committed, Error> {
+        let inner = self.inner();
+        if inner.role != NodeRole::Mirror {
+            return Err(Error::NotMirror);
+        }
+        if inner.shutdown.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        Ok(inner.store.submit_entries(entries).await?)
+    }
+
+    /// The head of the log (offset, hash and epoch of its last entry).
+    pub fn head(&self) -> Result<cairn_log::Head, Error> {
+        Ok(self.inner().store.read()?.head())
+    }
+
     /// Reads log entries `[from, from + limit)`.
     pub async fn read_log(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, Error> {
         let inner = Arc::clone(self.inner());
@@ -928,6 +993,9 @@ pub(crate) async fn execute(
     if inner.shutdown.is_cancelled() {
         return Err(Error::Closed);
     }
+    if inner.role == NodeRole::Mirror {
+        return Err(Error::NotLeader);
+    }
     if let Some(key) = &opts.idempotency_key {
         if key.is_empty() || key.len() > cairn_kernel::command::IDEMPOTENCY_KEY_BYTES_MAX {
             return Err(Error::Rejected(cairn_kernel::Rejection::Invalid(format!(
@@ -943,11 +1011,7 @@ pub(crate) async fn execute(
         idempotency_key: opts.idempotency_key.clone(),
     };
     let committed = inner.store.submit(meta, command).await?;
-    inner.applied.send_if_modified(|a| {
-        let moved = committed.applied > *a;
-        *a = (*a).max(committed.applied);
-        moved
-    });
+    // The store's listener has published `applied` already (see `Workspace::open`).
     inner.kick.notify_one();
     Ok(committed)
 }

@@ -1,0 +1,573 @@
+//! The follower: one thread that connects to the leader's stream, checks every frame with
+//! [`crate::protocol::Follower`] before anything is applied, applies entries through
+//! [`cairn::Workspace::apply_replicated`] (many per commit while catching up), acknowledges
+//! its durably applied offset, and reconnects with backoff and jitter.
+//!
+//! A refused frame is never applied: the follower logs its offset and reason, drops the
+//! connection and reconnects from its own head. A leader that refuses it (another workspace, a
+//! binary too old, a leader behind it) is retried slowly and shown in the status. A diverged log
+//! or an entry this binary cannot fold stops following for good; reads go on.
+
+use std::io::{BufRead, BufReader};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use cairn::Workspace;
+use cairn_log::{Hash, StoredEntry};
+use rand::Rng;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::leader::{now_ms, HEARTBEAT_INTERVAL_MS};
+use crate::protocol::{
+    first_difference, parse_hash, Follower, FollowerHello, Step, PROTOCOL_VERSION,
+};
+
+/// First wait before reconnecting; doubled after each failed attempt.
+pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
+/// Longest wait before reconnecting (also the pace of retrying a leader that refused).
+pub const RECONNECT_BACKOFF_MAX_MS: u64 = 5_000;
+/// A stream silent this long (no entry, no heartbeat) is dropped and reconnected.
+pub const STREAM_SILENCE_MS_MAX: u64 = 4 * HEARTBEAT_INTERVAL_MS;
+/// Connecting to the leader gives up after this long.
+pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// An acknowledgement or a hash lookup gives up after this long.
+pub const CALL_TIMEOUT_MS: u64 = 5_000;
+/// Entries applied in one commit while catching up.
+pub const APPLY_BATCH_ENTRIES_MAX: usize = 2_048;
+/// Bytes of entries applied in one commit while catching up.
+pub const APPLY_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Largest frame body accepted (an entry at its limit plus the tag).
+pub const FRAME_BODY_BYTES_MAX: usize = cairn_log::limits::ENTRY_BYTES_MAX + 1;
+
+/// Where and how to follow.
+#[derive(Clone, Debug)]
+pub struct FollowerOptions {
+    /// The leader's base URL (`http://host:port`).
+    pub leader: String,
+    /// A token of the `mirror` role on the leader.
+    pub token: String,
+    /// The name this mirror is shown under in the leader's status.
+    pub name: String,
+}
+
+/// What the follower is doing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum FollowState {
+    /// Connecting (or waiting to reconnect).
+    Connecting,
+    /// Connected, applying the backlog.
+    CatchingUp,
+    /// Connected and caught up: applying live entries.
+    Following,
+    /// The leader refused this mirror; retried every `RECONNECT_BACKOFF_MAX_MS`.
+    Refused {
+        /// The leader's error code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// This mirror's log and the leader's differ from `offset` on: it stopped following.
+    Diverged {
+        /// The first offset whose entries differ.
+        offset: u64,
+        /// What to do.
+        message: String,
+    },
+    /// An entry from the leader that this binary cannot fold: it stopped following.
+    Stopped {
+        /// Why, and what to do.
+        message: String,
+    },
+}
+
+/// The follower's status, for `status` and `/metrics`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FollowStatus {
+    /// The leader's URL.
+    pub leader: String,
+    /// What it is doing.
+    #[serde(flatten)]
+    pub state: FollowState,
+    /// The leader's head as last heard.
+    pub leader_head: u64,
+    /// When the leader was last heard from (ms since the Unix epoch; 0 never).
+    pub last_contact_ms: u64,
+    /// Streams opened since start.
+    pub connects: u64,
+    /// Frames refused since start (never applied).
+    pub refused_frames: u64,
+    /// The last error that ended a stream.
+    pub last_error: Option<String>,
+}
+
+/// A running follower.
+pub struct FollowerHandle {
+    status: Arc<Mutex<FollowStatus>>,
+    stop: CancellationToken,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A reader of a follower's status, cheap to clone (the server's `status` holds one).
+#[derive(Clone, Debug)]
+pub struct StatusWatch(Arc<Mutex<FollowStatus>>);
+
+impl StatusWatch {
+    /// What the follower is doing now.
+    pub fn get(&self) -> FollowStatus {
+        lock(&self.0).clone()
+    }
+}
+
+impl FollowerHandle {
+    /// What the follower is doing now.
+    pub fn status(&self) -> FollowStatus {
+        lock(&self.status).clone()
+    }
+
+    /// A reader of the status that outlives no one: it only reads.
+    pub fn watch(&self) -> StatusWatch {
+        StatusWatch(Arc::clone(&self.status))
+    }
+
+    /// Stops following and waits for the thread (it notices within `STREAM_SILENCE_MS_MAX`).
+    pub fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FollowerHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts following `options.leader` into `ws` (opened with `NodeRole::Mirror`), on its own
+/// thread; `rt` is the runtime the workspace lives in.
+pub fn start(
+    ws: Workspace,
+    rt: tokio::runtime::Handle,
+    options: FollowerOptions,
+) -> std::io::Result<FollowerHandle> {
+    let status = Arc::new(Mutex::new(FollowStatus {
+        leader: options.leader.clone(),
+        state: FollowState::Connecting,
+        leader_head: 0,
+        last_contact_ms: 0,
+        connects: 0,
+        refused_frames: 0,
+        last_error: None,
+    }));
+    let stop = CancellationToken::new();
+    let thread = std::thread::Builder::new()
+        .name("cairn-follower".into())
+        .spawn({
+            let status = Arc::clone(&status);
+            let stop = stop.clone();
+            move || Session::run_all(ws, rt, options, status, stop)
+        })?;
+    Ok(FollowerHandle {
+        status,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// How one connection ended.
+enum End {
+    /// Asked to stop.
+    Stopped,
+    /// Try again after the backoff.
+    Retry(String),
+    /// The leader refused this mirror: try again slowly.
+    Refused { code: String, message: String },
+    /// Stop following for good.
+    Halt(FollowState),
+}
+
+struct Session {
+    ws: Workspace,
+    rt: tokio::runtime::Handle,
+    options: FollowerOptions,
+    status: Arc<Mutex<FollowStatus>>,
+    stop: CancellationToken,
+    /// For the stream alone: a stream never ends cleanly, so its connection is never reused.
+    stream_agent: ureq::Agent,
+    /// For the short calls (acknowledgements, hash lookups), on kept-alive connections.
+    agent: ureq::Agent,
+}
+
+impl Session {
+    fn run_all(
+        ws: Workspace,
+        rt: tokio::runtime::Handle,
+        options: FollowerOptions,
+        status: Arc<Mutex<FollowStatus>>,
+        stop: CancellationToken,
+    ) {
+        let stream_agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .timeout_read(Duration::from_millis(STREAM_SILENCE_MS_MAX))
+            .build();
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
+            .build();
+        let session = Session {
+            ws,
+            rt,
+            options,
+            status,
+            stop,
+            stream_agent,
+            agent,
+        };
+        let mut backoff = RECONNECT_BACKOFF_MIN_MS;
+        loop {
+            let connects = lock(&session.status).connects;
+            let end = session.follow_once();
+            let wait = match end {
+                End::Stopped => return,
+                End::Halt(state) => {
+                    tracing::error!(state = ?state, "stopped following the leader");
+                    lock(&session.status).state = state;
+                    return;
+                }
+                End::Refused { code, message } => {
+                    tracing::warn!(code, "the leader refused this mirror: {message}");
+                    let mut s = lock(&session.status);
+                    s.state = FollowState::Refused { code, message };
+                    RECONNECT_BACKOFF_MAX_MS
+                }
+                End::Retry(error) => {
+                    let mut s = lock(&session.status);
+                    if s.connects > connects {
+                        // That stream had started: begin the backoff again.
+                        backoff = RECONNECT_BACKOFF_MIN_MS;
+                    }
+                    tracing::info!(error, "the stream from the leader ended; reconnecting");
+                    s.last_error = Some(error);
+                    s.state = FollowState::Connecting;
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX_MS);
+                    wait
+                }
+            };
+            // Jitter of ±50 %, so that mirrors of one leader do not reconnect in step.
+            let wait = rand::rng().random_range(wait / 2..=wait + wait / 2);
+            if session.sleep(Duration::from_millis(wait)) {
+                return;
+            }
+        }
+    }
+
+    /// Sleeps up to `d`; `true` when asked to stop meanwhile.
+    fn sleep(&self, d: Duration) -> bool {
+        let until = std::time::Instant::now() + d;
+        while std::time::Instant::now() < until {
+            if self.stop.is_cancelled() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(d));
+        }
+        self.stop.is_cancelled()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.options.leader.trim_end_matches('/'))
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.options.token)
+    }
+
+    /// One connection: hello, then frames until it ends.
+    fn follow_once(&self) -> End {
+        if self.stop.is_cancelled() {
+            return End::Stopped;
+        }
+        let head = match self.ws.head() {
+            Ok(h) => h,
+            Err(e) => return End::Retry(format!("read this mirror's head: {e}")),
+        };
+        let hello = FollowerHello {
+            workspace_id: self.ws.id(),
+            from: head.offset + 1,
+            prev: head.hash,
+            protocol: PROTOCOL_VERSION,
+            schema: cairn::kernel::SCHEMA_VERSION,
+            projection: cairn::kernel::PROJECTION_VERSION,
+            name: self.options.name.clone(),
+        };
+        let mut request = self
+            .stream_agent
+            .get(&self.url("/v1/replication/stream"))
+            .set("authorization", &self.bearer());
+        for (k, v) in hello.to_query() {
+            request = request.query(k, &v);
+        }
+        let response = match request.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, response)) => {
+                let (code, message) = error_of(response);
+                return if code == "diverged" {
+                    self.diverged(head.offset, &message)
+                } else if is_refusal(&code) {
+                    End::Refused { code, message }
+                } else {
+                    End::Retry(format!("the leader answered {code}: {message}"))
+                };
+            }
+            Err(e) => return End::Retry(format!("connect to the leader: {e}")),
+        };
+        let mut reader = BufReader::with_capacity(256 * 1024, response.into_reader());
+        let mut follower = Follower::new(self.ws.id(), head);
+        let kernel = self.ws.store().machine().0.clone();
+        let understands = |e: &StoredEntry| kernel.understands(&e.kind, &e.payload);
+        let mut batch: Vec<StoredEntry> = Vec::new();
+        let mut batch_bytes = 0usize;
+        let mut caught_up = false;
+        loop {
+            if self.stop.is_cancelled() {
+                return self.flush(&mut batch).err().unwrap_or(End::Stopped);
+            }
+            let body = match read_frame(&mut reader) {
+                Ok(b) => b,
+                Err(e) => {
+                    if let Err(end) = self.flush(&mut batch) {
+                        return end;
+                    }
+                    return End::Retry(format!("read the stream: {e}"));
+                }
+            };
+            let step = match follower.on_frame(&body, &understands) {
+                Ok(step) => step,
+                Err(bad) => {
+                    // What was checked before it still applies; the bad frame never does.
+                    let flushed = self.flush(&mut batch);
+                    let offset = bad.offset().map(|o| o.to_string()).unwrap_or("-".into());
+                    tracing::warn!(offset, "refused a frame from the leader: {bad}");
+                    lock(&self.status).refused_frames += 1;
+                    if let Err(end) = flushed {
+                        return end;
+                    }
+                    return End::Retry(format!("refused a frame at offset {offset}: {bad}"));
+                }
+            };
+            match step {
+                Step::Hello => {
+                    let mut s = lock(&self.status);
+                    s.connects += 1;
+                    s.state = FollowState::CatchingUp;
+                    s.last_contact_ms = now_ms();
+                }
+                Step::Apply(entry) => {
+                    batch_bytes += entry.payload.len() + 128;
+                    batch.push(entry);
+                    let more_ready = !reader.buffer().is_empty();
+                    if !more_ready
+                        || batch.len() >= APPLY_BATCH_ENTRIES_MAX
+                        || batch_bytes >= APPLY_BATCH_BYTES_MAX
+                    {
+                        batch_bytes = 0;
+                        if let Err(end) = self.flush(&mut batch) {
+                            return end;
+                        }
+                    }
+                }
+                Step::LeaderHead {
+                    offset,
+                    caught_up: marker,
+                    ..
+                } => {
+                    if let Err(end) = self.flush(&mut batch) {
+                        return end;
+                    }
+                    batch_bytes = 0;
+                    caught_up |= marker;
+                    let mut s = lock(&self.status);
+                    s.leader_head = s.leader_head.max(offset);
+                    s.last_contact_ms = now_ms();
+                    if caught_up {
+                        s.state = FollowState::Following;
+                    }
+                }
+                Step::Unsupported { offset, reason } => {
+                    if let Err(end) = self.flush(&mut batch) {
+                        return end;
+                    }
+                    return End::Halt(FollowState::Stopped {
+                        message: format!(
+                            "the leader's entry {offset} cannot be applied by this binary \
+                             ({reason}): upgrade mirrors first, then the leader; reads are \
+                             served at offset {}",
+                            offset - 1
+                        ),
+                    });
+                }
+                Step::LeaderBehind {
+                    leader_head,
+                    mirror_head,
+                } => {
+                    return End::Refused {
+                        code: "follower_ahead".into(),
+                        message: format!(
+                            "the mirror is ahead of its leader: the mirror holds offset \
+                             {mirror_head}, the leader's head is {leader_head}"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the batch in one commit and acknowledges it.
+    fn flush(&self, batch: &mut Vec<StoredEntry>) -> Result<(), End> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let entries = std::mem::take(batch);
+        let committed = self
+            .rt
+            .block_on(self.ws.apply_replicated(entries))
+            .map_err(|e| End::Retry(format!("apply the leader's entries: {e}")))?;
+        self.ack(committed.applied);
+        Ok(())
+    }
+
+    /// Tells the leader what this mirror has durably applied (best effort: the next
+    /// connection says it again).
+    fn ack(&self, applied: u64) {
+        let sent = self
+            .agent
+            .post(&self.url("/v1/replication/ack"))
+            .set("authorization", &self.bearer())
+            .query("name", &self.options.name)
+            .query("applied", &applied.to_string())
+            .call();
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "acknowledging to the leader failed");
+        }
+    }
+
+    /// Finds the first offset where this mirror's log and the leader's differ (they differ
+    /// at `at`), and stops following.
+    fn diverged(&self, at: u64, leader_says: &str) -> End {
+        let found = first_difference(0, at, |offset| -> Result<bool, String> {
+            Ok(self.leader_hash(offset)? == self.own_hash(offset)?)
+        });
+        let offset = match found {
+            Ok(o) => o,
+            Err(e) => return End::Retry(format!("find where the logs diverged: {e}")),
+        };
+        End::Halt(FollowState::Diverged {
+            offset,
+            message: format!(
+                "this mirror's log differs from its leader's from offset {offset} on ({leader_says}). \
+                 A mirror never undoes an applied entry: re-provision it from a backup of the \
+                 leader (stop it, move its data directory away, start `cairn mirror` on an empty \
+                 one)"
+            ),
+        })
+    }
+
+    fn leader_hash(&self, offset: u64) -> Result<Option<Hash>, String> {
+        let answer = self
+            .agent
+            .get(&self.url("/v1/replication/hash"))
+            .set("authorization", &self.bearer())
+            .query("offset", &offset.to_string())
+            .call()
+            .map_err(|e| format!("ask the leader for the hash at {offset}: {e}"))?;
+        let v: serde_json::Value = answer
+            .into_json()
+            .map_err(|e| format!("the leader's hash answer: {e}"))?;
+        Ok(v["hash"].as_str().and_then(parse_hash))
+    }
+
+    fn own_hash(&self, offset: u64) -> Result<Option<Hash>, String> {
+        let entries = self
+            .rt
+            .block_on(self.ws.read_log(offset, 1))
+            .map_err(|e| format!("read this mirror's entry {offset}: {e}"))?;
+        Ok(entries.first().map(|e| e.hash))
+    }
+}
+
+/// Codes with which a leader refuses a follower (see `protocol::Refusal::code`).
+fn is_refusal(code: &str) -> bool {
+    matches!(
+        code,
+        "wrong_workspace"
+            | "protocol"
+            | "upgrade_mirror"
+            | "follower_ahead"
+            | "forbidden"
+            | "unauthorized"
+    )
+}
+
+/// The `{error: {code, message}}` of an error answer.
+fn error_of(response: ureq::Response) -> (String, String) {
+    let status = response.status();
+    match response.into_json::<serde_json::Value>() {
+        Ok(v) => (
+            v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+            v["error"]["message"].as_str().unwrap_or("").to_string(),
+        ),
+        Err(_) => ("unknown".into(), format!("HTTP {status}")),
+    }
+}
+
+/// Reads one length-prefixed frame body; a length over `FRAME_BODY_BYTES_MAX` is refused
+/// before anything is allocated.
+fn read_frame(reader: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > FRAME_BODY_BYTES_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a frame declares {len} bytes, over the limit of {FRAME_BODY_BYTES_MAX}"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_read_whole_and_oversized_lengths_are_refused() {
+        let mut bytes = Vec::new();
+        cairn_log::frame::write_frame(b"abc", &mut bytes);
+        cairn_log::frame::write_frame(b"", &mut bytes);
+        let mut r = std::io::Cursor::new(bytes.clone());
+        assert_eq!(read_frame(&mut r).unwrap(), b"abc");
+        assert_eq!(read_frame(&mut r).unwrap(), b"");
+        assert!(read_frame(&mut r).is_err());
+        // Cut inside a frame.
+        let mut r = std::io::Cursor::new(bytes[..5].to_vec());
+        assert_eq!(
+            read_frame(&mut r).unwrap_err().kind(),
+            std::io::ErrorKind::UnexpectedEof
+        );
+        let mut r = std::io::Cursor::new(u32::MAX.to_be_bytes().to_vec());
+        assert!(read_frame(&mut r)
+            .unwrap_err()
+            .to_string()
+            .contains("over the limit"));
+    }
+}

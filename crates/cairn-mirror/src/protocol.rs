@@ -1,0 +1,962 @@
+//! The replication protocol, sans-IO: the hello a follower sends and the leader admits or
+//! refuses, the frames of the stream, and the follower's checks of every frame. Nothing here
+//! touches a socket or a clock; `leader.rs` and `follower.rs` move the bytes.
+//!
+//! A stream is a sequence of [`cairn_log::frame`] frames (4-byte big-endian length, then the
+//! body). A body is a tag byte and its fields, integers big-endian:
+//!
+//! | tag | frame | fields |
+//! |---|---|---|
+//! | 1 | hello | workspace id (16 bytes), head offset, head epoch, schema version, schema compat (u32 each) |
+//! | 2 | entry | the `StoredEntry` bytes, exactly as stored |
+//! | 3 | heartbeat | head offset, head epoch, leader time (ms since the Unix epoch) |
+//! | 4 | caught up | head offset |
+//!
+//! The first frame is the leader's hello; then entries from the offset the follower asked for,
+//! in order, with heartbeats and a caught-up marker between them.
+
+use cairn_log::{codec, ChainCursor, ChainError, Hash, Head, StoredEntry};
+use uuid::Uuid;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+const TAG_HELLO: u8 = 1;
+const TAG_ENTRY: u8 = 2;
+const TAG_HEARTBEAT: u8 = 3;
+const TAG_CAUGHT_UP: u8 = 4;
+
+/// What a follower says when it connects (the query of `GET /v1/replication/stream`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowerHello {
+    /// The workspace the follower holds.
+    pub workspace_id: Uuid,
+    /// The first offset it wants (its head + 1).
+    pub from: u64,
+    /// The hash of its entry `from - 1` ([`Hash::ZERO`] when `from` is 1).
+    pub prev: Hash,
+    /// The protocol version it speaks.
+    pub protocol: u32,
+    /// The `cairn` schema version its binary supports.
+    pub schema: u32,
+    /// Its binary's projection version (reported; each node folds with its own).
+    pub projection: u64,
+    /// The name it is shown under in the leader's status.
+    pub name: String,
+}
+
+/// Longest follower name.
+pub const MIRROR_NAME_BYTES_MAX: usize = 64;
+
+impl FollowerHello {
+    /// The hello as query parameters.
+    pub fn to_query(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("workspace", self.workspace_id.to_string()),
+            ("from", self.from.to_string()),
+            ("prev", self.prev.to_string()),
+            ("protocol", self.protocol.to_string()),
+            ("schema", self.schema.to_string()),
+            ("projection", self.projection.to_string()),
+            ("name", self.name.clone()),
+        ]
+    }
+
+    /// Parses the hello from query parameters, naming the first one that is missing or wrong.
+    pub fn from_query(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let need =
+            |name: &str| get(name).ok_or_else(|| format!("query parameter {name} is missing"));
+        let number = |name: &str| -> Result<u64, String> {
+            let v = need(name)?;
+            v.parse()
+                .map_err(|_| format!("query parameter {name} is not a non-negative integer"))
+        };
+        let workspace_id = need("workspace")?
+            .parse()
+            .map_err(|_| "query parameter workspace is not a uuid".to_string())?;
+        let prev = parse_hash(&need("prev")?)
+            .ok_or_else(|| "query parameter prev is not 64 hex digits".to_string())?;
+        let name = need("name")?;
+        if name.is_empty()
+            || name.len() > MIRROR_NAME_BYTES_MAX
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            return Err(format!(
+                "query parameter name must be 1..={MIRROR_NAME_BYTES_MAX} of [A-Za-z0-9-_.:]"
+            ));
+        }
+        let small = |name: &str| -> Result<u32, String> {
+            u32::try_from(number(name)?).map_err(|_| format!("query parameter {name} is too large"))
+        };
+        Ok(Self {
+            workspace_id,
+            from: number("from")?.max(1),
+            prev,
+            protocol: small("protocol")?,
+            schema: small("schema")?,
+            projection: number("projection")?,
+            name,
+        })
+    }
+}
+
+/// Parses 64 hex digits.
+pub fn parse_hash(s: &str) -> Option<Hash> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(Hash(out))
+}
+
+/// What the leader knows when it admits a follower.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderView {
+    /// Its workspace.
+    pub workspace_id: Uuid,
+    /// Its head.
+    pub head: Head,
+    /// The stored `cairn` schema version and compat version of its workspace.
+    pub schema: u32,
+    /// Compat version: the oldest binary that can fold its log.
+    pub schema_compat: u32,
+}
+
+/// Why a leader refuses a follower (before any entry is sent).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The follower holds another workspace.
+    #[error("this leader serves workspace {leader}; the mirror holds workspace {mirror}")]
+    WrongWorkspace {
+        /// The leader's workspace id.
+        leader: Uuid,
+        /// The follower's.
+        mirror: Uuid,
+    },
+    /// The follower speaks another protocol version.
+    #[error("the leader speaks replication protocol {leader}; the mirror speaks {mirror}")]
+    Protocol {
+        /// The leader's.
+        leader: u32,
+        /// The follower's.
+        mirror: u32,
+    },
+    /// The follower's binary cannot fold the leader's log.
+    #[error(
+        "the leader's workspace needs schema version {compat} or newer (it is at {schema}); this \
+         mirror's binary supports {mirror}: upgrade mirrors first, then the leader"
+    )]
+    MirrorTooOld {
+        /// The leader's stored schema version.
+        schema: u32,
+        /// Its compat version.
+        compat: u32,
+        /// The follower binary's version.
+        mirror: u32,
+    },
+    /// The follower has entries the leader does not: the leader lost entries or was restored
+    /// from an older backup. A mirror is also its leader's witness, so it does not follow.
+    #[error(
+        "the mirror is ahead of its leader: the mirror holds offset {mirror_head}, the leader's \
+         head is {leader_head}; the leader lost entries or was restored from an older backup"
+    )]
+    FollowerAhead {
+        /// The follower's head offset.
+        mirror_head: u64,
+        /// The leader's.
+        leader_head: u64,
+    },
+    /// The follower's entry `at` is not the leader's: their logs fork at or before `at`.
+    #[error("the mirror's entry {at} is not the leader's: the logs diverged at or before it")]
+    Diverged {
+        /// The offset whose hashes differ (the follower finds the first differing one).
+        at: u64,
+        /// The leader's head offset.
+        leader_head: u64,
+    },
+}
+
+impl Refusal {
+    /// The error code the leader answers with (HTTP 409, or 400 for the protocol).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::WrongWorkspace { .. } => "wrong_workspace",
+            Refusal::Protocol { .. } => "protocol",
+            Refusal::MirrorTooOld { .. } => "upgrade_mirror",
+            Refusal::FollowerAhead { .. } => "follower_ahead",
+            Refusal::Diverged { .. } => "diverged",
+        }
+    }
+}
+
+/// Decides whether the leader streams to `hello`. `prev_at` is the hash of the leader's entry
+/// `hello.from - 1` (`None` when the leader has no such entry; [`Hash::ZERO`] for offset 0).
+pub fn admit(
+    leader: &LeaderView,
+    hello: &FollowerHello,
+    prev_at: Option<Hash>,
+) -> Result<(), Refusal> {
+    if hello.workspace_id != leader.workspace_id {
+        return Err(Refusal::WrongWorkspace {
+            leader: leader.workspace_id,
+            mirror: hello.workspace_id,
+        });
+    }
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(Refusal::Protocol {
+            leader: PROTOCOL_VERSION,
+            mirror: hello.protocol,
+        });
+    }
+    if leader.schema_compat > hello.schema {
+        return Err(Refusal::MirrorTooOld {
+            schema: leader.schema,
+            compat: leader.schema_compat,
+            mirror: hello.schema,
+        });
+    }
+    let mirror_head = hello.from - 1;
+    if mirror_head > leader.head.offset {
+        return Err(Refusal::FollowerAhead {
+            mirror_head,
+            leader_head: leader.head.offset,
+        });
+    }
+    match prev_at {
+        Some(hash) if hash == hello.prev => Ok(()),
+        _ => Err(Refusal::Diverged {
+            at: mirror_head,
+            leader_head: leader.head.offset,
+        }),
+    }
+}
+
+/// A frame of the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// The leader's first frame.
+    Hello {
+        /// Its workspace.
+        workspace_id: Uuid,
+        /// Its head offset and epoch when the stream started.
+        head_offset: u64,
+        /// Epoch of the head.
+        head_epoch: u64,
+        /// Stored `cairn` schema version.
+        schema: u32,
+        /// Stored compat version.
+        schema_compat: u32,
+    },
+    /// An entry, as stored (decoded by the follower).
+    Entry(Vec<u8>),
+    /// The leader is alive; its head now.
+    Heartbeat {
+        /// Head offset.
+        head_offset: u64,
+        /// Head epoch.
+        head_epoch: u64,
+        /// The leader's clock (ms since the Unix epoch), for lag in milliseconds.
+        time_ms: u64,
+    },
+    /// Every entry up to `head_offset` has been sent.
+    CaughtUp {
+        /// The leader's head when the backlog ran out.
+        head_offset: u64,
+    },
+}
+
+impl Frame {
+    /// The frame's body (without the length prefix).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Frame::Hello {
+                workspace_id,
+                head_offset,
+                head_epoch,
+                schema,
+                schema_compat,
+            } => {
+                out.push(TAG_HELLO);
+                out.extend_from_slice(workspace_id.as_bytes());
+                out.extend_from_slice(&head_offset.to_be_bytes());
+                out.extend_from_slice(&head_epoch.to_be_bytes());
+                out.extend_from_slice(&schema.to_be_bytes());
+                out.extend_from_slice(&schema_compat.to_be_bytes());
+            }
+            Frame::Entry(bytes) => {
+                out.reserve(1 + bytes.len());
+                out.push(TAG_ENTRY);
+                out.extend_from_slice(bytes);
+            }
+            Frame::Heartbeat {
+                head_offset,
+                head_epoch,
+                time_ms,
+            } => {
+                out.push(TAG_HEARTBEAT);
+                out.extend_from_slice(&head_offset.to_be_bytes());
+                out.extend_from_slice(&head_epoch.to_be_bytes());
+                out.extend_from_slice(&time_ms.to_be_bytes());
+            }
+            Frame::CaughtUp { head_offset } => {
+                out.push(TAG_CAUGHT_UP);
+                out.extend_from_slice(&head_offset.to_be_bytes());
+            }
+        }
+        out
+    }
+
+    /// Appends the frame, length-prefixed, to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        cairn_log::frame::write_frame(&self.encode(), out);
+    }
+
+    /// Parses a frame body, naming what is wrong.
+    pub fn decode(body: &[u8]) -> Result<Frame, String> {
+        let (&tag, rest) = body.split_first().ok_or("an empty frame")?;
+        let fixed = |n: usize| -> Result<&[u8], String> {
+            if rest.len() == n {
+                Ok(rest)
+            } else {
+                Err(format!(
+                    "a frame of tag {tag} has {} bytes of fields, not {n}",
+                    rest.len()
+                ))
+            }
+        };
+        let u64_at =
+            |b: &[u8], i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at =
+            |b: &[u8], i: usize| u32::from_be_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        match tag {
+            TAG_HELLO => {
+                let b = fixed(16 + 8 + 8 + 4 + 4)?;
+                Ok(Frame::Hello {
+                    workspace_id: Uuid::from_bytes(b[..16].try_into().expect("16 bytes")),
+                    head_offset: u64_at(b, 16),
+                    head_epoch: u64_at(b, 24),
+                    schema: u32_at(b, 32),
+                    schema_compat: u32_at(b, 36),
+                })
+            }
+            TAG_ENTRY => Ok(Frame::Entry(rest.to_vec())),
+            TAG_HEARTBEAT => {
+                let b = fixed(24)?;
+                Ok(Frame::Heartbeat {
+                    head_offset: u64_at(b, 0),
+                    head_epoch: u64_at(b, 8),
+                    time_ms: u64_at(b, 16),
+                })
+            }
+            TAG_CAUGHT_UP => {
+                let b = fixed(8)?;
+                Ok(Frame::CaughtUp {
+                    head_offset: u64_at(b, 0),
+                })
+            }
+            other => Err(format!("unknown frame tag {other}")),
+        }
+    }
+}
+
+/// Why a follower refuses a frame. The frame is not applied; the connection is dropped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadFrame {
+    /// The body is not a frame.
+    #[error("a malformed frame while expecting offset {expected}: {reason}")]
+    Malformed {
+        /// The offset the follower expected next.
+        expected: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The first frame was not the leader's hello, or a second hello came.
+    #[error("{0}")]
+    OutOfOrder(String),
+    /// An entry does not decode.
+    #[error("the entry expected at offset {expected} does not decode: {reason}")]
+    Undecodable {
+        /// The offset expected.
+        expected: u64,
+        /// Why.
+        reason: String,
+    },
+    /// An entry does not continue this node's chain (offset, link, hash or epoch).
+    #[error("{0}")]
+    Chain(ChainError),
+    /// The leader's hello is of another workspace.
+    #[error("the leader's stream is of workspace {leader}; this mirror holds {mirror}")]
+    WrongWorkspace {
+        /// The leader's.
+        leader: Uuid,
+        /// This mirror's.
+        mirror: Uuid,
+    },
+}
+
+impl BadFrame {
+    /// The offset the frame was refused at (the follower's next expected offset).
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            BadFrame::Malformed { expected, .. } | BadFrame::Undecodable { expected, .. } => {
+                Some(*expected)
+            }
+            BadFrame::Chain(e) => Some(chain_error_offset(e)),
+            BadFrame::OutOfOrder(_) | BadFrame::WrongWorkspace { .. } => None,
+        }
+    }
+}
+
+fn chain_error_offset(e: &ChainError) -> u64 {
+    match e {
+        ChainError::OffsetMismatch { found, .. } => *found,
+        ChainError::PrevMismatch { offset, .. }
+        | ChainError::HashMismatch { offset, .. }
+        | ChainError::EpochRegressed { offset, .. }
+        | ChainError::Invalid { offset, .. } => *offset,
+    }
+}
+
+/// What the follower does after a frame it accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The leader's hello checked out.
+    Hello,
+    /// Apply this entry (it continues the chain and verifies).
+    Apply(StoredEntry),
+    /// The leader cannot be followed: an entry this binary cannot fold (it is not applied).
+    Unsupported {
+        /// The entry's offset.
+        offset: u64,
+        /// What is missing.
+        reason: String,
+    },
+    /// The leader's head (from a heartbeat or the caught-up marker); nothing to apply.
+    LeaderHead {
+        /// Head offset.
+        offset: u64,
+        /// The leader's clock, when a heartbeat said it.
+        time_ms: Option<u64>,
+        /// Whether the backlog has been sent (a caught-up marker).
+        caught_up: bool,
+    },
+    /// The leader's head is behind this follower's: it lost entries (a witness refuses it).
+    LeaderBehind {
+        /// The leader's head offset.
+        leader_head: u64,
+        /// This follower's.
+        mirror_head: u64,
+    },
+}
+
+/// The follower's side of one connection: checks every frame against this node's chain.
+#[derive(Clone, Debug)]
+pub struct Follower {
+    workspace_id: Uuid,
+    chain: ChainCursor,
+    hello: bool,
+}
+
+impl Follower {
+    /// A follower of a connection that starts after `head` (this node's log head).
+    pub fn new(workspace_id: Uuid, head: Head) -> Self {
+        Self {
+            workspace_id,
+            chain: ChainCursor::new(head),
+            hello: false,
+        }
+    }
+
+    /// The last entry accepted (this node's head plus what was accepted on this connection).
+    pub fn head(&self) -> Head {
+        self.chain.head()
+    }
+
+    /// Checks one frame body. `understands` says whether this binary can fold an entry
+    /// (`cairn_kernel::Kernel::understands`). A refused frame changes nothing.
+    pub fn on_frame(
+        &mut self,
+        body: &[u8],
+        understands: &dyn Fn(&StoredEntry) -> Result<(), String>,
+    ) -> Result<Step, BadFrame> {
+        let expected = self.chain.head().offset + 1;
+        let frame =
+            Frame::decode(body).map_err(|reason| BadFrame::Malformed { expected, reason })?;
+        if !self.hello && !matches!(frame, Frame::Hello { .. }) {
+            return Err(BadFrame::OutOfOrder(
+                "the stream did not start with the leader's hello".into(),
+            ));
+        }
+        match frame {
+            Frame::Hello {
+                workspace_id,
+                head_offset,
+                ..
+            } => {
+                if self.hello {
+                    return Err(BadFrame::OutOfOrder("a second hello in one stream".into()));
+                }
+                if workspace_id != self.workspace_id {
+                    return Err(BadFrame::WrongWorkspace {
+                        leader: workspace_id,
+                        mirror: self.workspace_id,
+                    });
+                }
+                self.hello = true;
+                Ok(self.behind(head_offset).unwrap_or(Step::Hello))
+            }
+            Frame::Entry(bytes) => {
+                let entry = codec::decode(&bytes).map_err(|e| BadFrame::Undecodable {
+                    expected,
+                    reason: e.to_string(),
+                })?;
+                self.chain.check(&entry).map_err(BadFrame::Chain)?;
+                if let Err(reason) = understands(&entry) {
+                    return Ok(Step::Unsupported {
+                        offset: entry.offset,
+                        reason,
+                    });
+                }
+                self.chain
+                    .advance(&entry)
+                    .expect("an entry that passed the check advances the chain");
+                Ok(Step::Apply(entry))
+            }
+            Frame::Heartbeat {
+                head_offset,
+                time_ms,
+                ..
+            } => Ok(self.behind(head_offset).unwrap_or(Step::LeaderHead {
+                offset: head_offset,
+                time_ms: Some(time_ms),
+                caught_up: false,
+            })),
+            Frame::CaughtUp { head_offset } => {
+                Ok(self.behind(head_offset).unwrap_or(Step::LeaderHead {
+                    offset: head_offset,
+                    time_ms: None,
+                    caught_up: true,
+                }))
+            }
+        }
+    }
+
+    /// `Some(LeaderBehind)` when the leader says its head is behind what this node holds.
+    fn behind(&self, leader_head: u64) -> Option<Step> {
+        let mirror_head = self.chain.head().offset;
+        (leader_head < mirror_head).then_some(Step::LeaderBehind {
+            leader_head,
+            mirror_head,
+        })
+    }
+}
+
+/// Finds the first offset where two logs differ, given that they agree at `agree` (0 always
+/// agrees) and differ at `differ` (> `agree`); `same(offset)` says whether both logs hold the
+/// same entry there. A chained log that differs at some offset differs at every later one, so
+/// this bisects in about log2(differ - agree) probes.
+pub fn first_difference<E>(
+    mut agree: u64,
+    mut differ: u64,
+    mut same: impl FnMut(u64) -> Result<bool, E>,
+) -> Result<u64, E> {
+    assert!(agree < differ, "bisect needs agree < differ");
+    while differ - agree > 1 {
+        let mid = agree + (differ - agree) / 2;
+        if same(mid)? {
+            agree = mid;
+        } else {
+            differ = mid;
+        }
+    }
+    Ok(differ)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_log::{EntryDraft, Meta};
+    use proptest::prelude::*;
+
+    fn entry(offset: u64, prev: Hash, epoch: u64) -> StoredEntry {
+        EntryDraft {
+            epoch,
+            time_ms: 1000 + offset,
+            meta: Meta {
+                actor: "test".into(),
+                change: None,
+                command: Uuid::from_u128(offset as u128),
+                idempotency_key: None,
+            },
+            kind: "test.thing.v1".into(),
+            payload: vec![offset as u8; 3],
+        }
+        .seal(offset, prev)
+        .unwrap()
+    }
+
+    fn chain(n: u64) -> Vec<StoredEntry> {
+        let mut out: Vec<StoredEntry> = Vec::new();
+        for offset in 1..=n {
+            let prev = out.last().map(|e| e.hash).unwrap_or(Hash::ZERO);
+            out.push(entry(offset, prev, 1));
+        }
+        out
+    }
+
+    fn all(_: &StoredEntry) -> Result<(), String> {
+        Ok(())
+    }
+
+    const WS: Uuid = Uuid::from_u128(7);
+
+    fn hello(head_offset: u64) -> Vec<u8> {
+        Frame::Hello {
+            workspace_id: WS,
+            head_offset,
+            head_epoch: 1,
+            schema: 3,
+            schema_compat: 3,
+        }
+        .encode()
+    }
+
+    fn entry_frame(e: &StoredEntry) -> Vec<u8> {
+        Frame::Entry(codec::encode(e)).encode()
+    }
+
+    #[test]
+    fn every_frame_survives_encoding() {
+        let frames = [
+            Frame::Hello {
+                workspace_id: WS,
+                head_offset: 9,
+                head_epoch: 2,
+                schema: 3,
+                schema_compat: 1,
+            },
+            Frame::Entry(vec![1, 2, 3]),
+            Frame::Heartbeat {
+                head_offset: 5,
+                head_epoch: 1,
+                time_ms: 77,
+            },
+            Frame::CaughtUp { head_offset: 5 },
+        ];
+        for f in frames {
+            assert_eq!(Frame::decode(&f.encode()).unwrap(), f);
+        }
+        assert!(Frame::decode(&[]).unwrap_err().contains("empty"));
+        assert!(Frame::decode(&[9])
+            .unwrap_err()
+            .contains("unknown frame tag 9"));
+        assert!(Frame::decode(&[TAG_CAUGHT_UP, 1])
+            .unwrap_err()
+            .contains("not 8"));
+    }
+
+    #[test]
+    fn a_follower_applies_a_chain_in_order_after_the_hello() {
+        let log = chain(3);
+        let mut f = Follower::new(WS, Head::EMPTY);
+        assert_eq!(f.on_frame(&hello(3), &all).unwrap(), Step::Hello);
+        for e in &log {
+            assert_eq!(
+                f.on_frame(&entry_frame(e), &all).unwrap(),
+                Step::Apply(e.clone())
+            );
+        }
+        assert_eq!(f.head(), log[2].head());
+        assert_eq!(
+            f.on_frame(&Frame::CaughtUp { head_offset: 3 }.encode(), &all)
+                .unwrap(),
+            Step::LeaderHead {
+                offset: 3,
+                time_ms: None,
+                caught_up: true
+            }
+        );
+    }
+
+    #[test]
+    fn entries_before_the_hello_another_workspace_and_a_second_hello_are_refused() {
+        let log = chain(1);
+        let mut f = Follower::new(WS, Head::EMPTY);
+        assert!(matches!(
+            f.on_frame(&entry_frame(&log[0]), &all),
+            Err(BadFrame::OutOfOrder(_))
+        ));
+        let other = Frame::Hello {
+            workspace_id: Uuid::from_u128(8),
+            head_offset: 0,
+            head_epoch: 0,
+            schema: 3,
+            schema_compat: 3,
+        };
+        assert!(matches!(
+            f.on_frame(&other.encode(), &all),
+            Err(BadFrame::WrongWorkspace { .. })
+        ));
+        f.on_frame(&hello(1), &all).unwrap();
+        assert!(matches!(
+            f.on_frame(&hello(1), &all),
+            Err(BadFrame::OutOfOrder(_))
+        ));
+    }
+
+    #[test]
+    fn a_gap_a_bad_link_a_bad_hash_and_an_older_epoch_are_refused_with_their_offset() {
+        let log = chain(3);
+        let start = || {
+            let mut f = Follower::new(WS, log[0].head());
+            f.on_frame(&hello(3), &all).unwrap();
+            f
+        };
+        // A gap: offset 3 after 1.
+        let err = start().on_frame(&entry_frame(&log[2]), &all).unwrap_err();
+        assert_eq!(err.offset(), Some(3), "{err}");
+        // A bad link: an entry 2 that links elsewhere.
+        let forged = entry(2, Hash([9; 32]), 1);
+        let err = start().on_frame(&entry_frame(&forged), &all).unwrap_err();
+        assert!(matches!(
+            err,
+            BadFrame::Chain(ChainError::PrevMismatch { offset: 2, .. })
+        ));
+        // A flipped payload byte: the hash no longer matches.
+        let mut flipped = log[1].clone();
+        flipped.payload[0] ^= 1;
+        let err = start().on_frame(&entry_frame(&flipped), &all).unwrap_err();
+        assert!(matches!(
+            err,
+            BadFrame::Chain(ChainError::HashMismatch { offset: 2, .. })
+        ));
+        // An epoch that goes back.
+        let mut f = Follower::new(WS, entry(1, Hash::ZERO, 2).head());
+        f.on_frame(&hello(3), &all).unwrap();
+        let older = entry(2, entry(1, Hash::ZERO, 2).hash, 1);
+        let err = f.on_frame(&entry_frame(&older), &all).unwrap_err();
+        assert!(
+            matches!(err, BadFrame::Chain(ChainError::EpochRegressed { .. })),
+            "{err}"
+        );
+        // Bytes that are no entry.
+        let err = start()
+            .on_frame(&Frame::Entry(vec![1, 2, 3]).encode(), &all)
+            .unwrap_err();
+        assert!(
+            matches!(err, BadFrame::Undecodable { expected: 2, .. }),
+            "{err}"
+        );
+        // The refused frames changed nothing: the real entry 2 still applies.
+        let mut f = start();
+        let _ = f.on_frame(&entry_frame(&flipped), &all);
+        assert!(matches!(
+            f.on_frame(&entry_frame(&log[1]), &all),
+            Ok(Step::Apply(_))
+        ));
+    }
+
+    #[test]
+    fn an_entry_this_binary_cannot_fold_is_not_applied() {
+        let log = chain(2);
+        let mut f = Follower::new(WS, Head::EMPTY);
+        f.on_frame(&hello(2), &all).unwrap();
+        f.on_frame(&entry_frame(&log[0]), &all).unwrap();
+        let refuse = |e: &StoredEntry| Err(format!("no decoder for {}", e.kind));
+        assert_eq!(
+            f.on_frame(&entry_frame(&log[1]), &refuse).unwrap(),
+            Step::Unsupported {
+                offset: 2,
+                reason: "no decoder for test.thing.v1".into()
+            }
+        );
+        assert_eq!(f.head(), log[0].head(), "the entry was not taken");
+    }
+
+    #[test]
+    fn a_leader_whose_head_is_behind_the_follower_is_named() {
+        let log = chain(5);
+        let mut f = Follower::new(WS, log[4].head());
+        assert_eq!(
+            f.on_frame(&hello(3), &all).unwrap(),
+            Step::LeaderBehind {
+                leader_head: 3,
+                mirror_head: 5
+            }
+        );
+        let beat = Frame::Heartbeat {
+            head_offset: 4,
+            head_epoch: 1,
+            time_ms: 0,
+        };
+        assert!(matches!(
+            f.on_frame(&beat.encode(), &all).unwrap(),
+            Step::LeaderBehind { .. }
+        ));
+    }
+
+    fn leader(head: u64) -> LeaderView {
+        LeaderView {
+            workspace_id: WS,
+            head: Head {
+                offset: head,
+                hash: Hash::ZERO,
+                epoch: 1,
+            },
+            schema: 3,
+            schema_compat: 3,
+        }
+    }
+
+    fn follower_hello(from: u64, prev: Hash) -> FollowerHello {
+        FollowerHello {
+            workspace_id: WS,
+            from,
+            prev,
+            protocol: PROTOCOL_VERSION,
+            schema: 3,
+            projection: 2,
+            name: "m1".into(),
+        }
+    }
+
+    #[test]
+    fn the_leader_admits_only_a_follower_that_continues_its_log() {
+        let h = Hash([4; 32]);
+        assert_eq!(
+            admit(
+                &leader(10),
+                &follower_hello(1, Hash::ZERO),
+                Some(Hash::ZERO)
+            ),
+            Ok(())
+        );
+        assert_eq!(admit(&leader(10), &follower_hello(6, h), Some(h)), Ok(()));
+        assert_eq!(admit(&leader(10), &follower_hello(11, h), Some(h)), Ok(()));
+        assert_eq!(
+            admit(&leader(10), &follower_hello(6, h), Some(Hash([5; 32]))),
+            Err(Refusal::Diverged {
+                at: 5,
+                leader_head: 10
+            })
+        );
+        assert_eq!(
+            admit(&leader(10), &follower_hello(13, h), None),
+            Err(Refusal::FollowerAhead {
+                mirror_head: 12,
+                leader_head: 10
+            })
+        );
+        let mut other = follower_hello(1, Hash::ZERO);
+        other.workspace_id = Uuid::from_u128(99);
+        assert!(matches!(
+            admit(&leader(10), &other, Some(Hash::ZERO)),
+            Err(Refusal::WrongWorkspace { .. })
+        ));
+        let mut old = follower_hello(1, Hash::ZERO);
+        old.schema = 2;
+        let refused = admit(&leader(10), &old, Some(Hash::ZERO)).unwrap_err();
+        assert!(refused
+            .to_string()
+            .contains("upgrade mirrors first, then the leader"));
+        let mut future = follower_hello(1, Hash::ZERO);
+        future.protocol = 2;
+        assert_eq!(refused.code(), "upgrade_mirror");
+        assert!(matches!(
+            admit(&leader(10), &future, Some(Hash::ZERO)),
+            Err(Refusal::Protocol { .. })
+        ));
+    }
+
+    #[test]
+    fn the_hello_survives_its_query_form_and_bad_values_are_named() {
+        let h = follower_hello(6, Hash([0xab; 32]));
+        let q = h.to_query();
+        let get = |name: &str| q.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
+        assert_eq!(FollowerHello::from_query(get).unwrap(), h);
+        let broken = |name: &'static str, value: &'static str| {
+            let q = h.to_query();
+            FollowerHello::from_query(move |k| {
+                if k == name {
+                    Some(value.to_string())
+                } else {
+                    q.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+                }
+            })
+            .unwrap_err()
+        };
+        assert!(broken("prev", "xyz").contains("prev"));
+        assert!(broken("from", "-1").contains("from"));
+        assert!(broken("workspace", "nope").contains("workspace"));
+        assert!(broken("name", "a b").contains("name"));
+    }
+
+    proptest! {
+        /// Whatever bytes arrive, the follower never accepts an entry that does not continue
+        /// its chain, and never panics.
+        #[test]
+        fn arbitrary_frames_never_break_the_chain(
+            bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..20),
+        ) {
+            let log = chain(2);
+            let mut f = Follower::new(WS, log[0].head());
+            f.on_frame(&hello(2), &all).unwrap();
+            for body in bodies {
+                let before = f.head();
+                match f.on_frame(&body, &all) {
+                    Ok(Step::Apply(e)) => {
+                        prop_assert_eq!(e.offset, before.offset + 1);
+                        prop_assert_eq!(e.prev, before.hash);
+                    }
+                    Ok(_) | Err(_) => prop_assert_eq!(f.head(), before),
+                }
+            }
+        }
+
+        /// A stream cut, duplicated or with one byte flipped anywhere applies only a prefix
+        /// of the real log, in order.
+        #[test]
+        fn a_damaged_stream_applies_only_a_prefix_of_the_log(
+            flip in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+            duplicate in any::<prop::sample::Index>(),
+        ) {
+            let log = chain(6);
+            let mut stream: Vec<Vec<u8>> = log.iter().map(entry_frame).collect();
+            let d = duplicate.index(stream.len());
+            let copy = stream[d].clone();
+            stream.insert(d, copy);
+            let i = flip.index(stream.len());
+            let j = flip.index(stream[i].len());
+            stream[i][j] ^= 1 << bit;
+            let mut f = Follower::new(WS, Head::EMPTY);
+            f.on_frame(&hello(6), &all).unwrap();
+            let mut applied = Vec::new();
+            for body in &stream {
+                match f.on_frame(body, &all) {
+                    Ok(Step::Apply(e)) => applied.push(e),
+                    Ok(_) => {}
+                    // The follower drops the connection at the first bad frame.
+                    Err(_) => break,
+                }
+            }
+            prop_assert!(applied.len() <= log.len());
+            prop_assert_eq!(&applied[..], &log[..applied.len()]);
+        }
+
+        #[test]
+        fn bisect_finds_the_first_difference(n in 2u64..500, fork in 1u64..500) {
+            let fork = fork.min(n);
+            let mut probes = 0;
+            let found = first_difference::<()>(0, n, |o| { probes += 1; Ok(o < fork) }).unwrap();
+            prop_assert_eq!(found, fork);
+            prop_assert!(probes <= 10);
+        }
+    }
+}
