@@ -680,7 +680,11 @@ fn a_killed_opener_s_half_spawned_child_does_not_keep_the_workspace() {
     let grandchild = loop {
         let mut line = String::new();
         use std::io::BufRead;
-        assert_ne!(out.read_line(&mut line).unwrap(), 0, "the child ended early");
+        assert_ne!(
+            out.read_line(&mut line).unwrap(),
+            0,
+            "the child ended early"
+        );
         // libtest prints the test's name on the same line first.
         if let Some((_, pid)) = line.trim().split_once("forked ") {
             break pid.parse::<i32>().unwrap();
@@ -690,7 +694,11 @@ fn a_killed_opener_s_half_spawned_child_does_not_keep_the_workspace() {
     child.wait().unwrap();
     // The grandchild lives on (it sleeps up to 30 s) with the dead opener's descriptors.
     // SAFETY: kill with signal 0 only checks that the process exists.
-    assert_eq!(unsafe { libc::kill(grandchild, 0) }, 0, "the forked child is alive");
+    assert_eq!(
+        unsafe { libc::kill(grandchild, 0) },
+        0,
+        "the forked child is alive"
+    );
     let reopened = Store::open(dir.path(), KvMachine::default(), Options::default());
     // SAFETY: SIGKILL to the grandchild this test made; it was reparented, so it is not reaped
     // here.
