@@ -5,9 +5,10 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
+use crate::event::HookSummary;
 use crate::model::ResourceKind;
 
 /// A task's status (snapd's vocabulary).
@@ -241,8 +242,123 @@ pub struct Task {
     pub irreversible: bool,
     /// Hook runs so far (do and undo).
     pub attempts: u32,
-    /// Notes: failures, ignored errors, cancellations.
-    pub log: Vec<String>,
+    /// Notes: hook runs, failures, ignored errors, cancellations (facts; rendered when read).
+    pub log: Vec<TaskNote>,
+}
+
+/// A note on a task: something that happened to it, as the events said. Rendered when read
+/// (`Display`, e.g. `hook connect-plug-net attempt 2: exit 3 after 12 ms`); in human-readable
+/// encodings (the API's JSON) it serializes as that rendered text, in the projection as the
+/// typed value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskNote {
+    /// One of its hook runs ended (`hook.finished.v1`).
+    HookFinished {
+        /// Hook name.
+        hook: String,
+        /// Attempt number, from 1.
+        attempt: u32,
+        /// How it ended.
+        result: HookSummary,
+    },
+    /// One of its hook runs was cancelled (`hook.cancelled.v1`).
+    HookCancelled {
+        /// Hook name.
+        hook: String,
+        /// Attempt number, from 1.
+        attempt: u32,
+    },
+    /// It failed, and the change unwinds.
+    Failed {
+        /// Why, as the event says.
+        why: String,
+    },
+    /// It failed, and the failure does not fail the change (`ignore_error`).
+    IgnoredError {
+        /// Why, as the event says.
+        why: String,
+    },
+    /// It was cancelled by an abort.
+    Cancelled,
+    /// Undoing it failed.
+    UndoFailed {
+        /// Why, as the event says.
+        why: String,
+    },
+    /// Undoing it was cancelled.
+    UndoCancelled,
+    /// A note an event stated in words: a change in a `*.v1` event carries its tasks' notes
+    /// as text.
+    Stated {
+        /// The event's words.
+        text: String,
+    },
+}
+
+impl fmt::Display for TaskNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskNote::HookFinished {
+                hook,
+                attempt,
+                result,
+            } => write!(f, "hook {hook} attempt {attempt}: {result}"),
+            TaskNote::HookCancelled { hook, attempt } => {
+                write!(f, "hook {hook} attempt {attempt}: cancelled")
+            }
+            TaskNote::Failed { why } => write!(f, "failed: {why}"),
+            TaskNote::IgnoredError { why } => write!(f, "ignored error: {why}"),
+            TaskNote::Cancelled => f.write_str("cancelled"),
+            TaskNote::UndoFailed { why } => write!(f, "undo failed: {why}"),
+            TaskNote::UndoCancelled => f.write_str("undo cancelled"),
+            TaskNote::Stated { text } => f.write_str(text),
+        }
+    }
+}
+
+/// The projection's layout of [`TaskNote`] (serde's derive, through `remote`).
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "TaskNote")]
+enum TaskNoteLayout {
+    HookFinished {
+        hook: String,
+        attempt: u32,
+        result: HookSummary,
+    },
+    HookCancelled {
+        hook: String,
+        attempt: u32,
+    },
+    Failed {
+        why: String,
+    },
+    IgnoredError {
+        why: String,
+    },
+    Cancelled,
+    UndoFailed {
+        why: String,
+    },
+    UndoCancelled,
+    Stated {
+        text: String,
+    },
+}
+
+impl Serialize for TaskNote {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            TaskNoteLayout::serialize(self, s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskNote {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        TaskNoteLayout::deserialize(d)
+    }
 }
 
 impl Task {
@@ -395,11 +511,11 @@ impl ChangeRecord {
             task.status = match outcome {
                 TaskOutcome::Succeeded => TaskStatus::Undone,
                 TaskOutcome::Failed(why) => {
-                    task.log.push(format!("undo failed: {why}"));
+                    task.log.push(TaskNote::UndoFailed { why: why.clone() });
                     TaskStatus::Error
                 }
                 TaskOutcome::Cancelled => {
-                    task.log.push("undo cancelled".into());
+                    task.log.push(TaskNote::UndoCancelled);
                     TaskStatus::Error
                 }
             };
@@ -407,16 +523,16 @@ impl ChangeRecord {
             task.status = match outcome {
                 TaskOutcome::Succeeded => TaskStatus::Done,
                 TaskOutcome::Failed(why) if task.ignore_error => {
-                    task.log.push(format!("ignored error: {why}"));
+                    task.log.push(TaskNote::IgnoredError { why: why.clone() });
                     TaskStatus::Done
                 }
                 TaskOutcome::Failed(why) => {
-                    task.log.push(format!("failed: {why}"));
+                    task.log.push(TaskNote::Failed { why: why.clone() });
                     unwind = true;
                     TaskStatus::Error
                 }
                 TaskOutcome::Cancelled => {
-                    task.log.push("cancelled".into());
+                    task.log.push(TaskNote::Cancelled);
                     unwind = true;
                     TaskStatus::Undo
                 }
@@ -579,7 +695,11 @@ mod tests {
         c.tasks[0].ignore_error = true;
         assert_eq!(drive(&mut c, &["a"]), ["a", "b"]);
         assert_eq!(c.status, ChangeStatus::Done);
-        assert!(c.tasks[0].log[0].contains("ignored error"));
+        assert_eq!(
+            c.tasks[0].log,
+            [TaskNote::IgnoredError { why: "boom".into() }]
+        );
+        assert_eq!(c.tasks[0].log[0].to_string(), "ignored error: boom");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! payload is the event struct encoded with the log's codec. A changed event layout is a new
 //! kind version (`.v2`), never an edit of an existing one: old logs must replay forever.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -59,17 +61,51 @@ pub struct HookResult {
 }
 
 impl HookResult {
+    /// How the run ended, without its output: what the projection keeps of it.
+    pub fn summary(&self) -> HookSummary {
+        HookSummary {
+            outcome: self.outcome,
+            exit: self.exit,
+            signal: self.signal,
+            duration_ms: self.duration_ms,
+            message: self.message.clone(),
+        }
+    }
+
     /// A one-line description, e.g. `exit 3 after 12 ms`.
     pub fn describe(&self) -> String {
-        let how = match (self.outcome, self.exit, self.signal) {
-            (HookOutcome::Succeeded, _, _) => "exit 0".to_string(),
-            (HookOutcome::TimedOut, _, _) => "timed out".to_string(),
-            (HookOutcome::SpawnFailed, _, _) => format!("could not start: {}", self.message),
-            (HookOutcome::Failed, Some(code), _) => format!("exit {code}"),
-            (HookOutcome::Failed, None, Some(sig)) => format!("killed by signal {sig}"),
-            (HookOutcome::Failed, None, None) => "failed".to_string(),
-        };
-        format!("{how} after {} ms", self.duration_ms)
+        self.summary().to_string()
+    }
+}
+
+/// How a hook run ended, as the projection keeps it: the facts of a [`HookResult`] without
+/// its output tails (those stay in the `hook.finished.v1` entry). Displays as a one-line
+/// description, e.g. `exit 3 after 12 ms`, rendered when read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookSummary {
+    /// How it ended.
+    pub outcome: HookOutcome,
+    /// Exit code, if it exited.
+    pub exit: Option<i32>,
+    /// Signal, if it was killed by one.
+    pub signal: Option<i32>,
+    /// Wall time, ms.
+    pub duration_ms: u64,
+    /// Extra detail (spawn error, timeout), as the event says.
+    pub message: String,
+}
+
+impl fmt::Display for HookSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.outcome, self.exit, self.signal) {
+            (HookOutcome::Succeeded, _, _) => f.write_str("exit 0")?,
+            (HookOutcome::TimedOut, _, _) => f.write_str("timed out")?,
+            (HookOutcome::SpawnFailed, _, _) => write!(f, "could not start: {}", self.message)?,
+            (HookOutcome::Failed, Some(code), _) => write!(f, "exit {code}")?,
+            (HookOutcome::Failed, None, Some(sig)) => write!(f, "killed by signal {sig}")?,
+            (HookOutcome::Failed, None, None) => f.write_str("failed")?,
+        }
+        write!(f, " after {} ms", self.duration_ms)
     }
 }
 
@@ -357,7 +393,7 @@ mod wire {
     #[derive(Serialize, Deserialize)]
     pub struct PackageStatusChanged {
         pub package: String,
-        pub status: PackageStatus,
+        pub status: v1::PackageStatus,
     }
     #[derive(Serialize, Deserialize)]
     pub struct Package {
@@ -474,6 +510,371 @@ mod wire {
     }
 }
 
+/// The `*.v1` layouts of a change and a package status, as those kinds were first written. The
+/// kernel's own types have since moved on (a task's notes and a broken package's reason are
+/// typed facts now, rendered when read), and the bytes of a v1 event never change, so these
+/// events are encoded through these copies. Reading one, a note or a reason it states in words
+/// becomes [`TaskNote::Stated`] / [`BrokenReason::Stated`]; writing one, a typed note or reason
+/// is rendered (decide copies a broken package's status into an uninstall's undo step).
+mod v1 {
+    use super::*;
+    use crate::change::TaskNote;
+    use crate::change::{ChangeKind, ChangeStatus, Step as NowStep, Task as NowTask, TaskStatus};
+    use crate::records::{BrokenReason, PackageStatus as NowStatus};
+
+    #[derive(Serialize, Deserialize)]
+    pub struct InstallStarted {
+        pub manifest: Manifest,
+        pub change: Change,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct UninstallStarted {
+        pub package: String,
+        pub keep: Vec<ResourceKind>,
+        pub change: Change,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Change {
+        pub id: Uuid,
+        pub kind: ChangeKind,
+        pub summary: String,
+        pub packages: Vec<String>,
+        pub tasks: Vec<Task>,
+        pub status: ChangeStatus,
+        pub aborted: bool,
+        pub actor: String,
+        pub spawn_ms: u64,
+        pub ready_ms: Option<u64>,
+        pub revision: u64,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Task {
+        pub name: String,
+        pub step: Step,
+        pub undo: Step,
+        pub status: TaskStatus,
+        pub ignore_error: bool,
+        pub irreversible: bool,
+        pub attempts: u32,
+        pub log: Vec<String>,
+    }
+
+    /// The variants in their v1 order (the encoding is by position).
+    #[derive(Serialize, Deserialize)]
+    pub enum Step {
+        Hook {
+            package: String,
+            hook: String,
+            plug: Option<End>,
+            slot: Option<End>,
+        },
+        Establish {
+            plug: End,
+            slot: End,
+            interface: String,
+            auto: bool,
+            undesired: bool,
+        },
+        RemoveConnection {
+            plug: End,
+            slot: End,
+            undesired: bool,
+        },
+        MarkInstalled {
+            package: String,
+        },
+        MarkBroken {
+            package: String,
+        },
+        MarkUninstalling {
+            package: String,
+            keep: Vec<ResourceKind>,
+        },
+        RestoreStatus {
+            package: String,
+            status: PackageStatus,
+        },
+        CancelOnload {
+            package: String,
+        },
+        DeleteResources {
+            package: String,
+            keep: Vec<ResourceKind>,
+        },
+        RemovePackage {
+            package: String,
+        },
+        Nothing,
+    }
+
+    /// The variants in their v1 order.
+    #[derive(Serialize, Deserialize)]
+    pub enum PackageStatus {
+        Installing {
+            change: Uuid,
+        },
+        Installed,
+        Uninstalling {
+            keep: Vec<ResourceKind>,
+            change: Uuid,
+        },
+        Broken {
+            reason: String,
+        },
+    }
+
+    impl From<InstallStarted> for super::InstallStarted {
+        fn from(e: InstallStarted) -> Self {
+            super::InstallStarted {
+                manifest: e.manifest,
+                change: e.change.into(),
+            }
+        }
+    }
+
+    impl From<super::InstallStarted> for InstallStarted {
+        fn from(e: super::InstallStarted) -> Self {
+            InstallStarted {
+                manifest: e.manifest,
+                change: e.change.into(),
+            }
+        }
+    }
+
+    impl From<UninstallStarted> for super::UninstallStarted {
+        fn from(e: UninstallStarted) -> Self {
+            super::UninstallStarted {
+                package: e.package,
+                keep: e.keep,
+                change: e.change.into(),
+            }
+        }
+    }
+
+    impl From<super::UninstallStarted> for UninstallStarted {
+        fn from(e: super::UninstallStarted) -> Self {
+            UninstallStarted {
+                package: e.package,
+                keep: e.keep,
+                change: e.change.into(),
+            }
+        }
+    }
+
+    impl From<Change> for ChangeRecord {
+        fn from(c: Change) -> Self {
+            ChangeRecord {
+                id: c.id,
+                kind: c.kind,
+                summary: c.summary,
+                packages: c.packages,
+                tasks: c.tasks.into_iter().map(NowTask::from).collect(),
+                status: c.status,
+                aborted: c.aborted,
+                actor: c.actor,
+                spawn_ms: c.spawn_ms,
+                ready_ms: c.ready_ms,
+                revision: c.revision,
+            }
+        }
+    }
+
+    impl From<ChangeRecord> for Change {
+        fn from(c: ChangeRecord) -> Self {
+            Change {
+                id: c.id,
+                kind: c.kind,
+                summary: c.summary,
+                packages: c.packages,
+                tasks: c.tasks.into_iter().map(Task::from).collect(),
+                status: c.status,
+                aborted: c.aborted,
+                actor: c.actor,
+                spawn_ms: c.spawn_ms,
+                ready_ms: c.ready_ms,
+                revision: c.revision,
+            }
+        }
+    }
+
+    impl From<Task> for NowTask {
+        fn from(t: Task) -> Self {
+            NowTask {
+                name: t.name,
+                step: t.step.into(),
+                undo: t.undo.into(),
+                status: t.status,
+                ignore_error: t.ignore_error,
+                irreversible: t.irreversible,
+                attempts: t.attempts,
+                log: t
+                    .log
+                    .into_iter()
+                    .map(|text| TaskNote::Stated { text })
+                    .collect(),
+            }
+        }
+    }
+
+    impl From<NowTask> for Task {
+        fn from(t: NowTask) -> Self {
+            Task {
+                name: t.name,
+                step: t.step.into(),
+                undo: t.undo.into(),
+                status: t.status,
+                ignore_error: t.ignore_error,
+                irreversible: t.irreversible,
+                attempts: t.attempts,
+                log: t.log.iter().map(TaskNote::to_string).collect(),
+            }
+        }
+    }
+
+    impl From<Step> for NowStep {
+        fn from(s: Step) -> Self {
+            match s {
+                Step::Hook {
+                    package,
+                    hook,
+                    plug,
+                    slot,
+                } => NowStep::Hook {
+                    package,
+                    hook,
+                    plug,
+                    slot,
+                },
+                Step::Establish {
+                    plug,
+                    slot,
+                    interface,
+                    auto,
+                    undesired,
+                } => NowStep::Establish {
+                    plug,
+                    slot,
+                    interface,
+                    auto,
+                    undesired,
+                },
+                Step::RemoveConnection {
+                    plug,
+                    slot,
+                    undesired,
+                } => NowStep::RemoveConnection {
+                    plug,
+                    slot,
+                    undesired,
+                },
+                Step::MarkInstalled { package } => NowStep::MarkInstalled { package },
+                Step::MarkBroken { package } => NowStep::MarkBroken { package },
+                Step::MarkUninstalling { package, keep } => {
+                    NowStep::MarkUninstalling { package, keep }
+                }
+                Step::RestoreStatus { package, status } => NowStep::RestoreStatus {
+                    package,
+                    status: status.into(),
+                },
+                Step::CancelOnload { package } => NowStep::CancelOnload { package },
+                Step::DeleteResources { package, keep } => {
+                    NowStep::DeleteResources { package, keep }
+                }
+                Step::RemovePackage { package } => NowStep::RemovePackage { package },
+                Step::Nothing => NowStep::Nothing,
+            }
+        }
+    }
+
+    impl From<NowStep> for Step {
+        fn from(s: NowStep) -> Self {
+            match s {
+                NowStep::Hook {
+                    package,
+                    hook,
+                    plug,
+                    slot,
+                } => Step::Hook {
+                    package,
+                    hook,
+                    plug,
+                    slot,
+                },
+                NowStep::Establish {
+                    plug,
+                    slot,
+                    interface,
+                    auto,
+                    undesired,
+                } => Step::Establish {
+                    plug,
+                    slot,
+                    interface,
+                    auto,
+                    undesired,
+                },
+                NowStep::RemoveConnection {
+                    plug,
+                    slot,
+                    undesired,
+                } => Step::RemoveConnection {
+                    plug,
+                    slot,
+                    undesired,
+                },
+                NowStep::MarkInstalled { package } => Step::MarkInstalled { package },
+                NowStep::MarkBroken { package } => Step::MarkBroken { package },
+                NowStep::MarkUninstalling { package, keep } => {
+                    Step::MarkUninstalling { package, keep }
+                }
+                NowStep::RestoreStatus { package, status } => Step::RestoreStatus {
+                    package,
+                    status: status.into(),
+                },
+                NowStep::CancelOnload { package } => Step::CancelOnload { package },
+                NowStep::DeleteResources { package, keep } => {
+                    Step::DeleteResources { package, keep }
+                }
+                NowStep::RemovePackage { package } => Step::RemovePackage { package },
+                NowStep::Nothing => Step::Nothing,
+            }
+        }
+    }
+
+    impl From<PackageStatus> for NowStatus {
+        fn from(s: PackageStatus) -> Self {
+            match s {
+                PackageStatus::Installing { change } => NowStatus::Installing { change },
+                PackageStatus::Installed => NowStatus::Installed,
+                PackageStatus::Uninstalling { keep, change } => {
+                    NowStatus::Uninstalling { keep, change }
+                }
+                PackageStatus::Broken { reason } => NowStatus::Broken {
+                    reason: BrokenReason::Stated { why: reason },
+                },
+            }
+        }
+    }
+
+    impl From<NowStatus> for PackageStatus {
+        fn from(s: NowStatus) -> Self {
+            match s {
+                NowStatus::Installing { change } => PackageStatus::Installing { change },
+                NowStatus::Installed => PackageStatus::Installed,
+                NowStatus::Uninstalling { keep, change } => {
+                    PackageStatus::Uninstalling { keep, change }
+                }
+                NowStatus::Broken { reason } => PackageStatus::Broken {
+                    reason: reason.to_string(),
+                },
+            }
+        }
+    }
+}
+
 /// Why stored bytes are not a known event.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
@@ -579,14 +980,15 @@ impl Event {
     /// The event's payload bytes.
     pub fn encode(&self) -> Vec<u8> {
         match self.clone() {
-            Event::InstallStarted(e) => enc(&e),
-            Event::UninstallStarted(e) => enc(&e),
-            Event::PackageStatusChanged { package, status } => {
-                enc(&wire::PackageStatusChanged { package, status })
-            }
+            Event::InstallStarted(e) => enc(&v1::InstallStarted::from(e)),
+            Event::UninstallStarted(e) => enc(&v1::UninstallStarted::from(e)),
+            Event::PackageStatusChanged { package, status } => enc(&wire::PackageStatusChanged {
+                package,
+                status: status.into(),
+            }),
             Event::PackageRemoved { package } => enc(&wire::Package { package }),
             Event::ResourcesDeleted(e) => enc(&e),
-            Event::ChangeCreated(c) => enc(&c),
+            Event::ChangeCreated(c) => enc(&v1::Change::from(c)),
             Event::AbortRequested { change } => enc(&wire::Change { change }),
             Event::TaskStarted { change, task, undo } => {
                 enc(&wire::TaskStarted { change, task, undo })
@@ -710,13 +1112,17 @@ impl Event {
     pub fn decode(kind: &str, payload: &[u8]) -> Result<Event, EventError> {
         use kinds::*;
         Ok(match kind {
-            INSTALL_STARTED => Event::InstallStarted(dec(kind, payload)?),
-            UNINSTALL_STARTED => Event::UninstallStarted(dec(kind, payload)?),
+            INSTALL_STARTED => {
+                Event::InstallStarted(dec::<v1::InstallStarted>(kind, payload)?.into())
+            }
+            UNINSTALL_STARTED => {
+                Event::UninstallStarted(dec::<v1::UninstallStarted>(kind, payload)?.into())
+            }
             PACKAGE_STATUS_CHANGED => {
                 let w: wire::PackageStatusChanged = dec(kind, payload)?;
                 Event::PackageStatusChanged {
                     package: w.package,
-                    status: w.status,
+                    status: w.status.into(),
                 }
             }
             PACKAGE_REMOVED => {
@@ -724,7 +1130,7 @@ impl Event {
                 Event::PackageRemoved { package: w.package }
             }
             RESOURCES_DELETED => Event::ResourcesDeleted(dec(kind, payload)?),
-            CHANGE_CREATED => Event::ChangeCreated(dec(kind, payload)?),
+            CHANGE_CREATED => Event::ChangeCreated(dec::<v1::Change>(kind, payload)?.into()),
             ABORT_REQUESTED => {
                 let w: wire::Change = dec(kind, payload)?;
                 Event::AbortRequested { change: w.change }

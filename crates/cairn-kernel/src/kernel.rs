@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::change::{Action, ChangeKind, ChangeRecord, ChangeStatus, End, Step, Task, TaskOutcome};
+use crate::change::{
+    Action, ChangeKind, ChangeRecord, ChangeStatus, End, Step, Task, TaskNote, TaskOutcome,
+};
 use crate::command::*;
 use crate::echo::echo;
 use crate::event::{
@@ -24,9 +26,11 @@ use crate::manifest::Manifest;
 use crate::model::{is_item_name, is_package_name, DaemonState, ResourceKind, ITEM_NAME_RULE};
 use crate::records::*;
 
-/// Version of the projection's layout. Bump it when keys or records change: the store then
-/// rebuilds the projection from the log at open.
-pub const PROJECTION_VERSION: u64 = 2;
+/// Version of the projection's layout. Bump it when keys or records change, or when `apply`
+/// folds the same log differently: the store then rebuilds the projection from the log at
+/// open. The golden projection digest (`crates/cairn/tests/golden_projection.rs`) pins it.
+/// 3: a broken package's reason and a task's notes are typed facts, rendered when read.
+pub const PROJECTION_VERSION: u64 = 3;
 /// The kernel's own schema version.
 pub const SCHEMA_VERSION: u32 = 3;
 /// Oldest binary schema version that can open data written by this one (3: an accepted WAL
@@ -1615,7 +1619,9 @@ impl Kernel {
                     events.push(Event::PackageStatusChanged {
                         package,
                         status: PackageStatus::Broken {
-                            reason: format!("install change {} failed", c.id),
+                            reason: BrokenReason::Stated {
+                                why: format!("install change {} failed", c.id),
+                            },
                         },
                     });
                 }
@@ -1944,7 +1950,10 @@ impl Kernel {
                         p.onload = OnloadState::Finished { ok };
                         if !ok && p.status == PackageStatus::Installed {
                             p.status = PackageStatus::Broken {
-                                reason: format!("onload hook {}", result.describe()),
+                                reason: BrokenReason::OnloadFailed {
+                                    attempt: h.attempt,
+                                    result: result.summary(),
+                                },
                             };
                         }
                     })?;
@@ -1952,12 +1961,11 @@ impl Kernel {
                 Some(task) => {
                     let mut c = self.applied_change(state, h.change)?;
                     let t = applied_task(&mut c, task)?;
-                    t.log.push(format!(
-                        "hook {} attempt {}: {}",
-                        h.hook,
-                        h.attempt,
-                        result.describe()
-                    ));
+                    t.log.push(TaskNote::HookFinished {
+                        hook: h.hook,
+                        attempt: h.attempt,
+                        result: result.summary(),
+                    });
                     self.save_change(state, c, entry)?;
                 }
             },
@@ -1969,7 +1977,10 @@ impl Kernel {
                     let mut c = self.applied_change(state, h.change)?;
                     applied_task(&mut c, task)?
                         .log
-                        .push(format!("hook {} attempt {}: cancelled", h.hook, h.attempt));
+                        .push(TaskNote::HookCancelled {
+                            hook: h.hook,
+                            attempt: h.attempt,
+                        });
                     self.save_change(state, c, entry)?;
                 }
             },

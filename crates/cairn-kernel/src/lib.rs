@@ -26,10 +26,10 @@ pub mod query;
 pub mod records;
 
 pub use change::{
-    Action, ChangeKind, ChangeRecord, ChangeStatus, Step, Task, TaskOutcome, TaskStatus,
+    Action, ChangeKind, ChangeRecord, ChangeStatus, Step, Task, TaskNote, TaskOutcome, TaskStatus,
 };
 pub use command::{Command, Entity, Rejection};
-pub use event::{Event, EventError, HookOutcome, HookResult};
+pub use event::{Event, EventError, HookOutcome, HookResult, HookSummary};
 pub use ext::{ExtRead, ExtWrite, Extension, Migration, Schema};
 pub use kernel::{
     builtin_schema, ApplyFailure, DecideError, Kernel, OpenError, PROJECTION_VERSION,

@@ -1,10 +1,17 @@
 //! The projection's records (values under the keys in [`crate::keys`]), encoded with the log's
 //! codec. Every entity record carries `revision`: the offset of the entry that last changed it.
+//!
+//! A record holds facts the events stated, never a message this binary formatted: a mirror may
+//! run a newer binary than its leader and must fold the same log to the same bytes. Messages
+//! (a broken package's reason, a task's notes) are rendered when read, by their `Display`.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
 use crate::change::End;
+use crate::event::HookSummary;
 use crate::manifest::Manifest;
 use crate::model::{DaemonState, FeatureState, ResourceKind, Restart, Role, Scope};
 
@@ -28,8 +35,63 @@ pub enum PackageStatus {
     /// Something failed; uninstall cleans it up.
     Broken {
         /// Why.
-        reason: String,
+        reason: BrokenReason,
     },
+}
+
+/// Why a package is broken, as the events said. Rendered when read (`Display`); in
+/// human-readable encodings (the API's JSON) it serializes as that rendered text, in the
+/// projection as the typed value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BrokenReason {
+    /// Its `onload` hook failed (`hook.finished.v1` of an `onload` run).
+    OnloadFailed {
+        /// The attempt that failed, from 1.
+        attempt: u32,
+        /// How it ended.
+        result: HookSummary,
+    },
+    /// A reason an event stated in words: `package.status_changed.v1` carries a broken status
+    /// as text (an install change that failed, or the status an undone uninstall restores).
+    Stated {
+        /// The event's words.
+        why: String,
+    },
+}
+
+impl fmt::Display for BrokenReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokenReason::OnloadFailed { attempt: _, result } => {
+                write!(f, "onload hook {result}")
+            }
+            BrokenReason::Stated { why } => f.write_str(why),
+        }
+    }
+}
+
+/// The projection's layout of [`BrokenReason`] (serde's derive, through `remote`).
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "BrokenReason")]
+enum BrokenReasonLayout {
+    OnloadFailed { attempt: u32, result: HookSummary },
+    Stated { why: String },
+}
+
+impl Serialize for BrokenReason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            BrokenReasonLayout::serialize(self, s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BrokenReason {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BrokenReasonLayout::deserialize(d)
+    }
 }
 
 impl PackageStatus {

@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use cairn_kernel::change::{ChangeKind, ChangeRecord, ChangeStatus, Step, Task, TaskOutcome};
+use cairn_kernel::change::{
+    ChangeKind, ChangeRecord, ChangeStatus, Step, Task, TaskNote, TaskOutcome,
+};
 use cairn_kernel::event::{
     kinds, Event, HookOutcome, HookRef, HookResult, InstallStarted, ResourcesDeleted,
     UninstallStarted,
@@ -18,7 +20,7 @@ use cairn_kernel::manifest::{
     DaemonDecl, FeatureDecl, HookExec, HookSpec, Manifest, ModelType, PlugDecl, SlotDecl,
 };
 use cairn_kernel::model::{DaemonState, FeatureState, ResourceKind, Restart, Role, Scope};
-use cairn_kernel::records::PackageStatus;
+use cairn_kernel::records::{BrokenReason, PackageStatus};
 use cairn_log::frame::{split_frames, write_frame};
 use uuid::Uuid;
 
@@ -89,7 +91,10 @@ fn change(kind: ChangeKind) -> ChangeRecord {
     let mut hold = Task::new("held", Step::Nothing, Step::Nothing);
     hold.status = cairn_kernel::TaskStatus::Hold;
     hold.attempts = 3;
-    hold.log = vec!["failed: exit 1".into()];
+    // A v1 change states its tasks' notes as text: they decode as stated notes.
+    hold.log = vec![TaskNote::Stated {
+        text: "failed: exit 1".into(),
+    }];
     ChangeRecord {
         id: Uuid::from_u128(0x7c1e_0000_0000_4000_8000_0000_0000_0001),
         kind,
@@ -105,7 +110,9 @@ fn change(kind: ChangeKind) -> ChangeRecord {
                 Step::RestoreStatus {
                     package: "netmon".into(),
                     status: PackageStatus::Broken {
-                        reason: "onload hook exit 3 after 5 ms".into(),
+                        reason: BrokenReason::Stated {
+                            why: "onload hook exit 3 after 5 ms".into(),
+                        },
                     },
                 },
             )

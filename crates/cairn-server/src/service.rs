@@ -644,7 +644,8 @@ pub fn change_json(c: &ChangeRecord) -> Value {
             "name": t.name,
             "status": t.status.as_str(),
             "attempts": t.attempts,
-            "log": t.log,
+            // Notes are facts in the projection; rendered here, when read.
+            "log": t.log.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -668,7 +669,7 @@ fn package_json(view: &dyn cairn_log::StateRead, p: &PackageRecord) -> Result<Va
             Some(keep.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
             None,
         ),
-        PackageStatus::Broken { reason } => (None, None, Some(reason.clone())),
+        PackageStatus::Broken { reason } => (None, None, Some(reason.to_string())),
     };
     Ok(json!({
         "name": name,
