@@ -56,6 +56,8 @@ pub struct Remote {
     /// The bearer token.
     pub token: String,
     agent: ureq::Agent,
+    /// Sent as `Cairn-Min-Offset` with every read.
+    min_offset: Option<u64>,
 }
 
 /// The actor local-mode commands are recorded as.
@@ -312,13 +314,25 @@ impl Remote {
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(10))
                 .build(),
+            min_offset: None,
         })
     }
 
+    /// Reads ask the server to answer only once it has applied `min_offset`.
+    pub fn with_min_offset(mut self, min_offset: Option<u64>) -> Remote {
+        self.min_offset = min_offset;
+        self
+    }
+
     fn request(&self, method: &str, path: &str) -> ureq::Request {
-        self.agent
+        let r = self
+            .agent
             .request(method, &format!("{}{}", self.base, path))
-            .set("authorization", &format!("Bearer {}", self.token))
+            .set("authorization", &format!("Bearer {}", self.token));
+        match self.min_offset {
+            Some(n) => r.set(cairn_server::MIN_OFFSET_HEADER, &n.to_string()),
+            None => r,
+        }
     }
 
     /// Sends a request and decodes the JSON answer (or the JSON error).

@@ -84,6 +84,10 @@ struct Cli {
     /// last 100 ms, a process crash loses nothing).
     #[arg(long, global = true, env = "CAIRN_DURABILITY", default_value = "sync", value_parser = ["sync", "buffered"])]
     durability: String,
+    /// Remote mode: a read answers only once the node has applied offset N (waits up to 10 s;
+    /// read-your-writes across nodes: pass the offset a write answered with).
+    #[arg(long, global = true, value_name = "N")]
+    min_offset: Option<u64>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -163,6 +167,13 @@ enum Cmd {
         /// Address to listen on (port 0 picks a free port; the URL is printed).
         #[arg(long, default_value = "127.0.0.1:7878", value_name = "ADDR")]
         listen: String,
+        /// Answer a command only once this many mirrors have durably applied it.
+        #[arg(long, default_value_t = 0, value_name = "K")]
+        sync_mirrors: usize,
+        /// With --sync-mirrors: how long a command waits for them before it answers 503
+        /// not_replicated (it is committed on the leader).
+        #[arg(long, default_value_t = cairn_server::SYNC_TIMEOUT_MS_DEFAULT, value_name = "MS")]
+        sync_timeout_ms: u64,
     },
     /// Run a mirror: follow a leader's log into the local data directory and serve the read
     /// API on ADDR until SIGTERM or SIGINT (writes answer 503 naming the leader).
@@ -580,11 +591,25 @@ fn stdout_failed(e: &std::io::Error) -> ! {
 /// Opens where the command runs: remote when `--server` is given, else local.
 fn backend(cli: &Cli, open: Open) -> Result<Backend, Failure> {
     match (&cli.server, &cli.token_file) {
-        (Some(url), Some(tf)) => Ok(Backend::Remote(Remote::new(url, tf)?)),
+        (Some(url), Some(tf)) => Ok(Backend::Remote(
+            Remote::new(url, tf)?.with_min_offset(cli.min_offset),
+        )),
         (Some(_), None) => Err(Failure::Usage(
             "--server needs --token-file FILE (the bearer token)".into(),
         )),
-        (None, _) => open_local(&data_dir(&cli.data), open, durability(cli)),
+        (None, _) => {
+            let b = open_local(&data_dir(&cli.data), open, durability(cli))?;
+            if let (Some(wanted), Backend::Local { svc, .. }) = (cli.min_offset, &b) {
+                // A local workspace holds everything it will ever apply: nothing to wait for.
+                let applied = svc.workspace().applied();
+                if wanted > applied {
+                    return Err(Failure::Other(format!(
+                        "--min-offset {wanted}: this workspace's applied offset is {applied}"
+                    )));
+                }
+            }
+            Ok(b)
+        }
     }
 }
 
@@ -621,7 +646,18 @@ fn progress_bar(total: u64, what: &str) -> ProgressBar {
 fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Cmd::Init => init(&cli),
-        Cmd::Serve { listen } => serve(&cli, listen),
+        Cmd::Serve {
+            listen,
+            sync_mirrors,
+            sync_timeout_ms,
+        } => serve(
+            &cli,
+            listen,
+            cairn_server::SyncMirrors {
+                count: *sync_mirrors,
+                timeout_ms: *sync_timeout_ms,
+            },
+        ),
         Cmd::Mirror { .. } => mirror(&cli),
         Cmd::Rebuild => rebuild(&cli),
         Cmd::Recover { .. } => recover(&cli),
@@ -970,19 +1006,7 @@ fn print_answer(cli: &Cli, v: &Value) {
             v["applied_offset"],
             v["digest"].as_str().unwrap_or_default()
         ),
-        Cmd::Status => output::fields(
-            &v,
-            &[
-                "role",
-                "workspace_id",
-                "applied_offset",
-                "epoch",
-                "leader",
-                "lag",
-                "writer",
-                "writer_reason",
-            ],
-        ),
+        Cmd::Status => output::status(&v),
         Cmd::Token(Token::Create { name, role, .. }) => {
             eprintln!("created token {name:?} with role {role}; its secret (shown once):");
             println!("{}", v["token"].as_str().unwrap_or_default());
@@ -1155,7 +1179,7 @@ fn token_create_out(cli: &Cli, name: &str, file: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
+fn serve(cli: &Cli, listen: &str, sync: cairn_server::SyncMirrors) -> Result<(), Failure> {
     let data = local_only(cli, "serve")?;
     let b = open_local(&data, Open::Serve, durability(cli))?;
     let Backend::Local { rt, svc } = b else {
@@ -1163,7 +1187,7 @@ fn serve(cli: &Cli, listen: &str) -> Result<(), Failure> {
             "internal: serve needs a local workspace".into(),
         ));
     };
-    run_server(&rt, svc, &data, listen, "serving")
+    run_server(&rt, svc.with_sync_mirrors(sync), &data, listen, "serving")
 }
 
 /// `cairn mirror`: provisions the data directory from a backup when asked, opens it as a

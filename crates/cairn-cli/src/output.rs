@@ -88,6 +88,51 @@ pub fn fields(v: &Value, keys: &[&str]) {
     }
 }
 
+/// `cairn status`: the node's fields; then its mirrors (a leader) or what its follower is
+/// doing (a mirror).
+pub fn status(v: &Value) {
+    fields(
+        v,
+        &[
+            "role",
+            "workspace_id",
+            "applied_offset",
+            "epoch",
+            "leader",
+            "lag",
+            "writer",
+            "writer_reason",
+        ],
+    );
+    if let Some(follow) = v.get("follow") {
+        fields(
+            follow,
+            &[
+                "state",
+                "leader_head",
+                "connects",
+                "refused_frames",
+                "message",
+                "last_error",
+            ],
+        );
+    }
+    if let Some(mirrors) = v["mirrors"].as_array().filter(|m| !m.is_empty()) {
+        println!();
+        list(
+            &Value::Array(mirrors.clone()),
+            &["MIRROR", "APPLIED", "LAG_ENTRIES", "LAG_MS", "CONNECTED"],
+            &[
+                "name",
+                "applied_offset",
+                "lag_entries",
+                "lag_ms",
+                "connected",
+            ],
+        );
+    }
+}
+
 /// One log entry as a human line: offset, kind, actor, event.
 pub fn entry_line(e: &Value) -> String {
     format!(

@@ -298,20 +298,16 @@ fn two_mirrors_hold_the_leader_s_log_and_digest_and_never_run_a_hook() {
         metrics.contains("cairn_mirror_lag_entries{mirror=\"m1\"} 0"),
         "{metrics}"
     );
-    // A write to a mirror is refused, naming the leader; the mirror's reads go on.
+    // A write to a mirror goes to the leader and is read back on the mirror at once.
     let (status, body) = http(
         "PUT",
         &format!("{}/v1/vars/app2/k1", mirrors[0].url),
         Some(&token),
         Some("{\"value\": \"x\"}"),
     );
-    assert_eq!(status, 503, "{body}");
-    assert!(
-        body.contains("not_leader") && body.contains(&leader.url),
-        "{body}"
-    );
+    assert_eq!(status, 200, "{body}");
     let var = get_json(&format!("{}/v1/vars/app2/k1", mirrors[0].url), &token);
-    assert!(var["value"].as_str().unwrap().starts_with('v'), "{var}");
+    assert_eq!(var["value"], "x", "{var}");
 }
 
 #[test]
@@ -736,4 +732,221 @@ fn a_damaging_proxy_never_gets_a_bad_frame_applied_and_the_mirror_converges() {
     // Nothing bad was applied: the mirror's own chain and replay verify.
     let audit = get_json(&format!("{}/v1/audit/verify", m.url), &token);
     assert_eq!(audit["digest"].as_str(), Some(l.1.as_str()), "{audit}");
+}
+
+/// An HTTP call returning `(status, Cairn-Offset header, body)`.
+fn call(
+    method: &str,
+    url: &str,
+    token: &str,
+    headers: &[(&str, String)],
+    body: Option<&str>,
+) -> (u16, Option<u64>, String) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
+    let mut req = agent
+        .request(method, url)
+        .set("authorization", &format!("Bearer {token}"));
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let resp = match body {
+        Some(b) => req.set("content-type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    let resp = match resp {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let offset = resp.header("cairn-offset").and_then(|v| v.parse().ok());
+    (status, offset, resp.into_string().unwrap_or_default())
+}
+
+fn put_var(
+    base: &str,
+    token: &str,
+    key: &str,
+    value: &str,
+    idem: Option<&str>,
+) -> (u16, Option<u64>, String) {
+    let headers: Vec<(&str, String)> = idem
+        .map(|k| ("idempotency-key", k.to_string()))
+        .into_iter()
+        .collect();
+    call(
+        "PUT",
+        &format!("{base}/v1/vars/p/{key}"),
+        token,
+        &headers,
+        Some(&format!("{{\"value\": \"{value}\"}}")),
+    )
+}
+
+#[test]
+fn a_write_to_a_mirror_is_forwarded_and_read_back_there_and_min_offset_waits() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let token = token_of(&s.ws.admin_token());
+    let m = Mirror::start(
+        &s.ws.path("mirror"),
+        &leader.url,
+        &s.mirror_token,
+        Some(&s.backup),
+        "m",
+        &s.ws.path("mirror.log"),
+    );
+    // Forwarded with the caller's token; answered once the mirror applied it.
+    let (status, offset, body) = put_var(&m.url, &token, "k1", "via-mirror", Some("w-1"));
+    assert_eq!(status, 200, "{body}");
+    let offset = offset.expect("a write answer carries Cairn-Offset");
+    let var = get_json(&format!("{}/v1/vars/p/k1", m.url), &token);
+    assert_eq!(
+        var["value"], "via-mirror",
+        "read-your-writes on the mirror: {var}"
+    );
+    assert!(digest(&m.url, &token).0 >= offset);
+    // The log names the caller, not the mirror.
+    let entries = get_json(
+        &format!("{}/v1/log?from={offset}&limit=1", leader.url),
+        &token,
+    );
+    assert_eq!(entries[0]["meta"]["actor"], "token:admin", "{entries}");
+    // A retry with the same key through the mirror writes nothing.
+    let (status, _, body) = put_var(&m.url, &token, "k1", "via-mirror", Some("w-1"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"replayed\":true"), "{body}");
+    // Across nodes: a write on the leader, read on the mirror at that offset.
+    let (status, offset, body) = put_var(&leader.url, &token, "k2", "on-leader", None);
+    assert_eq!(status, 200, "{body}");
+    let offset = offset.unwrap();
+    let (status, _, body) = call(
+        "GET",
+        &format!("{}/v1/vars/p/k2", m.url),
+        &token,
+        &[("cairn-min-offset", offset.to_string())],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("on-leader"), "{body}");
+    let got = common::run(&[
+        "--server",
+        &m.url,
+        "--token-file",
+        s.ws.admin_token().to_str().unwrap(),
+        "--min-offset",
+        &offset.to_string(),
+        "var",
+        "get",
+        "p",
+        "k2",
+    ])
+    .ok();
+    assert!(got.contains("on-leader"), "{got}");
+    // An offset the node will not reach in time: a clear timeout, not a stale answer.
+    let (status, _, body) = call(
+        "GET",
+        &format!("{}/v1/vars/p/k2", m.url),
+        &token,
+        &[("cairn-min-offset", (offset + 1_000_000).to_string())],
+        None,
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("lagging") && body.contains("not yet"),
+        "{body}"
+    );
+    // The leader gone: writes to the mirror say so, reads go on.
+    drop(leader);
+    let (status, _, body) = put_var(&m.url, &token, "k3", "x", None);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("not_leader") && body.contains("cannot be reached"),
+        "{body}"
+    );
+    let var = get_json(&format!("{}/v1/vars/p/k2", m.url), &token);
+    assert_eq!(var["value"], "on-leader");
+}
+
+/// `cairn serve` with extra arguments, on a free port.
+fn serve_with(data: &Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(bin())
+        .args([
+            "--data",
+            data.to_str().unwrap(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env_remove("CAIRN_DATA")
+        .env("CAIRN_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("serve printed {line:?}"))
+        .to_string();
+    Server { child, url }
+}
+
+#[test]
+fn with_sync_mirrors_a_write_is_answered_only_once_a_mirror_applied_it() {
+    let s = setup();
+    let leader = serve_with(
+        &s.ws.data,
+        &["--sync-mirrors", "1", "--sync-timeout-ms", "1500"],
+    );
+    let token = token_of(&s.ws.admin_token());
+    // No mirror yet: committed on the leader, answered 503 not_replicated with its offset.
+    let (status, _, body) = put_var(&leader.url, &token, "k0", "alone", Some("s-0"));
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("not_replicated") && body.contains("committed on the leader at offset"),
+        "{body}"
+    );
+    let var = get_json(&format!("{}/v1/vars/p/k0", leader.url), &token);
+    assert_eq!(var["value"], "alone");
+    let data = s.ws.path("mirror");
+    let log = s.ws.path("mirror.log");
+    let m = Mirror::start(
+        &data,
+        &leader.url,
+        &s.mirror_token,
+        Some(&s.backup),
+        "m",
+        &log,
+    );
+    // The retry of that write returns it once the mirror has it.
+    let (status, _, body) = put_var(&leader.url, &token, "k0", "alone", Some("s-0"));
+    assert_eq!(status, 200, "{body}");
+    for i in 1..=20 {
+        let (status, offset, body) = put_var(&leader.url, &token, &format!("k{i}"), "sync", None);
+        assert_eq!(status, 200, "{body}");
+        // At acknowledgement the mirror has already applied the offset.
+        let (applied, _) = digest(&m.url, &token);
+        assert!(
+            applied >= offset.unwrap(),
+            "acknowledged {offset:?} before the mirror had it ({applied})"
+        );
+    }
+    // The only mirror killed: writes wait for the timeout and say so.
+    m.kill();
+    let (status, _, body) = put_var(&leader.url, &token, "k99", "late", Some("s-99"));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("0 of the 1 mirrors"), "{body}");
+    let m = Mirror::start(&data, &leader.url, &s.mirror_token, None, "m", &log);
+    let (status, offset, body) = put_var(&leader.url, &token, "k99", "late", Some("s-99"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"replayed\":true"), "{body}");
+    assert!(digest(&m.url, &token).0 >= offset.unwrap());
 }

@@ -6,14 +6,66 @@ use std::process::Command;
 
 #[test]
 fn the_readme_worked_example_runs_as_written() {
+    let (stdout, stderr) = run_block("worked-example");
+    // What each step promises.
+    assert!(stdout.contains("netmon  1.2.0    installed"), "{stdout}");
+    assert!(
+        stdout.contains("refused: feature bgp does not exist"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("threshold  25"),
+        "kept var listed: {stdout}"
+    );
+    assert!(stdout.contains("package.removed.v1"), "{stdout}");
+    assert!(stdout.contains("ok: "), "audit passed: {stdout}");
+    assert!(
+        stdout.contains("refused: the auditor's token has role read"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("has role read; this needs write"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_readme_mirror_section_runs_as_written() {
+    let (stdout, stderr) = run_block("run-a-mirror");
+    let lines: Vec<&str> = stdout.lines().collect();
+    // `var get` on the mirror prints the value written on the leader.
+    assert!(stdout.contains("25"), "{stdout}");
+    // The two `state digest` lines are equal: the same offset and digest on both nodes.
+    let digests: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.split(' ').count() == 2 && l.split(' ').nth(1).is_some_and(|d| d.len() == 64))
+        .collect();
+    assert_eq!(digests.len(), 2, "{stdout}");
+    assert_eq!(digests[0], digests[1], "{stdout}");
+    assert!(
+        stdout.contains("mirror-1"),
+        "the leader lists its mirror: {stdout}"
+    );
+    assert!(stdout.contains("following"), "{stdout}");
+    // The write sent to the mirror reached the leader.
+    assert_eq!(
+        lines.last().map(|l| l.trim()),
+        Some("30"),
+        "{stdout}\n{stderr}"
+    );
+}
+
+/// Runs the `sh` block between `<!-- NAME: begin` and `<!-- NAME: end` of the README, with
+/// free ports for 7878 and 7879; returns its stdout and stderr (it must succeed).
+fn run_block(name: &str) -> (String, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let begin = readme
-        .find("<!-- worked-example: begin")
-        .expect("README has the worked-example marker");
+        .find(&format!("<!-- {name}: begin"))
+        .unwrap_or_else(|| panic!("README has the {name} marker"));
     let end = readme[begin..]
-        .find("<!-- worked-example: end")
-        .expect("README closes the worked example")
+        .find(&format!("<!-- {name}: end"))
+        .unwrap_or_else(|| panic!("README closes the {name} block"))
         + begin;
     let block = &readme[begin..end];
     let script = block
@@ -21,12 +73,16 @@ fn the_readme_worked_example_runs_as_written() {
         .and_then(|(_, rest)| rest.split_once("```"))
         .expect("a sh block inside the markers")
         .0;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let script = script.replace("127.0.0.1:7878", &format!("127.0.0.1:{port}"));
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let script = script
+        .replace("127.0.0.1:7878", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:7879", &format!("127.0.0.1:{}", free_port()));
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_cairn")).parent().unwrap();
     let path = format!(
         "{}:{}",
@@ -57,24 +113,5 @@ fn the_readme_worked_example_runs_as_written() {
         "the worked example failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         out.status
     );
-    // What each step promises.
-    assert!(stdout.contains("netmon  1.2.0    installed"), "{stdout}");
-    assert!(
-        stdout.contains("refused: feature bgp does not exist"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("threshold  25"),
-        "kept var listed: {stdout}"
-    );
-    assert!(stdout.contains("package.removed.v1"), "{stdout}");
-    assert!(stdout.contains("ok: "), "audit passed: {stdout}");
-    assert!(
-        stdout.contains("refused: the auditor's token has role read"),
-        "{stdout}"
-    );
-    assert!(
-        stderr.contains("has role read; this needs write"),
-        "{stderr}"
-    );
+    (stdout.into_owned(), stderr.into_owned())
 }

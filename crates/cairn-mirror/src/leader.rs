@@ -47,6 +47,8 @@ pub struct MirrorRecord {
 #[derive(Debug, Default)]
 pub struct Mirrors {
     table: Mutex<BTreeMap<String, MirrorRecord>>,
+    /// Woken on every acknowledgement (synchronous mirrors wait on it).
+    acked: tokio::sync::Notify,
 }
 
 impl Mirrors {
@@ -86,6 +88,32 @@ impl Mirrors {
         let mut table = self.table();
         let record = Self::record(&mut table, name, now_ms);
         record.applied_offset = record.applied_offset.max(applied);
+        drop(table);
+        self.acked.notify_waiters();
+    }
+
+    /// How many mirrors have acknowledged `offset` or later.
+    pub fn acked_at_least(&self, offset: u64) -> usize {
+        self.table()
+            .values()
+            .filter(|m| m.applied_offset >= offset)
+            .count()
+    }
+
+    /// Waits until `count` mirrors have acknowledged `offset` or later, or `timeout` passes;
+    /// returns how many have.
+    pub async fn wait_acked(&self, offset: u64, count: usize, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let woken = self.acked.notified();
+            let have = self.acked_at_least(offset);
+            if have >= count {
+                return have;
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return self.acked_at_least(offset);
+            }
+        }
     }
 
     /// Every mirror, by name.

@@ -433,6 +433,8 @@ pub mod codes {
     pub const UNAVAILABLE: &str = "unavailable";
     pub const OFFLINE_ONLY: &str = "offline_only";
     pub const NOT_LEADER: &str = "not_leader";
+    pub const LAGGING: &str = "lagging";
+    pub const NOT_REPLICATED: &str = "not_replicated";
 }
 
 /// A failed request, as the JSON body `{"error": {"code", "message"}}` and an HTTP status.
@@ -485,7 +487,7 @@ pub fn status_of(code: &str) -> u16 {
         "unauthorized" => 401,
         "forbidden" => 403,
         "too_large" => 413,
-        "unavailable" | "not_leader" => 503,
+        "unavailable" | "not_leader" | "lagging" | "not_replicated" => 503,
         // A follower the leader refuses (`cairn_mirror::Refusal::code`).
         "wrong_workspace" | "upgrade_mirror" | "follower_ahead" | "diverged" => 409,
         "protocol" => 400,

@@ -28,6 +28,28 @@ use crate::service::{entry_json, Service};
 pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// Chunks a stream buffers ahead of a slow client.
 pub const STREAM_CHUNKS_AHEAD_MAX: usize = 16;
+/// The header a command's answer carries: the applied offset its effects are visible at.
+pub const OFFSET_HEADER: &str = "cairn-offset";
+/// The header a read may carry: answer only once this offset is applied here.
+pub const MIN_OFFSET_HEADER: &str = "cairn-min-offset";
+/// How long a read waits for `Cairn-Min-Offset` (and a forwarded command for its offset)
+/// before it answers 503 `lagging`.
+pub const MIN_OFFSET_WAIT_MS_MAX: u64 = 10_000;
+/// How long a mirror waits for the leader's answer to a forwarded command (a command waiting
+/// for its change can take as long as its hooks).
+pub const FORWARD_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+
+/// The agent a mirror forwards commands with (kept-alive connections to the leader).
+fn forward_agent() -> &'static ureq::Agent {
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::AgentBuilder::new()
+            .timeout_connect(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_millis(FORWARD_TIMEOUT_MS))
+            .build()
+    })
+}
+
 /// After a shutdown signal, how long in-flight requests and streams may take before their
 /// connections are dropped.
 pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
@@ -124,8 +146,189 @@ fn error_response(e: &ApiError) -> Response {
 }
 
 impl App {
-    /// Authenticates, checks the role, runs the request, and records the response status.
+    /// Authenticates, checks the role, runs the request, and records the response status. On a
+    /// mirror a command is forwarded to the leader; a read waits for `Cairn-Min-Offset` first.
+    /// A command's answer carries `Cairn-Offset`: the applied offset it is visible at.
     async fn run(&self, headers: &HeaderMap, req: Result<Request, ApiError>) -> Response {
+        let is_command = req.as_ref().is_ok_and(|r| !r.is_read());
+        if let (Ok(r), crate::service::Replication::Mirror(follower)) =
+            (&req, self.svc.replication())
+        {
+            if is_command {
+                if let Err(e) = self.auth(headers, Some(r.role())) {
+                    return self.reply(Err(e));
+                }
+                return self.forward(r, headers, &follower.get().leader).await;
+            }
+        }
+        if req.is_ok() && !is_command {
+            if let Err(e) = self.wait_min_offset(headers).await {
+                return self.reply(Err(e));
+            }
+        }
+        let mut response = self.run_here(headers, req).await;
+        if is_command && response.status().is_success() {
+            let offset = self.svc.workspace().applied();
+            if let Err(e) = self.wait_sync_mirrors(offset).await {
+                return self.reply(Err(e));
+            }
+            if let Ok(v) = offset.to_string().parse() {
+                response.headers_mut().insert(OFFSET_HEADER, v);
+            }
+        }
+        response
+    }
+
+    /// With `--sync-mirrors K`: waits until K mirrors have durably applied `offset`, or
+    /// answers 503 `not_replicated` after the timeout (the command is committed here).
+    async fn wait_sync_mirrors(&self, offset: u64) -> Result<(), ApiError> {
+        let sync = self.svc.sync_mirrors();
+        let crate::service::Replication::Leader(mirrors) = self.svc.replication() else {
+            return Ok(());
+        };
+        if sync.count == 0 {
+            return Ok(());
+        }
+        let have = mirrors
+            .wait_acked(
+                offset,
+                sync.count,
+                std::time::Duration::from_millis(sync.timeout_ms),
+            )
+            .await;
+        if have >= sync.count {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            codes::NOT_REPLICATED,
+            format!(
+                "committed on the leader at offset {offset}, but {have} of the {} mirrors \
+                 required applied it within {} ms; a retry with the same Idempotency-Key \
+                 returns it once they have",
+                sync.count, sync.timeout_ms
+            ),
+        ))
+    }
+
+    /// Waits, bounded by `MIN_OFFSET_WAIT_MS_MAX`, until this node has applied the offset the
+    /// `Cairn-Min-Offset` header asks for (read-your-writes across nodes).
+    async fn wait_min_offset(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(value) = headers.get(MIN_OFFSET_HEADER) else {
+            return Ok(());
+        };
+        let wanted: u64 = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                ApiError::bad("the Cairn-Min-Offset header is not a non-negative integer")
+            })?;
+        self.wait_applied(wanted).await
+    }
+
+    async fn wait_applied(&self, wanted: u64) -> Result<(), ApiError> {
+        let ws = self.svc.workspace();
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_millis(MIN_OFFSET_WAIT_MS_MAX),
+            ws.wait_for(wanted),
+        )
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ApiError::new(
+                codes::LAGGING,
+                format!(
+                    "this node has applied offset {}, not yet {wanted}; waited \
+                     {MIN_OFFSET_WAIT_MS_MAX} ms",
+                    ws.applied()
+                ),
+            )),
+        }
+    }
+
+    /// Sends a command received by a mirror to its leader, with the caller's token and an
+    /// idempotency key (the caller's, or a new one), and answers with the leader's answer once
+    /// this mirror has applied the offset the leader answered at.
+    async fn forward(&self, req: &Request, headers: &HeaderMap, leader: &str) -> Response {
+        let http = req.http();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let auth = header("authorization").unwrap_or_default();
+        let key = header("idempotency-key")
+            .unwrap_or_else(|| format!("forwarded-{}", uuid::Uuid::new_v4()));
+        let url = format!("{leader}{}", http.path);
+        let sent = tokio::task::spawn_blocking(move || {
+            let mut r = forward_agent()
+                .request(http.method, &url)
+                .set("authorization", &auth)
+                .set("idempotency-key", &key);
+            for (k, v) in &http.query {
+                r = r.query(k, v);
+            }
+            let answer = match http.body {
+                Some(b) => r.send_json(b),
+                None => r.call(),
+            };
+            match answer {
+                Ok(resp) | Err(ureq::Error::Status(_, resp)) => {
+                    let status = resp.status();
+                    let offset = resp
+                        .header(OFFSET_HEADER)
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let body = resp.into_string().map_err(|e| e.to_string())?;
+                    Ok((status, offset, body))
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        let (status, offset, body) = match sent {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                return self.reply(Err(ApiError::new(
+                    codes::NOT_LEADER,
+                    format!(
+                        "this node is a mirror; its leader {} cannot be reached to forward the \
+                         command: {e}",
+                        echo(leader)
+                    ),
+                )))
+            }
+            Err(e) => {
+                return self.reply(Err(ApiError::new(
+                    codes::INTERNAL,
+                    format!("forwarding task failed: {e}"),
+                )))
+            }
+        };
+        if let Some(offset) = offset {
+            if let Err(e) = self.wait_applied(offset).await {
+                return self.reply(Err(ApiError::new(
+                    codes::LAGGING,
+                    format!(
+                        "the leader committed the command (answered at offset {offset}), but {}; \
+                         a retry with the same Idempotency-Key returns it",
+                        e.message
+                    ),
+                )));
+            }
+        }
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        self.svc.metrics().http(status.as_u16());
+        let mut response = (status, [("content-type", "application/json")], body).into_response();
+        if let Some(v) = offset.and_then(|o| o.to_string().parse().ok()) {
+            response.headers_mut().insert(OFFSET_HEADER, v);
+        }
+        response
+    }
+
+    /// Authenticates, checks the role, runs the request here, and records the response status.
+    async fn run_here(&self, headers: &HeaderMap, req: Result<Request, ApiError>) -> Response {
         let result = match self.auth(headers, req.as_ref().map(|r| r.role()).ok()) {
             Err(e) => Err(e),
             Ok(actor) => match req {

@@ -19,5 +19,5 @@ pub mod metrics;
 pub mod service;
 
 pub use api::{ApiError, Request};
-pub use http::{serve, REQUEST_BODY_BYTES_MAX};
-pub use service::Service;
+pub use http::{serve, MIN_OFFSET_HEADER, OFFSET_HEADER, REQUEST_BODY_BYTES_MAX};
+pub use service::{Service, SyncMirrors, SYNC_TIMEOUT_MS_DEFAULT};

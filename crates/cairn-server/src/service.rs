@@ -37,7 +37,21 @@ pub struct Service {
     audit: Arc<tokio::sync::Mutex<()>>,
     /// This node's part in replication.
     replication: Replication,
+    /// Synchronous mirrors: a command is answered once this many mirrors applied it.
+    sync_mirrors: SyncMirrors,
 }
+
+/// `cairn serve --sync-mirrors K --sync-timeout-ms T`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncMirrors {
+    /// Mirrors that must have durably applied a command before it is answered (0: none).
+    pub count: usize,
+    /// How long a command waits for them before it answers 503 `not_replicated`.
+    pub timeout_ms: u64,
+}
+
+/// The default of `--sync-timeout-ms`.
+pub const SYNC_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 
 /// A node's part in replication, as the service sees it.
 #[derive(Clone)]
@@ -68,7 +82,19 @@ impl Service {
             shutdown: CancellationToken::new(),
             audit: Arc::default(),
             replication,
+            sync_mirrors: SyncMirrors::default(),
         }
+    }
+
+    /// Answers commands only once `sync.count` mirrors have applied them (a leader's option).
+    pub fn with_sync_mirrors(mut self, sync: SyncMirrors) -> Self {
+        self.sync_mirrors = sync;
+        self
+    }
+
+    /// The synchronous-mirror setting.
+    pub fn sync_mirrors(&self) -> SyncMirrors {
+        self.sync_mirrors
     }
 
     /// This node's part in replication.

@@ -725,3 +725,37 @@ fn hold_then_fork(dir: &Path) -> ! {
     std::thread::sleep(Duration::from_secs(30));
     std::process::exit(1);
 }
+
+#[test]
+fn every_commit_reaches_the_applied_listeners_whoever_made_it() {
+    let dir = fresh();
+    let store = open(dir.path());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    store.on_applied({
+        let seen = Arc::clone(&seen);
+        move |offset| seen.lock().unwrap().push(offset)
+    });
+    set(&store, "a", "1");
+    set(&store, "b", "2");
+    assert_eq!(*seen.lock().unwrap(), [1, 2], "commands");
+    // Entries written elsewhere (a leader's, on a mirror) are announced too.
+    let entries = store.read().unwrap().read_log(1, 10).unwrap();
+    let other = fresh();
+    let mirror = open(other.path());
+    let mirrored = Arc::new(std::sync::Mutex::new(Vec::new()));
+    mirror.on_applied({
+        let mirrored = Arc::clone(&mirrored);
+        move |offset| mirrored.lock().unwrap().push(offset)
+    });
+    mirror.submit_entries(entries).wait().unwrap();
+    assert_eq!(*mirrored.lock().unwrap(), [2], "one commit of two entries");
+    // A rejected command commits nothing and announces nothing.
+    let rejected = store.execute(
+        meta(1),
+        KvCommand::Delete {
+            key: "missing".into(),
+        },
+    );
+    assert!(rejected.is_err());
+    assert_eq!(*seen.lock().unwrap(), [1, 2]);
+}
