@@ -1204,6 +1204,15 @@ fn mirror(cli: &Cli) -> Result<(), Failure> {
         unreachable!("called for `cairn mirror`")
     };
     let data = local_only(cli, "mirror")?;
+    if cli.durability != "sync" {
+        // A mirror acknowledges what it applied as durable: its leader counts on that for
+        // --sync-mirrors.
+        return Err(Failure::Usage(format!(
+            "`cairn mirror` runs with --durability sync only (it acknowledges durable commits to \
+             its leader); --durability {} is not allowed",
+            cli.durability
+        )));
+    }
     backend::check_server_url(leader)?;
     let token = backend::read_token_file(leader_token)?.trim().to_string();
     let empty = std::fs::read_dir(&data).map_or(true, |mut d| d.next().is_none());
@@ -1223,7 +1232,7 @@ fn mirror(cli: &Cli) -> Result<(), Failure> {
         }
         (None, false) => {}
     }
-    let b = open_local(&data, Open::Mirror, durability(cli))?;
+    let b = open_local(&data, Open::Mirror, cairn_store::Durability::Sync)?;
     let Backend::Local { rt, svc } = b else {
         return Err(Failure::Other(
             "internal: mirror needs a local workspace".into(),

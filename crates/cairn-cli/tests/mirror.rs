@@ -138,6 +138,21 @@ struct Setup {
     backup: PathBuf,
 }
 
+impl Setup {
+    /// Starts the mirror `m` on `<tmp>/mirror`, provisioned from the backup, logging into
+    /// `<tmp>/mirror.log`.
+    fn first_mirror(&self, leader: &str) -> Mirror {
+        Mirror::start(
+            &self.ws.path("mirror"),
+            leader,
+            &self.mirror_token,
+            Some(&self.backup),
+            "m",
+            &self.ws.path("mirror.log"),
+        )
+    }
+}
+
 fn setup() -> Setup {
     let ws = Ws::init();
     let mirror_token = ws.path("mirror.token");
@@ -413,6 +428,18 @@ fn a_mirror_refuses_a_leader_of_another_workspace_with_both_ids() {
         message.contains(mine) && message.contains(&theirs),
         "{message}"
     );
+    // A mirror that does not follow its leader forwards nothing: it could never show the write.
+    let (status, body) = http(
+        "PUT",
+        &format!("{}/v1/vars/p/k1", m.url),
+        Some(&admin),
+        Some("{\"value\": \"x\"}"),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("is not following it") && body.contains("wrong_workspace"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -494,14 +521,7 @@ fn a_killed_leader_leaves_reads_on_the_mirror_and_streaming_resumes() {
     let s = setup();
     let leader = s.ws.serve();
     let token = token_of(&s.ws.admin_token());
-    let m = Mirror::start(
-        &s.ws.path("mirror"),
-        &leader.url,
-        &s.mirror_token,
-        Some(&s.backup),
-        "m",
-        &s.ws.path("mirror.log"),
-    );
+    let m = s.first_mirror(&leader.url);
     let port = leader.url.rsplit(':').next().unwrap().to_string();
     for i in 0..50 {
         http(
@@ -540,37 +560,48 @@ fn a_killed_leader_leaves_reads_on_the_mirror_and_streaming_resumes() {
 fn serve_on(data: &Path, listen: &str) -> Server {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let mut child = Command::new(bin())
-            .args([
-                "--data",
-                data.to_str().unwrap(),
-                "serve",
-                "--listen",
-                listen,
-            ])
-            .env_remove("CAIRN_DATA")
-            .env("CAIRN_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        if let Some(url) = line.trim().strip_prefix("listening on ") {
-            return Server {
-                child,
-                url: url.to_string(),
-            };
+        if let Some(server) = try_serve(data, listen, &[]) {
+            return server;
         }
-        let _ = child.wait();
         assert!(
             Instant::now() < deadline,
             "could not listen on {listen} again"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `cairn serve --listen LISTEN EXTRA...`; `None` when it exits without listening.
+fn try_serve(data: &Path, listen: &str, extra: &[&str]) -> Option<Server> {
+    let mut child = Command::new(bin())
+        .args([
+            "--data",
+            data.to_str().unwrap(),
+            "serve",
+            "--listen",
+            listen,
+        ])
+        .args(extra)
+        .env_remove("CAIRN_DATA")
+        .env("CAIRN_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    match line.trim().strip_prefix("listening on ") {
+        Some(url) => Some(Server {
+            child,
+            url: url.to_string(),
+        }),
+        None => {
+            let _ = child.wait();
+            None
+        }
     }
 }
 
@@ -697,14 +728,7 @@ fn a_damaging_proxy_never_gets_a_bad_frame_applied_and_the_mirror_converges() {
     ];
     let proxied = proxy(target, faults);
     let log = s.ws.path("mirror.log");
-    let m = Mirror::start(
-        &s.ws.path("mirror"),
-        &proxied,
-        &s.mirror_token,
-        Some(&s.backup),
-        "m",
-        &log,
-    );
+    let m = s.first_mirror(&proxied);
     let (l, got) = converge(&leader.url, &m.url, &token);
     assert_eq!(got, l, "the mirror converged through the damage");
     let status = get_json(&format!("{}/v1/status", m.url), &token);
@@ -789,14 +813,7 @@ fn a_write_to_a_mirror_is_forwarded_and_read_back_there_and_min_offset_waits() {
     let s = setup();
     let leader = s.ws.serve();
     let token = token_of(&s.ws.admin_token());
-    let m = Mirror::start(
-        &s.ws.path("mirror"),
-        &leader.url,
-        &s.mirror_token,
-        Some(&s.backup),
-        "m",
-        &s.ws.path("mirror.log"),
-    );
+    let m = s.first_mirror(&leader.url);
     // Forwarded with the caller's token; answered once the mirror applied it.
     let (status, offset, body) = put_var(&m.url, &token, "k1", "via-mirror", Some("w-1"));
     assert_eq!(status, 200, "{body}");
@@ -857,12 +874,23 @@ fn a_write_to_a_mirror_is_forwarded_and_read_back_there_and_min_offset_waits() {
         body.contains("lagging") && body.contains("not yet"),
         "{body}"
     );
+    // A command that a mirror forwarded already is not forwarded again (no loops).
+    let (status, _, body) = call(
+        "PUT",
+        &format!("{}/v1/vars/p/k9", m.url),
+        &token,
+        &[("cairn-forwarded", "1".into())],
+        Some("{\"value\": \"loop\"}"),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("is itself a mirror"), "{body}");
     // The leader gone: writes to the mirror say so, reads go on.
+    let leader_url = leader.url.clone();
     drop(leader);
     let (status, _, body) = put_var(&m.url, &token, "k3", "x", None);
     assert_eq!(status, 503, "{body}");
     assert!(
-        body.contains("not_leader") && body.contains("cannot be reached"),
+        body.contains("not_leader") && body.contains(&leader_url),
         "{body}"
     );
     let var = get_json(&format!("{}/v1/vars/p/k2", m.url), &token);
@@ -871,32 +899,7 @@ fn a_write_to_a_mirror_is_forwarded_and_read_back_there_and_min_offset_waits() {
 
 /// `cairn serve` with extra arguments, on a free port.
 fn serve_with(data: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(bin())
-        .args([
-            "--data",
-            data.to_str().unwrap(),
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .env_remove("CAIRN_DATA")
-        .env("CAIRN_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("serve printed {line:?}"))
-        .to_string();
-    Server { child, url }
+    try_serve(data, "127.0.0.1:0", extra).expect("cairn serve listens")
 }
 
 #[test]
@@ -949,4 +952,62 @@ fn with_sync_mirrors_a_write_is_answered_only_once_a_mirror_applied_it() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"replayed\":true"), "{body}");
     assert!(digest(&m.url, &token).0 >= offset.unwrap());
+}
+
+#[test]
+fn a_mirror_s_data_directory_is_never_opened_to_write_as_a_leader() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let m = s.first_mirror(&leader.url);
+    let token = token_of(&s.ws.admin_token());
+    converge(&leader.url, &m.url, &token);
+    let data = m.data.clone();
+    m.kill();
+    let dir = data.to_str().unwrap();
+    // Writes and a leader are refused; reads work.
+    for args in [
+        vec!["--data", dir, "token", "create", "x", "--role", "read"],
+        vec!["--data", dir, "serve", "--listen", "127.0.0.1:0"],
+    ] {
+        let out = common::run(&args).expect(1);
+        assert!(
+            out.stderr.contains("is a mirror's data directory"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let listed = common::run(&["--data", dir, "pkg", "list"]).ok();
+    assert!(listed.contains("p "), "{listed}");
+    // A mirror acknowledges durable commits only.
+    let out = common::run(&[
+        "--data",
+        dir,
+        "--durability",
+        "buffered",
+        "mirror",
+        "--leader",
+        &leader.url,
+        "--leader-token",
+        s.mirror_token.to_str().unwrap(),
+    ])
+    .expect(2);
+    assert!(
+        out.stderr.contains("--durability sync only"),
+        "{}",
+        out.stderr
+    );
+    // An acknowledgement with a hash that is not the leader's entry is not counted.
+    let mirror = token_of(&s.mirror_token);
+    let (status, body) = http(
+        "POST",
+        &format!(
+            "{}/v1/replication/ack?name=m&applied=1&hash={}",
+            leader.url,
+            "ab".repeat(32)
+        ),
+        Some(&mirror),
+        None,
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("diverged"), "{body}");
 }

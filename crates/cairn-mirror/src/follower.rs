@@ -204,6 +204,8 @@ struct Session {
     stream_agent: ureq::Agent,
     /// For the short calls (acknowledgements, hash lookups), on kept-alive connections.
     agent: ureq::Agent,
+    /// The offset the leader last took an acknowledgement of.
+    acked: std::sync::atomic::AtomicU64,
 }
 
 impl Session {
@@ -230,6 +232,7 @@ impl Session {
             stop,
             stream_agent,
             agent,
+            acked: std::sync::atomic::AtomicU64::new(0),
         };
         let mut backoff = RECONNECT_BACKOFF_MIN_MS;
         loop {
@@ -394,6 +397,7 @@ impl Session {
                     }
                     batch_bytes = 0;
                     caught_up |= marker;
+                    self.ack_if_behind();
                     let mut s = lock(&self.status);
                     s.leader_head = s.leader_head.max(offset);
                     s.last_contact_ms = now_ms();
@@ -436,26 +440,58 @@ impl Session {
             return Ok(());
         }
         let entries = std::mem::take(batch);
-        let committed = self
-            .rt
-            .block_on(self.ws.apply_replicated(entries))
-            .map_err(|e| End::Retry(format!("apply the leader's entries: {e}")))?;
-        self.ack(committed.applied);
-        Ok(())
+        match self.rt.block_on(self.ws.apply_replicated(entries)) {
+            Ok(_) => {
+                self.ack();
+                Ok(())
+            }
+            // A writer that stopped (an entry failed to apply) takes nothing more: retrying
+            // would only reconnect forever.
+            Err(e) if matches!(self.ws.health(), cairn::store::WriterHealth::Stopped { .. }) => {
+                Err(End::Halt(FollowState::Stopped {
+                    message: format!(
+                        "this mirror's writer stopped applying the leader's entries ({e}); \
+                         reads are served at offset {}; reopen it (restart `cairn mirror`)",
+                        self.ws.applied()
+                    ),
+                }))
+            }
+            Err(e) => Err(End::Retry(format!("apply the leader's entries: {e}"))),
+        }
     }
 
-    /// Tells the leader what this mirror has durably applied (best effort: the next
-    /// connection says it again).
-    fn ack(&self, applied: u64) {
+    /// Tells the leader what this mirror has durably applied, with that entry's hash so the
+    /// leader counts it only if it is its own entry (best effort: a failed one is sent again
+    /// at the next heartbeat, and the next connection says it too).
+    fn ack(&self) {
+        let head = match self.ws.head() {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the head to acknowledge failed");
+                return;
+            }
+        };
         let sent = self
             .agent
             .post(&self.url("/v1/replication/ack"))
             .set("authorization", &self.bearer())
             .query("name", &self.options.name)
-            .query("applied", &applied.to_string())
+            .query("applied", &head.offset.to_string())
+            .query("hash", &head.hash.to_string())
             .call();
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "acknowledging to the leader failed");
+        match sent {
+            Ok(_) => {
+                self.acked
+                    .store(head.offset, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, "acknowledging to the leader failed"),
+        }
+    }
+
+    /// Acknowledges again when the last acknowledgement did not get through.
+    fn ack_if_behind(&self) {
+        if self.acked.load(std::sync::atomic::Ordering::Relaxed) < self.ws.applied() {
+            self.ack();
         }
     }
 

@@ -125,8 +125,11 @@ impl Mirrors {
         let mut table = self.table();
         let record = Self::record(&mut table, name, now_ms);
         record.streams += 1;
-        // A follower asks from its head + 1: it holds everything before.
-        record.applied_offset = record.applied_offset.max(applied);
+        // A follower asks from its head + 1: it holds exactly everything before (a mirror
+        // provisioned again under the same name may hold less than it once acknowledged).
+        record.applied_offset = applied;
+        drop(table);
+        self.acked.notify_waiters();
         StreamGuard {
             mirrors: Arc::clone(self),
             name: name.to_owned(),

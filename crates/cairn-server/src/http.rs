@@ -50,6 +50,32 @@ fn forward_agent() -> &'static ureq::Agent {
     })
 }
 
+/// Set on a command a mirror forwards, so that another mirror refuses it (no loops).
+pub const FORWARDED_HEADER: &str = "cairn-forwarded";
+
+/// How forwarding a command failed.
+enum ForwardFailure {
+    /// Nothing was sent: the leader could not be connected to.
+    Unreachable,
+    /// Sent, but no whole answer came back: the outcome is unknown.
+    NoAnswer,
+}
+
+/// A follower state in words, for messages.
+fn follow_state_words(state: &cairn_mirror::FollowState) -> String {
+    use cairn_mirror::FollowState as S;
+    match state {
+        S::Connecting => "it is connecting".into(),
+        S::CatchingUp => "it is catching up".into(),
+        S::Following => "it is following".into(),
+        S::Refused { code, message } => format!("the leader refused it: {code}: {message}"),
+        S::Diverged { offset, .. } => {
+            format!("its log diverged from the leader's at offset {offset}")
+        }
+        S::Stopped { message } => format!("it stopped: {message}"),
+    }
+}
+
 /// After a shutdown signal, how long in-flight requests and streams may take before their
 /// connections are dropped.
 pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
@@ -158,18 +184,24 @@ impl App {
                 if let Err(e) = self.auth(headers, Some(r.role())) {
                     return self.reply(Err(e));
                 }
-                return self.forward(r, headers, &follower.get().leader).await;
+                return self.forward(r, headers, &follower.get()).await;
             }
         }
-        if req.is_ok() && !is_command {
-            if let Err(e) = self.wait_min_offset(headers).await {
+        if let (Ok(r), Some(_)) = (&req, headers.get(MIN_OFFSET_HEADER)) {
+            // Authenticated before waiting: no one without a token is held or told offsets.
+            let waited = match self.auth(headers, Some(r.role())) {
+                Ok(_) => self.wait_min_offset(headers).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = waited {
                 return self.reply(Err(e));
             }
         }
+        let key_given = headers.contains_key("idempotency-key");
         let mut response = self.run_here(headers, req).await;
         if is_command && response.status().is_success() {
             let offset = self.svc.workspace().applied();
-            if let Err(e) = self.wait_sync_mirrors(offset).await {
+            if let Err(e) = self.wait_sync_mirrors(offset, key_given).await {
                 return self.reply(Err(e));
             }
             if let Ok(v) = offset.to_string().parse() {
@@ -181,7 +213,7 @@ impl App {
 
     /// With `--sync-mirrors K`: waits until K mirrors have durably applied `offset`, or
     /// answers 503 `not_replicated` after the timeout (the command is committed here).
-    async fn wait_sync_mirrors(&self, offset: u64) -> Result<(), ApiError> {
+    async fn wait_sync_mirrors(&self, offset: u64, key_given: bool) -> Result<(), ApiError> {
         let sync = self.svc.sync_mirrors();
         let crate::service::Replication::Leader(mirrors) = self.svc.replication() else {
             return Ok(());
@@ -199,12 +231,16 @@ impl App {
         if have >= sync.count {
             return Ok(());
         }
+        let retry = if key_given {
+            "a retry with the same Idempotency-Key writes nothing and answers once they have"
+        } else {
+            "it was sent without an Idempotency-Key, so a retry would write it again"
+        };
         Err(ApiError::new(
             codes::NOT_REPLICATED,
             format!(
-                "committed on the leader at offset {offset}, but {have} of the {} mirrors \
-                 required applied it within {} ms; a retry with the same Idempotency-Key \
-                 returns it once they have",
+                "committed on the leader at offset {offset} or before, but {have} of the {} \
+                 mirrors required applied it within {} ms; {retry}",
                 sync.count, sync.timeout_ms
             ),
         ))
@@ -248,9 +284,47 @@ impl App {
     }
 
     /// Sends a command received by a mirror to its leader, with the caller's token and an
-    /// idempotency key (the caller's, or a new one), and answers with the leader's answer once
-    /// this mirror has applied the offset the leader answered at.
-    async fn forward(&self, req: &Request, headers: &HeaderMap, leader: &str) -> Response {
+    /// idempotency key (the caller's, or a new one, returned in the answer's `Idempotency-Key`
+    /// header), and answers with the leader's answer once this mirror has applied the offset
+    /// the leader answered at. Not when the follower was refused, diverged or stopped: this
+    /// mirror would never show the write, and the caller is told why. A command that was forwarded
+    /// already (mirrors pointing at each other) is refused.
+    async fn forward(
+        &self,
+        req: &Request,
+        headers: &HeaderMap,
+        follower: &cairn_mirror::FollowStatus,
+    ) -> Response {
+        let leader = follower.leader.clone();
+        if headers.contains_key(FORWARDED_HEADER) {
+            return self.reply(Err(ApiError::new(
+                codes::NOT_LEADER,
+                format!(
+                    "a forwarded command reached a mirror: {} is itself a mirror (of {}); point \
+                     mirrors at the leader",
+                    "this node",
+                    echo(&leader)
+                ),
+            )));
+        }
+        match &follower.state {
+            // Connecting too: a mirror just started or between streams will have the write
+            // shortly, and if not, the wait below answers `lagging`.
+            cairn_mirror::FollowState::Connecting
+            | cairn_mirror::FollowState::CatchingUp
+            | cairn_mirror::FollowState::Following => {}
+            other => {
+                return self.reply(Err(ApiError::new(
+                    codes::NOT_LEADER,
+                    format!(
+                        "this node is a mirror of {} and is not following it ({}); commands go \
+                         to the leader",
+                        echo(&leader),
+                        follow_state_words(other)
+                    ),
+                )))
+            }
+        }
         let http = req.http();
         let header = |name: &str| {
             headers
@@ -262,11 +336,13 @@ impl App {
         let key = header("idempotency-key")
             .unwrap_or_else(|| format!("forwarded-{}", uuid::Uuid::new_v4()));
         let url = format!("{leader}{}", http.path);
+        let sent_key = key.clone();
         let sent = tokio::task::spawn_blocking(move || {
             let mut r = forward_agent()
                 .request(http.method, &url)
                 .set("authorization", &auth)
-                .set("idempotency-key", &key);
+                .set("idempotency-key", &sent_key)
+                .set(FORWARDED_HEADER, "1");
             for (k, v) in &http.query {
                 r = r.query(k, v);
             }
@@ -280,24 +356,50 @@ impl App {
                     let offset = resp
                         .header(OFFSET_HEADER)
                         .and_then(|v| v.parse::<u64>().ok());
-                    let body = resp.into_string().map_err(|e| e.to_string())?;
+                    let body = resp
+                        .into_string()
+                        .map_err(|e| (ForwardFailure::NoAnswer, e.to_string()))?;
                     Ok((status, offset, body))
                 }
-                Err(e) => Err(e.to_string()),
+                Err(ureq::Error::Transport(t)) => {
+                    let kind = match t.kind() {
+                        ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed => {
+                            ForwardFailure::Unreachable
+                        }
+                        _ => ForwardFailure::NoAnswer,
+                    };
+                    Err((kind, t.to_string()))
+                }
             }
         })
         .await;
+        let keyed = |mut response: Response| {
+            if let Ok(v) = key.parse() {
+                response.headers_mut().insert("idempotency-key", v);
+            }
+            response
+        };
         let (status, offset, body) = match sent {
             Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => {
+            Ok(Err((ForwardFailure::Unreachable, e))) => {
                 return self.reply(Err(ApiError::new(
                     codes::NOT_LEADER,
                     format!(
                         "this node is a mirror; its leader {} cannot be reached to forward the \
-                         command: {e}",
-                        echo(leader)
+                         command (nothing was sent): {e}",
+                        echo(&leader)
                     ),
                 )))
+            }
+            Ok(Err((ForwardFailure::NoAnswer, e))) => {
+                return keyed(self.reply(Err(ApiError::new(
+                    codes::NOT_LEADER,
+                    format!(
+                        "the command was sent to the leader {} but no answer came back ({e}): it \
+                         may or may not be committed; a retry with Idempotency-Key {key} is safe",
+                        echo(&leader)
+                    ),
+                ))))
             }
             Err(e) => {
                 return self.reply(Err(ApiError::new(
@@ -308,14 +410,14 @@ impl App {
         };
         if let Some(offset) = offset {
             if let Err(e) = self.wait_applied(offset).await {
-                return self.reply(Err(ApiError::new(
+                return keyed(self.reply(Err(ApiError::new(
                     codes::LAGGING,
                     format!(
                         "the leader committed the command (answered at offset {offset}), but {}; \
-                         a retry with the same Idempotency-Key returns it",
+                         a retry with Idempotency-Key {key} writes nothing and returns it",
                         e.message
                     ),
-                )));
+                ))));
             }
         }
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -324,7 +426,7 @@ impl App {
         if let Some(v) = offset.and_then(|o| o.to_string().parse().ok()) {
             response.headers_mut().insert(OFFSET_HEADER, v);
         }
-        response
+        keyed(response)
     }
 
     /// Authenticates, checks the role, runs the request here, and records the response status.
@@ -1104,19 +1206,25 @@ async fn replication_stream(State(app): State<App>, headers: HeaderMap, Query(q)
         .into_response()
 }
 
-/// `POST /v1/replication/ack?name&applied` (role `mirror`): a mirror's durably applied
-/// offset.
+/// `POST /v1/replication/ack?name&applied&hash` (role `mirror`): a mirror's durably applied
+/// offset and the hash of its entry there (checked against this leader's).
 async fn replication_ack(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Response {
     if let Err(denied) = app.allow(&headers, Role::Mirror) {
         return denied;
     }
-    let result = leader_mirrors(&app).and_then(|mirrors| {
+    let checked = async {
+        let mirrors = leader_mirrors(&app)?;
         let name = q
             .get("name")
             .filter(|n| !n.is_empty() && n.len() <= cairn_mirror::protocol::MIRROR_NAME_BYTES_MAX)
             .ok_or_else(|| ApiError::bad("query parameter name is missing or too long"))?;
         let applied = q_u64(&q, "applied", 0)?;
-        let head = app.svc.workspace().applied();
+        let hash = q
+            .get("hash")
+            .and_then(|h| cairn_mirror::protocol::parse_hash(h))
+            .ok_or_else(|| ApiError::bad("query parameter hash is missing or not 64 hex digits"))?;
+        let ws = app.svc.workspace();
+        let head = ws.applied();
         if applied > head {
             return Err(ApiError::new(
                 "follower_ahead",
@@ -1126,9 +1234,22 @@ async fn replication_ack(State(app): State<App>, headers: HeaderMap, Query(q): Q
                 ),
             ));
         }
+        // Counted only if it is this leader's entry: an acknowledgement from a log that
+        // forked is not a copy of this one.
+        if cairn_mirror::leader::hash_at(ws, applied).await? != Some(hash) {
+            return Err(ApiError::new(
+                "diverged",
+                format!(
+                    "mirror {} acknowledges offset {applied} with a hash that is not this \
+                     leader's entry there",
+                    echo(name)
+                ),
+            ));
+        }
         mirrors.ack(name, applied, cairn_mirror::leader::now_ms());
         Ok(serde_json::json!({ "applied_offset": applied }))
-    });
+    };
+    let result = checked.await;
     app.reply(result)
 }
 

@@ -22,15 +22,20 @@ use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::Mutex;
 
 use crate::error::StoreError;
 
-/// The lock files this process holds, by canonical path.
-static HELD: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+/// The lock files this process holds, by device and inode (one file reached through two paths,
+/// a bind mount or a hard link, is one lock).
+static HELD: Mutex<BTreeSet<FileId>> = Mutex::new(BTreeSet::new());
 
-fn held() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
+/// A file's device and inode.
+type FileId = (u64, u64);
+
+fn held() -> std::sync::MutexGuard<'static, BTreeSet<FileId>> {
     // A panic while the set was held leaves it consistent (inserts and removes are single
     // calls), so a poisoned lock is still good to use.
     HELD.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -39,17 +44,17 @@ fn held() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
 /// Held for as long as the workspace is open.
 #[derive(Debug)]
 pub struct WorkspaceLock {
-    /// `None` only while dropping: the descriptor is closed before `path` leaves [`HELD`].
+    /// `None` only while dropping: the descriptor is closed before `id` leaves [`HELD`].
     file: Option<File>,
-    path: PathBuf,
+    id: FileId,
 }
 
 impl WorkspaceLock {
     /// Takes the lock at `path`, or says which pid holds it.
     pub fn acquire(path: &Path) -> Result<Self, StoreError> {
-        let canonical = canonical(path)?;
         let mut held = held();
-        if held.contains(&canonical) {
+        let id = file_id(path)?;
+        if held.contains(&id) {
             return Err(StoreError::Locked {
                 pid: std::process::id().to_string(),
             });
@@ -57,9 +62,7 @@ impl WorkspaceLock {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&canonical)
+            .open(path)
             .map_err(|e| StoreError::io(format!("open lock file {}", path.display()), e))?;
         match lock_whole(&file) {
             Ok(true) => {}
@@ -79,7 +82,7 @@ impl WorkspaceLock {
                 ))
             }
         }
-        held.insert(canonical.clone());
+        held.insert(id);
         drop(held);
         // The pid is written over the old one, then the file cut to it: on a full disk, bytes
         // within the file's existing block still fit (cutting first would give the block up).
@@ -95,7 +98,7 @@ impl WorkspaceLock {
         }
         Ok(Self {
             file: Some(file),
-            path: canonical,
+            id,
         })
     }
 }
@@ -106,27 +109,33 @@ impl Drop for WorkspaceLock {
         // Closing the descriptor drops the record lock; only then may another opener in this
         // process open the file (its close would otherwise drop a lock it does not hold yet).
         drop(self.file.take());
-        held.remove(&self.path);
+        held.remove(&self.id);
     }
 }
 
-/// `path` with its directory resolved, so two spellings of one workspace are one lock. The file
-/// itself may not exist yet; its directory must.
-fn canonical(path: &Path) -> Result<PathBuf, StoreError> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(StoreError::io(
-            format!("lock file {}", path.display()),
-            io::Error::new(io::ErrorKind::InvalidInput, "has no directory and name"),
-        ));
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let dir = std::fs::canonicalize(dir)
-        .map_err(|e| StoreError::io(format!("resolve the directory of {}", path.display()), e))?;
-    Ok(dir.join(name))
+/// The device and inode of the lock file at `path`, creating it first if it is missing. Called
+/// with [`HELD`] locked. Creating opens and closes a descriptor of the file, which would drop a
+/// record lock this process held on it: but a file this process holds a lock on exists, so it
+/// is only created when no lock on it can be held here.
+fn file_id(path: &Path) -> Result<FileId, StoreError> {
+    let stat = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    match stat(path) {
+        Ok(id) => return Ok(id),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(StoreError::io(
+                format!("stat lock file {}", path.display()),
+                e,
+            ))
+        }
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StoreError::io(format!("create lock file {}", path.display()), e))?;
+    stat(path).map_err(|e| StoreError::io(format!("stat lock file {}", path.display()), e))
 }
 
 /// Takes a write lock over the whole of `file` without waiting; `false` when another process
@@ -201,9 +210,12 @@ mod tests {
             expect_locked(WorkspaceLock::acquire(&path)),
             std::process::id().to_string()
         );
-        // Another spelling of the same file is the same lock.
+        // Another spelling of the same file, or a hard link to it, is the same lock.
         let other = dir.path().join(".").join("cairn.lock");
         expect_locked(WorkspaceLock::acquire(&other));
+        let link = dir.path().join("link.lock");
+        std::fs::hard_link(&path, &link).unwrap();
+        expect_locked(WorkspaceLock::acquire(&link));
         // The refusals opened nothing that could have dropped the record lock: another process
         // is still refused.
         assert!(held_by_another_process(&path));

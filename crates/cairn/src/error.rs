@@ -32,6 +32,15 @@ pub enum Error {
     /// This workspace is a mirror: it takes entries from its leader and decides no command.
     #[error("this workspace is a mirror; commands go to its leader")]
     NotLeader,
+    /// A mirror's data directory was opened to write as a leader.
+    #[error(
+        "{dir} is a mirror's data directory: it takes entries from its leader only; run \
+         `cairn mirror` on it, or open it read-only (promotion is not built yet)"
+    )]
+    IsMirror {
+        /// The data directory.
+        dir: String,
+    },
     /// Replicated entries were submitted to a workspace that is not a mirror.
     #[error("this workspace is a leader; only a mirror applies a leader's entries")]
     NotMirror,

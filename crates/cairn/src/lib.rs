@@ -32,5 +32,5 @@ pub use machine::KernelMachine;
 pub use subscribe::{Subscription, SUBSCRIBER_BATCH_ENTRIES};
 pub use workspace::{
     Access, CommandOptions, HookContext, HookHandler, HookRunStats, NodeRole, Onloads, Options,
-    Workspace, VAULT_KEY_FILE,
+    Workspace, MIRROR_MARKER_FILE, VAULT_KEY_FILE,
 };

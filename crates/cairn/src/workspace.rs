@@ -225,6 +225,20 @@ impl Workspace {
     /// progress. Must be called inside a tokio runtime.
     pub async fn open(data: &Path, options: Options) -> Result<Workspace, Error> {
         let data = data.to_path_buf();
+        let marker = data.join(MIRROR_MARKER_FILE);
+        match (options.role, options.access) {
+            (NodeRole::Leader, Access::ReadWrite) if marker.exists() => {
+                return Err(Error::IsMirror {
+                    dir: data.display().to_string(),
+                })
+            }
+            (NodeRole::Leader, _) | (NodeRole::Mirror, Access::ReadOnly) => {}
+            (NodeRole::Mirror, Access::ReadWrite) => {
+                if !marker.exists() && data.join("db").is_dir() {
+                    mark_mirror(&marker)?;
+                }
+            }
+        }
         let store_opts = options.store.clone();
         let kernel = options.kernel.clone();
         let path = data.clone();
@@ -963,6 +977,34 @@ impl Workspace {
             .await
             .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
     }
+}
+
+/// The file that marks a data directory as a mirror's: a leader-role open that could write
+/// refuses it, so a mirror's log never gets an entry of its own by mistake (a later entry
+/// from its leader would then not continue it).
+pub const MIRROR_MARKER_FILE: &str = "mirror";
+
+/// Creates the mirror marker, durably (the file and its directory entry).
+fn mark_mirror(marker: &Path) -> Result<(), Error> {
+    let failed = |e: std::io::Error| {
+        Error::Store(cairn_store::StoreError::io(
+            format!("mark {} as a mirror", marker.display()),
+            e,
+        ))
+    };
+    let mut file = std::fs::File::create(marker).map_err(failed)?;
+    std::io::Write::write_all(
+        &mut file,
+        b"this data directory is a mirror: it takes entries from its leader only\n",
+    )
+    .map_err(failed)?;
+    file.sync_all().map_err(failed)?;
+    if let Some(dir) = marker.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// Removes scratch directories (`.scratch-*`) an interrupted audit, backup stream or replay
