@@ -1,8 +1,9 @@
 //! Shared pieces of cairn's benchmarks: the workload driver and the peers cairn is compared
 //! against (raw RocksDB and an SQLite events table), so the `compare` binary and the criterion
-//! benches measure the same work.
+//! benches measure the same work; the lifecycle, server and replication figures of `compare`.
 
 pub mod lifecycle;
+pub mod replication;
 pub mod server;
 
 use std::path::Path;

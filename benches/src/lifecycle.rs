@@ -222,7 +222,18 @@ impl MixSpec {
 /// adopts them), and finish the uninstall. Every change is finished, so the workspace opens
 /// with nothing to resume. Returns the number of entries written.
 pub fn build_mixed_log(dir: &Path, spec: MixSpec) -> u64 {
+    build_mixed_log_seeded(dir, spec, None)
+}
+
+/// [`build_mixed_log`], and with `seed` a backup of the new workspace taken before anything
+/// is written to it (offset 0, the built workspace's id): a mirror provisioned from it catches
+/// up the whole log from its leader.
+pub fn build_mixed_log_seeded(dir: &Path, spec: MixSpec, seed: Option<&Path>) -> u64 {
     let store = open_new(dir, Durability::None);
+    if let Some(seed) = seed {
+        let head = store.backup(seed).expect("back up the empty workspace");
+        assert_eq!(head.offset, 0, "the seed is taken before the first entry");
+    }
     let progress = std::io::stderr().is_terminal();
     let start = Instant::now();
     // Record the kernel's schema first, as `Workspace::open` does on a new workspace.

@@ -18,9 +18,29 @@ pub struct HttpSink {
     ws: Option<Workspace>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    client: HttpWriter,
+}
+
+/// A client sending the kernel sink's commands to a cairn server: each `write` is one HTTP
+/// request (keep-alive connections, one per client thread) with the given bearer token.
+pub struct HttpWriter {
     url: String,
     auth: String,
     agent: ureq::Agent,
+}
+
+impl HttpWriter {
+    /// A client of the server at `url` (`http://host:port`) with the token `secret`.
+    pub fn new(url: &str, secret: &str) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_string(),
+            auth: format!("Bearer {secret}"),
+            agent: ureq::AgentBuilder::new()
+                .max_idle_connections(128)
+                .max_idle_connections_per_host(128)
+                .build(),
+        }
+    }
 }
 
 impl HttpSink {
@@ -54,17 +74,22 @@ impl HttpSink {
             ws: Some(ws),
             stop: Some(stop),
             served: Some(served),
-            url,
-            auth: format!("Bearer {secret}"),
-            agent: ureq::AgentBuilder::new()
-                .max_idle_connections(128)
-                .max_idle_connections_per_host(128)
-                .build(),
+            client: HttpWriter::new(&url, &secret),
         }
     }
 }
 
 impl Sink for HttpSink {
+    fn write(&self, i: u64) {
+        self.client.write(i);
+    }
+
+    fn groups(&self) -> Option<crate::GroupStats> {
+        self.ws.as_ref().map(|ws| ws.store().stats().into())
+    }
+}
+
+impl Sink for HttpWriter {
     fn write(&self, i: u64) {
         let r = match sink_command(i) {
             cairn_kernel::Command::VarSet {
@@ -82,10 +107,6 @@ impl Sink for HttpSink {
             other => unreachable!("the sink sends var and feature sets only, not {other:?}"),
         };
         r.expect("bench request");
-    }
-
-    fn groups(&self) -> Option<crate::GroupStats> {
-        self.ws.as_ref().map(|ws| ws.store().stats().into())
     }
 }
 

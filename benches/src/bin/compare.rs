@@ -15,14 +15,32 @@
 //! - `open_1m_vs_1k`: median `Workspace::open` + `close` of that workspace ÷ that of a
 //!   1k-entry one (lower is better).
 //!
+//! Then the replication figures (`cairn_benches::replication`: a leader served by an
+//! in-process `cairn_server` on 127.0.0.1, mirrors following it with `cairn_mirror::start`,
+//! durability `sync` everywhere):
+//! - `catchup`: a mirror provisioned at offset 0 catching up that 1M-entry log, entries/s, ÷
+//!   the `rebuild` rate of the same log;
+//! - `lag_p50_ms`, `lag_p99_ms`: 1 000 paced writes/s for 10 s (quick: 2 s) with two mirrors;
+//!   per write and mirror, from the leader's commit answer until the mirror has applied it;
+//! - `leader_with_mirrors`: the kernel sync64 workload on a served leader with two mirrors ÷
+//!   the same without (rounds alternate);
+//! - `forwarded`: HTTP writes (the server sync64 mix, 64 clients) sent to a mirror, which
+//!   forwards them and answers once it has applied them, ÷ the same sent to the leader.
+//!
+//! `CAIRN_BENCH_MIRROR_DURABILITY=buffered` (or `none`) opens the mirrors with that durability
+//! instead, to see what their fsyncs cost (a diagnosis, not a figure).
+//!
 //! `--only WORKLOAD` runs one cairn workload alone, for profiling: `sync64`, `sync1`,
-//! `buffered64`, `none64` (store only), `kernel64`, `server64`, `rebuild`, `open` (sized by
-//! `--quick`), or a peer alone: `sqlite64`, `grouped64` (raw RocksDB, one group-commit thread).
+//! `buffered64`, `none64` (store only), `kernel64`, `server64`, `rebuild`, `open`, `catchup`,
+//! `lag`, `leader_with_mirrors`, `forwarded` (sized by `--quick`; the replication ones print
+//! their ratio), or a peer alone: `sqlite64`, `grouped64` (raw RocksDB, one group-commit
+//! thread).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_benches::lifecycle::{self, KernelSink, MixSpec};
+use cairn_benches::replication::{self, Target};
 use cairn_benches::server::HttpSink;
 use cairn_benches::{throughput, CairnSink, Grouped, RawDirect, Sink};
 use cairn_store::Durability;
@@ -49,6 +67,9 @@ fn main() {
             small: 1_000,
             rounds: 1,
             opens: 9,
+            lag: Duration::from_secs(2),
+            replication_rounds: 1,
+            replication_run: Duration::from_secs(2),
         }
     } else {
         LogSizes {
@@ -56,20 +77,41 @@ fn main() {
             small: 1_000,
             rounds: 2,
             opens: 15,
+            lag: Duration::from_secs(10),
+            replication_rounds: 3,
+            replication_run: Duration::from_secs(5),
         }
     };
+    if let Some(d) = replication::mirror_durability_override() {
+        println!("mirrors open with durability {d:?} (CAIRN_BENCH_MIRROR_DURABILITY)");
+    }
     // `--only WORKLOAD` runs one workload's cairn cell alone (for profiling); no ratios.
     if let Some(i) = args.iter().position(|a| a == "--only") {
         let name = args.get(i + 1).map(String::as_str).unwrap_or("sync64");
         match name {
             "rebuild" | "open" => {
-                let big = build(scratch.path(), "big", sizes.big);
+                let big = build(scratch.path(), "big", sizes.big, None);
                 if name == "rebuild" {
                     rebuild_rates(&big, sizes.rounds);
                 } else {
-                    let small = build(scratch.path(), "small", sizes.small);
+                    let small = build(scratch.path(), "small", sizes.small, None);
                     open_times(&big, &small, sizes.opens);
                 }
+            }
+            "catchup" => {
+                let seed = scratch.path().join("seed");
+                let big = build(scratch.path(), "big", sizes.big, Some(&seed));
+                let (_, rebuild) = rebuild_rates(&big, sizes.rounds);
+                catchup_figure(&big, &seed, rebuild);
+            }
+            "lag" => {
+                lag_figure(scratch.path(), sizes.lag);
+            }
+            "leader_with_mirrors" => {
+                mirrors_figure(scratch.path(), &sizes);
+            }
+            "forwarded" => {
+                forwarded_figure(scratch.path(), &sizes);
             }
             "server64" => {
                 let sink = HttpSink::open(&scratch.path().join("only"), Durability::Sync);
@@ -229,20 +271,30 @@ fn main() {
          keep-alive, JSON, bearer token) vs in-process {kernel:.0}: {:.2}",
         server / kernel
     );
-    let big = build(scratch.path(), "big", sizes.big);
+    let seed = scratch.path().join("seed");
+    let big = build(scratch.path(), "big", sizes.big, Some(&seed));
     let (iterate, rebuild) = rebuild_rates(&big, sizes.rounds);
-    let small = build(scratch.path(), "small", sizes.small);
+    let small = build(scratch.path(), "small", sizes.small, None);
     let (open_big, open_small) = open_times(&big, &small, sizes.opens);
+    // After the open figure: serving the big log as a leader adds its tokens to it.
+    let catchup = catchup_figure(&big, &seed, rebuild);
+    let lag = lag_figure(scratch.path(), sizes.lag);
+    let with_mirrors = mirrors_figure(scratch.path(), &sizes);
+    let forwarded = forwarded_figure(scratch.path(), &sizes);
     println!(
         "ratios: sync64={:.2} sync1={:.2} buffered64={:.2} sqlite_sync64={:.2} \
-         kernel_sync64={:.2} rebuild={:.2} open_1m_vs_1k={:.2}",
+         kernel_sync64={:.2} rebuild={:.2} open_1m_vs_1k={:.2} catchup={catchup:.2} \
+         lag_p50_ms={:.1} lag_p99_ms={:.1} leader_with_mirrors={with_mirrors:.2} \
+         forwarded={forwarded:.2}",
         ratio("sync64"),
         ratio("sync1"),
         ratio("buffered64"),
         cairn64 / sqlite64.expect("sqlite ran in sync64"),
         kernel / cairn64,
         rebuild / iterate,
-        open_big / open_small
+        open_big / open_small,
+        lag.percentile_ms(50.0),
+        lag.percentile_ms(99.0),
     );
 }
 
@@ -256,13 +308,20 @@ struct LogSizes {
     rounds: usize,
     /// Opens of each workspace (median is reported), after one untimed open each.
     opens: usize,
+    /// Length of the paced-writes run of the lag figure.
+    lag: Duration,
+    /// Rounds of each side of `leader_with_mirrors` and `forwarded` (median is reported).
+    replication_rounds: usize,
+    /// Length of each of those rounds.
+    replication_run: Duration,
 }
 
-/// Builds a mixed lifecycle log of about `entries` entries in `scratch/name`.
-fn build(scratch: &Path, name: &str, entries: u64) -> std::path::PathBuf {
+/// Builds a mixed lifecycle log of about `entries` entries in `scratch/name`; with `seed`, a
+/// backup of it at offset 0 there (for the catch-up figure).
+fn build(scratch: &Path, name: &str, entries: u64, seed: Option<&Path>) -> std::path::PathBuf {
     let dir = scratch.join(name);
     let start = Instant::now();
-    let written = lifecycle::build_mixed_log(&dir, MixSpec::sized(entries));
+    let written = lifecycle::build_mixed_log_seeded(&dir, MixSpec::sized(entries), seed);
     let secs = start.elapsed().as_secs_f64();
     println!(
         "built a mixed lifecycle log of {written} entries in {secs:.1} s ({:.0} entries/s, \
@@ -326,4 +385,112 @@ fn open_times(big: &Path, small: &Path, opens: usize) -> (f64, f64) {
         st_small * 1e3
     );
     (ws_big, ws_small)
+}
+
+/// A mirror provisioned at offset 0 (`seed`) catching up the workspace at `big` from an
+/// in-process leader over loopback; returns its rate ÷ `rebuild` (entries/s).
+fn catchup_figure(big: &Path, seed: &Path, rebuild: f64) -> f64 {
+    let c = replication::catchup(big, seed, Durability::Sync);
+    let rate = c.entries as f64 / c.secs;
+    println!(
+        "catchup: a mirror applied {} entries from offset 0 in {:.1} s ({rate:.0} entries/s) vs \
+         rebuild {rebuild:.0} entries/s: {:.2} (target ≥ 0.5); mirror commits: {}",
+        c.entries,
+        c.secs,
+        rate / rebuild,
+        c.commits.describe()
+    );
+    rate / rebuild
+}
+
+/// Paced writes on a leader with two mirrors; prints the lag percentiles.
+fn lag_figure(scratch: &Path, duration: Duration) -> replication::Lag {
+    const RATE: u64 = 1_000;
+    let lag = replication::lag(&scratch.join("lag"), 2, RATE, duration);
+    println!(
+        "lag: {} writes in {:.1} s ({:.0}/s paced at {RATE}/s), 2 mirrors: commit answer to \
+         applied on the mirror p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms (target ≤ 10), max \
+         {:.2} ms; {} of {} already applied when the writer had its answer",
+        lag.writes,
+        lag.secs,
+        lag.writes as f64 / lag.secs,
+        lag.percentile_ms(50.0),
+        lag.percentile_ms(90.0),
+        lag.percentile_ms(99.0),
+        lag.percentile_ms(100.0),
+        lag.ahead,
+        lag.lags.len()
+    );
+    println!("  leader commits   {}", lag.leader_commits.describe());
+    for (i, m) in lag.mirror_commits.iter().enumerate() {
+        println!("  mirror {} commits {}", i + 1, m.describe());
+    }
+    lag
+}
+
+/// The kernel sync64 workload on a served leader with two mirrors ÷ without, rounds
+/// alternating; returns the ratio of the medians.
+fn mirrors_figure(scratch: &Path, sizes: &LogSizes) -> f64 {
+    let (mut with, mut without) = (vec![], vec![]);
+    for r in 0..sizes.replication_rounds {
+        for mirrors in [0, 2] {
+            let dir = scratch.join(format!("leader-{r}-{mirrors}"));
+            let run = replication::leader_with_mirrors(&dir, mirrors, 64, sizes.replication_run);
+            println!(
+                "  round {} with {mirrors} mirrors: {:.0} commands/s; leader {}{}",
+                r + 1,
+                run.ops,
+                run.commits.describe(),
+                if mirrors > 0 {
+                    format!(
+                        "; slowest mirror {} entries behind at the end, caught up {:.2} s later",
+                        run.behind, run.drain_secs
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            if mirrors == 0 {
+                &mut without
+            } else {
+                &mut with
+            }
+            .push(run.ops);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let (with, without) = (median(with), median(without));
+    println!(
+        "leader_with_mirrors: kernel sync64 on a served leader with 2 mirrors {with:.0} \
+         commands/s vs without {without:.0}: {:.2} (target ≥ 0.9)",
+        with / without
+    );
+    with / without
+}
+
+/// HTTP writes sent to a mirror ÷ sent to the leader (64 clients, one mirror), rounds
+/// alternating; returns the ratio of the medians.
+fn forwarded_figure(scratch: &Path, sizes: &LogSizes) -> f64 {
+    let (mut via, mut direct) = (vec![], vec![]);
+    for r in 0..sizes.replication_rounds {
+        for target in [Target::Leader, Target::Mirror] {
+            let dir = scratch.join(format!("forward-{r}-{target:?}"));
+            let ops = replication::forwarded(&dir, target, 64, sizes.replication_run);
+            println!("  round {} to the {target:?}: {ops:.0} commands/s", r + 1);
+            if target == Target::Leader {
+                &mut direct
+            } else {
+                &mut via
+            }
+            .push(ops);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let (via, direct) = (median(via), median(direct));
+    println!(
+        "forwarded: HTTP writes from 64 clients through a mirror {via:.0} commands/s vs to the \
+         leader {direct:.0}: {:.2}",
+        via / direct
+    );
+    via / direct
 }
