@@ -1224,12 +1224,7 @@ fn mirror(cli: &Cli) -> Result<(), Failure> {
                 data.display()
             )))
         }
-        (None, true) => {
-            return Err(Failure::Usage(format!(
-                "{} is empty: provision it with --from-backup DIR (a `cairn backup` of the leader)",
-                data.display()
-            )))
-        }
+        (None, true) => provision_from_leader(leader, &token, &data)?,
         (None, false) => {}
     }
     let b = open_local(&data, Open::Mirror, cairn_store::Durability::Sync)?;
@@ -1296,6 +1291,47 @@ fn provision_from_backup(backup: &Path, data: &Path) -> Result<(), Failure> {
     copy_tree(backup, partial.path()).map_err(|e| failed(&e))?;
     partial.commit().map_err(|e| failed(&e))?;
     tracing::info!(backup = %backup.display(), "provisioned from a backup");
+    Ok(())
+}
+
+/// Provisions an empty (or missing) `data` from the leader's backup bundle
+/// (`GET /v1/replication/bundle`), received aside and renamed when whole.
+fn provision_from_leader(leader: &str, token: &str, data: &Path) -> Result<(), Failure> {
+    let failed = |e: &dyn std::fmt::Display| {
+        Failure::Other(format!(
+            "cannot provision {} from the leader {leader}: {e}",
+            data.display()
+        ))
+    };
+    let answer = ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(10))
+        .build()
+        .get(&format!(
+            "{}/v1/replication/bundle",
+            leader.trim_end_matches('/')
+        ))
+        .set("authorization", &format!("Bearer {token}"))
+        .call();
+    let reader = match answer {
+        Ok(r) => r.into_reader(),
+        Err(ureq::Error::Status(status, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            return Err(failed(&format!("the leader answered {status}: {message}")));
+        }
+        Err(e) => return Err(failed(&e)),
+    };
+    if data.exists() {
+        std::fs::remove_dir(data).map_err(|e| failed(&e))?;
+    }
+    let pb = progress_bar(0, "provision");
+    cairn_server::bundle::read_bundle(reader, data, &mut |n| pb.set_position(n))
+        .map_err(|e| failed(&e))?;
+    pb.finish_and_clear();
+    tracing::info!(leader, "provisioned from the leader");
     Ok(())
 }
 

@@ -1011,3 +1011,46 @@ fn a_mirror_s_data_directory_is_never_opened_to_write_as_a_leader() {
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("diverged"), "{body}");
 }
+
+#[test]
+fn an_empty_mirror_provisions_itself_from_the_leader() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let token = token_of(&s.ws.admin_token());
+    for i in 0..30 {
+        put_var(&leader.url, &token, &format!("k{i}"), "before", None);
+    }
+    // Only a mirror token gets the bundle.
+    let (status, body) = http(
+        "GET",
+        &format!("{}/v1/replication/bundle", leader.url),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    let data = s.ws.path("fresh-mirror");
+    let m = Mirror::start(
+        &data,
+        &leader.url,
+        &s.mirror_token,
+        None,
+        "fresh",
+        &s.ws.path("fresh.log"),
+    );
+    put_var(&leader.url, &token, "k99", "after", None);
+    let (l, got) = converge(&leader.url, &m.url, &token);
+    assert_eq!(got, l, "provisioned, then followed");
+    let ids: Vec<Value> = [&leader.url, &m.url]
+        .iter()
+        .map(|u| get_json(&format!("{u}/v1/status"), &token)["workspace_id"].clone())
+        .collect();
+    assert_eq!(ids[0], ids[1], "the mirror keeps the leader's workspace id");
+    assert!(
+        data.join(cairn_marker()).exists(),
+        "the directory is marked as a mirror's"
+    );
+}
+
+fn cairn_marker() -> &'static str {
+    "mirror"
+}

@@ -204,8 +204,9 @@ struct Session {
     stream_agent: ureq::Agent,
     /// For the short calls (acknowledgements, hash lookups), on kept-alive connections.
     agent: ureq::Agent,
-    /// The offset the leader last took an acknowledgement of.
-    acked: std::sync::atomic::AtomicU64,
+    /// Sends acknowledgements on its own thread, so that reading and applying never wait for
+    /// the leader's answer to one.
+    acker: Acker,
 }
 
 impl Session {
@@ -224,6 +225,7 @@ impl Session {
             .timeout_connect(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
             .build();
+        let acker = Acker::start(ws.clone(), agent.clone(), options.clone());
         let session = Session {
             ws,
             rt,
@@ -232,7 +234,7 @@ impl Session {
             stop,
             stream_agent,
             agent,
-            acked: std::sync::atomic::AtomicU64::new(0),
+            acker,
         };
         let mut backoff = RECONNECT_BACKOFF_MIN_MS;
         loop {
@@ -460,39 +462,14 @@ impl Session {
         }
     }
 
-    /// Tells the leader what this mirror has durably applied, with that entry's hash so the
-    /// leader counts it only if it is its own entry (best effort: a failed one is sent again
-    /// at the next heartbeat, and the next connection says it too).
+    /// Has the acknowledger tell the leader what this mirror has durably applied.
     fn ack(&self) {
-        let head = match self.ws.head() {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::debug!(error = %e, "reading the head to acknowledge failed");
-                return;
-            }
-        };
-        let sent = self
-            .agent
-            .post(&self.url("/v1/replication/ack"))
-            .set("authorization", &self.bearer())
-            .query("name", &self.options.name)
-            .query("applied", &head.offset.to_string())
-            .query("hash", &head.hash.to_string())
-            .call();
-        match sent {
-            Ok(_) => {
-                self.acked
-                    .store(head.offset, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(e) => tracing::debug!(error = %e, "acknowledging to the leader failed"),
-        }
+        self.acker.wake();
     }
 
     /// Acknowledges again when the last acknowledgement did not get through.
     fn ack_if_behind(&self) {
-        if self.acked.load(std::sync::atomic::Ordering::Relaxed) < self.ws.applied() {
-            self.ack();
-        }
+        self.acker.wake();
     }
 
     /// Finds the first offset where this mirror's log and the leader's differ (they differ
@@ -536,6 +513,101 @@ impl Session {
             .block_on(self.ws.read_log(offset, 1))
             .map_err(|e| format!("read this mirror's entry {offset}: {e}"))?;
         Ok(entries.first().map(|e| e.hash))
+    }
+}
+
+/// The acknowledger: a thread that tells the leader the mirror's head (offset and hash) whenever
+/// it is woken and the head moved past what the leader last took. Acknowledgements coalesce: a
+/// burst of commits while one is in flight costs one more, for the latest head.
+struct Acker {
+    shared: Arc<(Mutex<AckerState>, std::sync::Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct AckerState {
+    woken: bool,
+    stop: bool,
+}
+
+impl Acker {
+    fn start(ws: Workspace, agent: ureq::Agent, options: FollowerOptions) -> Acker {
+        let shared = Arc::new((Mutex::new(AckerState::default()), std::sync::Condvar::new()));
+        let thread = std::thread::Builder::new()
+            .name("cairn-follower-ack".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || Acker::run(&shared, &ws, &agent, &options)
+            })
+            .ok();
+        if thread.is_none() {
+            tracing::error!("could not start the acknowledging thread; the leader will not see this mirror's offset");
+        }
+        Acker { shared, thread }
+    }
+
+    fn wake(&self) {
+        let (state, cv) = &*self.shared;
+        lock(state).woken = true;
+        cv.notify_one();
+    }
+
+    fn run(
+        shared: &(Mutex<AckerState>, std::sync::Condvar),
+        ws: &Workspace,
+        agent: &ureq::Agent,
+        options: &FollowerOptions,
+    ) {
+        let (state, cv) = shared;
+        let mut sent = 0u64;
+        loop {
+            {
+                let mut s = lock(state);
+                while !s.woken && !s.stop {
+                    s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                if s.stop {
+                    return;
+                }
+                s.woken = false;
+            }
+            let head = match ws.head() {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the head to acknowledge failed");
+                    continue;
+                }
+            };
+            if head.offset <= sent {
+                continue;
+            }
+            let answer = agent
+                .post(&format!(
+                    "{}/v1/replication/ack",
+                    options.leader.trim_end_matches('/')
+                ))
+                .set("authorization", &format!("Bearer {}", options.token))
+                .query("name", &options.name)
+                .query("applied", &head.offset.to_string())
+                .query("hash", &head.hash.to_string())
+                .call();
+            match answer {
+                Ok(_) => sent = head.offset,
+                // Sent again when next woken (the next commit or heartbeat).
+                Err(e) => tracing::debug!(error = %e, "acknowledging to the leader failed"),
+            }
+        }
+    }
+}
+
+impl Drop for Acker {
+    fn drop(&mut self) {
+        let (state, cv) = &*self.shared;
+        lock(state).stop = true;
+        cv.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -39,13 +39,20 @@ pub const MIN_OFFSET_WAIT_MS_MAX: u64 = 10_000;
 /// for its change can take as long as its hooks).
 pub const FORWARD_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 
+/// Idle connections a mirror keeps to its leader for forwarding.
+pub const FORWARD_IDLE_CONNECTIONS_MAX: usize = 128;
+
 /// The agent a mirror forwards commands with (kept-alive connections to the leader).
 fn forward_agent() -> &'static ureq::Agent {
     static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
     AGENT.get_or_init(|| {
+        // Kept-alive connections for as many commands as clients send at once (the default
+        // keeps one per host, so concurrent forwards would each open a new connection).
         ureq::AgentBuilder::new()
             .timeout_connect(std::time::Duration::from_secs(2))
             .timeout(std::time::Duration::from_millis(FORWARD_TIMEOUT_MS))
+            .max_idle_connections(FORWARD_IDLE_CONNECTIONS_MAX)
+            .max_idle_connections_per_host(FORWARD_IDLE_CONNECTIONS_MAX)
             .build()
     })
 }
@@ -160,6 +167,7 @@ fn router(svc: Service, shutdown: CancellationToken) -> Router {
         .route("/v1/replication/stream", get(replication_stream))
         .route("/v1/replication/ack", post(replication_ack))
         .route("/v1/replication/hash", get(replication_hash))
+        .route("/v1/replication/bundle", get(replication_bundle))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(app)
@@ -1268,4 +1276,21 @@ async fn replication_hash(State(app): State<App>, headers: HeaderMap, Query(q): 
         .map(|h| serde_json::json!({ "offset": offset, "hash": h.map(|h| h.to_string()) }))
         .map_err(ApiError::from);
     app.reply(result)
+}
+
+/// `GET /v1/replication/bundle` (role `mirror`): a consistent backup of the leader as a bundle
+/// (`crate::bundle`), to provision an empty mirror. The vault key is not in it.
+async fn replication_bundle(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(denied) = app.allow(&headers, Role::Mirror) {
+        return denied;
+    }
+    if let Err(e) = leader_mirrors(&app) {
+        return app.reply(Err(e));
+    }
+    let ws = app.svc.workspace().clone();
+    stream_dir(&app, move |dir| {
+        ws.store().backup(dir)?;
+        Ok(())
+    })
+    .await
 }
