@@ -1054,3 +1054,48 @@ fn an_empty_mirror_provisions_itself_from_the_leader() {
 fn cairn_marker() -> &'static str {
     "mirror"
 }
+
+#[test]
+fn a_leader_restored_from_an_older_backup_is_refused_by_its_mirror_naming_both_positions() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let token = token_of(&s.ws.admin_token());
+    let m = s.first_mirror(&leader.url);
+    for i in 0..40 {
+        put_var(&leader.url, &token, &format!("k{i}"), "lost", None);
+    }
+    let ((head, _), _) = converge(&leader.url, &m.url, &token);
+    let port = leader.url.rsplit(':').next().unwrap().to_string();
+    drop(leader);
+    // The operator restores the leader from the backup taken before those writes.
+    let restored = s.ws.path("restored");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&s.backup)
+        .arg(&restored)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let old_head = common::run(&["--data", restored.to_str().unwrap(), "state", "digest"]).ok();
+    let old_head: u64 = old_head.split(' ').next().unwrap().parse().unwrap();
+    assert!(old_head < head);
+    let _restored = serve_on(&restored, &format!("127.0.0.1:{port}"));
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    let status = loop {
+        let status = get_json(&format!("{}/v1/status", m.url), &token);
+        if status["follow"]["state"] == "refused" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "never refused: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status["follow"]["code"], "follower_ahead", "{status}");
+    let message = status["follow"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("offset {head}"))
+            && message.contains(&format!("head is {old_head}")),
+        "both positions: {message}"
+    );
+    // The witness keeps what it has.
+    assert_eq!(digest(&m.url, &token).0, head);
+}
