@@ -85,10 +85,10 @@ impl Node {
     }
 }
 
-/// A mirror: its served workspace and its follower.
+/// A mirror: its served workspace, and the service that owns its follower.
 struct Mirror {
     node: Node,
-    follower: Option<cairn_mirror::FollowerHandle>,
+    svc: cairn_server::Service,
 }
 
 /// A served leader and its mirrors.
@@ -178,12 +178,9 @@ impl Cluster {
             },
         )
         .expect("start the follower");
-        let svc = cairn_server::Service::mirror(ws.clone(), follower.watch());
-        let node = Node::serve(&self.rt, ws, svc);
-        self.mirrors.push(Mirror {
-            node,
-            follower: Some(follower),
-        });
+        let svc = cairn_server::Service::mirror(ws.clone(), follower);
+        let node = Node::serve(&self.rt, ws, svc.clone());
+        self.mirrors.push(Mirror { node, svc });
     }
 
     /// The mirrors' workspaces, in the order they were added.
@@ -228,10 +225,8 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         // Followers first, or they would reconnect to a leader going away.
-        for m in &mut self.mirrors {
-            if let Some(f) = m.follower.take() {
-                f.stop();
-            }
+        for m in &self.mirrors {
+            self.rt.block_on(m.svc.stop_follower());
         }
         for m in &mut self.mirrors {
             m.node.shut_down(&self.rt);

@@ -198,6 +198,16 @@ enum Cmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Make this mirror the leader of a new epoch (forced: its leader is gone). On a running
+    /// mirror use --server; on a stopped one, --data.
+    #[command(
+        after_help = "Example:\n  cairn --server http://10.0.0.2:7879 --token-file admin.token promote --name mirror-1"
+    )]
+    Promote {
+        /// The name the new epoch records for its leader.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Role, workspace id, applied offset, epoch.
     #[command(after_help = "Example:\n  cairn status --json")]
     Status,
@@ -683,6 +693,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }) => token_create_out(&cli, name, file),
         _ => {
             let (req, open) = request(&cli.command)?;
+            if open == Open::Mirror && cli.server.is_none() {
+                // A local promote opens the directory as a mirror: it must be one.
+                let data = data_dir(&cli.data);
+                if !data.join(cairn::MIRROR_MARKER_FILE).exists() {
+                    return Err(Failure::Other(format!(
+                        "{} is not a mirror's data directory; only a mirror is promoted",
+                        data.display()
+                    )));
+                }
+            }
             let b = backend(&cli, open)?;
             let result = b.call(req);
             b.close();
@@ -700,6 +720,7 @@ fn request(cmd: &Cmd) -> Result<(Request, Open), Failure> {
         (Cmd::Change(Change::Abort { .. }), _) => Open::Drive,
         // Tokens touch no change: no engine, no hooks.
         (Cmd::Token(_), _) => Open::Quiet,
+        (Cmd::Promote { .. }, _) => Open::Mirror,
         (_, true) => Open::Write,
         (_, false) => Open::Read,
     };
@@ -877,6 +898,7 @@ fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
         ),
         Cmd::State(State::Digest) => (Request::StateDigest, false),
         Cmd::Status => (Request::Status, false),
+        Cmd::Promote { name } => (Request::Promote { name: name.clone() }, true),
         Cmd::Token(Token::Create { name, role, .. }) => (
             Request::TokenCreate {
                 name: name.clone(),
@@ -1007,6 +1029,7 @@ fn print_answer(cli: &Cli, v: &Value) {
             v["digest"].as_str().unwrap_or_default()
         ),
         Cmd::Status => output::status(&v),
+        Cmd::Promote { .. } => output::fields(&v, &["role", "epoch", "offset", "leader"]),
         Cmd::Token(Token::Create { name, role, .. }) => {
             eprintln!("created token {name:?} with role {role}; its secret (shown once):");
             println!("{}", v["token"].as_str().unwrap_or_default());
@@ -1246,9 +1269,9 @@ fn mirror(cli: &Cli) -> Result<(), Failure> {
         },
     )
     .map_err(|e| Failure::Other(format!("cannot start the follower: {e}")))?;
-    let svc = cairn_server::Service::mirror(ws, follower.watch());
-    let served = run_server(&rt, svc, &data, listen, "serving as a mirror");
-    follower.stop();
+    let svc = cairn_server::Service::mirror(ws, follower);
+    let served = run_server(&rt, svc.clone(), &data, listen, "serving as a mirror");
+    rt.block_on(svc.stop_follower());
     served
 }
 

@@ -1099,3 +1099,130 @@ fn a_leader_restored_from_an_older_backup_is_refused_by_its_mirror_naming_both_p
     // The witness keeps what it has.
     assert_eq!(digest(&m.url, &token).0, head);
 }
+
+/// `cairn --server URL --token-file admin.token ARGS`.
+fn remote(url: &str, s: &Setup, args: &[&str]) -> common::Out {
+    let token_file = s.ws.admin_token();
+    let mut all = vec![
+        "--server",
+        url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    common::run(&all)
+}
+
+/// Waits until `url`'s follower is in `state`; returns the status.
+fn wait_follow_state(url: &str, token: &str, state: &str) -> Value {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let status = get_json(&format!("{url}/v1/status"), token);
+        if status["follow"]["state"] == state {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "never {state}: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_forced_promote_makes_a_new_epoch_and_the_old_leader_rejoins_as_its_mirror() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let token = token_of(&s.ws.admin_token());
+    let m = s.first_mirror(&leader.url);
+    for i in 0..30 {
+        put_var(&leader.url, &token, &format!("k{i}"), "epoch1", None);
+    }
+    let ((head, _), _) = converge(&leader.url, &m.url, &token);
+    drop(leader); // the leader is gone
+    let out = remote(&m.url, &s, &["promote", "--name", "m"]).ok();
+    assert!(
+        out.contains("epoch   2") || out.contains("epoch  2"),
+        "{out}"
+    );
+    // It leads: commands are decided here, in epoch 2, right after the old head.
+    let status = get_json(&format!("{}/v1/status", m.url), &token);
+    assert_eq!(status["role"], "leader", "{status}");
+    assert_eq!(status["epoch"], 2, "{status}");
+    let entry = get_json(
+        &format!("{}/v1/log?from={}&limit=1", m.url, head + 1),
+        &token,
+    );
+    assert_eq!(entry[0]["kind"], "epoch.started.v1", "{entry}");
+    assert_eq!(entry[0]["epoch"], 2, "{entry}");
+    let (status, _, body) = put_var(&m.url, &token, "k0", "epoch2", None);
+    assert_eq!(status, 200, "{body}");
+    // The old leader's directory starts again as a mirror of the new leader: its log is a
+    // prefix of the new one, so it follows.
+    let old = Mirror::start(
+        &s.ws.data,
+        &m.url,
+        &s.mirror_token,
+        None,
+        "old-leader",
+        &s.ws.path("old.log"),
+    );
+    let (l, got) = converge(&m.url, &old.url, &token);
+    assert_eq!(got, l, "the old leader follows the new one");
+    let var = get_json(&format!("{}/v1/vars/p/k0", old.url), &token);
+    assert_eq!(var["value"], "epoch2");
+    // Promoting twice is refused.
+    let again = remote(&m.url, &s, &["promote"]).expect(1);
+    assert!(again.stderr.contains("leader already"), "{}", again.stderr);
+}
+
+#[test]
+fn an_old_leader_that_wrote_past_the_fork_is_refused_as_diverged_at_the_fork() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let token = token_of(&s.ws.admin_token());
+    let m = s.first_mirror(&leader.url);
+    for i in 0..20 {
+        put_var(&leader.url, &token, &format!("k{i}"), "shared", None);
+    }
+    let ((fork, _), _) = converge(&leader.url, &m.url, &token);
+    let mirror_data = m.data.clone();
+    m.kill();
+    // The old leader goes on alone for a while, then dies.
+    for i in 0..5 {
+        put_var(&leader.url, &token, &format!("k{i}"), "lost", None);
+    }
+    drop(leader);
+    // The stopped mirror is promoted in place and serves as the new leader.
+    let out = common::run(&[
+        "--data",
+        mirror_data.to_str().unwrap(),
+        "promote",
+        "--name",
+        "m",
+    ])
+    .ok();
+    assert!(out.contains("leader"), "{out}");
+    let new = try_serve(&mirror_data, "127.0.0.1:0", &[]).expect("the promoted mirror serves");
+    for i in 0..20 {
+        let (status, _, body) = put_var(&new.url, &token, &format!("k{i}"), "new", None);
+        assert_eq!(status, 200, "{body}");
+    }
+    // The old leader, started as a mirror of the new one, is refused: it diverged right after
+    // the fork, and it keeps every entry it had.
+    let old = Mirror::start(
+        &s.ws.data,
+        &new.url,
+        &s.mirror_token,
+        None,
+        "old-leader",
+        &s.ws.path("old.log"),
+    );
+    let status = wait_follow_state(&old.url, &token, "diverged");
+    assert_eq!(status["follow"]["offset"], fork + 1, "{status}");
+    assert!(
+        status["follow"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("re-provision"),
+        "{status}"
+    );
+    assert_eq!(digest(&old.url, &token).0, fork + 5, "nothing was undone");
+}

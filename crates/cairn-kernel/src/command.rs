@@ -230,6 +230,16 @@ pub enum Command {
     /// Record that an operator accepted a WAL loss the store found (the runtime issues it
     /// once, after the acceptance).
     AcceptWalLoss(crate::event::WalLossAccepted),
+    /// Start a new epoch as its leader (a promoted mirror). The store must already write in
+    /// that epoch: this command's entry is the epoch's first.
+    StartEpoch {
+        /// The new epoch.
+        epoch: u64,
+        /// Who leads it.
+        leader: String,
+        /// The offset of the last entry of the previous epoch.
+        prev_head: u64,
+    },
     /// Append an extension event.
     Ext {
         /// Kind, `ext.<app>.<name>.v<N>`.

@@ -124,6 +124,19 @@ pub struct HookRef {
     pub attempt: u32,
 }
 
+/// `epoch.started.v1`: a mirror became the leader (`cairn promote`). It is the first entry of
+/// its epoch; `prev_head` is the offset of the last entry of the epoch before, where the old
+/// leader's log and the new one's may fork.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochStarted {
+    /// The new epoch (the one before + 1).
+    pub epoch: u64,
+    /// Who leads it (the node's name or URL, as the operator gave it).
+    pub leader: String,
+    /// The offset of the last entry of the previous epoch.
+    pub prev_head: u64,
+}
+
 /// `store.wal_loss_accepted.v1`: an operator accepted that the workspace's WAL replay dropped
 /// acknowledged commits (the store refused to open until then). The entries after
 /// `recovered_offset` in the log are new ones, written after the acceptance; the lost ones
@@ -377,6 +390,8 @@ pub enum Event {
     },
     /// `store.wal_loss_accepted.v1`
     WalLossAccepted(WalLossAccepted),
+    /// `epoch.started.v1`
+    EpochStarted(EpochStarted),
     /// An extension's event (`ext.<app>.<name>.v<N>`), applied by its registered handler.
     Ext {
         /// Kind.
@@ -935,6 +950,7 @@ pub mod kinds {
     pub const TOKEN_CREATED: &str = "token.created.v1";
     pub const TOKEN_REVOKED: &str = "token.revoked.v1";
     pub const WAL_LOSS_ACCEPTED: &str = "store.wal_loss_accepted.v1";
+    pub const EPOCH_STARTED: &str = "epoch.started.v1";
     /// Prefix of extension kinds.
     pub const EXT_PREFIX: &str = "ext.";
 }
@@ -973,6 +989,7 @@ impl Event {
             Event::TokenCreated { .. } => TOKEN_CREATED,
             Event::TokenRevoked { .. } => TOKEN_REVOKED,
             Event::WalLossAccepted(_) => WAL_LOSS_ACCEPTED,
+            Event::EpochStarted(_) => EPOCH_STARTED,
             Event::Ext { kind, .. } => kind,
         }
     }
@@ -1103,6 +1120,7 @@ impl Event {
             }
             Event::TokenRevoked { name } => enc(&wire::TokenRevoked { name }),
             Event::WalLossAccepted(e) => enc(&e),
+            Event::EpochStarted(e) => enc(&e),
             Event::Ext { payload, .. } => payload,
         }
     }
@@ -1282,6 +1300,7 @@ impl Event {
                 Event::TokenRevoked { name: w.name }
             }
             WAL_LOSS_ACCEPTED => Event::WalLossAccepted(dec(kind, payload)?),
+            EPOCH_STARTED => Event::EpochStarted(dec(kind, payload)?),
             other if other.starts_with(EXT_PREFIX) => Event::Ext {
                 kind: other.to_string(),
                 payload: payload.to_vec(),

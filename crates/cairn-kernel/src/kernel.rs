@@ -1014,6 +1014,24 @@ impl Kernel {
                 Ok(vec![Event::TokenRevoked { name: name.clone() }])
             }
             Command::AcceptWalLoss(loss) => Ok(vec![Event::WalLossAccepted(loss.clone())]),
+            Command::StartEpoch {
+                epoch,
+                leader,
+                prev_head,
+            } => {
+                let current = get::<u64>(state, keys::EPOCH_CURRENT)?.unwrap_or(1);
+                if *epoch <= current {
+                    return Err(Rejection::Invalid(format!(
+                        "epoch {epoch} does not follow the current epoch {current}"
+                    ))
+                    .into());
+                }
+                Ok(vec![Event::EpochStarted(crate::event::EpochStarted {
+                    epoch: *epoch,
+                    leader: leader.clone(),
+                    prev_head: *prev_head,
+                })])
+            }
             Command::Ext { kind, payload } => {
                 let app = ext::app_of(kind).ok_or_else(|| {
                     Rejection::Invalid(format!(
@@ -2166,6 +2184,11 @@ impl Kernel {
             }
             // The audit trail of a loss; no state records it.
             Event::WalLossAccepted(_) => {}
+            // The epoch history: each epoch's first offset, and the current epoch.
+            Event::EpochStarted(e) => {
+                put(state, &keys::epoch(e.epoch), &entry.offset);
+                put(state, keys::EPOCH_CURRENT, &e.epoch);
+            }
             Event::Ext { kind, payload } => {
                 let app = ext::app_of(&kind)
                     .ok_or_else(|| ApplyFailure(format!("malformed extension kind {kind:?}")))?;

@@ -138,3 +138,13 @@ pub fn token_hash(hash: &[u8; 32]) -> Vec<u8> {
     k.extend_from_slice(hash);
     k
 }
+
+/// `epoch/current`: the epoch the log is in (absent: 1, the first).
+pub const EPOCH_CURRENT: &[u8] = b"epoch/current";
+
+/// `epoch/n/<epoch, 8 bytes big-endian>`: the first offset of that epoch (its `epoch.started`).
+pub fn epoch(epoch: u64) -> Vec<u8> {
+    let mut k = b"epoch/n/".to_vec();
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}

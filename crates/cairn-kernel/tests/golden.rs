@@ -400,6 +400,22 @@ fn wal_loss_events() -> Vec<Event> {
     ]
 }
 
+/// `epoch.started.v1` (promotion), in its own golden file.
+fn epoch_events() -> Vec<Event> {
+    vec![
+        Event::EpochStarted(cairn_kernel::event::EpochStarted {
+            epoch: 2,
+            leader: "mirror-1".into(),
+            prev_head: 1234,
+        }),
+        Event::EpochStarted(cairn_kernel::event::EpochStarted {
+            epoch: u64::MAX,
+            leader: String::new(),
+            prev_head: 0,
+        }),
+    ]
+}
+
 fn blake3_like() -> &'static [u8; 32] {
     &[
         0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
@@ -448,10 +464,12 @@ fn every_built_in_kind_is_in_the_golden_file() {
         kinds::TOKEN_CREATED,
         kinds::TOKEN_REVOKED,
         kinds::WAL_LOSS_ACCEPTED,
+        kinds::EPOCH_STARTED,
     ];
     let mut events = events();
     events.extend(token_events());
     events.extend(wal_loss_events());
+    events.extend(epoch_events());
     let covered: std::collections::BTreeSet<&str> = events.iter().map(|e| e.kind()).collect();
     for kind in all {
         assert!(covered.contains(kind), "{kind} has no golden event");
@@ -475,6 +493,13 @@ fn golden_wal_loss_events_decode_to_the_same_values_and_encode_to_the_same_bytes
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/events-wal-loss-v1.frames");
     check_golden(&path, &wal_loss_events());
+}
+
+#[test]
+fn golden_epoch_events_decode_to_the_same_values_and_encode_to_the_same_bytes() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/events-epoch-v1.frames");
+    check_golden(&path, &epoch_events());
 }
 
 // The determinism bans are for the kernel's code; a test may read its environment.

@@ -191,6 +191,11 @@ pub enum Request {
     },
     /// `cairn token list`
     TokenList,
+    /// `cairn promote [--name NAME]`: this mirror becomes the leader of a new epoch.
+    Promote {
+        /// The name the `epoch.started` entry gives the new leader.
+        name: Option<String>,
+    },
 }
 
 /// For logs: every field but a vault secret, which is redacted.
@@ -267,7 +272,7 @@ impl Request {
             | IfaceDisconnect { .. }
             | ChangeAbort { .. } => (Role::Write, false),
             TokenList | VaultGet { .. } => (Role::Admin, true),
-            TokenCreate { .. } | TokenRevoke { .. } => (Role::Admin, false),
+            TokenCreate { .. } | TokenRevoke { .. } | Promote { .. } => (Role::Admin, false),
         }
     }
 
@@ -403,6 +408,7 @@ impl Request {
                 body: None,
             },
             TokenList => get("/v1/tokens".into()),
+            Promote { name } => with("POST", "/v1/promote".into(), json!({ "name": name })),
         }
     }
 }

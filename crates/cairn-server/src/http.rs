@@ -164,6 +164,7 @@ fn router(svc: Service, shutdown: CancellationToken) -> Router {
         .route("/v1/rebuild", post(rebuild))
         .route("/v1/tokens", get(token_list).post(token_create))
         .route("/v1/tokens/{name}", axum::routing::delete(token_revoke))
+        .route("/v1/promote", post(promote))
         .route("/v1/replication/stream", get(replication_stream))
         .route("/v1/replication/ack", post(replication_ack))
         .route("/v1/replication/hash", get(replication_hash))
@@ -188,7 +189,8 @@ impl App {
         if let (Ok(r), crate::service::Replication::Mirror(follower)) =
             (&req, self.svc.replication())
         {
-            if is_command {
+            // `promote` is the one command a mirror runs itself.
+            if is_command && !matches!(r, Request::Promote { .. }) {
                 if let Err(e) = self.auth(headers, Some(r.role())) {
                     return self.reply(Err(e));
                 }
@@ -223,7 +225,7 @@ impl App {
     /// answers 503 `not_replicated` after the timeout (the command is committed here).
     async fn wait_sync_mirrors(&self, offset: u64, key_given: bool) -> Result<(), ApiError> {
         let sync = self.svc.sync_mirrors();
-        let crate::service::Replication::Leader(mirrors) = self.svc.replication() else {
+        let crate::service::Replication::Leader(mirrors) = &self.svc.replication() else {
             return Ok(());
         };
         if sync.count == 0 {
@@ -604,7 +606,7 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     let text = app
         .svc
         .metrics()
-        .render(app.svc.workspace(), app.svc.replication());
+        .render(app.svc.workspace(), &app.svc.replication());
     (
         StatusCode::OK,
         [("content-type", "text/plain; version=0.0.4")],
@@ -1130,6 +1132,23 @@ struct TokenBody {
     role: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `POST /v1/promote` (admin, on a mirror): this node becomes the leader of a new epoch.
+async fn promote(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<PromoteBody>(body).map(|b| Request::Promote { name: b.name });
+    app.run(&headers, req).await
+}
+
 async fn token_create(
     State(app): State<App>,
     headers: HeaderMap,
@@ -1161,7 +1180,7 @@ async fn fallback(State(app): State<App>, method: Method, uri: Uri) -> Response 
 /// requests with (mirrors do not cascade).
 fn leader_mirrors(app: &App) -> Result<std::sync::Arc<cairn_mirror::Mirrors>, ApiError> {
     match app.svc.replication() {
-        crate::service::Replication::Leader(m) => Ok(std::sync::Arc::clone(m)),
+        crate::service::Replication::Leader(m) => Ok(m),
         crate::service::Replication::Mirror(f) => Err(ApiError::new(
             codes::NOT_LEADER,
             format!(

@@ -35,8 +35,10 @@ pub struct Service {
     shutdown: CancellationToken,
     /// One audit at a time (each replays the whole log).
     audit: Arc<tokio::sync::Mutex<()>>,
-    /// This node's part in replication.
-    replication: Replication,
+    /// This node's part in replication (a mirror's becomes a leader's at `promote`).
+    replication: Arc<std::sync::RwLock<Replication>>,
+    /// A mirror's follower, stopped at `promote`.
+    follower: Arc<std::sync::Mutex<Option<cairn_mirror::FollowerHandle>>>,
     /// Synchronous mirrors: a command is answered once this many mirrors applied it.
     sync_mirrors: SyncMirrors,
 }
@@ -68,11 +70,13 @@ impl Service {
         Self::with_replication(ws, Replication::Leader(Arc::default()))
     }
 
-    /// A service over a workspace opened as a mirror (`cairn::NodeRole::Mirror`), whose
-    /// follower reports through `follower`: reads are served here, commands answer 503
-    /// `not_leader` naming the leader.
-    pub fn mirror(ws: Workspace, follower: cairn_mirror::StatusWatch) -> Self {
-        Self::with_replication(ws, Replication::Mirror(follower))
+    /// A service over a workspace opened as a mirror (`cairn::NodeRole::Mirror`) and its
+    /// running follower: reads are served here; the HTTP layer forwards commands to the
+    /// leader. `promote` stops the follower and makes this node the leader.
+    pub fn mirror(ws: Workspace, follower: cairn_mirror::FollowerHandle) -> Self {
+        let svc = Self::with_replication(ws, Replication::Mirror(follower.watch()));
+        *svc.follower.lock().unwrap_or_else(|p| p.into_inner()) = Some(follower);
+        svc
     }
 
     fn with_replication(ws: Workspace, replication: Replication) -> Self {
@@ -81,9 +85,53 @@ impl Service {
             metrics: Arc::new(Metrics::default()),
             shutdown: CancellationToken::new(),
             audit: Arc::default(),
-            replication,
+            replication: Arc::new(std::sync::RwLock::new(replication)),
+            follower: Arc::default(),
             sync_mirrors: SyncMirrors::default(),
         }
+    }
+
+    /// Stops a mirror's follower (when the server stops); waits for its thread.
+    pub async fn stop_follower(&self) {
+        let follower = self
+            .follower
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(f) = follower {
+            let _ = tokio::task::spawn_blocking(move || f.stop()).await;
+        }
+    }
+
+    /// `cairn promote`: stops following, appends `epoch.started` and leads from now on.
+    async fn promote(&self, name: Option<String>) -> Result<Value, ApiError> {
+        if self.ws.role() != cairn::NodeRole::Mirror {
+            return Err(ApiError::new(
+                "invalid_state",
+                "this node is the leader already; only a mirror is promoted",
+            ));
+        }
+        let name = match name {
+            Some(n) if n.is_empty() || n.len() > cairn_mirror::protocol::MIRROR_NAME_BYTES_MAX => {
+                return Err(ApiError::bad(format!(
+                    "the leader name must be 1..={} bytes",
+                    cairn_mirror::protocol::MIRROR_NAME_BYTES_MAX
+                )))
+            }
+            Some(n) => n,
+            None => "promoted".to_string(),
+        };
+        self.stop_follower().await;
+        let committed = self.ws.promote(&name).await?;
+        *self.replication.write().unwrap_or_else(|p| p.into_inner()) =
+            Replication::Leader(Arc::default());
+        let head = self.ws.head()?;
+        Ok(json!({
+            "role": "leader",
+            "epoch": head.epoch,
+            "offset": committed.offsets.start,
+            "leader": name,
+        }))
     }
 
     /// Answers commands only once `sync.count` mirrors have applied them (a leader's option).
@@ -97,9 +145,12 @@ impl Service {
         self.sync_mirrors
     }
 
-    /// This node's part in replication.
-    pub fn replication(&self) -> &Replication {
-        &self.replication
+    /// This node's part in replication, now.
+    pub fn replication(&self) -> Replication {
+        self.replication
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The token whose cancellation makes waiting requests answer `503 unavailable` at once
@@ -152,7 +203,7 @@ impl Service {
                 .await
                 .map_err(|e| ApiError::new(codes::INTERNAL, format!("read task failed: {e}")))?
         };
-        let result = match (result, &self.replication) {
+        let result = match (result, &self.replication()) {
             (Err(e), Replication::Mirror(follower)) if e.code == codes::NOT_LEADER => {
                 Err(ApiError::new(
                     codes::NOT_LEADER,
@@ -216,7 +267,7 @@ impl Service {
                     "leader": Value::Null,
                     "lag": 0,
                 });
-                match &self.replication {
+                match &self.replication() {
                     Replication::Leader(mirrors) => {
                         status["mirrors"] =
                             Value::Array(self.mirrors_json(mirrors, view.applied()).await?);
@@ -481,6 +532,7 @@ impl Service {
                 }))
             }
             Request::TokenRevoke { name } => committed(ws.token_revoke(&name, opts).await?),
+            Request::Promote { name } => self.promote(name).await,
             Request::TokenList => {
                 let tokens = query::tokens(&ws.view()?)?;
                 Ok(Value::Array(

@@ -415,6 +415,22 @@ impl<M: StateMachine> Store<M> {
 
     /// Submits a command; the ticket answers once it is committed (or rejected).
     pub fn submit(&self, meta: Meta, command: M::Command) -> CommandTicket<M> {
+        self.submit_with_epoch(meta, command, None)
+    }
+
+    /// Submits a command whose entries open a new epoch (a promoted mirror's first): they are
+    /// written in `epoch` (which must be newer than the log's), and every commit after them
+    /// too. If the command is rejected, nothing changes.
+    pub fn submit_in_epoch(&self, meta: Meta, command: M::Command, epoch: u64) -> CommandTicket<M> {
+        self.submit_with_epoch(meta, command, Some(epoch))
+    }
+
+    fn submit_with_epoch(
+        &self,
+        meta: Meta,
+        command: M::Command,
+        epoch: Option<u64>,
+    ) -> CommandTicket<M> {
         let (reply, rx) = oneshot::channel();
         if self.tx.is_none() {
             let _ = reply.send((Err(StoreError::ReadOnly.into()), (meta, command)));
@@ -423,6 +439,7 @@ impl<M: StateMachine> Store<M> {
         self.send(Request::Command {
             meta,
             command,
+            epoch,
             reply,
         });
         Ticket {

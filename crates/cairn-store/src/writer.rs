@@ -50,6 +50,8 @@ pub(crate) enum Request<M: StateMachine> {
     Command {
         meta: Meta,
         command: M::Command,
+        /// A new epoch its entries open (see `Store::submit_in_epoch`).
+        epoch: Option<u64>,
         reply: CommandReply<M>,
     },
     /// Verify and commit entries written elsewhere (replication, `LogStore::append`).
@@ -425,9 +427,10 @@ impl<M: StateMachine> Writer<M> {
                 Request::Command {
                     meta,
                     command,
+                    epoch,
                     reply,
                 } => {
-                    let outcome = self.command(&mut group, &meta, &command);
+                    let outcome = self.command(&mut group, &meta, &command, epoch);
                     if matches!(outcome, Err(CommandError::Rejected(_))) {
                         self.shared.stats.rejections.fetch_add(1, Ordering::Relaxed);
                     }
@@ -452,6 +455,7 @@ impl<M: StateMachine> Writer<M> {
         group: &mut Group<'_, M>,
         meta: &Meta,
         command: &M::Command,
+        new_epoch: Option<u64>,
     ) -> Result<(Range<u64>, bool), CommandError<M::Rejection>> {
         if let Some(key) = &meta.idempotency_key {
             match self.machine.idempotent(&group.overlay, key) {
@@ -461,9 +465,22 @@ impl<M: StateMachine> Writer<M> {
             }
         }
         let head = group.cursor.head();
+        // The epoch of the group's entries so far (one of them may have opened a new one),
+        // or the new one this command opens.
+        let current = self.epoch.max(head.epoch);
+        let epoch = match new_epoch {
+            Some(e) if e <= current => {
+                return Err(StoreError::Inconsistent(format!(
+                    "epoch {e} is not newer than the log's epoch {current}"
+                ))
+                .into())
+            }
+            Some(e) => e,
+            None => current,
+        };
         let ctx = DecideCtx {
             next_offset: head.offset + 1,
-            epoch: self.epoch,
+            epoch,
             time_ms: (self.opts.clock)(),
         };
         let events = match self.machine.decide(&group.overlay, &ctx, command) {
@@ -741,6 +758,7 @@ fn fail_request<M: StateMachine>(request: Request<M>, error: StoreError) {
             meta,
             command,
             reply,
+            ..
         } => {
             let _ = reply.send((Err(CommandError::Store(error)), (meta, command)));
         }

@@ -155,8 +155,15 @@ pub(crate) struct Inner {
     /// Bumped whenever a driver stops on an error (it commits nothing, so waiters need this
     /// to notice).
     pub stuck: watch::Sender<u64>,
-    /// Leader or mirror.
-    pub role: NodeRole,
+    /// Leader or mirror (a mirror becomes the leader at `promote`).
+    pub role: Mutex<NodeRole>,
+}
+
+impl Inner {
+    /// Leader or mirror, now.
+    pub(crate) fn role(&self) -> NodeRole {
+        *self.role.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Hook runs since open, by outcome (for metrics).
@@ -272,7 +279,7 @@ impl Workspace {
             onloads: Mutex::new(options.onloads.clone()),
             hook_runs: HookRuns::default(),
             stuck: watch::channel(0).0,
-            role: options.role,
+            role: Mutex::new(options.role),
         });
         // Every commit moves `applied`, whoever made it (a command here, a leader's entries on
         // a mirror), and that wakes subscribers, streams and waiters.
@@ -304,20 +311,68 @@ impl Workspace {
             }
             return Ok(ws);
         }
+        ws.start_leading(options.drive).await?;
+        Ok(ws)
+    }
+
+    /// What a leader does once it leads: records pending migrations and an accepted WAL loss,
+    /// and starts the change engine (which resumes every change in progress).
+    async fn start_leading(&self, drive: bool) -> Result<(), Error> {
+        let inner = self.inner();
         let pending = {
-            let view = ws.view()?;
+            let view = self.view()?;
             inner.store.machine().0.pending_migrations(&view)?
         };
         for command in pending {
             tracing::info!(?command, "recording schema migration");
-            ws.execute(command, &CommandOptions::default()).await?;
+            self.execute(command, &CommandOptions::default()).await?;
         }
-        ws.record_accepted_wal_loss().await?;
-        if options.drive {
-            let engine = tokio::spawn(crate::engine::run(Arc::clone(&inner)));
-            *ws.handle.engine.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
+        self.record_accepted_wal_loss().await?;
+        if drive {
+            let engine = tokio::spawn(crate::engine::run(Arc::clone(inner)));
+            *self.handle.engine.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
         }
-        Ok(ws)
+        Ok(())
+    }
+
+    /// Turns this mirror into the leader of a new epoch (`cairn promote`): appends
+    /// `epoch.started` (epoch = the log's + 1, naming `leader`) as the first entry written in
+    /// it, removes the mirror marker, and starts leading: commands are decided here from now on,
+    /// and the change engine resumes every change in progress. The caller must have stopped
+    /// following the old leader first. Returns the commit of `epoch.started`.
+    pub async fn promote(&self, leader: &str) -> Result<Committed, Error> {
+        let inner = self.inner();
+        if inner.role() != NodeRole::Mirror {
+            return Err(Error::NotMirror);
+        }
+        let head = self.head()?;
+        let epoch = head.epoch.max(1) + 1;
+        let meta = Meta {
+            actor: inner.actor.clone(),
+            change: None,
+            command: Uuid::new_v4(),
+            idempotency_key: None,
+        };
+        let command = Command::StartEpoch {
+            epoch,
+            leader: leader.to_string(),
+            prev_head: head.offset,
+        };
+        let committed = inner.store.submit_in_epoch(meta, command, epoch).await?;
+        *inner.role.lock().unwrap_or_else(|p| p.into_inner()) = NodeRole::Leader;
+        let marker = inner.data.join(MIRROR_MARKER_FILE);
+        if let Err(e) = std::fs::remove_file(&marker) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %marker.display(), error = %e, "could not remove the mirror marker");
+            }
+        }
+        tracing::warn!(
+            epoch,
+            offset = committed.offsets.start,
+            "promoted: this node leads now"
+        );
+        self.start_leading(true).await?;
+        Ok(committed)
     }
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
@@ -947,7 +1002,7 @@ impl Workspace {
 
     /// Whether this workspace is a leader or a mirror.
     pub fn role(&self) -> NodeRole {
-        self.inner().role
+        self.inner().role()
     }
 
     /// Applies entries written by this mirror's leader, in one commit: they must continue this
@@ -956,7 +1011,7 @@ impl Workspace {
     /// takes them ([`Error::NotMirror`] otherwise). Returns the commit.
     pub async fn apply_replicated(&self, entries: Vec<StoredEntry>) -> Result<Committed, Error> {
         let inner = self.inner();
-        if inner.role != NodeRole::Mirror {
+        if inner.role() != NodeRole::Mirror {
             return Err(Error::NotMirror);
         }
         if inner.shutdown.is_cancelled() {
@@ -1035,7 +1090,7 @@ pub(crate) async fn execute(
     if inner.shutdown.is_cancelled() {
         return Err(Error::Closed);
     }
-    if inner.role == NodeRole::Mirror {
+    if inner.role() == NodeRole::Mirror {
         return Err(Error::NotLeader);
     }
     if let Some(key) = &opts.idempotency_key {
