@@ -405,15 +405,7 @@ fn a_mirror_refuses_a_leader_of_another_workspace_with_both_ids() {
         &s.ws.path("mirror.log"),
     );
     let admin = token_of(&s.ws.admin_token());
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    let status = loop {
-        let status = get_json(&format!("{}/v1/status", m.url), &admin);
-        if status["follow"]["state"] == "refused" {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "never refused: {status}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_follow_state(&m.url, &admin, "refused");
     assert_eq!(status["follow"]["code"], "wrong_workspace", "{status}");
     let message = status["follow"]["message"].as_str().unwrap();
     let mine = status["workspace_id"].as_str().unwrap();
@@ -1080,15 +1072,7 @@ fn a_leader_restored_from_an_older_backup_is_refused_by_its_mirror_naming_both_p
     let old_head: u64 = old_head.split(' ').next().unwrap().parse().unwrap();
     assert!(old_head < head);
     let _restored = serve_on(&restored, &format!("127.0.0.1:{port}"));
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    let status = loop {
-        let status = get_json(&format!("{}/v1/status", m.url), &token);
-        if status["follow"]["state"] == "refused" {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "never refused: {status}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_follow_state(&m.url, &token, "refused");
     assert_eq!(status["follow"]["code"], "follower_ahead", "{status}");
     let message = status["follow"]["message"].as_str().unwrap();
     assert!(
