@@ -5,21 +5,9 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-/// Polls `what` every 20 ms until it holds, failing the test after `limit`.
-fn wait_until(limit: Duration, description: &str, mut what: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !what() {
-        assert!(
-            Instant::now() < deadline,
-            "{description} (waited {limit:?})"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn pid_in(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{bin, http, Server, Ws};
+use common::{bin, http, poll, wait_until, Server, Ws};
 use serde_json::Value;
 
 /// How long a mirror may take to converge before a test fails.
@@ -113,22 +113,19 @@ fn digest(base: &str, token: &str) -> (u64, String) {
 
 /// Waits until the mirror has applied the leader's head and returns both digests there.
 fn converge(leader: &str, mirror: &str, token: &str) -> ((u64, String), (u64, String)) {
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    loop {
+    poll(CONVERGE_TIMEOUT, || {
         let l = digest(leader, token);
         let m = digest(mirror, token);
         if m.0 >= l.0 {
-            return (l, m);
+            return Ok((l, m));
         }
-        assert!(
-            Instant::now() < deadline,
-            "the mirror at {} did not reach the leader's offset {} within {CONVERGE_TIMEOUT:?}: {}",
+        Err(format!(
+            "the mirror at {} did not reach the leader's offset {}: {}",
             m.0,
             l.0,
-            serde_json::to_string(&get_json(&format!("{mirror}/v1/status"), token)).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            get_json(&format!("{mirror}/v1/status"), token)
+        ))
+    })
 }
 
 /// A leader workspace with an admin token and a mirror token, backed up for provisioning.
@@ -280,23 +277,17 @@ fn two_mirrors_hold_the_leader_s_log_and_digest_and_never_run_a_hook() {
     let listed = status["mirrors"].as_array().unwrap();
     let names: Vec<&str> = listed.iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["m1", "m2"], "{status}");
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    loop {
+    poll(CONVERGE_TIMEOUT, || {
         let status = get_json(&format!("{}/v1/status", leader.url), &token);
-        if status["mirrors"]
+        let acknowledged = status["mirrors"]
             .as_array()
             .unwrap()
             .iter()
-            .all(|m| m["lag_entries"] == 0 && m["connected"] == true)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mirrors never acknowledged the head: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            .all(|m| m["lag_entries"] == 0 && m["connected"] == true);
+        acknowledged
+            .then_some(())
+            .ok_or(format!("mirrors never acknowledged the head: {status}"))
+    });
     let m1 = get_json(&format!("{}/v1/status", mirrors[0].url), &token);
     assert_eq!(m1["role"], "mirror", "{m1}");
     assert_eq!(m1["leader"], leader.url.as_str(), "{m1}");
@@ -483,14 +474,12 @@ fn a_mirror_killed_in_a_loop_mid_stream_restarts_and_converges() {
         let before = written.load(Ordering::Relaxed);
         rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1);
         let wait_ms = 50 + (rng_state >> 33) % 400;
-        let deadline = Instant::now() + CONVERGE_TIMEOUT;
-        while written.load(Ordering::Relaxed) < before + 20 {
-            assert!(
-                Instant::now() < deadline,
-                "cycle {cycle}: the leader stopped taking writes"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(
+            CONVERGE_TIMEOUT,
+            &format!("cycle {cycle}: the leader stopped taking writes"),
+            || written.load(Ordering::Relaxed) >= before + 20,
+        );
+        // The kill lands at a varying point of the stream: this wait is the fault's timing.
         std::thread::sleep(Duration::from_millis(wait_ms));
         m.kill();
     }
@@ -505,7 +494,6 @@ fn a_mirror_killed_in_a_loop_mid_stream_restarts_and_converges() {
     // It also verifies on its own: its log replays to its digest.
     let audit = get_json(&format!("{}/v1/audit/verify", m.url), &token);
     assert_eq!(audit["digest"].as_str(), Some(l.1.as_str()), "{audit}");
-    assert_eq!(m.data, data);
 }
 
 #[test]
@@ -550,17 +538,9 @@ fn a_killed_leader_leaves_reads_on_the_mirror_and_streaming_resumes() {
 
 /// `cairn serve` on a given address (retried while the old socket's port is still taken).
 fn serve_on(data: &Path, listen: &str) -> Server {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(server) = try_serve(data, listen, &[]) {
-            return server;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "could not listen on {listen} again"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll(Duration::from_secs(20), || {
+        try_serve(data, listen, &[]).ok_or(format!("could not listen on {listen} again"))
+    })
 }
 
 /// `cairn serve --listen LISTEN EXTRA...`; `None` when it exits without listening.
@@ -1099,15 +1079,13 @@ fn remote(url: &str, s: &Setup, args: &[&str]) -> common::Out {
 
 /// Waits until `url`'s follower is in `state`; returns the status.
 fn wait_follow_state(url: &str, token: &str, state: &str) -> Value {
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    loop {
+    poll(CONVERGE_TIMEOUT, || {
         let status = get_json(&format!("{url}/v1/status"), token);
         if status["follow"]["state"] == state {
-            return status;
+            return Ok(status);
         }
-        assert!(Instant::now() < deadline, "never {state}: {status}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Err(format!("never {state}: {status}"))
+    })
 }
 
 #[test]

@@ -951,6 +951,39 @@ pub mod kinds {
     pub const TOKEN_REVOKED: &str = "token.revoked.v1";
     pub const WAL_LOSS_ACCEPTED: &str = "store.wal_loss_accepted.v1";
     pub const EPOCH_STARTED: &str = "epoch.started.v1";
+    /// Every built-in kind: the golden tests check that each one has a golden event.
+    pub const ALL: &[&str] = &[
+        INSTALL_STARTED,
+        UNINSTALL_STARTED,
+        PACKAGE_STATUS_CHANGED,
+        PACKAGE_REMOVED,
+        RESOURCES_DELETED,
+        CHANGE_CREATED,
+        ABORT_REQUESTED,
+        TASK_STARTED,
+        TASK_FINISHED,
+        HOOK_STARTED,
+        HOOK_FINISHED,
+        HOOK_CANCELLED,
+        CONNECTION_ESTABLISHED,
+        CONNECTION_REMOVED,
+        CONNECTION_MARKED,
+        VAR_SET,
+        VARS_DELETED,
+        QUEUE_PUT,
+        QUEUE_ACKED,
+        VAULT_SET,
+        DAEMON_DESIRED,
+        DAEMON_OBSERVED,
+        FEATURE_STATE_CHANGED,
+        FEATURE_OBSERVED,
+        FEATURE_SCOPE_SYNCED,
+        SCHEMA_MIGRATED,
+        TOKEN_CREATED,
+        TOKEN_REVOKED,
+        WAL_LOSS_ACCEPTED,
+        EPOCH_STARTED,
+    ];
     /// Prefix of extension kinds.
     pub const EXT_PREFIX: &str = "ext.";
 }

@@ -3,48 +3,13 @@
 //! mirror running a newer binary than its leader then folds the same log to the same bytes,
 //! whatever the newer binary's wording.
 
-use std::collections::BTreeMap;
-
 use cairn_kernel::change::TaskNote;
 use cairn_kernel::event::{HookOutcome, HookResult, HookSummary};
 use cairn_kernel::records::{BrokenReason, PackageRecord, PackageStatus};
 use cairn_kernel::{keys, manifest, query, Action, Command, Kernel, Step};
-use cairn_log::{EntryDraft, Hash, Meta, Space, StateError, StateRead, StateWrite};
+use cairn_log::testing::MemState;
+use cairn_log::{EntryDraft, Hash, Meta, Space, StateRead};
 use uuid::Uuid;
-
-/// A projection in memory.
-#[derive(Default)]
-struct MemState(BTreeMap<(Space, Vec<u8>), Vec<u8>>);
-
-impl StateRead for MemState {
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(self.0.get(&(space, key.to_vec())).cloned())
-    }
-
-    fn scan_prefix(
-        &self,
-        space: Space,
-        prefix: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StateError> {
-        for ((s, k), v) in self.0.range((space, prefix.to_vec())..) {
-            if *s != space || !k.starts_with(prefix) || !visit(k, v) {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl StateWrite for MemState {
-    fn put(&mut self, space: Space, key: &[u8], value: &[u8]) {
-        self.0.insert((space, key.to_vec()), value.to_vec());
-    }
-
-    fn delete(&mut self, space: Space, key: &[u8]) {
-        self.0.remove(&(space, key.to_vec()));
-    }
-}
 
 /// The kernel over a projection in memory, committing each command's events as entries.
 struct Sim {

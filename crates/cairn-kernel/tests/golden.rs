@@ -434,38 +434,7 @@ fn encode_all(events: &[Event]) -> Vec<u8> {
 
 #[test]
 fn every_built_in_kind_is_in_the_golden_file() {
-    let all = [
-        kinds::INSTALL_STARTED,
-        kinds::UNINSTALL_STARTED,
-        kinds::PACKAGE_STATUS_CHANGED,
-        kinds::PACKAGE_REMOVED,
-        kinds::RESOURCES_DELETED,
-        kinds::CHANGE_CREATED,
-        kinds::ABORT_REQUESTED,
-        kinds::TASK_STARTED,
-        kinds::TASK_FINISHED,
-        kinds::HOOK_STARTED,
-        kinds::HOOK_FINISHED,
-        kinds::HOOK_CANCELLED,
-        kinds::CONNECTION_ESTABLISHED,
-        kinds::CONNECTION_REMOVED,
-        kinds::CONNECTION_MARKED,
-        kinds::VAR_SET,
-        kinds::VARS_DELETED,
-        kinds::QUEUE_PUT,
-        kinds::QUEUE_ACKED,
-        kinds::VAULT_SET,
-        kinds::DAEMON_DESIRED,
-        kinds::DAEMON_OBSERVED,
-        kinds::FEATURE_STATE_CHANGED,
-        kinds::FEATURE_OBSERVED,
-        kinds::FEATURE_SCOPE_SYNCED,
-        kinds::SCHEMA_MIGRATED,
-        kinds::TOKEN_CREATED,
-        kinds::TOKEN_REVOKED,
-        kinds::WAL_LOSS_ACCEPTED,
-        kinds::EPOCH_STARTED,
-    ];
+    let all = kinds::ALL;
     let mut events = events();
     events.extend(token_events());
     events.extend(wal_loss_events());

@@ -2,46 +2,11 @@
 //! fails while a connection is being established, the decision fails with that error instead of
 //! reading it as "the package exists" (or as "it does not").
 
-use std::collections::BTreeMap;
-
 use cairn_kernel::manifest;
 use cairn_kernel::{query, Action, Command, DecideError, Kernel, Step};
-use cairn_log::{EntryDraft, Hash, Meta, Space, StateError, StateRead, StateWrite};
+use cairn_log::testing::MemState;
+use cairn_log::{EntryDraft, Hash, Meta, Space, StateError, StateRead};
 use uuid::Uuid;
-
-/// A projection in memory.
-#[derive(Default)]
-struct MemState(BTreeMap<(Space, Vec<u8>), Vec<u8>>);
-
-impl StateRead for MemState {
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(self.0.get(&(space, key.to_vec())).cloned())
-    }
-
-    fn scan_prefix(
-        &self,
-        space: Space,
-        prefix: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StateError> {
-        for ((s, k), v) in self.0.range((space, prefix.to_vec())..) {
-            if *s != space || !k.starts_with(prefix) || !visit(k, v) {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl StateWrite for MemState {
-    fn put(&mut self, space: Space, key: &[u8], value: &[u8]) {
-        self.0.insert((space, key.to_vec()), value.to_vec());
-    }
-
-    fn delete(&mut self, space: Space, key: &[u8]) {
-        self.0.remove(&(space, key.to_vec()));
-    }
-}
 
 /// Reads through to a state, except that reading a package record fails.
 struct PackageReadsFail<'a>(&'a MemState);

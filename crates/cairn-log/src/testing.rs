@@ -322,3 +322,38 @@ pub fn fuzz_chain(data: &[u8]) {
         }
     }
 }
+
+/// A projection in memory: the simplest `StateRead` + `StateWrite`, for tests of code that
+/// folds or decides over state (the kernel's) without a store.
+#[derive(Debug, Default)]
+pub struct MemState(std::collections::BTreeMap<(crate::Space, Vec<u8>), Vec<u8>>);
+
+impl crate::StateRead for MemState {
+    fn get(&self, space: crate::Space, key: &[u8]) -> Result<Option<Vec<u8>>, crate::StateError> {
+        Ok(self.0.get(&(space, key.to_vec())).cloned())
+    }
+
+    fn scan_prefix(
+        &self,
+        space: crate::Space,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), crate::StateError> {
+        for ((s, k), v) in self.0.range((space, prefix.to_vec())..) {
+            if *s != space || !k.starts_with(prefix) || !visit(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl crate::StateWrite for MemState {
+    fn put(&mut self, space: crate::Space, key: &[u8], value: &[u8]) {
+        self.0.insert((space, key.to_vec()), value.to_vec());
+    }
+
+    fn delete(&mut self, space: crate::Space, key: &[u8]) {
+        self.0.remove(&(space, key.to_vec()));
+    }
+}

@@ -399,7 +399,7 @@ impl Session {
                     }
                     batch_bytes = 0;
                     caught_up |= marker;
-                    self.ack_if_behind();
+                    self.ack();
                     let mut s = lock(&self.status);
                     s.leader_head = s.leader_head.max(offset);
                     s.last_contact_ms = now_ms();
@@ -462,13 +462,9 @@ impl Session {
         }
     }
 
-    /// Has the acknowledger tell the leader what this mirror has durably applied.
+    /// Has the acknowledger tell the leader what this mirror has durably applied (it sends
+    /// nothing when the leader has that offset already, and again what did not get through).
     fn ack(&self) {
-        self.acker.wake();
-    }
-
-    /// Acknowledges again when the last acknowledgement did not get through.
-    fn ack_if_behind(&self) {
         self.acker.wake();
     }
 

@@ -7,6 +7,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Polls `attempt` every 20 ms until it gives a value; after `limit` the test fails with the
+/// last reason it gave. Tests wait on conditions this way, never on time alone.
+pub fn poll<T>(limit: Duration, mut attempt: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match attempt() {
+            Ok(v) => return v,
+            Err(why) => assert!(Instant::now() < deadline, "{why} (waited {limit:?})"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `what` until it holds (see [`poll`]).
+pub fn wait_until(limit: Duration, description: &str, mut what: impl FnMut() -> bool) {
+    poll(limit, || {
+        what().then_some(()).ok_or_else(|| description.to_string())
+    })
+}
+
 /// The binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cairn")
