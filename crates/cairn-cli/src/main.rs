@@ -208,6 +208,23 @@ enum Cmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Hand leadership to a mirror, with nothing lost (planned switch, on the leader): stop
+    /// taking writes, wait until that mirror has applied the head, promote it, follow it.
+    #[command(
+        after_help = "Example:\n  cairn --server http://10.0.0.1:7879 --token-file admin.token handoff --to http://10.0.0.2:7879"
+    )]
+    Handoff {
+        /// The mirror's URL, as the leader reaches it (the leader follows it there afterwards).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// The name this node takes in the new leader's mirrors table.
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the mirror may take to apply the leader's head before the handoff is
+        /// called off (the leader then leads again).
+        #[arg(long, value_name = "MS")]
+        timeout_ms: Option<u64>,
+    },
     /// Role, workspace id, applied offset, epoch.
     #[command(after_help = "Example:\n  cairn status --json")]
     Status,
@@ -691,6 +708,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             out: Some(file),
             ..
         }) => token_create_out(&cli, name, file),
+        Cmd::Handoff { .. } if cli.server.is_none() => Err(Failure::Usage(
+            "handoff runs on the serving leader: give --server URL and --token-file F (an \
+             admin token)"
+                .into(),
+        )),
         _ => {
             let (req, open) = request(&cli.command)?;
             if open == Open::Mirror && cli.server.is_none() {
@@ -898,7 +920,26 @@ fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
         ),
         Cmd::State(State::Digest) => (Request::StateDigest, false),
         Cmd::Status => (Request::Status, false),
-        Cmd::Promote { name } => (Request::Promote { name: name.clone() }, true),
+        Cmd::Promote { name } => (
+            Request::Promote {
+                name: name.clone(),
+                expect_offset: None,
+                expect_hash: None,
+            },
+            true,
+        ),
+        Cmd::Handoff {
+            to,
+            name,
+            timeout_ms,
+        } => (
+            Request::Handoff {
+                to: to.clone(),
+                name: name.clone(),
+                timeout_ms: *timeout_ms,
+            },
+            true,
+        ),
         Cmd::Token(Token::Create { name, role, .. }) => (
             Request::TokenCreate {
                 name: name.clone(),
@@ -1030,6 +1071,19 @@ fn print_answer(cli: &Cli, v: &Value) {
         ),
         Cmd::Status => output::status(&v),
         Cmd::Promote { .. } => output::fields(&v, &["role", "epoch", "offset", "leader"]),
+        Cmd::Handoff { .. } => {
+            output::fields(
+                &v,
+                &["role", "leader", "handed_off_at", "epoch", "token_file"],
+            );
+            eprintln!(
+                "this node follows {} now; to restart it, run `cairn mirror --leader {} \
+                 --leader-token {}`",
+                v["leader"].as_str().unwrap_or("?"),
+                v["leader"].as_str().unwrap_or("?"),
+                v["token_file"].as_str().unwrap_or("?")
+            );
+        }
         Cmd::Token(Token::Create { name, role, .. }) => {
             eprintln!("created token {name:?} with role {role}; its secret (shown once):");
             println!("{}", v["token"].as_str().unwrap_or_default());

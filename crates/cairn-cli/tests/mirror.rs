@@ -1188,3 +1188,258 @@ fn an_old_leader_that_wrote_past_the_fork_is_refused_as_diverged_at_the_fork() {
     );
     assert_eq!(digest(&old.url, &token).0, fork + 5, "nothing was undone");
 }
+
+/// What the writers of the handoff test saw.
+#[derive(Default)]
+struct Writes {
+    /// `(key, value, offset)` of every acknowledged write.
+    acked: Vec<(String, String, u64)>,
+    /// 503 answers (retried with the same idempotency key), by code.
+    retried: std::collections::BTreeMap<String, u64>,
+}
+
+#[test]
+fn a_handoff_under_16_concurrent_writers_loses_no_acknowledged_write() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let token = token_of(&s.ws.admin_token());
+    let m = s.first_mirror(&leader.url);
+    let m2 = Mirror::start(
+        &s.ws.path("mirror2"),
+        &leader.url,
+        &s.mirror_token,
+        Some(&s.backup),
+        "m2",
+        &s.ws.path("mirror2.log"),
+    );
+    wait_follow_state(&m.url, &token, "following");
+    wait_follow_state(&m2.url, &token, "following");
+    let writes = Arc::new(std::sync::Mutex::new(Writes::default()));
+    let handed_off = Arc::new(AtomicBool::new(false));
+    let after = Arc::new(AtomicUsize::new(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            // Half write to the leader, half to the mirror that takes over (forwarded there
+            // until it leads).
+            let base = if w % 2 == 0 { &leader.url } else { &m.url }.clone();
+            let (token, writes, handed_off, after) = (
+                token.clone(),
+                Arc::clone(&writes),
+                Arc::clone(&handed_off),
+                Arc::clone(&after),
+            );
+            std::thread::spawn(move || {
+                let mut n = 0;
+                // Until 20 writes of each writer were acknowledged after the handoff.
+                while after.load(Ordering::SeqCst) < 16 * 20 {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "writers ran out of time"
+                    );
+                    let (key, value) = (format!("w{w}-{n}"), format!("v{n}"));
+                    let idem = format!("handoff-{w}-{n}");
+                    loop {
+                        let was_handed_off = handed_off.load(Ordering::SeqCst);
+                        let (status, offset, body) =
+                            put_var(&base, &token, &key, &value, Some(&idem));
+                        if status == 200 {
+                            let offset = offset.expect("an acknowledged write carries its offset");
+                            writes
+                                .lock()
+                                .unwrap()
+                                .acked
+                                .push((key.clone(), value.clone(), offset));
+                            if was_handed_off {
+                                after.fetch_add(1, Ordering::SeqCst);
+                            }
+                            break;
+                        }
+                        assert_eq!(status, 503, "{key} via {base}: {body}");
+                        let code = serde_json::from_str::<Value>(&body).unwrap()["error"]["code"]
+                            .as_str()
+                            .unwrap_or("?")
+                            .to_string();
+                        *writes.lock().unwrap().retried.entry(code).or_default() += 1;
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "{key} never acknowledged: {body}"
+                        );
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    // Let the writers get going, then hand off.
+    wait_until(Duration::from_secs(30), "200 writes acknowledged", || {
+        writes.lock().unwrap().acked.len() >= 200
+    });
+    let before = writes.lock().unwrap().acked.len();
+    let out = remote(
+        &leader.url,
+        &s,
+        &["handoff", "--to", &m.url, "--name", "old-leader"],
+    )
+    .ok();
+    handed_off.store(true, Ordering::SeqCst);
+    assert!(out.contains("mirror"), "{out}");
+    for w in writers {
+        w.join().unwrap();
+    }
+    let writes = writes.lock().unwrap();
+    assert!(writes.acked.len() >= before + 16 * 20);
+    // The new leader leads in epoch 2; the old one follows it, and so does the other mirror,
+    // which learnt of the new leader from the old one.
+    let status = get_json(&format!("{}/v1/status", m.url), &token);
+    assert_eq!(status["role"], "leader", "{status}");
+    assert_eq!(status["epoch"], 2, "{status}");
+    let old = wait_follow_state(&leader.url, &token, "following");
+    assert_eq!(old["role"], "mirror", "{old}");
+    assert_eq!(old["leader"], m.url.as_str(), "{old}");
+    poll(CONVERGE_TIMEOUT, || {
+        let other = get_json(&format!("{}/v1/status", m2.url), &token);
+        if other["leader"] == m.url.as_str() && other["follow"]["state"] == "following" {
+            return Ok(());
+        }
+        Err(format!(
+            "the other mirror does not follow the new leader: {other}"
+        ))
+    });
+    // Every acknowledged write is on the new leader, at or below its head.
+    let vars = get_json(&format!("{}/v1/vars/p", m.url), &token);
+    let held: std::collections::BTreeMap<String, String> = vars
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["key"].as_str().unwrap().to_string(),
+                v["value"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let head = digest(&m.url, &token).0;
+    for (key, value, offset) in &writes.acked {
+        assert_eq!(
+            held.get(key),
+            Some(value),
+            "acknowledged {key}={value} at {offset} is lost"
+        );
+        assert!(*offset <= head);
+    }
+    // All three hold the same log.
+    let (l, old_digest) = converge(&m.url, &leader.url, &token);
+    assert_eq!(old_digest, l, "the old leader converges on the new one");
+    let (l, other) = converge(&m.url, &m2.url, &token);
+    assert_eq!(other, l, "the other mirror converges on the new leader");
+    eprintln!(
+        "handoff: {} acknowledged writes, retried: {:?}",
+        writes.acked.len(),
+        writes.retried
+    );
+    // The token the old leader follows with was kept for a restart.
+    assert!(s.ws.data.join("leader.token").exists());
+}
+
+/// A TCP proxy to `target` that passes the leader's bytes only while `open` is set (it holds
+/// them meanwhile): a mirror behind it falls behind on demand.
+fn gated_proxy(target: String, open: Arc<AtomicBool>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let (Ok(client), Ok(server)) = (client, TcpStream::connect(&target)) else {
+                continue;
+            };
+            let open = Arc::clone(&open);
+            let (mut up_from, mut up_to) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut up_from, &mut up_to);
+            });
+            std::thread::spawn(move || {
+                let (mut from, mut to) = (server, client);
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n @ 1..) = from.read(&mut buf) {
+                    while !open.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn a_handoff_to_a_mirror_that_cannot_catch_up_leaves_the_leader_leading() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let token = token_of(&s.ws.admin_token());
+    let open = Arc::new(AtomicBool::new(true));
+    let gate = gated_proxy(
+        leader.url.trim_start_matches("http://").to_string(),
+        Arc::clone(&open),
+    );
+    let m = s.first_mirror(&gate);
+    wait_follow_state(&m.url, &token, "following");
+    // Not a mirror: refused before anything changes.
+    let not_mirror = remote(&leader.url, &s, &["handoff", "--to", &leader.url]).expect(1);
+    assert!(
+        not_mirror.stderr.contains("is not a mirror"),
+        "{}",
+        not_mirror.stderr
+    );
+    // The mirror falls behind; the handoff waits for it, gives up, and the leader leads again.
+    open.store(false, Ordering::SeqCst);
+    for i in 0..5 {
+        let (status, _, body) = put_var(&leader.url, &token, &format!("k{i}"), "behind", None);
+        assert_eq!(status, 200, "{body}");
+    }
+    // The handoff's first entry is the token the leader would follow with.
+    let head = digest(&leader.url, &token).0 + 1;
+    let failed = remote(
+        &leader.url,
+        &s,
+        &["handoff", "--to", &m.url, "--timeout-ms", "300"],
+    )
+    .expect(1);
+    assert!(
+        failed
+            .stderr
+            .contains(&format!("of this leader's head {head}"))
+            && failed.stderr.contains("leads again"),
+        "{}",
+        failed.stderr
+    );
+    let status = get_json(&format!("{}/v1/status", leader.url), &token);
+    assert_eq!(status["role"], "leader", "{status}");
+    let (code, _, body) = put_var(&leader.url, &token, "k0", "still-leading", None);
+    assert_eq!(code, 200, "the leader takes writes again: {body}");
+    assert!(!s.ws.data.join(cairn_marker()).exists());
+    assert!(!s.ws.data.join("leader.token").exists());
+    let tokens = get_json(&format!("{}/v1/tokens", leader.url), &token);
+    assert!(
+        tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| !t["name"].as_str().unwrap().starts_with("handoff-")),
+        "the unused token is revoked: {tokens}"
+    );
+    // Once the mirror can catch up, the same handoff goes through.
+    open.store(true, Ordering::SeqCst);
+    converge(&leader.url, &m.url, &token);
+    wait_follow_state(&m.url, &token, "following");
+    remote(&leader.url, &s, &["handoff", "--to", &m.url]).ok();
+    let status = get_json(&format!("{}/v1/status", m.url), &token);
+    assert_eq!(status["role"], "leader", "{status}");
+    let var = get_json(&format!("{}/v1/vars/p/k0", m.url), &token);
+    assert_eq!(var["value"], "still-leading");
+}

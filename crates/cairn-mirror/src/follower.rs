@@ -24,6 +24,9 @@ use crate::protocol::{
     first_difference, parse_hash, Follower, FollowerHello, Step, PROTOCOL_VERSION,
 };
 
+/// Set by a mirror on its `not_leader` answer to a stream request: the leader it follows. A
+/// follower that finds its leader turned mirror (a handoff) follows that one instead.
+pub const LEADER_HEADER: &str = "cairn-leader";
 /// First wait before reconnecting; doubled after each failed attempt.
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
 /// Longest wait before reconnecting (also the pace of retrying a leader that refused).
@@ -192,6 +195,8 @@ enum End {
     Refused { code: String, message: String },
     /// Stop following for good.
     Halt(FollowState),
+    /// The node followed is a mirror now (it handed off) and names its leader: follow that.
+    Redirect(String),
 }
 
 struct Session {
@@ -225,28 +230,50 @@ impl Session {
             .timeout_connect(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
             .build();
-        let acker = Acker::start(ws.clone(), agent.clone(), options.clone());
-        let session = Session {
-            ws,
-            rt,
-            options,
-            status,
-            stop,
-            stream_agent,
-            agent,
-            acker,
-        };
+        let mut options = options;
+        loop {
+            let acker = Acker::start(ws.clone(), agent.clone(), options.clone());
+            let session = Session {
+                ws: ws.clone(),
+                rt: rt.clone(),
+                options: options.clone(),
+                status: Arc::clone(&status),
+                stop: stop.clone(),
+                stream_agent: stream_agent.clone(),
+                agent: agent.clone(),
+                acker,
+            };
+            match session.follow_leader() {
+                Some(leader) => {
+                    tracing::warn!(
+                        from = %options.leader,
+                        to = %leader,
+                        "the node followed is a mirror now; following its leader"
+                    );
+                    lock(&status).leader = leader.clone();
+                    options.leader = leader;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Follows `self.options.leader` until asked to stop or halted (`None`), or until it names
+    /// another leader (`Some`: it handed off).
+    fn follow_leader(&self) -> Option<String> {
+        let session = self;
         let mut backoff = RECONNECT_BACKOFF_MIN_MS;
         loop {
             let connects = lock(&session.status).connects;
             let end = session.follow_once();
             let wait = match end {
-                End::Stopped => return,
+                End::Stopped => return None,
                 End::Halt(state) => {
                     tracing::error!(state = ?state, "stopped following the leader");
                     lock(&session.status).state = state;
-                    return;
+                    return None;
                 }
+                End::Redirect(leader) => return Some(leader),
                 End::Refused { code, message } => {
                     tracing::warn!(code, "the leader refused this mirror: {message}");
                     let mut s = lock(&session.status);
@@ -270,7 +297,7 @@ impl Session {
             // Jitter of ±50 %, so that mirrors of one leader do not reconnect in step.
             let wait = rand::rng().random_range(wait / 2..=wait + wait / 2);
             if session.sleep(Duration::from_millis(wait)) {
-                return;
+                return None;
             }
         }
     }
@@ -323,8 +350,15 @@ impl Session {
         let response = match request.call() {
             Ok(r) => r,
             Err(ureq::Error::Status(_, response)) => {
+                let redirect = response
+                    .header(LEADER_HEADER)
+                    .filter(|l| l.starts_with("http://") || l.starts_with("https://"))
+                    .filter(|l| *l != self.options.leader.trim_end_matches('/'))
+                    .map(str::to_owned);
                 let (code, message) = error_of(response);
-                return if code == "diverged" {
+                return if let (true, Some(leader)) = (code == "not_leader", redirect) {
+                    End::Redirect(leader)
+                } else if code == "diverged" {
                     self.diverged(head.offset, &message)
                 } else if is_refusal(&code) {
                     End::Refused { code, message }

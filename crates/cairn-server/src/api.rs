@@ -195,6 +195,23 @@ pub enum Request {
     Promote {
         /// The name the `epoch.started` entry gives the new leader.
         name: Option<String>,
+        /// Promote only if this mirror's head is exactly this offset (a handoff's check that
+        /// the mirror has every entry the old leader wrote, and no more).
+        expect_offset: Option<u64>,
+        /// ... and its hash there (hex).
+        expect_hash: Option<String>,
+    },
+    /// `cairn handoff --to URL [--name NAME] [--timeout-ms T]` (on the leader): the planned
+    /// switch. This leader stops taking writes, waits until the mirror at `to` has applied its
+    /// head, has it promote, and follows it.
+    Handoff {
+        /// The mirror's base URL, as this leader reaches it (and later follows it).
+        to: String,
+        /// The name this node is shown under in the new leader's mirrors table.
+        name: Option<String>,
+        /// How long to wait for the mirror to apply the head (default
+        /// `HANDOFF_TIMEOUT_MS_DEFAULT`).
+        timeout_ms: Option<u64>,
     },
 }
 
@@ -272,7 +289,9 @@ impl Request {
             | IfaceDisconnect { .. }
             | ChangeAbort { .. } => (Role::Write, false),
             TokenList | VaultGet { .. } => (Role::Admin, true),
-            TokenCreate { .. } | TokenRevoke { .. } | Promote { .. } => (Role::Admin, false),
+            TokenCreate { .. } | TokenRevoke { .. } | Promote { .. } | Handoff { .. } => {
+                (Role::Admin, false)
+            }
         }
     }
 
@@ -408,7 +427,24 @@ impl Request {
                 body: None,
             },
             TokenList => get("/v1/tokens".into()),
-            Promote { name } => with("POST", "/v1/promote".into(), json!({ "name": name })),
+            Promote {
+                name,
+                expect_offset,
+                expect_hash,
+            } => with(
+                "POST",
+                "/v1/promote".into(),
+                json!({ "name": name, "expect_offset": expect_offset, "expect_hash": expect_hash }),
+            ),
+            Handoff {
+                to,
+                name,
+                timeout_ms,
+            } => with(
+                "POST",
+                "/v1/handoff".into(),
+                json!({ "to": to, "name": name, "timeout_ms": timeout_ms }),
+            ),
         }
     }
 }
@@ -441,6 +477,8 @@ pub mod codes {
     pub const NOT_LEADER: &str = "not_leader";
     pub const LAGGING: &str = "lagging";
     pub const NOT_REPLICATED: &str = "not_replicated";
+    pub const HANDING_OFF: &str = "handing_off";
+    pub const HANDOFF_FAILED: &str = "handoff_failed";
 }
 
 /// A failed request, as the JSON body `{"error": {"code", "message"}}` and an HTTP status.
@@ -493,7 +531,8 @@ pub fn status_of(code: &str) -> u16 {
         "unauthorized" => 401,
         "forbidden" => 403,
         "too_large" => 413,
-        "unavailable" | "not_leader" | "lagging" | "not_replicated" => 503,
+        "unavailable" | "not_leader" | "lagging" | "not_replicated" | "handing_off"
+        | "handoff_failed" => 503,
         // A follower the leader refuses (`cairn_mirror::Refusal::code`).
         "wrong_workspace" | "upgrade_mirror" | "follower_ahead" | "diverged" => 409,
         "protocol" => 400,

@@ -165,6 +165,7 @@ fn router(svc: Service, shutdown: CancellationToken) -> Router {
         .route("/v1/tokens", get(token_list).post(token_create))
         .route("/v1/tokens/{name}", axum::routing::delete(token_revoke))
         .route("/v1/promote", post(promote))
+        .route("/v1/handoff", post(handoff))
         .route("/v1/replication/stream", get(replication_stream))
         .route("/v1/replication/ack", post(replication_ack))
         .route("/v1/replication/hash", get(replication_hash))
@@ -186,6 +187,37 @@ impl App {
     /// A command's answer carries `Cairn-Offset`: the applied offset it is visible at.
     async fn run(&self, headers: &HeaderMap, req: Result<Request, ApiError>) -> Response {
         let is_command = req.as_ref().is_ok_and(|r| !r.is_read());
+        if let Ok(Request::Handoff {
+            to,
+            name,
+            timeout_ms,
+        }) = &req
+        {
+            let result = match self.auth(headers, Some(Role::Admin)) {
+                Ok(actor) => {
+                    let secret = bearer_secret(headers).unwrap_or_default();
+                    match crate::handoff::HandoffPlan::parse(to, name.clone(), *timeout_ms) {
+                        Ok(plan) => self.svc.handoff(plan, &secret, &actor).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            return self.reply(result);
+        }
+        if let (true, Some(to)) = (is_command, self.svc.handing_off()) {
+            if let Err(e) = self.auth(headers, req.as_ref().map(|r| r.role()).ok()) {
+                return self.reply(Err(e));
+            }
+            return self.reply(Err(ApiError::new(
+                codes::HANDING_OFF,
+                format!(
+                    "this leader is handing off to {}; nothing was written: send the command \
+                     again in a moment (here it is then forwarded to the new leader)",
+                    echo(&to)
+                ),
+            )));
+        }
         if let (Ok(r), crate::service::Replication::Mirror(follower)) =
             (&req, self.svc.replication())
         {
@@ -539,6 +571,16 @@ impl App {
         }
         Ok(format!("token:{}", token.name))
     }
+}
+
+/// The secret of a `Bearer <token>` authorization header.
+fn bearer_secret(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::to_owned)
 }
 
 fn short(s: &str) -> &str {
@@ -1137,6 +1179,20 @@ struct TokenBody {
 struct PromoteBody {
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    expect_offset: Option<u64>,
+    #[serde(default)]
+    expect_hash: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandoffBody {
+    to: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 /// `POST /v1/promote` (admin, on a mirror): this node becomes the leader of a new epoch.
@@ -1145,7 +1201,25 @@ async fn promote(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let req = json_body::<PromoteBody>(body).map(|b| Request::Promote { name: b.name });
+    let req = json_body::<PromoteBody>(body).map(|b| Request::Promote {
+        name: b.name,
+        expect_offset: b.expect_offset,
+        expect_hash: b.expect_hash,
+    });
+    app.run(&headers, req).await
+}
+
+/// `POST /v1/handoff` (admin, on the leader): the planned switch to the mirror at `to`.
+async fn handoff(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<HandoffBody>(body).map(|b| Request::Handoff {
+        to: b.to,
+        name: b.name,
+        timeout_ms: b.timeout_ms,
+    });
     app.run(&headers, req).await
 }
 
@@ -1200,7 +1274,18 @@ async fn replication_stream(State(app): State<App>, headers: HeaderMap, Query(q)
     }
     let mirrors = match leader_mirrors(&app) {
         Ok(m) => m,
-        Err(e) => return app.reply(Err(e)),
+        Err(e) => {
+            let mut response = app.reply(Err(e));
+            // A node that handed off tells its former mirrors whom it follows now.
+            if let crate::service::Replication::Mirror(f) = app.svc.replication() {
+                if let Ok(v) = f.get().leader.parse() {
+                    response
+                        .headers_mut()
+                        .insert(cairn_mirror::follower::LEADER_HEADER, v);
+                }
+            }
+            return response;
+        }
     };
     let hello = match cairn_mirror::FollowerHello::from_query(|k| q.get(k).cloned()) {
         Ok(h) => h,
@@ -1210,7 +1295,7 @@ async fn replication_stream(State(app): State<App>, headers: HeaderMap, Query(q)
         app.svc.workspace().clone(),
         hello,
         mirrors,
-        app.shutdown.clone(),
+        app.svc.stream_stop(),
     )
     .await;
     let rx = match opened {

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod bundle;
+pub mod handoff;
 mod http;
 pub mod metrics;
 pub mod service;

@@ -41,6 +41,20 @@ pub struct Service {
     follower: Arc<std::sync::Mutex<Option<cairn_mirror::FollowerHandle>>>,
     /// Synchronous mirrors: a command is answered once this many mirrors applied it.
     sync_mirrors: SyncMirrors,
+    /// The mirror a handoff in progress hands off to: commands answer 503 `handing_off`.
+    handing_off: Arc<std::sync::Mutex<Option<String>>>,
+    /// Ends the replication streams this node serves as leader (cancelled when it hands off,
+    /// so that its mirrors reconnect and learn of the new leader). A child of `shutdown`.
+    streams: Arc<std::sync::Mutex<CancellationToken>>,
+}
+
+/// Held while a handoff runs; clears the service's `handing_off` when dropped.
+pub(crate) struct HandoffSlot(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Drop for HandoffSlot {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 /// `cairn serve --sync-mirrors K --sync-timeout-ms T`.
@@ -80,15 +94,62 @@ impl Service {
     }
 
     fn with_replication(ws: Workspace, replication: Replication) -> Self {
+        let shutdown = CancellationToken::new();
         Self {
             ws,
             metrics: Arc::new(Metrics::default()),
-            shutdown: CancellationToken::new(),
+            streams: Arc::new(std::sync::Mutex::new(shutdown.child_token())),
+            shutdown,
             audit: Arc::default(),
             replication: Arc::new(std::sync::RwLock::new(replication)),
             follower: Arc::default(),
             sync_mirrors: SyncMirrors::default(),
+            handing_off: Arc::default(),
         }
+    }
+
+    /// The mirror a handoff in progress hands off to (commands are refused meanwhile).
+    pub fn handing_off(&self) -> Option<String> {
+        self.handing_off
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Marks a handoff to `to` as running, unless one runs already.
+    pub(crate) fn claim_handoff(&self, to: &str) -> Result<HandoffSlot, ApiError> {
+        let mut slot = self.handing_off.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(other) = &*slot {
+            return Err(ApiError::new(
+                "invalid_state",
+                format!("a handoff to {} is in progress", echo(other)),
+            ));
+        }
+        *slot = Some(to.to_string());
+        Ok(HandoffSlot(Arc::clone(&self.handing_off)))
+    }
+
+    /// The token that ends the replication streams this node serves as leader.
+    pub fn stream_stop(&self) -> CancellationToken {
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// After a handoff: this node follows with `follower`; the streams it served end.
+    pub(crate) fn become_mirror(&self, follower: cairn_mirror::FollowerHandle) {
+        *self.replication.write().unwrap_or_else(|p| p.into_inner()) =
+            Replication::Mirror(follower.watch());
+        *self.follower.lock().unwrap_or_else(|p| p.into_inner()) = Some(follower);
+        self.end_streams();
+    }
+
+    /// Ends the replication streams this node serves now (their followers reconnect).
+    pub(crate) fn end_streams(&self) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.cancel();
+        *streams = self.shutdown.child_token();
     }
 
     /// Stops a mirror's follower (when the server stops); waits for its thread.
@@ -103,8 +164,13 @@ impl Service {
         }
     }
 
-    /// `cairn promote`: stops following, appends `epoch.started` and leads from now on.
-    async fn promote(&self, name: Option<String>) -> Result<Value, ApiError> {
+    /// `cairn promote`: stops following, appends `epoch.started` and leads from now on. With
+    /// `expect` (a handoff), only if this mirror's head is exactly that offset and hash.
+    async fn promote(
+        &self,
+        name: Option<String>,
+        expect: (Option<u64>, Option<String>),
+    ) -> Result<Value, ApiError> {
         if self.ws.role() != cairn::NodeRole::Mirror {
             return Err(ApiError::new(
                 "invalid_state",
@@ -121,7 +187,42 @@ impl Service {
             Some(n) => n,
             None => "promoted".to_string(),
         };
+        let expected = |head: &cairn_log::Head| -> Result<(), ApiError> {
+            let offset_ok = expect.0.is_none_or(|o| o == head.offset);
+            let hash_ok = expect
+                .1
+                .as_deref()
+                .is_none_or(|h| h == head.hash.to_string());
+            if offset_ok && hash_ok {
+                return Ok(());
+            }
+            Err(ApiError::new(
+                "invalid_state",
+                format!(
+                    "this mirror's head is offset {} (hash {}), not the expected {} (hash {});                      not promoted",
+                    head.offset,
+                    head.hash,
+                    expect.0.map(|o| o.to_string()).unwrap_or("any".into()),
+                    expect
+                        .1
+                        .as_deref()
+                        .map(|h| echo(h).to_string())
+                        .unwrap_or("any".into()),
+                ),
+            ))
+        };
+        expected(&self.ws.head()?)?;
         self.stop_follower().await;
+        // The follower may have applied more before it stopped.
+        if let Err(e) = expected(&self.ws.head()?) {
+            return Err(ApiError::new(
+                &e.code,
+                format!(
+                    "{}; it stopped following (restart `cairn mirror` to follow again)",
+                    e.message
+                ),
+            ));
+        }
         let committed = self.ws.promote(&name).await?;
         *self.replication.write().unwrap_or_else(|p| p.into_inner()) =
             Replication::Leader(Arc::default());
@@ -532,7 +633,14 @@ impl Service {
                 }))
             }
             Request::TokenRevoke { name } => committed(ws.token_revoke(&name, opts).await?),
-            Request::Promote { name } => self.promote(name).await,
+            Request::Promote {
+                name,
+                expect_offset,
+                expect_hash,
+            } => self.promote(name, (expect_offset, expect_hash)).await,
+            Request::Handoff { .. } => Err(ApiError::bad(
+                "a handoff runs on a serving leader: give --server URL and --token-file F",
+            )),
             Request::TokenList => {
                 let tokens = query::tokens(&ws.view()?)?;
                 Ok(Value::Array(

@@ -63,19 +63,22 @@ pub(crate) fn stuck(inner: &Inner) -> (Vec<Uuid>, Vec<String>) {
 
 /// The engine loop: after every commit (and at start), start drivers for changes and onloads
 /// that need one.
-pub(crate) async fn run(inner: Arc<Inner>) {
+/// `leading` is cancelled when this node stops leading (at close, or when it hands off): every
+/// driver started here stops with it, and a hook it runs is stopped without an outcome (the
+/// task stays `doing` and reruns wherever the workspace leads next).
+pub(crate) async fn run(inner: Arc<Inner>, leading: CancellationToken) {
     loop {
-        if let Err(e) = start_drivers(&inner) {
+        if let Err(e) = start_drivers(&inner, &leading) {
             tracing::error!(error = %e, "change engine cannot read state");
         }
         tokio::select! {
             _ = inner.kick.notified() => {}
-            _ = inner.shutdown.cancelled() => return,
+            _ = leading.cancelled() => return,
         }
     }
 }
 
-fn start_drivers(inner: &Arc<Inner>) -> Result<(), Error> {
+fn start_drivers(inner: &Arc<Inner>, leading: &CancellationToken) -> Result<(), Error> {
     let view = inner.store.read()?;
     for change in query::active_changes(&view)? {
         let mut engine = lock(inner);
@@ -84,10 +87,11 @@ fn start_drivers(inner: &Arc<Inner>) -> Result<(), Error> {
         }
         engine.changes.insert(change.id, None);
         let inner2 = Arc::clone(inner);
+        let leading2 = leading.clone();
         let task = tokio::spawn(async move {
             let inner = inner2;
             let id = change.id;
-            let failed = match drive_change(&inner, id).await {
+            let failed = match drive_change(&inner, id, &leading2).await {
                 Ok(()) | Err(Error::Closed) => false,
                 Err(e) => {
                     tracing::error!(change = %id, error = %e, "change driver stopped; the change resumes at the next open");
@@ -119,7 +123,7 @@ fn start_drivers(inner: &Arc<Inner>) -> Result<(), Error> {
         if engine.onloads.contains_key(&name) || engine.stuck_onloads.contains(&name) {
             continue;
         }
-        let token = inner.shutdown.child_token();
+        let token = leading.child_token();
         let (done_tx, done_rx) = watch::channel(false);
         engine
             .onloads
@@ -198,10 +202,14 @@ async fn submit(inner: &Arc<Inner>, command: Command, actor: &str) -> Result<Ste
     }
 }
 
-async fn drive_change(inner: &Arc<Inner>, id: Uuid) -> Result<(), Error> {
+async fn drive_change(
+    inner: &Arc<Inner>,
+    id: Uuid,
+    leading: &CancellationToken,
+) -> Result<(), Error> {
     let mut rejections = 0u32;
     loop {
-        if inner.shutdown.is_cancelled() {
+        if leading.is_cancelled() {
             return Err(Error::Closed);
         }
         let view = inner.store.read()?;
@@ -221,7 +229,10 @@ async fn drive_change(inner: &Arc<Inner>, id: Uuid) -> Result<(), Error> {
         drop(view);
         let outcome = match hook {
             Some((package, spec)) => {
-                run_task_hook(inner, &change, i as u32, undo, &package, step, spec).await?
+                run_task_hook(
+                    inner, leading, &change, i as u32, undo, &package, step, spec,
+                )
+                .await?
             }
             None => {
                 if let Step::CancelOnload { package } = step {
@@ -407,6 +418,7 @@ fn tail(mut s: String) -> String {
 #[allow(clippy::too_many_arguments)]
 async fn run_task_hook(
     inner: &Arc<Inner>,
+    leading: &CancellationToken,
     change: &ChangeRecord,
     task: u32,
     undo: bool,
@@ -417,7 +429,7 @@ async fn run_task_hook(
     let Step::Hook { hook, .. } = step else {
         return Err(Error::Internal("run_task_hook on a non-hook step".into()));
     };
-    let token = inner.shutdown.child_token();
+    let token = leading.child_token();
     if let Some(slot) = lock(inner).changes.get_mut(&change.id) {
         *slot = Some(token.clone());
     }
@@ -443,8 +455,9 @@ async fn run_task_hook(
     if let Some(slot) = lock(inner).changes.get_mut(&change.id) {
         *slot = None;
     }
-    if result.is_none() && inner.shutdown.is_cancelled() {
-        // Shutting down: nothing is recorded; the task is still `doing` and reruns at open.
+    if result.is_none() && leading.is_cancelled() {
+        // No longer leading (closing, or handed off): nothing is recorded; the task is still
+        // `doing` and reruns wherever the workspace leads next.
         return Err(Error::Closed);
     }
     submit(
@@ -506,7 +519,8 @@ async fn drive_onload(
     let env = hook_env(inner, &p, "onload", p.install_change, &Step::Nothing, &run);
     let result = run_hook_once(inner, &p, "onload", &spec, env, p.install_change, token).await;
     let Some(result) = result else {
-        // Cancelled: by shutdown (rerun at open) or by an uninstall (which records it).
+        // Cancelled: by the end of leading (rerun where it leads next) or by an uninstall
+        // (which records it).
         return Ok(());
     };
     if let Step2::Rejected(why) = submit(

@@ -155,14 +155,23 @@ pub(crate) struct Inner {
     /// Bumped whenever a driver stops on an error (it commits nothing, so waiters need this
     /// to notice).
     pub stuck: watch::Sender<u64>,
-    /// Leader or mirror (a mirror becomes the leader at `promote`).
-    pub role: Mutex<NodeRole>,
+    /// Leader or mirror (a mirror becomes the leader at `promote`, a leader a mirror at
+    /// `step_down`). A command checks it and enters the store's queue under the read lock, so
+    /// once `step_down` holds the write lock no command can slip in behind it.
+    pub role: std::sync::RwLock<NodeRole>,
+    /// Cancelled when this node stops leading (a child of `shutdown`, replaced each time it
+    /// starts leading): the change engine and its hooks stop with it.
+    pub leading: Mutex<CancellationToken>,
 }
 
 impl Inner {
     /// Leader or mirror, now.
     pub(crate) fn role(&self) -> NodeRole {
-        *self.role.lock().unwrap_or_else(|p| p.into_inner())
+        *self.role.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_role(&self, role: NodeRole) {
+        *self.role.write().unwrap_or_else(|p| p.into_inner()) = role;
     }
 }
 
@@ -279,7 +288,8 @@ impl Workspace {
             onloads: Mutex::new(options.onloads.clone()),
             hook_runs: HookRuns::default(),
             stuck: watch::channel(0).0,
-            role: Mutex::new(options.role),
+            role: std::sync::RwLock::new(options.role),
+            leading: Mutex::new(CancellationToken::new()),
         });
         // Every commit moves `applied`, whoever made it (a command here, a leader's entries on
         // a mirror), and that wakes subscribers, streams and waiters.
@@ -329,10 +339,81 @@ impl Workspace {
         }
         self.record_accepted_wal_loss().await?;
         if drive {
-            let engine = tokio::spawn(crate::engine::run(Arc::clone(inner)));
+            let leading = inner.shutdown.child_token();
+            *inner.leading.lock().unwrap_or_else(|p| p.into_inner()) = leading.clone();
+            let engine = tokio::spawn(crate::engine::run(Arc::clone(inner), leading));
             *self.handle.engine.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
         }
         Ok(())
+    }
+
+    /// Stops the change engine and waits for its drivers: a running hook is stopped without an
+    /// outcome (its task stays `doing` and reruns wherever the workspace leads next).
+    async fn stop_engine(&self) {
+        let inner = self.inner();
+        inner
+            .leading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cancel();
+        let engine = self
+            .handle
+            .engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(engine) = engine {
+            let _ = engine.await;
+        }
+        crate::engine::wait_drivers(inner).await;
+    }
+
+    /// Stops leading, for a handoff (`cairn handoff`): stops the change engine (hooks that run
+    /// are stopped without an outcome; their tasks rerun on the next leader), refuses every
+    /// command from here on with [`Error::NotLeader`], waits until every command accepted
+    /// before is committed or rejected, and marks the data directory as a mirror's. Returns
+    /// the head then: nothing is written here after it, so the node that takes over must have
+    /// applied exactly this head. Entries come in through [`Workspace::apply_replicated`]
+    /// afterwards; [`Workspace::resume_leading`] undoes this while no other node leads.
+    pub async fn step_down(&self) -> Result<cairn_log::Head, Error> {
+        let inner = self.inner();
+        if inner.role() != NodeRole::Leader {
+            return Err(Error::NotLeader);
+        }
+        // The engine first: its last outcomes (a hook that just finished) are committed here
+        // while this node still leads.
+        self.stop_engine().await;
+        inner.set_role(NodeRole::Mirror);
+        // Every command that passed the role check is in the writer's queue already (they
+        // enter it under the role's read lock); the writer takes requests in order, so once
+        // an empty request is answered, every one before it has been.
+        inner.store.submit_entries(Vec::new()).await?;
+        if let Err(e) = mark_mirror(&inner.data.join(MIRROR_MARKER_FILE)) {
+            // Without the marker a restart could lead again beside the new leader.
+            self.resume_leading().await?;
+            return Err(e);
+        }
+        let head = self.head()?;
+        tracing::warn!(
+            offset = head.offset,
+            epoch = head.epoch,
+            "stepped down: this node no longer leads"
+        );
+        Ok(head)
+    }
+
+    /// Leads again after [`Workspace::step_down`] (a handoff that did not happen): removes the
+    /// mirror marker and starts the change engine. Only while no other node was promoted in
+    /// its place, or there would be two leaders.
+    pub async fn resume_leading(&self) -> Result<(), Error> {
+        let inner = self.inner();
+        if inner.role() != NodeRole::Mirror {
+            return Err(Error::NotMirror);
+        }
+        inner.set_role(NodeRole::Leader);
+        remove_mirror_marker(&inner.data);
+        tracing::warn!("leading again");
+        self.start_leading(true).await
     }
 
     /// Turns this mirror into the leader of a new epoch (`cairn promote`): appends
@@ -359,13 +440,8 @@ impl Workspace {
             prev_head: head.offset,
         };
         let committed = inner.store.submit_in_epoch(meta, command, epoch).await?;
-        *inner.role.lock().unwrap_or_else(|p| p.into_inner()) = NodeRole::Leader;
-        let marker = inner.data.join(MIRROR_MARKER_FILE);
-        if let Err(e) = std::fs::remove_file(&marker) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %marker.display(), error = %e, "could not remove the mirror marker");
-            }
-        }
+        inner.set_role(NodeRole::Leader);
+        remove_mirror_marker(&inner.data);
         tracing::warn!(
             epoch,
             offset = committed.offsets.start,
@@ -459,16 +535,7 @@ impl Workspace {
     /// subscription holds it.
     pub async fn close(self) {
         self.inner().shutdown.cancel();
-        let engine = self
-            .handle
-            .engine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(engine) = engine {
-            let _ = engine.await;
-        }
-        crate::engine::wait_drivers(self.inner()).await;
+        self.stop_engine().await;
         // Dropping the last handle closes the store (joins its writer): off the executor.
         let handle = self.handle;
         let _ = tokio::task::spawn_blocking(move || drop(handle)).await;
@@ -1062,6 +1129,16 @@ fn mark_mirror(marker: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Removes the mirror marker (a node that leads now).
+fn remove_mirror_marker(data: &Path) {
+    let marker = data.join(MIRROR_MARKER_FILE);
+    if let Err(e) = std::fs::remove_file(&marker) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %marker.display(), error = %e, "could not remove the mirror marker");
+        }
+    }
+}
+
 /// Removes scratch directories (`.scratch-*`) an interrupted audit, backup stream or replay
 /// left in the data directory. Called under the workspace lock, so none is in use.
 fn remove_stale_scratch(data: &Path) {
@@ -1090,9 +1167,6 @@ pub(crate) async fn execute(
     if inner.shutdown.is_cancelled() {
         return Err(Error::Closed);
     }
-    if inner.role() == NodeRole::Mirror {
-        return Err(Error::NotLeader);
-    }
     if let Some(key) = &opts.idempotency_key {
         if key.is_empty() || key.len() > cairn_kernel::command::IDEMPOTENCY_KEY_BYTES_MAX {
             return Err(Error::Rejected(cairn_kernel::Rejection::Invalid(format!(
@@ -1107,7 +1181,15 @@ pub(crate) async fn execute(
         command: Uuid::new_v4(),
         idempotency_key: opts.idempotency_key.clone(),
     };
-    let committed = inner.store.submit(meta, command).await?;
+    let ticket = {
+        // Checked and queued under the role's read lock (see `Workspace::step_down`).
+        let role = inner.role.read().unwrap_or_else(|p| p.into_inner());
+        if *role == NodeRole::Mirror {
+            return Err(Error::NotLeader);
+        }
+        inner.store.submit(meta, command)
+    };
+    let committed = ticket.await?;
     // The store's listener has published `applied` already (see `Workspace::open`).
     inner.kick.notify_one();
     Ok(committed)

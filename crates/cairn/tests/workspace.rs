@@ -123,3 +123,69 @@ async fn bad_manifests_are_rejected_with_the_field_and_nothing_is_written() {
     assert_eq!(ws.view().unwrap().digest().unwrap(), mid);
     assert_ne!(before, mid);
 }
+
+/// A handoff's step-down races commands from 16 tasks: every command answered `Ok` is at or
+/// below the head `step_down` returns, nothing commits after it, and the others are refused
+/// with `NotLeader`. Then `resume_leading` takes commands again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_down_returns_a_head_that_no_accepted_command_is_past() {
+    let s = Scratch::new();
+    let ws = s.open().await;
+    install(&ws, PKG).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..16u32)
+        .map(|w| {
+            let (ws, stop) = (ws.clone(), std::sync::Arc::clone(&stop));
+            tokio::spawn(async move {
+                let (mut acked, mut refused) = (Vec::new(), 0u32);
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let key = format!("w{w}-{i}");
+                    match ws.var_set("p", &key, b"x", None, &opts()).await {
+                        Ok(c) => acked.push(c.offsets.end - 1),
+                        Err(Error::NotLeader) => refused += 1,
+                        Err(e) => panic!("{key}: {e}"),
+                    }
+                    i += 1;
+                    if refused > 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                (acked, refused)
+            })
+        })
+        .collect();
+    while ws.applied() < 500 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let head = ws.step_down().await.unwrap();
+    assert_eq!(ws.role(), cairn::NodeRole::Mirror);
+    assert!(s.data().join(cairn::MIRROR_MARKER_FILE).exists());
+    // Commands keep coming for a while; none is taken.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut refused = 0;
+    for w in writers {
+        let (acked, r) = w.await.unwrap();
+        refused += r;
+        for offset in acked {
+            assert!(
+                offset <= head.offset,
+                "a command committed at {offset}, past the head {} step_down returned",
+                head.offset
+            );
+        }
+    }
+    assert!(refused > 0, "the writers were refused after the step-down");
+    assert_eq!(
+        ws.applied(),
+        head.offset,
+        "nothing committed after the step-down"
+    );
+    assert_eq!(ws.head().unwrap(), head);
+    // Leading again: the marker goes and commands are taken.
+    ws.resume_leading().await.unwrap();
+    assert!(!s.data().join(cairn::MIRROR_MARKER_FILE).exists());
+    ws.var_set("p", "after", b"x", None, &opts()).await.unwrap();
+    assert_eq!(ws.applied(), head.offset + 1);
+}
