@@ -1443,3 +1443,64 @@ fn a_handoff_to_a_mirror_that_cannot_catch_up_leaves_the_leader_leading() {
     let var = get_json(&format!("{}/v1/vars/p/k0", m.url), &token);
     assert_eq!(var["value"], "still-leading");
 }
+
+#[test]
+fn a_change_whose_hook_runs_at_a_handoff_finishes_on_the_new_leader() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let admin = s.ws.admin_token();
+    let token = token_of(&admin);
+    let trace = s.ws.path("trace");
+    let t = trace.display();
+    let hub = s.ws.file(
+        "hub.toml",
+        "name = \"hub\"\nversion = \"1.0.0\"\n\n[[slots]]\nname = \"net\"\ninterface = \"network\"\n",
+    );
+    let app = s.ws.file(
+        "app.toml",
+        &format!(
+            "name = \"app\"\nversion = \"1.0.0\"\n\n[hooks.connect-plug-net]\n\
+             run = \"echo start >> {t}; sleep 3; echo end >> {t}\"\n\n\
+             [[plugs]]\nname = \"net\"\ninterface = \"network\"\n"
+        ),
+    );
+    leader.remote(&admin, &["pkg", "install", &hub]).ok();
+    leader.remote(&admin, &["pkg", "install", &app]).ok();
+    let m = s.first_mirror(&leader.url);
+    let id = leader
+        .remote(
+            &admin,
+            &["iface", "connect", "app:net", "hub:net", "--no-wait"],
+        )
+        .ok();
+    let id = id.trim().to_string();
+    wait_until(Duration::from_secs(30), "the connect hook starts", || {
+        std::fs::read_to_string(&trace).is_ok_and(|t| t.contains("start"))
+    });
+    wait_follow_state(&m.url, &token, "following");
+    remote(&leader.url, &s, &["handoff", "--to", &m.url]).ok();
+    // The old leader stopped the hook without an outcome; the new leader runs it again and
+    // finishes the change.
+    let change = poll(CONVERGE_TIMEOUT, || {
+        let c = get_json(&format!("{}/v1/changes/{id}", m.url), &token);
+        if c["status"] == "done" {
+            return Ok(c);
+        }
+        Err(format!("the change is not done on the new leader: {c}"))
+    });
+    let task = change["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"].as_str().unwrap().contains("connect-plug"))
+        .unwrap_or_else(|| panic!("{change}"));
+    assert_eq!(task["attempts"], 2, "{change}");
+    let lines = std::fs::read_to_string(&trace).unwrap();
+    assert_eq!(
+        lines, "start\nstart\nend\n",
+        "one attempt stopped, one whole"
+    );
+    // The old leader has it too.
+    let (l, old) = converge(&m.url, &leader.url, &token);
+    assert_eq!(old, l);
+}
