@@ -48,9 +48,23 @@ fn the_readme_mirror_section_runs_as_written() {
     );
     assert!(stdout.contains("following"), "{stdout}");
     // The write sent to the mirror reached the leader.
+    assert!(lines.iter().any(|l| l.trim() == "30"), "{stdout}\n{stderr}");
+    // After the handoff the mirror leads in epoch 2, and a write sent to the old leader is
+    // forwarded to it.
+    let status_after = stdout
+        .rsplit_once("handed_off_at")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("the handoff printed its result: {stdout}\n{stderr}"));
+    assert!(status_after.contains("leader"), "{stdout}");
+    assert!(
+        status_after
+            .lines()
+            .any(|l| l.starts_with("epoch") && l.trim_end().ends_with('2')),
+        "{stdout}"
+    );
     assert_eq!(
         lines.last().map(|l| l.trim()),
-        Some("30"),
+        Some("35"),
         "{stdout}\n{stderr}"
     );
 }
