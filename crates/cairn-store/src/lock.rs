@@ -1,4 +1,5 @@
-//! The workspace lock: one opener at a time, and the next one is told who holds it.
+//! The workspace lock: one opener at a time, and the next one is told who holds it; and
+//! [`RecordLock`], the same kind of lock for other files (partial directories' markers).
 //!
 //! A POSIX record lock (`fcntl(F_SETLK)`) over all of `<data>/cairn.lock`, which holds the
 //! holder's pid for messages. The kernel drops it when the holder dies, even by SIGKILL, so a
@@ -41,54 +42,137 @@ fn held() -> std::sync::MutexGuard<'static, BTreeSet<FileId>> {
     HELD.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Held for as long as the workspace is open.
+/// A record lock this process holds over the whole of one file; released when dropped.
 #[derive(Debug)]
-pub struct WorkspaceLock {
+pub(crate) struct RecordLock {
     /// `None` only while dropping: the descriptor is closed before `id` leaves [`HELD`].
     file: Option<File>,
     id: FileId,
 }
 
-impl WorkspaceLock {
-    /// Takes the lock at `path`, or says which pid holds it.
-    pub fn acquire(path: &Path) -> Result<Self, StoreError> {
+/// What trying to take a record lock found.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// Taken.
+    Taken(RecordLock),
+    /// Held by a live process: this one or another; `pid` is what the file says (the holder
+    /// writes its pid there), empty if it says nothing.
+    Held {
+        /// The holder's pid, as the file gives it.
+        pid: String,
+    },
+}
+
+/// How [`RecordLock::try_take`] reaches the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// The file exists (`NotFound` otherwise), or is created if missing.
+    Existing,
+    /// The file must not exist yet: it is created.
+    New,
+}
+
+impl RecordLock {
+    /// Tries to lock the file at `path` without waiting. The file is never opened while this
+    /// process holds its lock (that open's close would drop it): [`HELD`] is asked first.
+    pub(crate) fn try_take(path: &Path, reach: Reach) -> io::Result<Attempt> {
         let mut held = held();
-        let id = file_id(path)?;
+        if reach == Reach::Existing {
+            let id = std::fs::metadata(path).map(|m| (m.dev(), m.ino()))?;
+            if held.contains(&id) {
+                return Ok(Attempt::Held {
+                    pid: std::process::id().to_string(),
+                });
+            }
+        }
+        let mut file = match reach {
+            Reach::Existing => OpenOptions::new().read(true).write(true).open(path)?,
+            Reach::New => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)?,
+        };
+        let meta = file.metadata()?;
+        let id = (meta.dev(), meta.ino());
         if held.contains(&id) {
-            return Err(StoreError::Locked {
+            // `path` was replaced by a file this process holds between the check and the open:
+            // closing this descriptor would drop that lock, so it is kept open instead.
+            std::mem::forget(file);
+            return Ok(Attempt::Held {
                 pid: std::process::id().to_string(),
             });
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| StoreError::io(format!("open lock file {}", path.display()), e))?;
-        match lock_whole(&file) {
-            Ok(true) => {}
-            Ok(false) => {
-                let mut pid = String::new();
-                let _ = file
-                    .seek(SeekFrom::Start(0))
-                    .and_then(|_| file.read_to_string(&mut pid));
-                return Err(StoreError::Locked {
-                    pid: pid.trim().to_owned(),
-                });
-            }
+        if !lock_whole(&file)? {
+            let mut pid = String::new();
+            let _ = file
+                .seek(SeekFrom::Start(0))
+                .and_then(|_| file.read_to_string(&mut pid));
+            return Ok(Attempt::Held {
+                pid: pid.trim().to_owned(),
+            });
+        }
+        held.insert(id);
+        Ok(Attempt::Taken(RecordLock {
+            file: Some(file),
+            id,
+        }))
+    }
+
+    /// The locked file (to write the holder's pid into). Never to be closed by the caller.
+    pub(crate) fn file(&mut self) -> &mut File {
+        self.file
+            .as_mut()
+            .expect("a record lock keeps its file until it is dropped")
+    }
+
+    /// Whether the locked file is still the one at `path` (not unlinked or replaced since).
+    pub(crate) fn is_at(&self, path: &Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == self.id)
+    }
+}
+
+impl Drop for RecordLock {
+    fn drop(&mut self) {
+        let mut held = held();
+        // Closing the descriptor drops the record lock; only then may another opener in this
+        // process open the file (its close would otherwise drop a lock it does not hold yet).
+        drop(self.file.take());
+        held.remove(&self.id);
+    }
+}
+
+/// Held for as long as the workspace is open.
+#[derive(Debug)]
+pub struct WorkspaceLock {
+    /// Held until dropped (never read: holding it is the point).
+    _lock: RecordLock,
+}
+
+impl WorkspaceLock {
+    /// Takes the lock at `path`, or says which pid holds it.
+    pub fn acquire(path: &Path) -> Result<Self, StoreError> {
+        {
+            // Created if missing, under HELD (see `file_id`).
+            let _held = held();
+            file_id(path)?;
+        }
+        let mut lock = match RecordLock::try_take(path, Reach::Existing) {
+            Ok(Attempt::Taken(lock)) => lock,
+            Ok(Attempt::Held { pid }) => return Err(StoreError::Locked { pid }),
             Err(e) => {
                 return Err(StoreError::io(
                     format!("lock the lock file {}", path.display()),
                     e,
                 ))
             }
-        }
-        held.insert(id);
-        drop(held);
+        };
         // The pid is written over the old one, then the file cut to it: on a full disk, bytes
         // within the file's existing block still fit (cutting first would give the block up).
         // The pid is only for messages: the record lock is the lock, so a pid that cannot be
         // written is a warning, not a failure (reads must open on a full disk).
         let pid = format!("{}\n", std::process::id());
+        let file = lock.file();
         let written = file
             .seek(SeekFrom::Start(0))
             .and_then(|_| file.write_all(pid.as_bytes()))
@@ -96,20 +180,7 @@ impl WorkspaceLock {
         if let Err(error) = written {
             tracing::warn!(path = %path.display(), %error, "could not write the pid into the lock file");
         }
-        Ok(Self {
-            file: Some(file),
-            id,
-        })
-    }
-}
-
-impl Drop for WorkspaceLock {
-    fn drop(&mut self) {
-        let mut held = held();
-        // Closing the descriptor drops the record lock; only then may another opener in this
-        // process open the file (its close would otherwise drop a lock it does not hold yet).
-        drop(self.file.take());
-        held.remove(&self.id);
+        Ok(Self { _lock: lock })
     }
 }
 
@@ -182,7 +253,7 @@ mod tests {
         let lock = WorkspaceLock::acquire(&path).unwrap();
         // A copy of the descriptor without close-on-exec, inherited by a child that lives on:
         // the state of a hook between its fork and its exec, frozen.
-        let fd = lock.file.as_ref().unwrap().as_raw_fd();
+        let fd = lock._lock.file.as_ref().unwrap().as_raw_fd();
         // SAFETY: dup of a descriptor we own; the copy is closed below.
         let copy = unsafe { libc::dup(fd) };
         assert!(copy >= 0);

@@ -1,25 +1,26 @@
 //! A directory that appears complete under its final name or not at all: backups, replays and
 //! received bundles are built in `<target>.partial` and renamed to `<target>` only when whole.
 //!
-//! The partial directory holds a marker file, [`PARTIAL_MARKER_FILE`], `flock`ed by the
-//! process building it and holding that process's pid. So a later run can tell the three kinds
+//! The partial directory holds a marker file, [`PARTIAL_MARKER_FILE`], record-locked by the
+//! process building it (`crate::lock::RecordLock`, the workspace lock's kind: never inherited
+//! by a child between its `fork` and `exec`, so a killed builder's half-spawned child cannot
+//! keep it) and holding that process's pid. So a later run can tell the three kinds
 //! of `<target>.partial` apart without guessing:
 //! - marker present and locked: another run is building it now; refused, naming its pid;
 //! - marker present and unlocked: left by a run that was killed or crashed (the kernel drops a
-//!   `flock` when its holder dies); removed, with a warning, and the new run goes on;
+//!   record lock when its holder dies); removed, with a warning, and the new run goes on;
 //! - no marker and empty: a run killed between creating the directory and its marker (or one
 //!   in that very instant, which then fails cleanly); removed, as there is nothing in it;
 //! - no marker and not empty: cairn did not make it; refused and left alone, with what to do.
 //!
 //! The marker is removed just before the rename, so the finished directory does not hold it.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::StoreError;
+use crate::lock::{Attempt, Reach, RecordLock};
 
 /// Name of the marker file inside a partial directory.
 pub const PARTIAL_MARKER_FILE: &str = ".cairn-partial";
@@ -42,7 +43,7 @@ pub struct PartialDir {
     target: PathBuf,
     path: PathBuf,
     /// The locked marker; `None` once committed.
-    marker: Option<File>,
+    marker: Option<RecordLock>,
 }
 
 impl PartialDir {
@@ -143,42 +144,53 @@ impl Drop for PartialDir {
 /// Creates, locks and fills in the marker of a partial directory this process just created.
 /// On failure the directory is left to the next run, except when the marker could not even be
 /// created (then the directory is still empty and ours alone, and is removed).
-fn take_new_marker(dir: &Path) -> Result<File, StoreError> {
+fn take_new_marker(dir: &Path) -> Result<RecordLock, StoreError> {
     let path = dir.join(PARTIAL_MARKER_FILE);
     let failed = |e: io::Error| StoreError::io(format!("create {}", path.display()), e);
-    let mut file = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-    {
-        Ok(f) => f,
+    let mut lock = match RecordLock::try_take(&path, Reach::New) {
+        Ok(Attempt::Taken(lock)) => lock,
+        // Between the creation and the lock another run can find the marker unlocked, take it
+        // and remove the directory as abandoned; then it is that run's, and is not touched here.
+        Ok(Attempt::Held { .. }) => {
+            return Err(StoreError::io(
+                format!("create {}", dir.display()),
+                "another run took it over as it was created; try again",
+            ))
+        }
         Err(e) => {
             let _ = fs::remove_dir(dir);
             return Err(failed(e));
         }
     };
-    // Between the creation and the lock another run can find the marker unlocked, take it
-    // and remove the directory as abandoned; then it is that run's, and is not touched here.
-    if !try_lock(&file).map_err(failed)? || !is_current(&file, &path) {
-        // Another run took the marker in the instant between its creation and our lock.
+    if !lock.is_at(&path) {
         return Err(StoreError::io(
             format!("create {}", dir.display()),
             "another run took it over as it was created; try again",
         ));
     }
+    let file = lock.file();
     writeln!(file, "{}", std::process::id())
         .and_then(|_| file.sync_all())
         .map_err(|e| StoreError::io(format!("write {}", path.display()), e))?;
-    Ok(file)
+    Ok(lock)
 }
 
 /// Removes `dir` (an existing `<target>.partial`) if its marker says it was abandoned;
 /// otherwise explains why it is left alone.
 fn remove_if_abandoned(dir: &Path, context: &str) -> Result<(), StoreError> {
     let marker_path = dir.join(PARTIAL_MARKER_FILE);
-    let mut marker = match File::open(&marker_path) {
-        Ok(f) => f,
+    let lock = match RecordLock::try_take(&marker_path, Reach::Existing) {
+        Ok(Attempt::Taken(lock)) => lock,
+        Ok(Attempt::Held { pid }) => {
+            return Err(StoreError::io(
+                context,
+                format!(
+                    "{} is being written by another run (pid {pid}); wait for it to finish, or \
+                     choose another directory",
+                    dir.display(),
+                ),
+            ))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             // `remove_dir` removes only an empty directory: nothing can be lost.
             if fs::remove_dir(dir).is_ok() {
@@ -197,58 +209,20 @@ fn remove_if_abandoned(dir: &Path, context: &str) -> Result<(), StoreError> {
                 ),
             ));
         }
-        Err(e) => return Err(StoreError::io(format!("open {}", marker_path.display()), e)),
+        Err(e) => return Err(StoreError::io(format!("lock {}", marker_path.display()), e)),
     };
-    let failed = |e: io::Error| StoreError::io(format!("lock {}", marker_path.display()), e);
-    if !try_lock(&marker).map_err(failed)? {
-        let mut pid = String::new();
-        let _ = marker.read_to_string(&mut pid);
-        return Err(StoreError::io(
-            context,
-            format!(
-                "{} is being written by another run (pid {}); wait for it to finish, or choose \
-                 another directory",
-                dir.display(),
-                pid.trim()
-            ),
-        ));
-    }
     // The marker we locked may have been replaced since we opened it (another run removed the
     // old directory and made its own): then it is not abandoned; look again.
-    if !is_current(&marker, &marker_path) {
+    if !lock.is_at(&marker_path) {
         return Ok(());
     }
     fs::remove_dir_all(dir).map_err(|e| StoreError::io(format!("remove {}", dir.display()), e))?;
+    drop(lock);
     tracing::warn!(
         "removed {}, left by an interrupted backup or replay",
         dir.display()
     );
     Ok(())
-}
-
-/// Takes an exclusive `flock` on `file` without waiting; `false` when another holds it.
-fn try_lock(file: &File) -> io::Result<bool> {
-    // SAFETY: flock on a descriptor owned by `file`, which outlives the call; the lock is
-    // released when the file is closed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
-}
-
-/// Whether `file` is the file now at `path` (not one unlinked or replaced since it was
-/// opened).
-fn is_current(file: &File, path: &Path) -> bool {
-    match (file.metadata(), fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
 }
 
 #[cfg(test)]

@@ -651,28 +651,22 @@ fn waiters_are_woken_by_the_commit_they_wait_for() {
     }
 }
 
-/// Set in the child process of the next test: the workspace it opens.
+/// Set in the child process of the next tests: what it holds (a workspace, a partial dir).
 const LOCK_CHILD_ENV: &str = "CAIRN_TEST_LOCK_CHILD";
 
-/// A process that had the workspace open is killed while a child it forked has not reached its
-/// `exec` yet (a hook being spawned when the leader dies): that child still holds copies of all
-/// its descriptors, and the next opener must still get the workspace. It was refused with
-/// "locked by pid N" for a dead N while the lock was a `flock`.
-#[test]
-fn a_killed_opener_s_half_spawned_child_does_not_keep_the_workspace() {
-    if let Some(dir) = std::env::var_os(LOCK_CHILD_ENV) {
-        hold_then_fork(Path::new(&dir));
-    }
-    let dir = fresh();
+/// Runs the test `name` of this binary as a child with `LOCK_CHILD_ENV=dir`, which takes a lock
+/// and forks a grandchild frozen before any `exec`; kills the child, checks the grandchild
+/// lives on, runs `then` (the next taker, which must succeed while it lives), and kills the
+/// grandchild.
+fn kill_holder_whose_child_is_half_spawned<T>(
+    name: &str,
+    dir: &Path,
+    then: impl FnOnce() -> T,
+) -> T {
     let exe = std::env::current_exe().unwrap();
     let mut child = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "a_killed_opener_s_half_spawned_child_does_not_keep_the_workspace",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(LOCK_CHILD_ENV, dir.path())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(LOCK_CHILD_ENV, dir)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -692,25 +686,65 @@ fn a_killed_opener_s_half_spawned_child_does_not_keep_the_workspace() {
     };
     child.kill().unwrap();
     child.wait().unwrap();
-    // The grandchild lives on (it sleeps up to 30 s) with the dead opener's descriptors.
+    // The grandchild lives on (it sleeps up to 30 s) with the dead holder's descriptors.
     // SAFETY: kill with signal 0 only checks that the process exists.
     assert_eq!(
         unsafe { libc::kill(grandchild, 0) },
         0,
         "the forked child is alive"
     );
-    let reopened = Store::open(dir.path(), KvMachine::default(), Options::default());
+    let result = then();
     // SAFETY: SIGKILL to the grandchild this test made; it was reparented, so it is not reaped
     // here.
     unsafe { libc::kill(grandchild, libc::SIGKILL) };
+    result
+}
+
+/// A process that had the workspace open is killed while a child it forked has not reached its
+/// `exec` yet (a hook being spawned when the leader dies): that child still holds copies of all
+/// its descriptors, and the next opener must still get the workspace. It was refused with
+/// "locked by pid N" for a dead N while the lock was a `flock`.
+#[test]
+fn a_killed_opener_s_half_spawned_child_does_not_keep_the_workspace() {
+    if let Some(dir) = std::env::var_os(LOCK_CHILD_ENV) {
+        let _store = open(Path::new(&dir));
+        fork_then_wait();
+    }
+    let dir = fresh();
+    let reopened = kill_holder_whose_child_is_half_spawned(
+        "a_killed_opener_s_half_spawned_child_does_not_keep_the_workspace",
+        dir.path(),
+        || Store::open(dir.path(), KvMachine::default(), Options::default()),
+    );
     let store = reopened.expect("the workspace opens while the forked child lives");
     assert_eq!(store.applied(), 0);
 }
 
-/// The child's part: open `dir`, fork a child that only sleeps (frozen before an `exec`), say
-/// its pid, and wait to be killed.
-fn hold_then_fork(dir: &Path) -> ! {
-    let _store = open(dir);
+/// The same for a backup's partial directory: a killed builder's half-spawned child does not
+/// keep it, and the next backup into the same target removes it and goes on. It was refused
+/// ("being written by another run") while its marker was a `flock`.
+#[test]
+fn a_killed_backup_s_half_spawned_child_does_not_keep_its_partial_directory() {
+    if let Some(dir) = std::env::var_os(LOCK_CHILD_ENV) {
+        let _partial =
+            cairn_store::PartialDir::create(&Path::new(&dir).join("out"), "backup").unwrap();
+        fork_then_wait();
+    }
+    let dir = fresh();
+    let target = dir.path().join("out");
+    let again = kill_holder_whose_child_is_half_spawned(
+        "a_killed_backup_s_half_spawned_child_does_not_keep_its_partial_directory",
+        dir.path(),
+        || cairn_store::PartialDir::create(&target, "backup"),
+    );
+    let again = again.expect("the abandoned partial directory is taken over");
+    again.commit().unwrap();
+    assert!(target.is_dir());
+}
+
+/// The child's part: fork a child that only sleeps (frozen before an `exec`), say its pid, and
+/// wait to be killed.
+fn fork_then_wait() -> ! {
     // SAFETY: the forked child calls only async-signal-safe functions (sleep, _exit).
     let pid = unsafe { libc::fork() };
     if pid == 0 {
