@@ -925,6 +925,7 @@ fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
                 name: name.clone(),
                 expect_offset: None,
                 expect_hash: None,
+                handoff: None,
             },
             true,
         ),
@@ -1324,9 +1325,7 @@ fn mirror(cli: &Cli) -> Result<(), Failure> {
     )
     .map_err(|e| Failure::Other(format!("cannot start the follower: {e}")))?;
     let svc = cairn_server::Service::mirror(ws, follower);
-    let served = run_server(&rt, svc.clone(), &data, listen, "serving as a mirror");
-    rt.block_on(svc.stop_follower());
-    served
+    run_server(&rt, svc, &data, listen, "serving as a mirror")
 }
 
 /// The host name and listen address, as a mirror name (`[A-Za-z0-9-_.:]`).
@@ -1465,7 +1464,10 @@ fn run_server(
                 _ = int.recv() => {},
             }
         };
-        let r = cairn_server::serve(svc, listener, shutdown).await;
+        let r = cairn_server::serve(svc.clone(), listener, shutdown).await;
+        // A follower (a mirror's, or a former leader's after a handoff) holds the workspace:
+        // stop it before closing, so that the store's writer is joined.
+        svc.stop_follower().await;
         ws.close().await;
         r
     });

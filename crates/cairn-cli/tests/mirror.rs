@@ -1435,8 +1435,24 @@ fn a_handoff_to_a_mirror_that_cannot_catch_up_leaves_the_leader_leading() {
     );
     // Once the mirror can catch up, the same handoff goes through.
     open.store(true, Ordering::SeqCst);
-    converge(&leader.url, &m.url, &token);
+    let ((head, _), _) = converge(&leader.url, &m.url, &token);
     wait_follow_state(&m.url, &token, "following");
+    // A promotion on a condition the mirror does not meet changes nothing: it follows on.
+    let (code, _, body) = call(
+        "POST",
+        &format!("{}/v1/promote", m.url),
+        &token,
+        &[],
+        Some(&format!("{{\"expect_offset\": {}}}", head + 5)),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("not_at_head") && body.contains("not promoted"),
+        "{body}"
+    );
+    let status = get_json(&format!("{}/v1/status", m.url), &token);
+    assert_eq!(status["role"], "mirror", "{status}");
+    assert_eq!(status["follow"]["state"], "following", "{status}");
     remote(&leader.url, &s, &["handoff", "--to", &m.url]).ok();
     let status = get_json(&format!("{}/v1/status", m.url), &token);
     assert_eq!(status["role"], "leader", "{status}");
@@ -1503,4 +1519,149 @@ fn a_change_whose_hook_runs_at_a_handoff_finishes_on_the_new_leader() {
     // The old leader has it too.
     let (l, old) = converge(&m.url, &leader.url, &token);
     assert_eq!(old, l);
+}
+
+/// A TCP proxy to `target` that swallows the answer to the first `POST /v1/promote` (it reaches
+/// the mirror, its answer never comes back) and passes everything else.
+fn promote_answer_losing_proxy(target: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let lost = Arc::new(AtomicBool::new(false));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let (Ok(client), Ok(server)) = (client, TcpStream::connect(&target)) else {
+                continue;
+            };
+            let swallow = Arc::new(AtomicBool::new(false));
+            let (mut from_client, mut to_server) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (lost, swallow2) = (Arc::clone(&lost), Arc::clone(&swallow));
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                    let promote = String::from_utf8_lossy(&buf[..n]).contains("POST /v1/promote");
+                    if promote && !lost.swap(true, Ordering::SeqCst) {
+                        swallow2.store(true, Ordering::SeqCst);
+                        let _ = to_server.write_all(&buf[..n]);
+                        // The caller's line drops at once, while the mirror is promoting.
+                        let _ = c2.shutdown(std::net::Shutdown::Both);
+                        std::thread::sleep(Duration::from_millis(1_500));
+                        let _ = s2.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                    if to_server.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                let _ = s2.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let (mut from, mut to) = (server, client);
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = from.read(&mut buf) {
+                    if swallow.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn a_promotion_whose_answer_is_lost_is_asked_again_and_happens_once() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let token = token_of(&s.ws.admin_token());
+    let m = s.first_mirror(&leader.url);
+    for i in 0..10 {
+        put_var(&leader.url, &token, &format!("k{i}"), "before", None);
+    }
+    wait_follow_state(&m.url, &token, "following");
+    let lossy = promote_answer_losing_proxy(m.url.trim_start_matches("http://").to_string());
+    let out = remote(&leader.url, &s, &["handoff", "--to", &lossy]).ok();
+    assert!(out.contains("mirror"), "{out}");
+    // One new epoch, not two, and the old leader follows the new one.
+    let epochs = get_json(
+        &format!("{}/v1/log?kind=epoch.started&limit=100", m.url),
+        &token,
+    );
+    assert_eq!(epochs.as_array().unwrap().len(), 1, "{epochs}");
+    assert_eq!(epochs[0]["epoch"], 2, "{epochs}");
+    let (status, _, body) = put_var(&m.url, &token, "k0", "after", None);
+    assert_eq!(status, 200, "{body}");
+    let (l, old) = converge(&m.url, &leader.url, &token);
+    assert_eq!(old, l);
+    let status = get_json(&format!("{}/v1/status", leader.url), &token);
+    assert_eq!(status["role"], "mirror", "{status}");
+}
+
+/// A bare HTTP server that answers every request with `body` and keeps each request it got.
+fn recording_server(body: String) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = vec![0u8; 16 * 1024];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            kept.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).to_string());
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn a_handoff_sends_the_token_only_to_a_node_of_this_workspace() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let token = token_of(&s.ws.admin_token());
+    let (stranger, seen) = recording_server(
+        r#"{"ok": true, "workspace_id": "00000000-0000-4000-8000-000000000000"}"#.to_string(),
+    );
+    let refused = remote(&leader.url, &s, &["handoff", "--to", &stranger]).expect(1);
+    assert!(
+        refused
+            .stderr
+            .contains("holds workspace \"00000000-0000-4000-8000-000000000000\"")
+            && refused.stderr.contains("nothing changed"),
+        "{}",
+        refused.stderr
+    );
+    let requests = seen.lock().unwrap().clone();
+    assert!(!requests.is_empty());
+    assert!(
+        requests
+            .iter()
+            .all(|r| !r.to_ascii_lowercase().contains("authorization")),
+        "no token went to the stranger: {requests:?}"
+    );
+    // URLs with more than a scheme, host and port are refused before anything is sent.
+    for bad in [
+        format!("{stranger}/v1/promote"),
+        format!("http://user:pw@{}", stranger.trim_start_matches("http://")),
+        format!("{stranger}?x=1"),
+    ] {
+        let e = remote(&leader.url, &s, &["handoff", "--to", &bad]).expect(1);
+        assert!(e.stderr.contains("HOST[:PORT]"), "{bad}: {}", e.stderr);
+    }
+    assert_eq!(seen.lock().unwrap().len(), requests.len());
+    // Still leading, writes taken.
+    let (status, _, body) = put_var(&leader.url, &token, "k0", "x", None);
+    assert_eq!(status, 200, "{body}");
 }

@@ -108,6 +108,7 @@ pub struct FollowStatus {
 
 /// A running follower.
 pub struct FollowerHandle {
+    options: FollowerOptions,
     status: Arc<Mutex<FollowStatus>>,
     stop: CancellationToken,
     thread: Option<JoinHandle<()>>,
@@ -125,6 +126,11 @@ impl StatusWatch {
 }
 
 impl FollowerHandle {
+    /// What it was started with.
+    pub fn options(&self) -> &FollowerOptions {
+        &self.options
+    }
+
     /// What the follower is doing now.
     pub fn status(&self) -> FollowStatus {
         lock(&self.status).clone()
@@ -176,9 +182,11 @@ pub fn start(
         .spawn({
             let status = Arc::clone(&status);
             let stop = stop.clone();
+            let options = options.clone();
             move || Session::run_all(ws, rt, options, status, stop)
         })?;
     Ok(FollowerHandle {
+        options,
         status,
         stop,
         thread: Some(thread),
@@ -231,6 +239,10 @@ impl Session {
             .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
             .build();
         let mut options = options;
+        // Redirects followed since a stream last opened: nodes that name each other must not
+        // make a tight loop.
+        let mut hops = 0u32;
+        let mut connects = 0u64;
         loop {
             let acker = Acker::start(ws.clone(), agent.clone(), options.clone());
             let session = Session {
@@ -243,17 +255,32 @@ impl Session {
                 agent: agent.clone(),
                 acker,
             };
-            match session.follow_leader() {
-                Some(leader) => {
-                    tracing::warn!(
-                        from = %options.leader,
-                        to = %leader,
-                        "the node followed is a mirror now; following its leader"
-                    );
-                    lock(&status).leader = leader.clone();
-                    options.leader = leader;
+            let Some(leader) = session.follow_leader() else {
+                return;
+            };
+            drop(session);
+            let now = lock(&status).connects;
+            hops = if now > connects { 1 } else { hops + 1 };
+            connects = now;
+            tracing::warn!(
+                from = %options.leader,
+                to = %leader,
+                hops,
+                "the node followed is a mirror now; following its leader"
+            );
+            lock(&status).leader = leader.clone();
+            options.leader = leader;
+            if hops > 1 {
+                let wait =
+                    (RECONNECT_BACKOFF_MIN_MS << (hops - 1).min(10)).min(RECONNECT_BACKOFF_MAX_MS);
+                let wait = rand::rng().random_range(wait / 2..=wait + wait / 2);
+                let until = std::time::Instant::now() + Duration::from_millis(wait);
+                while std::time::Instant::now() < until {
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                None => return,
             }
         }
     }
@@ -352,7 +379,12 @@ impl Session {
             Err(ureq::Error::Status(_, response)) => {
                 let redirect = response
                     .header(LEADER_HEADER)
-                    .filter(|l| l.starts_with("http://") || l.starts_with("https://"))
+                    .filter(|l| l.starts_with("https://") || l.starts_with("http://"))
+                    // Never from https to http: the mirror token would travel in clear.
+                    .filter(|l| {
+                        l.starts_with("https://") || !self.options.leader.starts_with("https://")
+                    })
+                    .map(|l| l.trim_end_matches('/'))
                     .filter(|l| *l != self.options.leader.trim_end_matches('/'))
                     .map(str::to_owned);
                 let (code, message) = error_of(response);
