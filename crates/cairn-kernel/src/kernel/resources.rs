@@ -177,12 +177,7 @@ fn decide_var_delete(state: &dyn StateRead, owner: &str, names: &[String]) -> De
     }])
 }
 
-fn decide_queue_put(
-    state: &dyn StateRead,
-    owner: &str,
-    queue: &str,
-    items: &[Vec<u8>],
-) -> Decided {
+fn decide_queue_put(state: &dyn StateRead, owner: &str, queue: &str, items: &[Vec<u8>]) -> Decided {
     writable_package(state, owner)?;
     resource::<QueueRecord>(state, ResourceKind::Queues, owner, queue)?;
     if items.is_empty() || items.len() > QUEUE_PUT_ITEMS_MAX {
