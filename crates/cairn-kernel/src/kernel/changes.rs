@@ -327,7 +327,6 @@ pub(super) fn apply(
     event: Event,
     entry: &StoredEntry,
 ) -> Result<(), ApplyFailure> {
-    let rev = entry.offset;
     match event {
         Event::ChangeCreated(c) => put_new_change(state, c, entry),
         Event::AbortRequested { change } => {
@@ -360,6 +359,22 @@ pub(super) fn apply(
             c.finish_task(if undo { Action::Undo(i) } else { Action::Do(i) }, &outcome);
             save_change(state, c, entry)?;
         }
+        Event::HookStarted(_) | Event::HookFinished(..) | Event::HookCancelled(_) => {
+            apply_hook_event(state, event, entry)?
+        }
+        other => return Err(misrouted_event(Subsystem::Changes, &other)),
+    }
+    Ok(())
+}
+
+/// `hook.*`: an `onload`'s go to its package, a task hook's are noted on its task.
+fn apply_hook_event(
+    state: &mut dyn StateWrite,
+    event: Event,
+    entry: &StoredEntry,
+) -> Result<(), ApplyFailure> {
+    let rev = entry.offset;
+    match event {
         Event::HookStarted(h) => {
             if h.task.is_none() {
                 lifecycle::onload_started(state, &h, rev)?;

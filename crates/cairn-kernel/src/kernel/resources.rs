@@ -35,70 +35,18 @@ pub(super) fn decide(state: &dyn StateRead, command: &Command) -> Decided {
             queue,
             items,
         } => decide_queue_put(state, owner, queue, items),
-        Command::QueueAck { owner, queue, upto } => {
-            writable_package(state, owner)?;
-            let q = resource::<QueueRecord>(state, ResourceKind::Queues, owner, queue)?;
-            if *upto >= q.next_seq {
-                return Err(Rejection::Invalid(format!(
-                    "cannot ack queue {} up to {upto}: its last item is {}",
-                    echo(queue),
-                    q.next_seq - 1
-                ))
-                .into());
-            }
-            if *upto <= q.acked {
-                return Ok(vec![]);
-            }
-            Ok(vec![Event::QueueAcked {
-                owner: owner.to_string(),
-                queue: queue.to_string(),
-                upto: *upto,
-            }])
-        }
+        Command::QueueAck { owner, queue, upto } => decide_queue_ack(state, owner, queue, *upto),
         Command::VaultSet {
             owner,
             vault,
             sealed,
-        } => {
-            writable_package(state, owner)?;
-            resource::<VaultRecord>(state, ResourceKind::Vaults, owner, vault)?;
-            if sealed.len() > VAULT_SEALED_BYTES_MAX {
-                return Err(Rejection::Invalid(format!(
-                    "sealed value of vault {} is {} bytes, over the limit of \
-                     {VAULT_SEALED_BYTES_MAX}",
-                    echo(vault),
-                    sealed.len()
-                ))
-                .into());
-            }
-            Ok(vec![Event::VaultSet {
-                owner: owner.to_string(),
-                vault: vault.clone(),
-                sealed: serde_bytes::ByteBuf::from(sealed.clone()),
-            }])
-        }
+        } => decide_vault_set(state, owner, vault, sealed),
         Command::DaemonSet {
             owner,
             daemon,
             desired,
             expect_revision,
-        } => {
-            writable_package(state, owner)?;
-            let d = resource::<DaemonRecord>(state, ResourceKind::Daemons, owner, daemon)?;
-            check_revision(
-                Entity::Resource(ResourceKind::Daemons, owner.to_string(), daemon.clone()),
-                expect_revision,
-                Some(d.revision),
-            )?;
-            if d.desired == *desired {
-                return Ok(vec![]);
-            }
-            Ok(vec![Event::DaemonDesired {
-                owner: owner.to_string(),
-                daemon: daemon.clone(),
-                desired: *desired,
-            }])
-        }
+        } => decide_daemon_set(state, owner, daemon, *desired, expect_revision),
         Command::DaemonReport {
             owner,
             daemon,
@@ -113,6 +61,70 @@ pub(super) fn decide(state: &dyn StateRead, command: &Command) -> Decided {
         }
         other => misrouted_command(Subsystem::Resources, other),
     }
+}
+
+fn decide_queue_ack(state: &dyn StateRead, owner: &str, queue: &str, upto: u64) -> Decided {
+    writable_package(state, owner)?;
+    let q = resource::<QueueRecord>(state, ResourceKind::Queues, owner, queue)?;
+    if upto >= q.next_seq {
+        return Err(Rejection::Invalid(format!(
+            "cannot ack queue {} up to {upto}: its last item is {}",
+            echo(queue),
+            q.next_seq - 1
+        ))
+        .into());
+    }
+    if upto <= q.acked {
+        return Ok(vec![]);
+    }
+    Ok(vec![Event::QueueAcked {
+        owner: owner.to_string(),
+        queue: queue.to_string(),
+        upto,
+    }])
+}
+
+fn decide_vault_set(state: &dyn StateRead, owner: &str, vault: &str, sealed: &[u8]) -> Decided {
+    writable_package(state, owner)?;
+    resource::<VaultRecord>(state, ResourceKind::Vaults, owner, vault)?;
+    if sealed.len() > VAULT_SEALED_BYTES_MAX {
+        return Err(Rejection::Invalid(format!(
+            "sealed value of vault {} is {} bytes, over the limit of \
+             {VAULT_SEALED_BYTES_MAX}",
+            echo(vault),
+            sealed.len()
+        ))
+        .into());
+    }
+    Ok(vec![Event::VaultSet {
+        owner: owner.to_string(),
+        vault: vault.to_string(),
+        sealed: serde_bytes::ByteBuf::from(sealed.to_vec()),
+    }])
+}
+
+fn decide_daemon_set(
+    state: &dyn StateRead,
+    owner: &str,
+    daemon: &str,
+    desired: DaemonState,
+    expect_revision: &Option<u64>,
+) -> Decided {
+    writable_package(state, owner)?;
+    let d = resource::<DaemonRecord>(state, ResourceKind::Daemons, owner, daemon)?;
+    check_revision(
+        Entity::Resource(ResourceKind::Daemons, owner.to_string(), daemon.to_string()),
+        expect_revision,
+        Some(d.revision),
+    )?;
+    if d.desired == desired {
+        return Ok(vec![]);
+    }
+    Ok(vec![Event::DaemonDesired {
+        owner: owner.to_string(),
+        daemon: daemon.to_string(),
+        desired,
+    }])
 }
 
 fn decide_var_set(
@@ -281,29 +293,9 @@ pub(super) fn apply(
             owner,
             queue,
             items,
-        } => {
-            let key = keys::resource("queue", &owner, &queue);
-            let mut q = applied_record::<QueueRecord>(state, &key)?;
-            for item in items {
-                state.put(
-                    Space::State,
-                    &keys::queue_item(&owner, &queue, q.next_seq),
-                    &item,
-                );
-                q.next_seq += 1;
-            }
-            q.revision = rev;
-            put(state, &key, &q);
-        }
+        } => apply_queue_put(state, &owner, &queue, items, rev)?,
         Event::QueueAcked { owner, queue, upto } => {
-            let key = keys::resource("queue", &owner, &queue);
-            let mut q = applied_record::<QueueRecord>(state, &key)?;
-            for seq in q.acked + 1..=upto.min(q.next_seq.saturating_sub(1)) {
-                state.delete(Space::State, &keys::queue_item(&owner, &queue, seq));
-            }
-            q.acked = q.acked.max(upto);
-            q.revision = rev;
-            put(state, &key, &q);
+            apply_queue_acked(state, &owner, &queue, upto, rev)?
         }
         Event::VaultSet {
             owner,
@@ -337,6 +329,46 @@ pub(super) fn apply(
         )?,
         other => return Err(misrouted_event(Subsystem::Resources, &other)),
     }
+    Ok(())
+}
+
+fn apply_queue_put(
+    state: &mut dyn StateWrite,
+    owner: &str,
+    queue: &str,
+    items: Vec<serde_bytes::ByteBuf>,
+    rev: u64,
+) -> Result<(), ApplyFailure> {
+    let key = keys::resource("queue", owner, queue);
+    let mut q = applied_record::<QueueRecord>(state, &key)?;
+    for item in items {
+        state.put(
+            Space::State,
+            &keys::queue_item(owner, queue, q.next_seq),
+            &item,
+        );
+        q.next_seq += 1;
+    }
+    q.revision = rev;
+    put(state, &key, &q);
+    Ok(())
+}
+
+fn apply_queue_acked(
+    state: &mut dyn StateWrite,
+    owner: &str,
+    queue: &str,
+    upto: u64,
+    rev: u64,
+) -> Result<(), ApplyFailure> {
+    let key = keys::resource("queue", owner, queue);
+    let mut q = applied_record::<QueueRecord>(state, &key)?;
+    for seq in q.acked + 1..=upto.min(q.next_seq.saturating_sub(1)) {
+        state.delete(Space::State, &keys::queue_item(owner, queue, seq));
+    }
+    q.acked = q.acked.max(upto);
+    q.revision = rev;
+    put(state, &key, &q);
     Ok(())
 }
 
