@@ -432,6 +432,13 @@ impl Session {
                     }
                     batch_bytes = 0;
                     caught_up |= marker;
+                    // Live (from the marker on), every commit is waited for, and acknowledged
+                    // once landed.
+                    if caught_up {
+                        if let Err(end) = self.drain(pipeline) {
+                            return end;
+                        }
+                    }
                     self.ack();
                     let mut s = lock(&self.status);
                     s.leader_head = s.leader_head.max(offset);
@@ -475,7 +482,9 @@ impl Session {
         if batch.is_empty() {
             return Ok(());
         }
-        pipeline.make_room().map_err(|e| self.apply_failed(&e))?;
+        if pipeline.make_room().map_err(|e| self.apply_failed(&e))? > 0 {
+            self.ack();
+        }
         match self.ws.submit_replicated(std::mem::take(batch)) {
             Ok(ticket) => {
                 pipeline.push(ticket);
@@ -490,7 +499,10 @@ impl Session {
 
     /// Waits for every commit in flight; the first failure, once all have answered.
     fn drain(&self, pipeline: &mut Commits) -> Result<(), End> {
-        pipeline.drain().map_err(|e| self.apply_failed(&e))
+        if pipeline.drain().map_err(|e| self.apply_failed(&e))? > 0 {
+            self.ack();
+        }
+        Ok(())
     }
 
     fn apply_failed(&self, error: &str) -> End {
@@ -602,14 +614,16 @@ impl<T> Default for Pipeline<T> {
 impl<T: InFlight> Pipeline<T> {
     /// Makes room for one more commit: takes the answers already there (a failure is noticed
     /// as early as possible), then waits for the oldest while the pipeline is full.
-    fn make_room(&mut self) -> Result<(), String> {
+    /// Returns how many landed.
+    fn make_room(&mut self) -> Result<usize, String> {
+        let before = self.in_flight.len();
         while self.in_flight.front().is_some_and(T::is_answered) {
             self.land_oldest()?;
         }
         while self.in_flight.len() >= self.limit {
             self.land_oldest()?;
         }
-        Ok(())
+        Ok(before - self.in_flight.len())
     }
 
     fn push(&mut self, commit: T) {
@@ -620,12 +634,14 @@ impl<T: InFlight> Pipeline<T> {
         self.in_flight.push_back(commit);
     }
 
-    /// Waits for every commit; the first failure, once all have answered.
-    fn drain(&mut self) -> Result<(), String> {
+    /// Waits for every commit; the first failure, once all have answered. Returns how many
+    /// landed.
+    fn drain(&mut self) -> Result<usize, String> {
+        let before = self.in_flight.len();
         while !self.in_flight.is_empty() {
             self.land_oldest()?;
         }
-        Ok(())
+        Ok(before)
     }
 
     fn land_oldest(&mut self) -> Result<(), String> {
@@ -657,15 +673,6 @@ struct AckerState {
 impl Acker {
     fn start(ws: Workspace, agent: ureq::Agent, options: FollowerOptions) -> Acker {
         let shared = Arc::new((Mutex::new(AckerState::default()), std::sync::Condvar::new()));
-        // Every commit wakes it, whoever waits for the commit's ticket (the follower keeps
-        // several in flight): what a snapshot shows is durable, so the head it then reads is
-        // exactly what may be acknowledged. The listener outlives the acknowledger harmlessly.
-        let weak = Arc::downgrade(&shared);
-        ws.store().on_applied(move |_| {
-            if let Some(shared) = weak.upgrade() {
-                Acker::wake_shared(&shared);
-            }
-        });
         let thread = std::thread::Builder::new()
             .name("cairn-follower-ack".into())
             .spawn({
@@ -680,11 +687,7 @@ impl Acker {
     }
 
     fn wake(&self) {
-        Acker::wake_shared(&self.shared);
-    }
-
-    fn wake_shared(shared: &(Mutex<AckerState>, std::sync::Condvar)) {
-        let (state, cv) = shared;
+        let (state, cv) = &*self.shared;
         lock(state).woken = true;
         cv.notify_one();
     }
