@@ -1084,6 +1084,18 @@ impl Workspace {
     /// applies it), and are folded through the same `apply` as on the leader. Only a mirror
     /// takes them ([`Error::NotMirror`] otherwise). Returns the commit.
     pub async fn apply_replicated(&self, entries: Vec<StoredEntry>) -> Result<Committed, Error> {
+        Ok(self.submit_replicated(entries)?.await?)
+    }
+
+    /// [`Workspace::apply_replicated`] without waiting: the entries are queued for the store's
+    /// writer, and the ticket (waited for from a thread, or awaited) answers once they are
+    /// committed. Tickets of one caller are answered in the order submitted, and a commit that
+    /// fails makes every later submission that continued it fail too: its entries no longer
+    /// continue the log.
+    pub fn submit_replicated(
+        &self,
+        entries: Vec<StoredEntry>,
+    ) -> Result<cairn_store::Ticket<Committed, cairn_store::StoreError>, Error> {
         let inner = self.inner();
         if inner.role() != NodeRole::Mirror {
             return Err(Error::NotMirror);
@@ -1091,7 +1103,7 @@ impl Workspace {
         if inner.shutdown.is_cancelled() {
             return Err(Error::Closed);
         }
-        Ok(inner.store.submit_entries(entries).await?)
+        Ok(inner.store.submit_entries(entries))
     }
 
     /// The head of the log (offset, hash and epoch of its last entry).
