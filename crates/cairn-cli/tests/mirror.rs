@@ -1665,3 +1665,67 @@ fn a_handoff_sends_the_token_only_to_a_node_of_this_workspace() {
     let (status, _, body) = put_var(&leader.url, &token, "k0", "x", None);
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn a_mirror_started_with_sync_mirrors_keeps_them_once_a_handoff_makes_it_lead() {
+    let s = setup();
+    let leader = serve_with(
+        &s.ws.data,
+        &["--sync-mirrors", "1", "--sync-timeout-ms", "1500"],
+    );
+    let token = token_of(&s.ws.admin_token());
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "--data",
+        s.ws.path("mirror").to_str().unwrap(),
+        "mirror",
+        "--leader",
+        &leader.url,
+    ])
+    .arg("--leader-token")
+    .arg(&s.mirror_token)
+    .arg("--from-backup")
+    .arg(&s.backup)
+    .args(["--listen", "127.0.0.1:0", "--name", "m"])
+    .args(["--sync-mirrors", "1", "--sync-timeout-ms", "1500"]);
+    let mut child = cmd
+        .env_remove("CAIRN_DATA")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let m_url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let m = Mirror {
+        child,
+        url: m_url,
+        data: s.ws.path("mirror"),
+    };
+    wait_follow_state(&m.url, &token, "following");
+    let (status, _, body) = put_var(&leader.url, &token, "k1", "one", None);
+    assert_eq!(status, 200, "{body}");
+    remote(&leader.url, &s, &["handoff", "--to", &m.url]).ok();
+    wait_follow_state(&leader.url, &token, "following");
+    // The new leader answers once its one mirror (the old leader) has the write.
+    for i in 0..10 {
+        let (status, offset, body) = put_var(&m.url, &token, &format!("k{i}"), "sync", None);
+        assert_eq!(status, 200, "{body}");
+        let (applied, _) = digest(&leader.url, &token);
+        assert!(
+            applied >= offset.unwrap(),
+            "acknowledged {offset:?} before its mirror had it ({applied})"
+        );
+    }
+    drop(leader);
+    let (status, _, body) = put_var(&m.url, &token, "k0", "alone", None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not_replicated"), "{body}");
+}

@@ -240,11 +240,16 @@ impl App {
             }
         }
         let key_given = headers.contains_key("idempotency-key");
+        // A promotion is not waited for by mirrors: the new leader has none yet (in a handoff,
+        // the old leader starts following only once it has the answer).
+        let replicated = is_command && !matches!(req, Ok(Request::Promote { .. }));
         let mut response = self.run_here(headers, req).await;
         if is_command && response.status().is_success() {
             let offset = self.svc.workspace().applied();
-            if let Err(e) = self.wait_sync_mirrors(offset, key_given).await {
-                return self.reply(Err(e));
+            if replicated {
+                if let Err(e) = self.wait_sync_mirrors(offset, key_given).await {
+                    return self.reply(Err(e));
+                }
             }
             if let Ok(v) = offset.to_string().parse() {
                 response.headers_mut().insert(OFFSET_HEADER, v);
