@@ -591,25 +591,36 @@ enum Fault {
     Duplicate(usize),
 }
 
-/// A TCP proxy to `target` that applies `faults` to the first connections, in order, then
-/// stays clean. Runs until the test process ends.
-fn proxy(target: String, faults: Vec<Fault>) -> String {
+/// Listens on a free port of 127.0.0.1 and, for every connection, connects to `target` and
+/// hands both ends to `relay` on a thread of their own. Runs until the test process ends;
+/// returns the proxy's URL.
+fn relay_proxy(
+    target: String,
+    relay: impl Fn(TcpStream, TcpStream) + Send + Sync + 'static,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let next = Arc::new(AtomicUsize::new(0));
+    let relay = Arc::new(relay);
     std::thread::spawn(move || {
         for client in listener.incoming() {
-            let Ok(client) = client else { continue };
-            let Ok(server) = TcpStream::connect(&target) else {
+            let (Ok(client), Ok(server)) = (client, TcpStream::connect(&target)) else {
                 continue;
             };
-            // Acks and hash lookups go through too; only streams get the faults.
-            let faults = faults.clone();
-            let next = Arc::clone(&next);
-            std::thread::spawn(move || pump(client, server, &faults, &next));
+            let relay = Arc::clone(&relay);
+            std::thread::spawn(move || relay(client, server));
         }
     });
     url
+}
+
+/// A TCP proxy to `target` that applies `faults` to the first connections, in order, then
+/// stays clean.
+fn proxy(target: String, faults: Vec<Fault>) -> String {
+    let next = Arc::new(AtomicUsize::new(0));
+    // Acks and hash lookups go through too; only streams get the faults.
+    relay_proxy(target, move |client, server| {
+        pump(client, server, &faults, &next)
+    })
 }
 
 fn pump(client: TcpStream, server: TcpStream, faults: &[Fault], next: &AtomicUsize) {
@@ -1346,35 +1357,23 @@ fn a_handoff_under_16_concurrent_writers_loses_no_acknowledged_write() {
 /// A TCP proxy to `target` that passes the leader's bytes only while `open` is set (it holds
 /// them meanwhile): a mirror behind it falls behind on demand.
 fn gated_proxy(target: String, open: Arc<AtomicBool>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let (Ok(client), Ok(server)) = (client, TcpStream::connect(&target)) else {
-                continue;
-            };
-            let open = Arc::clone(&open);
-            let (mut up_from, mut up_to) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut up_from, &mut up_to);
-            });
-            std::thread::spawn(move || {
-                let (mut from, mut to) = (server, client);
-                let mut buf = vec![0u8; 4096];
-                while let Ok(n @ 1..) = from.read(&mut buf) {
-                    while !open.load(Ordering::SeqCst) {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = to.shutdown(std::net::Shutdown::Both);
-            });
+    relay_proxy(target, move |client, server| {
+        let (mut up_from, mut up_to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut up_from, &mut up_to);
+        });
+        let (mut from, mut to) = (server, client);
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            while !open.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
         }
-    });
-    url
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    })
 }
 
 #[test]
@@ -1468,6 +1467,10 @@ fn a_change_whose_hook_runs_at_a_handoff_finishes_on_the_new_leader() {
     let token = token_of(&admin);
     let trace = s.ws.path("trace");
     let t = trace.display();
+    // The hook runs until this file exists: its first attempt is still running at the
+    // handoff, whatever the machine's speed; the second one ends once the test says so.
+    let go_file = s.ws.path("go");
+    let go = go_file.display();
     let hub = s.ws.file(
         "hub.toml",
         "name = \"hub\"\nversion = \"1.0.0\"\n\n[[slots]]\nname = \"net\"\ninterface = \"network\"\n",
@@ -1476,7 +1479,7 @@ fn a_change_whose_hook_runs_at_a_handoff_finishes_on_the_new_leader() {
         "app.toml",
         &format!(
             "name = \"app\"\nversion = \"1.0.0\"\n\n[hooks.connect-plug-net]\n\
-             run = \"echo start >> {t}; sleep 3; echo end >> {t}\"\n\n\
+             run = \"echo start >> {t}; while [ ! -e {go} ]; do sleep 0.02; done; echo end >> {t}\"\n\n\
              [[plugs]]\nname = \"net\"\ninterface = \"network\"\n"
         ),
     );
@@ -1495,6 +1498,8 @@ fn a_change_whose_hook_runs_at_a_handoff_finishes_on_the_new_leader() {
     });
     wait_follow_state(&m.url, &token, "following");
     remote(&leader.url, &s, &["handoff", "--to", &m.url]).ok();
+    // The old leader stopped the first attempt: now let the new leader's attempt finish.
+    std::fs::write(&go_file, b"").unwrap();
     // The old leader stopped the hook without an outcome; the new leader runs it again and
     // finishes the change.
     let change = poll(CONVERGE_TIMEOUT, || {
@@ -1524,54 +1529,43 @@ fn a_change_whose_hook_runs_at_a_handoff_finishes_on_the_new_leader() {
 /// A TCP proxy to `target` that swallows the answer to the first `POST /v1/promote` (it reaches
 /// the mirror, its answer never comes back) and passes everything else.
 fn promote_answer_losing_proxy(target: String) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let lost = Arc::new(AtomicBool::new(false));
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let (Ok(client), Ok(server)) = (client, TcpStream::connect(&target)) else {
+    relay_proxy(target, move |client, server| {
+        let swallow = Arc::new(AtomicBool::new(false));
+        let (mut from_client, mut to_server) =
+            (client.try_clone().unwrap(), server.try_clone().unwrap());
+        let (lost, swallow2) = (Arc::clone(&lost), Arc::clone(&swallow));
+        let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                let promote = String::from_utf8_lossy(&buf[..n]).contains("POST /v1/promote");
+                if promote && !lost.swap(true, Ordering::SeqCst) {
+                    swallow2.store(true, Ordering::SeqCst);
+                    let _ = to_server.write_all(&buf[..n]);
+                    // The caller's line drops at once, while the mirror is promoting (it
+                    // finishes on its own task whatever happens to this connection).
+                    let _ = c2.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                if to_server.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            let _ = s2.shutdown(std::net::Shutdown::Write);
+        });
+        let (mut from, mut to) = (server, client);
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            if swallow.load(Ordering::SeqCst) {
                 continue;
-            };
-            let swallow = Arc::new(AtomicBool::new(false));
-            let (mut from_client, mut to_server) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (lost, swallow2) = (Arc::clone(&lost), Arc::clone(&swallow));
-            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n @ 1..) = from_client.read(&mut buf) {
-                    let promote = String::from_utf8_lossy(&buf[..n]).contains("POST /v1/promote");
-                    if promote && !lost.swap(true, Ordering::SeqCst) {
-                        swallow2.store(true, Ordering::SeqCst);
-                        let _ = to_server.write_all(&buf[..n]);
-                        // The caller's line drops at once, while the mirror is promoting.
-                        let _ = c2.shutdown(std::net::Shutdown::Both);
-                        std::thread::sleep(Duration::from_millis(1_500));
-                        let _ = s2.shutdown(std::net::Shutdown::Both);
-                        return;
-                    }
-                    if to_server.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-                let _ = s2.shutdown(std::net::Shutdown::Write);
-            });
-            std::thread::spawn(move || {
-                let (mut from, mut to) = (server, client);
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n @ 1..) = from.read(&mut buf) {
-                    if swallow.load(Ordering::SeqCst) {
-                        continue;
-                    }
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = to.shutdown(std::net::Shutdown::Both);
-            });
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
         }
-    });
-    url
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    })
 }
 
 #[test]
