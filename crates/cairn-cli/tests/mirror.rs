@@ -741,6 +741,54 @@ fn a_damaging_proxy_never_gets_a_bad_frame_applied_and_the_mirror_converges() {
     assert_eq!(audit["digest"].as_str(), Some(l.1.as_str()), "{audit}");
 }
 
+#[test]
+fn an_entry_damaged_on_the_leader_s_disk_is_refused_by_the_mirror_naming_its_offset() {
+    // The leader streams its log as stored, without decoding it again: the mirror's checks
+    // are what catch damage on the leader's own disk, and they must name the entry.
+    let s = setup();
+    let token = token_of(&s.ws.admin_token());
+    let (bad, head) = {
+        let leader = s.ws.serve();
+        for i in 0..20 {
+            put_var(&leader.url, &token, &format!("k{i}"), "v", None);
+        }
+        let head = digest(&leader.url, &token).0;
+        (head - 10, head)
+    };
+    {
+        use cairn_store::layout::{self, CF_LOG};
+        let db = cairn_store::open_raw_db(&s.ws.data).unwrap();
+        let cf = db.cf_handle(CF_LOG).unwrap();
+        let mut bytes = db.get_cf(cf, layout::log_key(bad)).unwrap().unwrap();
+        let at = bytes.len() - 2;
+        bytes[at] ^= 0x04;
+        db.put_cf(cf, layout::log_key(bad), &bytes).unwrap();
+    }
+    let leader = s.ws.serve();
+    let m = s.first_mirror(&leader.url);
+    let status = poll(Duration::from_secs(30), || {
+        let st = get_json(&format!("{}/v1/status", m.url), &token);
+        if st["follow"]["refused_frames"].as_u64().unwrap_or(0) >= 2 {
+            Ok(st)
+        } else {
+            Err(format!("the mirror refused no frame twice yet: {st}"))
+        }
+    });
+    let message = status["follow"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("offset {bad}")),
+        "the refusal names the damaged entry: {status}"
+    );
+    // Everything before it applied; nothing from it on, however often the mirror retries.
+    assert_eq!(status["applied_offset"].as_u64(), Some(bad - 1), "{status}");
+    assert!(bad - 1 < head);
+    let audit = get_json(&format!("{}/v1/audit/verify", m.url), &token);
+    assert!(
+        audit["digest"].is_string(),
+        "the mirror's own log verifies: {audit}"
+    );
+}
+
 /// An HTTP call returning `(status, Cairn-Offset header, body)`.
 fn call(
     method: &str,

@@ -961,6 +961,16 @@ macro_rules! event_table {
                 }
             }
 
+            /// The subsystem whose `apply` folds events of `kind`, without decoding one: `None`
+            /// for a kind this binary does not know.
+            pub fn subsystem_of(kind: &str) -> Option<Subsystem> {
+                match kind {
+                    $(kinds::$konst => Some(Subsystem::$sub),)*
+                    other if other.starts_with(kinds::EXT_PREFIX) => Some(Subsystem::Extensions),
+                    _ => None,
+                }
+            }
+
             /// The event's payload bytes.
             pub fn encode(&self) -> Vec<u8> {
                 match self.clone() {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use cairn_log::{Space, StateError, StateRead, StateWrite, StoredEntry};
 
 use crate::command::{Command, Rejection, IDEMPOTENCY_KEYS_RETAINED};
-use crate::event::Event;
+use crate::event::{Event, EventError};
 use crate::ext::{self, Extension, Schema};
 use crate::keys;
 use crate::records::IdemRecord;
@@ -209,16 +209,22 @@ impl Kernel {
         self.schemas.values()
     }
 
-    /// Whether this kernel can fold an entry of `kind` with `payload`: a built-in kind of a
-    /// version it decodes, an extension registered here, and no schema migration to a
+    /// Whether this kernel can fold an entry of `kind` with `payload`: a built-in kind (kind
+    /// strings carry their version) it knows, an extension registered here, and no schema migration to a
     /// compatibility version newer than this binary's. A mirror asks this of every entry from
     /// its leader before applying it, so an older binary stops before what it cannot fold
     /// instead of failing in the middle of a commit. The error says what is missing.
     pub fn understands(&self, kind: &str, payload: &[u8]) -> Result<(), String> {
-        let event = Event::decode(kind, payload).map_err(|e| e.to_string())?;
-        match event.subsystem() {
-            Subsystem::Extensions => extensions::understands(self, &event),
-            Subsystem::Schema => schema::understands(self, &event),
+        let Some(subsystem) = Event::subsystem_of(kind) else {
+            return Err(EventError::UnknownKind(kind.to_string()).to_string());
+        };
+        // Only the subsystems whose events name something this binary must know (a schema
+        // version, an extension) are decoded here; any other known kind is decoded once, when
+        // it is applied.
+        let decode = || Event::decode(kind, payload).map_err(|e| e.to_string());
+        match subsystem {
+            Subsystem::Extensions => extensions::understands(self, &decode()?),
+            Subsystem::Schema => schema::understands(self, &decode()?),
             Subsystem::Lifecycle
             | Subsystem::Resources
             | Subsystem::Features

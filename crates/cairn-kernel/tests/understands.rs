@@ -25,8 +25,11 @@ fn known_kinds_are_understood_and_the_rest_is_named() {
     // A kind of a newer binary.
     let err = kernel.understands("var.set.v9", b"").unwrap_err();
     assert!(err.contains("var.set.v9"), "{err}");
-    // Bytes that are not the kind's payload.
-    assert!(kernel.understands(var.kind(), &[0xff; 3]).is_err());
+    // Bytes that are not the payload of a schema migration: that one is decoded here, to
+    // read its versions. (A built-in kind of any other subsystem is decoded once, at apply,
+    // where a payload that does not decode stops the writer naming the offset.)
+    let schema_kind = migrated(SCHEMA_VERSION);
+    assert!(kernel.understands(schema_kind.kind(), &[0xff; 3]).is_err());
     // An extension this binary has not registered.
     let ext = Event::Ext {
         kind: "ext.shop.order.v1".into(),

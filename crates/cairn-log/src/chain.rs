@@ -1,5 +1,6 @@
 //! The hash chain: checking that entries continue a log, one at a time.
 
+use crate::codec::EncodedEntry;
 use crate::entry::{Hash, StoredEntry};
 use crate::error::ChainError;
 
@@ -64,6 +65,13 @@ impl ChainCursor {
         verify_hash(entry)
     }
 
+    /// [`ChainCursor::check`] of an encoded entry, without advancing: on success the entry
+    /// comes back as a [`VerifiedEntry`], which a store commits after checking only its links.
+    pub fn check_encoded(&self, entry: EncodedEntry) -> Result<VerifiedEntry, ChainError> {
+        self.check(entry.entry())?;
+        Ok(VerifiedEntry(entry))
+    }
+
     fn check_links(&self, entry: &StoredEntry) -> Result<(), ChainError> {
         let expected = self.head.offset + 1;
         if entry.offset != expected {
@@ -107,4 +115,35 @@ pub fn verify_hash(entry: &StoredEntry) -> Result<(), ChainError> {
             error,
         }
     })
+}
+
+/// An entry whose hash and fields verified ([`verify_hash`]), with its canonical encoding.
+///
+/// Built only by [`VerifiedEntry::verify`] or [`ChainCursor::check_encoded`], so holding one
+/// proves the hash was checked: a store that takes it checks only the cheap links (offset,
+/// prev, epoch) against its head instead of hashing the entry a second time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedEntry(EncodedEntry);
+
+impl VerifiedEntry {
+    /// Verifies `entry`'s hash and fields.
+    pub fn verify(entry: EncodedEntry) -> Result<Self, ChainError> {
+        verify_hash(entry.entry())?;
+        Ok(Self(entry))
+    }
+
+    /// The entry.
+    pub fn entry(&self) -> &StoredEntry {
+        self.0.entry()
+    }
+
+    /// Its canonical encoding.
+    pub fn bytes(&self) -> &[u8] {
+        self.0.bytes()
+    }
+
+    /// The entry and its encoding.
+    pub fn into_parts(self) -> (StoredEntry, Vec<u8>) {
+        self.0.into_parts()
+    }
 }

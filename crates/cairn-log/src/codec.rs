@@ -75,6 +75,53 @@ pub fn decode(bytes: &[u8]) -> Result<StoredEntry, DecodeError> {
     Ok(entry)
 }
 
+/// An entry with its canonical encoding: what a store writes under the entry's offset.
+///
+/// Built only by encoding an entry ([`EncodedEntry::new`]) or by strictly decoding bytes
+/// ([`EncodedEntry::decode`]), so the bytes are always exactly the canonical encoding of the
+/// entry. A mirror keeps the bytes it received and stores them as they are, instead of encoding
+/// again what it has just decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedEntry {
+    entry: StoredEntry,
+    bytes: Vec<u8>,
+}
+
+impl EncodedEntry {
+    /// Encodes `entry`.
+    pub fn new(entry: StoredEntry) -> Self {
+        let bytes = encode(&entry);
+        Self { entry, bytes }
+    }
+
+    /// Decodes `bytes` strictly (as [`decode`]) and keeps them.
+    pub fn decode(bytes: Vec<u8>) -> Result<Self, DecodeError> {
+        let entry = decode(&bytes)?;
+        Ok(Self { entry, bytes })
+    }
+
+    /// The entry.
+    pub fn entry(&self) -> &StoredEntry {
+        &self.entry
+    }
+
+    /// Its canonical encoding.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The entry and its encoding.
+    pub fn into_parts(self) -> (StoredEntry, Vec<u8>) {
+        (self.entry, self.bytes)
+    }
+}
+
+impl From<StoredEntry> for EncodedEntry {
+    fn from(entry: StoredEntry) -> Self {
+        Self::new(entry)
+    }
+}
+
 /// A bincode writer that compares what is written against expected bytes, without allocating.
 struct CompareWriter<'a> {
     expected: &'a [u8],

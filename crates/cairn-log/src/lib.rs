@@ -21,7 +21,8 @@ mod state;
 mod store;
 pub mod testing;
 
-pub use chain::{verify_hash, ChainCursor, Head};
+pub use chain::{verify_hash, ChainCursor, Head, VerifiedEntry};
+pub use codec::EncodedEntry;
 pub use entry::{hex, EntryDraft, Hash, Meta, StoredEntry, FORMAT_LATEST, PAYLOAD_BYTES_MAX};
 pub use error::{ChainError, CorruptReason, DecodeError, EntryError, LogError};
 pub use mem::MemLog;

@@ -1,6 +1,8 @@
 //! Property tests of the envelope: round trips, and that any single-bit flip is caught.
 
-use cairn_log::{codec, ChainCursor, EntryDraft, Hash, Head, Meta, StoredEntry};
+use cairn_log::{
+    codec, ChainCursor, EncodedEntry, EntryDraft, Hash, Head, Meta, StoredEntry, VerifiedEntry,
+};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -36,12 +38,23 @@ fn arb_entry() -> impl Strategy<Value = StoredEntry> {
         .prop_map(|(d, offset, prev)| d.seal(offset, Hash(prev)).unwrap())
 }
 
-/// What a reader does with bytes found at `offset` after `head`: decode, then chain-check.
+/// What a reader does with bytes found at `offset` after `head`: decode, then chain-check;
+/// and what a mirror does with a frame's bytes (decode keeping them, then check them into a
+/// `VerifiedEntry`). The two must agree.
 fn verify(bytes: &[u8], head: Head) -> bool {
-    match codec::decode(bytes) {
+    let read = match codec::decode(bytes) {
         Ok(e) => ChainCursor::new(head).check(&e).is_ok(),
         Err(_) => false,
-    }
+    };
+    let mirrored = match EncodedEntry::decode(bytes.to_vec()) {
+        Ok(e) => ChainCursor::new(head).check_encoded(e).is_ok(),
+        Err(_) => false,
+    };
+    assert_eq!(
+        read, mirrored,
+        "a reader and a mirror disagree on {bytes:?}"
+    );
+    read
 }
 
 proptest! {
@@ -62,6 +75,20 @@ proptest! {
         let mut flipped = bytes.clone();
         flipped[i / 8] ^= 1 << (i % 8);
         prop_assert!(!verify(&flipped, head), "flip of bit {} of {} went unnoticed", i, bytes.len() * 8);
+    }
+
+    #[test]
+    fn an_encoded_entry_keeps_exactly_the_canonical_bytes(entry in arb_entry()) {
+        let bytes = codec::encode(&entry);
+        let decoded = EncodedEntry::decode(bytes.clone()).unwrap();
+        prop_assert_eq!(decoded.entry(), &entry);
+        prop_assert_eq!(decoded.bytes(), &bytes[..]);
+        prop_assert_eq!(&EncodedEntry::new(entry.clone()), &decoded);
+        let verified = VerifiedEntry::verify(decoded).unwrap();
+        prop_assert_eq!(verified.into_parts(), (entry.clone(), bytes));
+        let mut forged = entry;
+        forged.time_ms ^= 1;
+        prop_assert!(VerifiedEntry::verify(EncodedEntry::new(forged)).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The follower: one thread that connects to the leader's stream, checks every frame with
 //! [`crate::protocol::Follower`] before anything is applied, applies entries through
-//! [`cairn::Workspace::apply_replicated`] (many per commit while catching up), acknowledges
+//! [`cairn::Workspace::submit_replicated`] (many per commit while catching up), acknowledges
 //! its durably applied offset, and reconnects with backoff and jitter.
 //!
 //! A refused frame is never applied: the follower logs its offset and reason, drops the
@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cairn::Workspace;
-use cairn_log::{Hash, StoredEntry};
+use cairn_log::{Hash, StoredEntry, VerifiedEntry};
 use rand::Rng;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -421,7 +421,7 @@ impl Session {
         let mut follower = Follower::new(self.ws.id(), head);
         let kernel = self.ws.store().machine().0.clone();
         let understands = |e: &StoredEntry| kernel.understands(&e.kind, &e.payload);
-        let mut batch: Vec<StoredEntry> = Vec::new();
+        let mut batch: Vec<VerifiedEntry> = Vec::new();
         let mut batch_bytes = 0usize;
         let mut caught_up = false;
         loop {
@@ -462,7 +462,7 @@ impl Session {
                     s.last_contact_ms = now_ms();
                 }
                 Step::Apply(entry) => {
-                    batch_bytes += entry.payload.len() + 128;
+                    batch_bytes += entry.bytes().len();
                     batch.push(entry);
                     // Live, a batch goes as soon as nothing more has arrived, for a short lag.
                     // Before the caught-up marker the leader is sending its backlog without
@@ -544,7 +544,7 @@ impl Session {
 
     /// Submits the batch as one commit, after waiting for the oldest commit in flight if
     /// there are `APPLY_BATCHES_IN_FLIGHT_MAX`. A commit found failed ends the stream.
-    fn submit(&self, pipeline: &mut Commits, batch: &mut Vec<StoredEntry>) -> Result<(), End> {
+    fn submit(&self, pipeline: &mut Commits, batch: &mut Vec<VerifiedEntry>) -> Result<(), End> {
         if batch.is_empty() {
             return Ok(());
         }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn::Workspace;
-use cairn_log::{codec, Hash};
+use cairn_log::Hash;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -198,7 +198,18 @@ pub async fn open_stream(
         hash_at(&ws, hello.from - 1).await?
     };
     admit(&leader, &hello, prev_at)?;
-    let mut sub = ws.subscribe(hello.from)?;
+    // The backlog and live entries are read from the log as stored and sent as they are:
+    // the follower verifies every one (decoding, hash, chain), so the leader does not decode
+    // them only to encode them again.
+    let first = ws.view()?.first_retained();
+    if hello.from < first {
+        return Err(cairn::Error::Compacted {
+            requested: hello.from,
+            first,
+        }
+        .into());
+    }
+    let mut next = hello.from;
     let (tx, rx) = mpsc::channel::<Chunk>(STREAM_CHUNKS_AHEAD_MAX);
     let guard = mirrors.opened(&hello.name, hello.from - 1, now_ms());
     tracing::info!(mirror = %hello.name, from = hello.from, "mirror connected");
@@ -221,9 +232,17 @@ pub async fn open_stream(
         let ended = loop {
             // Everything already committed goes out in chunks of up to STREAM_CHUNK_BYTES.
             let mut failed = None;
-            while chunk.len() < STREAM_CHUNK_BYTES && sub.position() <= ws.applied() {
-                match sub.next().await {
-                    Ok(e) => Frame::Entry(codec::encode(&e)).write_to(&mut chunk),
+            while chunk.len() < STREAM_CHUNK_BYTES && next <= ws.applied() {
+                match ws
+                    .read_log_raw(next, STREAM_CHUNK_BYTES - chunk.len())
+                    .await
+                {
+                    Ok(entries) => {
+                        for (offset, bytes) in entries {
+                            Frame::write_entry(&bytes, &mut chunk);
+                            next = offset + 1;
+                        }
+                    }
                     Err(e) => {
                         failed = Some(e);
                         break;
@@ -238,10 +257,10 @@ pub async fn open_stream(
                     break "reading the log failed";
                 }
             }
-            if sub.position() > ws.applied() && !caught_up && chunk.len() < STREAM_CHUNK_BYTES {
+            if next > ws.applied() && !caught_up && chunk.len() < STREAM_CHUNK_BYTES {
                 caught_up = true;
                 Frame::CaughtUp {
-                    head_offset: sub.position() - 1,
+                    head_offset: next - 1,
                 }
                 .write_to(&mut chunk);
             }
@@ -254,14 +273,7 @@ pub async fn open_stream(
                 continue;
             }
             tokio::select! {
-                entry = sub.next() => match entry {
-                    Ok(e) => Frame::Entry(codec::encode(&e)).write_to(&mut chunk),
-                    Err(cairn::Error::Closed) => break "the workspace closed",
-                    Err(e) => {
-                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                        break "reading the log failed";
-                    }
-                },
+                applied = ws.wait_for(next) => if applied.is_err() { break "the workspace closed" },
                 _ = beat.tick() => {
                     let head = ws.head().map(|h| (h.offset, h.epoch)).unwrap_or((ws.applied(), 0));
                     Frame::Heartbeat {
@@ -275,7 +287,7 @@ pub async fn open_stream(
                 _ = tx.closed() => break "the mirror went away",
             }
         };
-        tracing::info!(mirror = %name, at = sub.position() - 1, "mirror stream ended: {ended}");
+        tracing::info!(mirror = %name, at = next - 1, "mirror stream ended: {ended}");
     });
     Ok(rx)
 }

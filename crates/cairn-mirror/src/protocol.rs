@@ -15,7 +15,7 @@
 //! The first frame is the leader's hello; then entries from the offset the follower asked for,
 //! in order, with heartbeats and a caught-up marker between them.
 
-use cairn_log::{codec, ChainCursor, ChainError, Hash, Head, StoredEntry};
+use cairn_log::{ChainCursor, ChainError, EncodedEntry, Hash, Head, StoredEntry, VerifiedEntry};
 use uuid::Uuid;
 
 /// The protocol version this build speaks.
@@ -317,6 +317,20 @@ impl Frame {
         cairn_log::frame::write_frame(&self.encode(), out);
     }
 
+    /// Appends an entry frame of `entry` (its stored bytes), length-prefixed, to `out`: the
+    /// same bytes as `Frame::Entry(entry.to_vec()).write_to(out)`, without the copies.
+    pub fn write_entry(entry: &[u8], out: &mut Vec<u8>) {
+        let len = 1 + entry.len();
+        assert!(
+            len <= cairn_log::limits::ENTRY_BYTES_MAX,
+            "frame body over ENTRY_BYTES_MAX"
+        );
+        out.reserve(4 + len);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.push(TAG_ENTRY);
+        out.extend_from_slice(entry);
+    }
+
     /// Parses a frame body, naming what is wrong.
     pub fn decode(body: &[u8]) -> Result<Frame, String> {
         let (&tag, rest) = body.split_first().ok_or("an empty frame")?;
@@ -424,12 +438,15 @@ fn chain_error_offset(e: &ChainError) -> u64 {
 }
 
 /// What the follower does after a frame it accepted.
+// A step is returned per frame and consumed at once: moving the entry costs less than boxing
+// it, which would be one more allocation per entry.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// The leader's hello checked out.
     Hello,
     /// Apply this entry (it continues the chain and verifies).
-    Apply(StoredEntry),
+    Apply(VerifiedEntry),
     /// The leader cannot be followed: an entry this binary cannot fold (it is not applied).
     Unsupported {
         /// The entry's offset.
@@ -512,21 +529,22 @@ impl Follower {
                 Ok(self.behind(head_offset).unwrap_or(Step::Hello))
             }
             Frame::Entry(bytes) => {
-                let entry = codec::decode(&bytes).map_err(|e| BadFrame::Undecodable {
+                // The bytes received are kept: they are what the store writes.
+                let entry = EncodedEntry::decode(bytes).map_err(|e| BadFrame::Undecodable {
                     expected,
                     reason: e.to_string(),
                 })?;
-                self.chain.check(&entry).map_err(BadFrame::Chain)?;
-                if let Err(reason) = understands(&entry) {
+                let entry = self.chain.check_encoded(entry).map_err(BadFrame::Chain)?;
+                if let Err(reason) = understands(entry.entry()) {
                     return Ok(Step::Unsupported {
-                        offset: entry.offset,
+                        offset: entry.entry().offset,
                         reason,
                     });
                 }
-                // `check` verified its hash just above: hashing it again would double the
-                // follower's hashing for nothing.
+                // `check_encoded` verified its hash just above: hashing it again would double
+                // the follower's hashing for nothing.
                 self.chain
-                    .advance_sealed(&entry)
+                    .advance_sealed(entry.entry())
                     .expect("an entry that passed the check advances the chain");
                 Ok(Step::Apply(entry))
             }
@@ -630,7 +648,26 @@ mod tests {
     }
 
     fn entry_frame(e: &StoredEntry) -> Vec<u8> {
-        Frame::Entry(codec::encode(e)).encode()
+        Frame::Entry(cairn_log::codec::encode(e)).encode()
+    }
+
+    /// What the follower hands on for `e`: the entry with its encoding.
+    fn verified(e: &StoredEntry) -> VerifiedEntry {
+        VerifiedEntry::verify(EncodedEntry::new(e.clone())).unwrap()
+    }
+
+    #[test]
+    fn an_entry_written_in_place_is_the_entry_frame() {
+        for entry in [vec![], vec![7], codec_bytes()] {
+            let (mut framed, mut direct) = (Vec::new(), vec![0xaa]);
+            Frame::Entry(entry.clone()).write_to(&mut framed);
+            Frame::write_entry(&entry, &mut direct);
+            assert_eq!(direct[1..], framed[..]);
+        }
+    }
+
+    fn codec_bytes() -> Vec<u8> {
+        cairn_log::codec::encode(&chain(1)[0])
     }
 
     #[test]
@@ -671,7 +708,7 @@ mod tests {
         for e in &log {
             assert_eq!(
                 f.on_frame(&entry_frame(e), &all).unwrap(),
-                Step::Apply(e.clone())
+                Step::Apply(verified(e))
             );
         }
         assert_eq!(f.head(), log[2].head());
@@ -913,8 +950,8 @@ mod tests {
                 let before = f.head();
                 match f.on_frame(&body, &all) {
                     Ok(Step::Apply(e)) => {
-                        prop_assert_eq!(e.offset, before.offset + 1);
-                        prop_assert_eq!(e.prev, before.hash);
+                        prop_assert_eq!(e.entry().offset, before.offset + 1);
+                        prop_assert_eq!(e.entry().prev, before.hash);
                     }
                     Ok(_) | Err(_) => prop_assert_eq!(f.head(), before),
                 }
@@ -942,7 +979,7 @@ mod tests {
             let mut applied = Vec::new();
             for body in &stream {
                 match f.on_frame(body, &all) {
-                    Ok(Step::Apply(e)) => applied.push(e),
+                    Ok(Step::Apply(e)) => applied.push(e.into_parts().0),
                     Ok(_) => {}
                     // The follower drops the connection at the first bad frame.
                     Err(_) => break,

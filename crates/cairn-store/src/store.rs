@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use cairn_log::{CorruptReason, Head, LogError, LogStore, Meta, StoredEntry};
+use cairn_log::{
+    CorruptReason, EncodedEntry, Head, LogError, LogStore, Meta, StoredEntry, VerifiedEntry,
+};
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, WriteBatch, WriteOptions, DB};
 use uuid::Uuid;
 
@@ -216,8 +218,21 @@ pub fn db_options() -> rocksdb::Options {
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
     o.set_block_based_table_factory(&table);
-    o
+    // RocksDB rewrites a bottommost table file as soon as a snapshot that protected some of
+    // its keys is released, only to zero their sequence numbers. Every reader holds a
+    // snapshot, so every table of the append-only log was written twice: once by its flush
+    // (moved down without a rewrite, its keys never overlap) and once more for that. Wait a
+    // day instead; the rust binding has no setter for this option, only the options string.
+    o.get_options_from_string(format!(
+        "bottommost_file_compaction_delay={BOTTOMMOST_REWRITE_DELAY_S}"
+    ))
+    // Invariant: a fixed, known option name with an integer value always parses.
+    .expect("bottommost_file_compaction_delay is a RocksDB option")
 }
+
+/// How old a bottommost table file must be before RocksDB may rewrite it only to zero its
+/// sequence numbers (see `db_options`).
+pub const BOTTOMMOST_REWRITE_DELAY_S: u32 = 86_400;
 
 /// RocksDB info log files (`db/LOG`, `db/LOG.old.*`) kept besides the current one.
 pub const INFO_LOG_FILES_MAX: usize = 4;
@@ -466,6 +481,24 @@ impl<M: StateMachine> Store<M> {
     /// Submits entries written elsewhere (a leader's, for a mirror). They must continue the
     /// chain; they are applied and committed like the store's own.
     pub fn submit_entries(&self, entries: Vec<StoredEntry>) -> Ticket<Committed, StoreError> {
+        let verified: Result<Vec<VerifiedEntry>, _> = entries
+            .into_iter()
+            .map(|e| VerifiedEntry::verify(EncodedEntry::new(e)))
+            .collect();
+        match verified {
+            Ok(v) => self.submit_verified(v),
+            Err(e) => {
+                let (reply, rx) = oneshot::channel();
+                let _ = reply.send((Err(StoreError::Refused(e)), ()));
+                Ticket { rx, quick: false }
+            }
+        }
+    }
+
+    /// [`Store::submit_entries`] of entries already verified, with their encoding (as a
+    /// mirror received them): only their links are checked, and their bytes are stored as
+    /// they are.
+    pub fn submit_verified(&self, entries: Vec<VerifiedEntry>) -> Ticket<Committed, StoreError> {
         let (reply, rx) = oneshot::channel();
         if self.tx.is_none() {
             let _ = reply.send((Err(StoreError::ReadOnly), ()));

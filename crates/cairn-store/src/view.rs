@@ -178,6 +178,57 @@ impl ReadView {
         visit_log_at(self.base(), self.first, self.head.offset, from, &mut visit)
     }
 
+    /// Visits the stored bytes of entries from `from` up to the applied offset until `visit`
+    /// returns false, without decoding them: for streaming the log to mirrors, which verify
+    /// every entry themselves. Only the keys are checked (dense, from `from` to the last one
+    /// visited); a missing entry is `Corrupt` with its offset.
+    pub fn visit_log_raw(
+        &self,
+        from: u64,
+        mut visit: impl FnMut(u64, Box<[u8]>) -> bool,
+    ) -> Result<(), StoreError> {
+        if from < self.first {
+            return Err(StoreError::Compacted {
+                requested: from,
+                first: self.first,
+            });
+        }
+        let last = self.head.offset;
+        if from > last {
+            return Ok(());
+        }
+        let base = self.base();
+        let iter = base.db.iterator_cf_opt(
+            base.cf(CF_LOG),
+            base.read_opts(),
+            IteratorMode::From(&layout::log_key(from), Direction::Forward),
+        );
+        let mut expected = from;
+        for item in iter {
+            if expected > last {
+                return Ok(());
+            }
+            let (k, v) = item.map_err(StoreError::db("read log"))?;
+            if layout::parse_log_key(&k) != Some(expected) {
+                return Err(StoreError::Corrupt {
+                    offset: expected,
+                    reason: CorruptReason::Missing,
+                });
+            }
+            expected += 1;
+            if !visit(expected - 1, v) {
+                return Ok(());
+            }
+        }
+        if expected <= last {
+            return Err(StoreError::Corrupt {
+                offset: expected,
+                reason: CorruptReason::Missing,
+            });
+        }
+        Ok(())
+    }
+
     /// Verifies the whole retained log: every entry decodes, sits under its own offset, hashes
     /// to its stored hash and links to the one before; the last one is the stored head. The
     /// error names the first bad offset.

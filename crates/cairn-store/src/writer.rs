@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 
-use cairn_log::{codec, ChainCursor, EntryDraft, Head, Meta, StoredEntry};
+use cairn_log::{ChainCursor, EntryDraft, Head, Meta, StoredEntry, VerifiedEntry};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use crate::base::Base;
@@ -56,7 +56,7 @@ pub(crate) enum Request<M: StateMachine> {
     },
     /// Verify and commit entries written elsewhere (replication, `LogStore::append`).
     Entries {
-        entries: Vec<StoredEntry>,
+        entries: Vec<VerifiedEntry>,
         reply: Reply<(Result<Committed, StoreError>, ())>,
     },
 }
@@ -509,7 +509,8 @@ impl<M: StateMachine> Writer<M> {
                 .seal(prev.offset + 1, prev.hash)
                 .map_err(StoreError::BadEntry)?;
             prev = entry.head();
-            sealed.push(entry);
+            let bytes = cairn_log::codec::encode(&entry);
+            sealed.push((entry, bytes));
         }
         Ok((self.add(group, sealed)?, false))
     }
@@ -518,13 +519,17 @@ impl<M: StateMachine> Writer<M> {
     fn entries(
         &mut self,
         group: &mut Group<'_, M>,
-        entries: Vec<StoredEntry>,
+        entries: Vec<VerifiedEntry>,
     ) -> Result<Range<u64>, StoreError> {
+        // Their hashes were verified when they were built: only the links are left to check.
         let mut cursor = group.cursor;
         for entry in &entries {
-            cursor.advance(entry)?;
+            cursor.advance_sealed(entry.entry())?;
         }
-        self.add(group, entries)
+        self.add(
+            group,
+            entries.into_iter().map(VerifiedEntry::into_parts).collect(),
+        )
     }
 
     /// Applies chain-checked entries to the group, committing the group first if they would
@@ -532,15 +537,14 @@ impl<M: StateMachine> Writer<M> {
     fn add(
         &mut self,
         group: &mut Group<'_, M>,
-        entries: Vec<StoredEntry>,
+        entries: Vec<(StoredEntry, Vec<u8>)>,
     ) -> Result<Range<u64>, StoreError> {
-        let Some(first) = entries.first() else {
+        let Some((first, _)) = entries.first() else {
             let next = group.cursor.head().offset + 1;
             return Ok(next..next);
         };
         let first = first.offset;
-        let encoded: Vec<Vec<u8>> = entries.iter().map(codec::encode).collect();
-        let bytes: usize = encoded.iter().map(Vec::len).sum();
+        let bytes: usize = entries.iter().map(|(_, b)| b.len()).sum();
         let full = group.entries.len() + entries.len() > self.opts.batch_entries_max
             || group.entry_bytes + group.overlay.bytes() + bytes > self.opts.batch_bytes_max;
         if full && !group.entries.is_empty() {
@@ -558,7 +562,7 @@ impl<M: StateMachine> Writer<M> {
                 return Err(StoreError::WriteFailed { reason });
             }
         }
-        for entry in &entries {
+        for (entry, _) in &entries {
             // Hashes were computed (commands) or verified (entries) before `add`; the links
             // are checked again because a mid-group commit may have happened in between.
             group
@@ -575,7 +579,7 @@ impl<M: StateMachine> Writer<M> {
         group.entry_bytes += bytes;
         group
             .entries
-            .extend(entries.iter().map(|e| e.offset).zip(encoded));
+            .extend(entries.into_iter().map(|(e, bytes)| (e.offset, bytes)));
         Ok(first..group.cursor.head().offset + 1)
     }
 

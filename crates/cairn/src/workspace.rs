@@ -1080,21 +1080,28 @@ impl Workspace {
     }
 
     /// Applies entries written by this mirror's leader, in one commit: they must continue this
-    /// log's chain (offset, link, hash, epoch; the store checks each one again before it
-    /// applies it), and are folded through the same `apply` as on the leader. Only a mirror
-    /// takes them ([`Error::NotMirror`] otherwise). Returns the commit.
+    /// log's chain (offset, link, hash, epoch), and are folded through the same `apply` as on
+    /// the leader. Only a mirror takes them ([`Error::NotMirror`] otherwise). Returns the
+    /// commit.
     pub async fn apply_replicated(&self, entries: Vec<StoredEntry>) -> Result<Committed, Error> {
-        Ok(self.submit_replicated(entries)?.await?)
+        let verified: Result<Vec<_>, _> = entries
+            .into_iter()
+            .map(|e| cairn_log::VerifiedEntry::verify(cairn_log::EncodedEntry::new(e)))
+            .collect();
+        let verified = verified.map_err(|e| Error::Store(cairn_store::StoreError::Refused(e)))?;
+        Ok(self.submit_replicated(verified)?.await?)
     }
 
-    /// [`Workspace::apply_replicated`] without waiting: the entries are queued for the store's
-    /// writer, and the ticket (waited for from a thread, or awaited) answers once they are
-    /// committed. Tickets of one caller are answered in the order submitted, and a commit that
-    /// fails makes every later submission that continued it fail too: its entries no longer
+    /// [`Workspace::apply_replicated`] of entries whose hashes are verified (as a follower
+    /// checked them, with the bytes it received, which are stored as they are), without
+    /// waiting: the entries are queued for the store's writer, which checks their links, and
+    /// the ticket (waited for from a thread, or awaited) answers once they are committed.
+    /// Tickets of one caller are answered in the order submitted, and a commit that fails
+    /// makes every later submission that continued it fail too: its entries no longer
     /// continue the log.
     pub fn submit_replicated(
         &self,
-        entries: Vec<StoredEntry>,
+        entries: Vec<cairn_log::VerifiedEntry>,
     ) -> Result<cairn_store::Ticket<Committed, cairn_store::StoreError>, Error> {
         let inner = self.inner();
         if inner.role() != NodeRole::Mirror {
@@ -1103,7 +1110,7 @@ impl Workspace {
         if inner.shutdown.is_cancelled() {
             return Err(Error::Closed);
         }
-        Ok(inner.store.submit_entries(entries))
+        Ok(inner.store.submit_verified(entries))
     }
 
     /// The head of the log (offset, hash and epoch of its last entry).
@@ -1117,6 +1124,36 @@ impl Workspace {
         tokio::task::spawn_blocking(move || Ok(inner.store.read()?.read_log(from, limit)?))
             .await
             .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+    }
+
+    /// The stored bytes of entries from `from` on (at least one when `from` is applied, then
+    /// up to `bytes_max` in all), with their offsets, not decoded: what a leader streams to
+    /// its mirrors, which verify every entry. A missing entry is an integrity error with its
+    /// offset; below the first retained offset is `Compacted`.
+    pub async fn read_log_raw(
+        &self,
+        from: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+        let inner = Arc::clone(self.inner());
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            let visited = inner.store.read()?.visit_log_raw(from, |offset, v| {
+                bytes += v.len();
+                out.push((offset, v.into_vec()));
+                bytes < bytes_max
+            });
+            match visited {
+                Ok(()) => Ok(out),
+                Err(cairn_store::StoreError::Compacted { requested, first }) => {
+                    Err(Error::Compacted { requested, first })
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
     }
 }
 
