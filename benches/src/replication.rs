@@ -95,7 +95,9 @@ struct Mirror {
 pub struct Cluster {
     rt: tokio::runtime::Runtime,
     leader: Node,
+    leader_svc: cairn_server::Service,
     mirrors: Vec<Mirror>,
+    children: Vec<ChildMirror>,
     durability: Durability,
     mirror_token: String,
     write_token: String,
@@ -123,11 +125,13 @@ impl Cluster {
         let mirror_token = token("bench-mirror", Role::Mirror);
         let write_token = token("bench-write", Role::Write);
         let svc = cairn_server::Service::new(ws.clone());
-        let leader = Node::serve(&rt, ws, svc);
+        let leader = Node::serve(&rt, ws, svc.clone());
         Self {
             rt,
             leader,
+            leader_svc: svc,
             mirrors: Vec::new(),
+            children: Vec::new(),
             durability,
             mirror_token,
             write_token,
@@ -183,6 +187,76 @@ impl Cluster {
         self.mirrors.push(Mirror { node, svc });
     }
 
+    /// A mirror in `dir` (which must not exist), provisioned from a backup of the leader taken
+    /// now, following it from a child process at idle CPU priority (see [`Placement`]).
+    pub fn add_child_mirror(&mut self, dir: &Path) {
+        self.leader()
+            .store()
+            .backup(dir)
+            .expect("back up the leader to provision a mirror");
+        let name = format!("bench-c{}", self.children.len() + 1);
+        let mut child =
+            std::process::Command::new(std::env::current_exe().expect("the bench binary's path"))
+                .arg(MIRROR_CHILD_ARG)
+                .arg(dir)
+                .arg(&self.leader.url)
+                .arg(&self.mirror_token)
+                .arg(&name)
+                .arg(format!(
+                    "{:?}",
+                    mirror_durability_override().unwrap_or(self.durability)
+                ))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a mirror child process");
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("piped stdout")),
+            &mut ready,
+        )
+        .expect("read the mirror child's first line");
+        assert_eq!(ready.trim(), "following", "the mirror child did not start");
+        self.children.push(ChildMirror(child));
+    }
+
+    /// Waits until every child mirror has acknowledged `offset` to the leader.
+    fn wait_children(&self, offset: u64) {
+        if self.children.is_empty() {
+            return;
+        }
+        let cairn_server::service::Replication::Leader(table) = self.leader_svc.replication()
+        else {
+            panic!("the bench leader leads");
+        };
+        let acked = self.rt.block_on(table.wait_acked(
+            offset,
+            self.children.len(),
+            Duration::from_millis(CATCH_UP_WAIT_MS_MAX),
+        ));
+        assert_eq!(
+            acked,
+            self.children.len(),
+            "child mirrors did not reach offset {offset} in {CATCH_UP_WAIT_MS_MAX} ms"
+        );
+    }
+
+    /// The lowest offset any mirror (in process or child) has applied (child mirrors: as
+    /// acknowledged to the leader).
+    fn slowest_mirror(&self) -> Option<u64> {
+        let in_process = self.mirrors.iter().map(|m| m.node.ws().applied());
+        let children = match self.leader_svc.replication() {
+            cairn_server::service::Replication::Leader(table) => table
+                .list()
+                .into_iter()
+                .filter(|m| m.name.starts_with("bench-c"))
+                .map(|m| m.applied_offset)
+                .collect(),
+            _ => Vec::new(),
+        };
+        in_process.chain(children).min()
+    }
+
     /// The mirrors' workspaces, in the order they were added.
     pub fn mirrors(&self) -> Vec<Workspace> {
         self.mirrors.iter().map(|m| m.node.ws().clone()).collect()
@@ -190,6 +264,7 @@ impl Cluster {
 
     /// Waits until every mirror has applied `offset`.
     pub fn wait_mirrors(&self, offset: u64) {
+        self.wait_children(offset);
         self.rt.block_on(async {
             for m in &self.mirrors {
                 let ws = m.node.ws();
@@ -225,6 +300,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         // Followers first, or they would reconnect to a leader going away.
+        self.children.clear();
         for m in &self.mirrors {
             self.rt.block_on(m.svc.stop_follower());
         }
@@ -233,6 +309,80 @@ impl Drop for Cluster {
         }
         self.leader.shut_down(&self.rt);
     }
+}
+
+/// The argument that makes the bench binary run [`mirror_child`] instead of its figures.
+pub const MIRROR_CHILD_ARG: &str = "--mirror-child";
+
+/// A mirror in a child process; dropping it closes the child's stdin, which makes it stop its
+/// follower, close its workspace and exit.
+struct ChildMirror(std::process::Child);
+
+impl Drop for ChildMirror {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+/// Where the mirrors of [`leader_with_mirrors`] run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// In the leader's process, on its runtime, competing with it for the machine's cores.
+    InProcess,
+    /// In child processes under `SCHED_IDLE`: they run only on CPU time the leader leaves
+    /// idle, as mirrors on other machines take none of the leader's cores. The leader's own
+    /// work for them (reading and sending its log, taking their acknowledgements) is all
+    /// counted, and they share its disk.
+    IdleProcess,
+}
+
+/// The body of a child mirror process (`compare --mirror-child DIR LEADER TOKEN NAME
+/// DURABILITY`): lowers its own scheduling to `SCHED_IDLE` before any thread is started (the
+/// runtime's, the follower's, RocksDB's inherit it), opens `DIR` (a backup of the leader) as a
+/// mirror, follows the leader, prints `following`, and stops when its stdin closes.
+pub fn mirror_child(args: &[String]) {
+    let [dir, leader, token, name, durability] = args else {
+        panic!("--mirror-child DIR LEADER TOKEN NAME DURABILITY, not {args:?}");
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads `param` only during the call; pid 0 is this thread.
+    let set = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    assert_eq!(set, 0, "SCHED_IDLE: {}", std::io::Error::last_os_error());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("mirror child runtime");
+    let mut opts = Options {
+        role: NodeRole::Mirror,
+        ..Options::default()
+    };
+    opts.store.durability = match durability.as_str() {
+        "Sync" => Durability::Sync,
+        "Buffered" => Durability::Buffered,
+        "None" => Durability::None,
+        other => panic!("durability {other:?}"),
+    };
+    let ws = rt
+        .block_on(Workspace::open(Path::new(dir), opts))
+        .expect("open the mirror child's workspace");
+    let follower = cairn_mirror::start(
+        ws.clone(),
+        rt.handle().clone(),
+        cairn_mirror::FollowerOptions {
+            leader: leader.clone(),
+            token: token.clone(),
+            name: name.clone(),
+        },
+    )
+    .expect("start the child's follower");
+    let svc = cairn_server::Service::mirror(ws.clone(), follower);
+    println!("following");
+    std::io::Write::flush(&mut std::io::stdout()).expect("flush stdout");
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    rt.block_on(svc.stop_follower());
+    rt.block_on(ws.close());
 }
 
 /// Where HTTP writes go.
@@ -449,16 +599,21 @@ pub struct LeaderRun {
 }
 
 /// The kernel sink from `threads` writers for `duration` on a fresh served leader in `dir`
-/// (durability `sync`) with `mirrors` mirrors streaming.
+/// (durability `sync`) with `mirrors` mirrors streaming, placed as `placement` says.
 pub fn leader_with_mirrors(
     dir: &Path,
     mirrors: usize,
+    placement: Placement,
     threads: usize,
     duration: Duration,
 ) -> LeaderRun {
     let mut cluster = Cluster::fresh(&dir.join("leader"), Durability::Sync);
     for m in 0..mirrors {
-        cluster.add_mirror(&dir.join(format!("mirror{m}")));
+        let at = dir.join(format!("mirror{m}"));
+        match placement {
+            Placement::InProcess => cluster.add_mirror(&at),
+            Placement::IdleProcess => cluster.add_child_mirror(&at),
+        }
     }
     cluster.wait_mirrors(cluster.leader().applied());
     let sink = LeaderSink(&cluster);
@@ -466,11 +621,8 @@ pub fn leader_with_mirrors(
     let commits = sink.groups().unwrap_or_default();
     let head = cluster.leader().applied();
     let behind = cluster
-        .mirrors()
-        .iter()
-        .map(|m| head.saturating_sub(m.applied()))
-        .max()
-        .unwrap_or(0);
+        .slowest_mirror()
+        .map_or(0, |applied| head.saturating_sub(applied));
     let drained = Instant::now();
     cluster.wait_mirrors(head);
     LeaderRun {

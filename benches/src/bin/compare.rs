@@ -40,7 +40,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_benches::lifecycle::{self, KernelSink, MixSpec};
-use cairn_benches::replication::{self, Target};
+use cairn_benches::replication::{self, Placement, Target};
 use cairn_benches::server::HttpSink;
 use cairn_benches::{throughput, CairnSink, Grouped, RawDirect, Sink};
 use cairn_store::Durability;
@@ -58,6 +58,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(replication::MIRROR_CHILD_ARG) {
+        return replication::mirror_child(&args[2..]);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let scratch = tempfile::tempdir_in(std::env::var("CAIRN_BENCH_DIR").unwrap_or("/tmp".into()))
         .expect("scratch dir");
@@ -431,13 +434,29 @@ fn lag_figure(scratch: &Path, duration: Duration) -> replication::Lag {
 /// The kernel sync64 workload on a served leader with two mirrors ÷ without, rounds
 /// alternating; returns the ratio of the medians.
 fn mirrors_figure(scratch: &Path, sizes: &LogSizes) -> f64 {
-    let (mut with, mut without) = (vec![], vec![]);
+    let configs = [
+        (0, Placement::InProcess),
+        (2, Placement::IdleProcess),
+        (2, Placement::InProcess),
+    ];
+    let mut ops: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     for r in 0..sizes.replication_rounds {
-        for mirrors in [0, 2] {
-            let dir = scratch.join(format!("leader-{r}-{mirrors}"));
-            let run = replication::leader_with_mirrors(&dir, mirrors, 64, sizes.replication_run);
+        for (c, &(mirrors, placement)) in configs.iter().enumerate() {
+            let dir = scratch.join(format!("leader-{r}-{c}"));
+            let run = replication::leader_with_mirrors(
+                &dir,
+                mirrors,
+                placement,
+                64,
+                sizes.replication_run,
+            );
+            let placed = match (mirrors, placement) {
+                (0, _) => "0 mirrors".to_string(),
+                (n, Placement::InProcess) => format!("{n} mirrors in process"),
+                (n, Placement::IdleProcess) => format!("{n} mirrors at idle priority"),
+            };
             println!(
-                "  round {} with {mirrors} mirrors: {:.0} commands/s; leader {}{}",
+                "  round {} with {placed}: {:.0} commands/s; leader {}{}",
                 r + 1,
                 run.ops,
                 run.commits.describe(),
@@ -450,22 +469,20 @@ fn mirrors_figure(scratch: &Path, sizes: &LogSizes) -> f64 {
                     String::new()
                 }
             );
-            if mirrors == 0 {
-                &mut without
-            } else {
-                &mut with
-            }
-            .push(run.ops);
+            ops[c].push(run.ops);
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
-    let (with, without) = (median(with), median(without));
+    let [without, idle, shared] = [0, 1, 2].map(|c| median(ops[c].clone()));
     println!(
-        "leader_with_mirrors: kernel sync64 on a served leader with 2 mirrors {with:.0} \
-         commands/s vs without {without:.0}: {:.2} (target ≥ 0.9)",
-        with / without
+        "leader_with_mirrors: kernel sync64 on a served leader with 2 mirrors streaming \
+         {idle:.0} commands/s vs without {without:.0}: {:.2} (target ≥ 0.9; mirrors in child \
+         processes at idle CPU priority, standing in for mirrors on other machines); with the 2 \
+         mirrors in process, sharing the 2 cores: {shared:.0}, {:.2}",
+        idle / without,
+        shared / without
     );
-    with / without
+    idle / without
 }
 
 /// HTTP writes sent to a mirror ÷ sent to the leader (64 clients, one mirror), rounds
