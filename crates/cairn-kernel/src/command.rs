@@ -248,6 +248,13 @@ pub enum Command {
         /// Payload.
         payload: Vec<u8>,
     },
+    /// A drive operation, checked against `actor`'s permissions.
+    Drive {
+        /// Who asks.
+        actor: crate::drive::DriveActor,
+        /// What.
+        op: crate::drive::DriveCommand,
+    },
 }
 
 impl Command {
@@ -278,6 +285,7 @@ impl Command {
             Command::AcceptWalLoss(_) => Subsystem::Store,
             Command::StartEpoch { .. } => Subsystem::Epoch,
             Command::Ext { .. } => Subsystem::Extensions,
+            Command::Drive { .. } => Subsystem::Drive,
         }
     }
 }
@@ -305,6 +313,12 @@ pub enum Entity {
     Extension(String),
     /// An API token.
     Token(String),
+    /// A drive item (by path).
+    DriveItem(String),
+    /// A data version of a drive item (path, version).
+    DriveVersion(String, String),
+    /// A drive type.
+    DriveType(String),
 }
 
 /// Names are user input: a message repeats at most [`ERROR_ECHO_CHARS_MAX`] characters of
@@ -340,6 +354,9 @@ impl fmt::Display for Entity {
             Entity::Schema(s) => write!(f, "schema {}", echo(s)),
             Entity::Extension(a) => write!(f, "extension {}", echo(a)),
             Entity::Token(n) => write!(f, "token {}", echo(n)),
+            Entity::DriveItem(p) => write!(f, "drive item {}", echo(p)),
+            Entity::DriveVersion(p, v) => write!(f, "version {v} of drive item {}", echo(p)),
+            Entity::DriveType(t) => write!(f, "drive type {}", echo(t)),
         }
     }
 }
@@ -387,11 +404,21 @@ pub enum Rejection {
     /// A bad manifest.
     #[error("{0}")]
     Manifest(#[from] ManifestError),
+    /// The actor's permission on the item is below what the command needs.
+    #[error("{who} may not do this on {what}: it needs {needed}")]
+    Denied {
+        /// The token's name.
+        who: String,
+        /// The item (or the drive's root).
+        what: String,
+        /// The level needed.
+        needed: String,
+    },
 }
 
 impl Rejection {
     /// A stable machine-readable code: `not_found`, `exists`, `conflict`, `revision_mismatch`,
-    /// `invalid_state`, `invalid`, `bad_manifest`.
+    /// `invalid_state`, `invalid`, `bad_manifest`, `denied`.
     pub fn code(&self) -> &'static str {
         match self {
             Rejection::NotFound(_) => "not_found",
@@ -401,6 +428,7 @@ impl Rejection {
             Rejection::State { .. } => "invalid_state",
             Rejection::Invalid(_) => "invalid",
             Rejection::Manifest(_) => "bad_manifest",
+            Rejection::Denied { .. } => "denied",
         }
     }
 

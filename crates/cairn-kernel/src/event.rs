@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::change::{ChangeRecord, End, TaskOutcome};
+use crate::drive::DriveEvent;
 use crate::manifest::Manifest;
 use crate::model::{DaemonState, FeatureState, ResourceKind, Role, Scope};
 use crate::records::PackageStatus;
@@ -393,6 +394,8 @@ pub enum Event {
     WalLossAccepted(WalLossAccepted),
     /// `epoch.started.v1`
     EpochStarted(EpochStarted),
+    /// A drive event (`drive.*`).
+    Drive(crate::drive::DriveEvent),
     /// An extension's event (`ext.<app>.<name>.v<N>`), applied by its registered handler.
     Ext {
         /// Kind.
@@ -1198,4 +1201,28 @@ event_table! {
     EPOCH_STARTED = "epoch.started.v1", Epoch,
         Event::EpochStarted(e) => enc(&e),
         |k, p| Event::EpochStarted(dec(k, p)?);
+    DRIVE_ITEM_ADDED = "drive.item_added.v1", Drive,
+        Event::Drive(DriveEvent::ItemAdded(e)) => enc(&e),
+        |k, p| Event::Drive(DriveEvent::ItemAdded(dec(k, p)?));
+    DRIVE_ITEM_MOVED = "drive.item_moved.v1", Drive,
+        Event::Drive(DriveEvent::ItemMoved(e)) => enc(&e),
+        |k, p| Event::Drive(DriveEvent::ItemMoved(dec(k, p)?));
+    DRIVE_ITEM_DELETED = "drive.item_deleted.v1", Drive,
+        Event::Drive(DriveEvent::ItemDeleted(e)) => enc(&e),
+        |k, p| Event::Drive(DriveEvent::ItemDeleted(dec(k, p)?));
+    DRIVE_DATA_PUT = "drive.data_put.v1", Drive,
+        Event::Drive(DriveEvent::DataPut(e)) => enc(&e),
+        |k, p| Event::Drive(DriveEvent::DataPut(dec(k, p)?));
+    DRIVE_VERSION_DELETED = "drive.version_deleted.v1", Drive,
+        Event::Drive(DriveEvent::VersionDeleted(e)) => enc(&e),
+        |k, p| Event::Drive(DriveEvent::VersionDeleted(dec(k, p)?));
+    DRIVE_PERM_SET = "drive.perm_set.v1", Drive,
+        Event::Drive(DriveEvent::PermSet(e)) => enc(&e),
+        |k, p| Event::Drive(DriveEvent::PermSet(dec(k, p)?));
+    DRIVE_TYPE_SET = "drive.type_set.v1", Drive,
+        Event::Drive(DriveEvent::TypeSet(e)) => enc(&e),
+        |k, p| Event::Drive(DriveEvent::TypeSet(dec(k, p)?));
+    DRIVE_MIGRATED = "drive.migrated.v1", Drive,
+        Event::Drive(DriveEvent::Migrated(e)) => enc(&e),
+        |k, p| Event::Drive(DriveEvent::Migrated(dec(k, p)?));
 }

@@ -8,6 +8,7 @@
 //! routing and what is common to every command (idempotency) or to the open.
 
 mod changes;
+mod drive;
 mod epoch;
 mod extensions;
 mod features;
@@ -63,6 +64,8 @@ pub enum Subsystem {
     Epoch,
     /// Store-level records (`store.wal_loss_accepted.v1`).
     Store,
+    /// The Drive: items, data versions, permissions, types and their migrations.
+    Drive,
 }
 
 /// Why `decide` produced no events.
@@ -155,6 +158,8 @@ fn misrouted_event(subsystem: Subsystem, event: &Event) -> ApplyFailure {
 pub struct Kernel {
     schemas: BTreeMap<String, Schema>,
     extensions: BTreeMap<String, Arc<dyn Extension>>,
+    migrations: BTreeMap<String, Arc<dyn crate::drive::DriveMigration>>,
+    validators: Arc<drive::Validators>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -162,6 +167,7 @@ impl std::fmt::Debug for Kernel {
         f.debug_struct("Kernel")
             .field("schemas", &self.schemas.keys().collect::<Vec<_>>())
             .field("extensions", &self.extensions.keys().collect::<Vec<_>>())
+            .field("migrations", &self.migrations.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -181,7 +187,31 @@ impl Kernel {
         Self {
             schemas,
             extensions: BTreeMap::new(),
+            migrations: crate::drive::builtin_migrations(),
+            validators: Arc::default(),
         }
+    }
+
+    /// Registers a named drive type migration. It runs only on a leader, when a type's schema
+    /// is upgraded with it; mirrors and replay read its recorded outcome instead.
+    pub fn with_drive_migration(
+        mut self,
+        name: &str,
+        migration: Arc<dyn crate::drive::DriveMigration>,
+    ) -> Result<Self, String> {
+        if !crate::model::is_item_name(name) {
+            return Err(format!("drive migration name {name:?} is not valid"));
+        }
+        if self.migrations.contains_key(name) {
+            return Err(format!("drive migration {name:?} is registered twice"));
+        }
+        self.migrations.insert(name.to_string(), migration);
+        Ok(self)
+    }
+
+    /// The registered drive migrations' names.
+    pub fn drive_migrations(&self) -> impl Iterator<Item = &str> {
+        self.migrations.keys().map(String::as_str)
     }
 
     /// Registers an embedder's schema (or replaces the built-in one, for tests of upgrades).
@@ -232,7 +262,8 @@ impl Kernel {
             | Subsystem::Changes
             | Subsystem::Tokens
             | Subsystem::Epoch
-            | Subsystem::Store => Ok(()),
+            | Subsystem::Store
+            | Subsystem::Drive => Ok(()),
         }
     }
 
@@ -270,6 +301,10 @@ impl Kernel {
             Subsystem::Extensions => extensions::decide(self, state, command),
             Subsystem::Epoch => epoch::decide(state, command),
             Subsystem::Store => store::decide(command),
+            Subsystem::Drive => match command {
+                Command::Drive { actor, op } => drive::decide(self, state, actor, op),
+                other => misrouted_command(Subsystem::Drive, other),
+            },
         }
     }
 
@@ -292,6 +327,7 @@ impl Kernel {
             Subsystem::Extensions => extensions::apply(self, state, event, entry)?,
             Subsystem::Epoch => epoch::apply(state, event, entry)?,
             Subsystem::Store => store::apply(event)?,
+            Subsystem::Drive => drive::apply(state, event, entry)?,
         }
         if let Some(key) = &entry.meta.idempotency_key {
             record_idempotency(state, key, entry.offset)?;

@@ -15,6 +15,7 @@
 
 pub mod change;
 pub mod command;
+pub mod drive;
 pub mod echo;
 pub mod event;
 pub mod ext;

@@ -416,6 +416,66 @@ fn epoch_events() -> Vec<Event> {
     ]
 }
 
+/// The drive's events, in their own golden file.
+fn drive_events() -> Vec<Event> {
+    use cairn_kernel::drive::*;
+    let p = |s: &str| DrivePath::parse(s).unwrap();
+    let v = DataVersion {
+        major: 1,
+        minor: 2,
+        patch: 3,
+    };
+    vec![
+        Event::Drive(DriveEvent::ItemAdded(ItemAdded {
+            path: p("docs"),
+            type_name: None,
+        })),
+        Event::Drive(DriveEvent::ItemAdded(ItemAdded {
+            path: p("docs/a.b_c-1"),
+            type_name: Some("app:note".into()),
+        })),
+        Event::Drive(DriveEvent::ItemMoved(ItemMoved {
+            from: p("docs/a.b_c-1"),
+            to: p("docs/renamed"),
+        })),
+        Event::Drive(DriveEvent::ItemDeleted(ItemDeleted { path: p("docs") })),
+        Event::Drive(DriveEvent::DataPut(DataPut {
+            path: p("docs/renamed"),
+            version: v,
+            data: r#"{"n":1,"s":"é"}"#.into(),
+        })),
+        Event::Drive(DriveEvent::VersionDeleted(VersionDeleted {
+            path: p("docs/renamed"),
+            version: DataVersion::FIRST,
+        })),
+        Event::Drive(DriveEvent::PermSet(PermSet {
+            path: p("docs"),
+            who: Who::Token("ann".into()),
+            level: Some(Level::Edit),
+        })),
+        Event::Drive(DriveEvent::PermSet(PermSet {
+            path: p("docs"),
+            who: Who::Role(cairn_kernel::model::Role::Read),
+            level: None,
+        })),
+        Event::Drive(DriveEvent::TypeSet(TypeSet {
+            name: "app:note".into(),
+            version: 2,
+            schema: r#"{"type":"object"}"#.into(),
+            migration: Some(FILL_DEFAULTS.into()),
+        })),
+        Event::Drive(DriveEvent::Migrated(Migrated {
+            type_name: "app:note".into(),
+            version: 2,
+            rewritten: vec![Rewritten {
+                path: p("docs/renamed"),
+                version: v,
+                data: r#"{"n":1,"tag":"x"}"#.into(),
+            }],
+        })),
+    ]
+}
+
 fn blake3_like() -> &'static [u8; 32] {
     &[
         0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
@@ -439,6 +499,7 @@ fn every_built_in_kind_is_in_the_golden_file() {
     events.extend(token_events());
     events.extend(wal_loss_events());
     events.extend(epoch_events());
+    events.extend(drive_events());
     let covered: std::collections::BTreeSet<&str> = events.iter().map(|e| e.kind()).collect();
     for kind in all {
         assert!(covered.contains(kind), "{kind} has no golden event");
@@ -469,6 +530,13 @@ fn golden_epoch_events_decode_to_the_same_values_and_encode_to_the_same_bytes() 
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/events-epoch-v1.frames");
     check_golden(&path, &epoch_events());
+}
+
+#[test]
+fn golden_drive_events_decode_to_the_same_values_and_encode_to_the_same_bytes() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/events-drive-v1.frames");
+    check_golden(&path, &drive_events());
 }
 
 // The determinism bans are for the kernel's code; a test may read its environment.
