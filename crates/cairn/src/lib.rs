@@ -20,6 +20,7 @@ mod error;
 pub mod hooks;
 mod machine;
 mod subscribe;
+pub mod supervise;
 pub mod tokens;
 pub mod tools;
 pub mod vault;
