@@ -197,6 +197,13 @@ enum Cmd {
         /// The name shown in the leader's status (default: the host name and listen address).
         #[arg(long)]
         name: Option<String>,
+        /// Once this node leads (after `promote` or a handoff to it): answer a command only
+        /// once this many mirrors have durably applied it, as `serve --sync-mirrors`.
+        #[arg(long, default_value_t = 0, value_name = "K")]
+        sync_mirrors: usize,
+        /// With --sync-mirrors: how long a command waits for them (as `serve`).
+        #[arg(long, default_value_t = cairn_server::SYNC_TIMEOUT_MS_DEFAULT, value_name = "MS")]
+        sync_timeout_ms: u64,
     },
     /// Make this mirror the leader of a new epoch (forced: its leader is gone). On a running
     /// mirror use --server; on a stopped one, --data.
@@ -925,6 +932,7 @@ fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
                 name: name.clone(),
                 expect_offset: None,
                 expect_hash: None,
+                handoff: None,
             },
             true,
         ),
@@ -1276,6 +1284,8 @@ fn mirror(cli: &Cli) -> Result<(), Failure> {
         listen,
         from_backup,
         name,
+        sync_mirrors,
+        sync_timeout_ms,
     } = &cli.command
     else {
         unreachable!("called for `cairn mirror`")
@@ -1323,10 +1333,13 @@ fn mirror(cli: &Cli) -> Result<(), Failure> {
         },
     )
     .map_err(|e| Failure::Other(format!("cannot start the follower: {e}")))?;
-    let svc = cairn_server::Service::mirror(ws, follower);
-    let served = run_server(&rt, svc.clone(), &data, listen, "serving as a mirror");
-    rt.block_on(svc.stop_follower());
-    served
+    // Applies once this node leads (a mirror answers no command itself).
+    let svc =
+        cairn_server::Service::mirror(ws, follower).with_sync_mirrors(cairn_server::SyncMirrors {
+            count: *sync_mirrors,
+            timeout_ms: *sync_timeout_ms,
+        });
+    run_server(&rt, svc, &data, listen, "serving as a mirror")
 }
 
 /// The host name and listen address, as a mirror name (`[A-Za-z0-9-_.:]`).
@@ -1465,7 +1478,10 @@ fn run_server(
                 _ = int.recv() => {},
             }
         };
-        let r = cairn_server::serve(svc, listener, shutdown).await;
+        let r = cairn_server::serve(svc.clone(), listener, shutdown).await;
+        // A follower (a mirror's, or a former leader's after a handoff) holds the workspace:
+        // stop it before closing, so that the store's writer is joined.
+        svc.stop_follower().await;
         ws.close().await;
         r
     });

@@ -591,25 +591,36 @@ enum Fault {
     Duplicate(usize),
 }
 
-/// A TCP proxy to `target` that applies `faults` to the first connections, in order, then
-/// stays clean. Runs until the test process ends.
-fn proxy(target: String, faults: Vec<Fault>) -> String {
+/// Listens on a free port of 127.0.0.1 and, for every connection, connects to `target` and
+/// hands both ends to `relay` on a thread of their own. Runs until the test process ends;
+/// returns the proxy's URL.
+fn relay_proxy(
+    target: String,
+    relay: impl Fn(TcpStream, TcpStream) + Send + Sync + 'static,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let next = Arc::new(AtomicUsize::new(0));
+    let relay = Arc::new(relay);
     std::thread::spawn(move || {
         for client in listener.incoming() {
-            let Ok(client) = client else { continue };
-            let Ok(server) = TcpStream::connect(&target) else {
+            let (Ok(client), Ok(server)) = (client, TcpStream::connect(&target)) else {
                 continue;
             };
-            // Acks and hash lookups go through too; only streams get the faults.
-            let faults = faults.clone();
-            let next = Arc::clone(&next);
-            std::thread::spawn(move || pump(client, server, &faults, &next));
+            let relay = Arc::clone(&relay);
+            std::thread::spawn(move || relay(client, server));
         }
     });
     url
+}
+
+/// A TCP proxy to `target` that applies `faults` to the first connections, in order, then
+/// stays clean.
+fn proxy(target: String, faults: Vec<Fault>) -> String {
+    let next = Arc::new(AtomicUsize::new(0));
+    // Acks and hash lookups go through too; only streams get the faults.
+    relay_proxy(target, move |client, server| {
+        pump(client, server, &faults, &next)
+    })
 }
 
 fn pump(client: TcpStream, server: TcpStream, faults: &[Fault], next: &AtomicUsize) {
@@ -1346,35 +1357,23 @@ fn a_handoff_under_16_concurrent_writers_loses_no_acknowledged_write() {
 /// A TCP proxy to `target` that passes the leader's bytes only while `open` is set (it holds
 /// them meanwhile): a mirror behind it falls behind on demand.
 fn gated_proxy(target: String, open: Arc<AtomicBool>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let (Ok(client), Ok(server)) = (client, TcpStream::connect(&target)) else {
-                continue;
-            };
-            let open = Arc::clone(&open);
-            let (mut up_from, mut up_to) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut up_from, &mut up_to);
-            });
-            std::thread::spawn(move || {
-                let (mut from, mut to) = (server, client);
-                let mut buf = vec![0u8; 4096];
-                while let Ok(n @ 1..) = from.read(&mut buf) {
-                    while !open.load(Ordering::SeqCst) {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = to.shutdown(std::net::Shutdown::Both);
-            });
+    relay_proxy(target, move |client, server| {
+        let (mut up_from, mut up_to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut up_from, &mut up_to);
+        });
+        let (mut from, mut to) = (server, client);
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            while !open.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
         }
-    });
-    url
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    })
 }
 
 #[test]
@@ -1435,8 +1434,24 @@ fn a_handoff_to_a_mirror_that_cannot_catch_up_leaves_the_leader_leading() {
     );
     // Once the mirror can catch up, the same handoff goes through.
     open.store(true, Ordering::SeqCst);
-    converge(&leader.url, &m.url, &token);
+    let ((head, _), _) = converge(&leader.url, &m.url, &token);
     wait_follow_state(&m.url, &token, "following");
+    // A promotion on a condition the mirror does not meet changes nothing: it follows on.
+    let (code, _, body) = call(
+        "POST",
+        &format!("{}/v1/promote", m.url),
+        &token,
+        &[],
+        Some(&format!("{{\"expect_offset\": {}}}", head + 5)),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("not_at_head") && body.contains("not promoted"),
+        "{body}"
+    );
+    let status = get_json(&format!("{}/v1/status", m.url), &token);
+    assert_eq!(status["role"], "mirror", "{status}");
+    assert_eq!(status["follow"]["state"], "following", "{status}");
     remote(&leader.url, &s, &["handoff", "--to", &m.url]).ok();
     let status = get_json(&format!("{}/v1/status", m.url), &token);
     assert_eq!(status["role"], "leader", "{status}");
@@ -1452,6 +1467,10 @@ fn a_change_whose_hook_runs_at_a_handoff_finishes_on_the_new_leader() {
     let token = token_of(&admin);
     let trace = s.ws.path("trace");
     let t = trace.display();
+    // The hook runs until this file exists: its first attempt is still running at the
+    // handoff, whatever the machine's speed; the second one ends once the test says so.
+    let go_file = s.ws.path("go");
+    let go = go_file.display();
     let hub = s.ws.file(
         "hub.toml",
         "name = \"hub\"\nversion = \"1.0.0\"\n\n[[slots]]\nname = \"net\"\ninterface = \"network\"\n",
@@ -1460,7 +1479,7 @@ fn a_change_whose_hook_runs_at_a_handoff_finishes_on_the_new_leader() {
         "app.toml",
         &format!(
             "name = \"app\"\nversion = \"1.0.0\"\n\n[hooks.connect-plug-net]\n\
-             run = \"echo start >> {t}; sleep 3; echo end >> {t}\"\n\n\
+             run = \"echo start >> {t}; while [ ! -e {go} ]; do sleep 0.02; done; echo end >> {t}\"\n\n\
              [[plugs]]\nname = \"net\"\ninterface = \"network\"\n"
         ),
     );
@@ -1479,6 +1498,8 @@ fn a_change_whose_hook_runs_at_a_handoff_finishes_on_the_new_leader() {
     });
     wait_follow_state(&m.url, &token, "following");
     remote(&leader.url, &s, &["handoff", "--to", &m.url]).ok();
+    // The old leader stopped the first attempt: now let the new leader's attempt finish.
+    std::fs::write(&go_file, b"").unwrap();
     // The old leader stopped the hook without an outcome; the new leader runs it again and
     // finishes the change.
     let change = poll(CONVERGE_TIMEOUT, || {
@@ -1503,4 +1524,202 @@ fn a_change_whose_hook_runs_at_a_handoff_finishes_on_the_new_leader() {
     // The old leader has it too.
     let (l, old) = converge(&m.url, &leader.url, &token);
     assert_eq!(old, l);
+}
+
+/// A TCP proxy to `target` that swallows the answer to the first `POST /v1/promote` (it reaches
+/// the mirror, its answer never comes back) and passes everything else.
+fn promote_answer_losing_proxy(target: String) -> String {
+    let lost = Arc::new(AtomicBool::new(false));
+    relay_proxy(target, move |client, server| {
+        let swallow = Arc::new(AtomicBool::new(false));
+        let (mut from_client, mut to_server) =
+            (client.try_clone().unwrap(), server.try_clone().unwrap());
+        let (lost, swallow2) = (Arc::clone(&lost), Arc::clone(&swallow));
+        let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                let promote = String::from_utf8_lossy(&buf[..n]).contains("POST /v1/promote");
+                if promote && !lost.swap(true, Ordering::SeqCst) {
+                    swallow2.store(true, Ordering::SeqCst);
+                    let _ = to_server.write_all(&buf[..n]);
+                    // The caller's line drops at once, while the mirror is promoting (it
+                    // finishes on its own task whatever happens to this connection).
+                    let _ = c2.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                if to_server.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            let _ = s2.shutdown(std::net::Shutdown::Write);
+        });
+        let (mut from, mut to) = (server, client);
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            if swallow.load(Ordering::SeqCst) {
+                continue;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    })
+}
+
+#[test]
+fn a_promotion_whose_answer_is_lost_is_asked_again_and_happens_once() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let token = token_of(&s.ws.admin_token());
+    let m = s.first_mirror(&leader.url);
+    for i in 0..10 {
+        put_var(&leader.url, &token, &format!("k{i}"), "before", None);
+    }
+    wait_follow_state(&m.url, &token, "following");
+    let lossy = promote_answer_losing_proxy(m.url.trim_start_matches("http://").to_string());
+    let out = remote(&leader.url, &s, &["handoff", "--to", &lossy]).ok();
+    assert!(out.contains("mirror"), "{out}");
+    // One new epoch, not two, and the old leader follows the new one.
+    let epochs = get_json(
+        &format!("{}/v1/log?kind=epoch.started&limit=100", m.url),
+        &token,
+    );
+    assert_eq!(epochs.as_array().unwrap().len(), 1, "{epochs}");
+    assert_eq!(epochs[0]["epoch"], 2, "{epochs}");
+    let (status, _, body) = put_var(&m.url, &token, "k0", "after", None);
+    assert_eq!(status, 200, "{body}");
+    let (l, old) = converge(&m.url, &leader.url, &token);
+    assert_eq!(old, l);
+    let status = get_json(&format!("{}/v1/status", leader.url), &token);
+    assert_eq!(status["role"], "mirror", "{status}");
+}
+
+/// A bare HTTP server that answers every request with `body` and keeps each request it got.
+fn recording_server(body: String) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = vec![0u8; 16 * 1024];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            kept.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).to_string());
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn a_handoff_sends_the_token_only_to_a_node_of_this_workspace() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let token = token_of(&s.ws.admin_token());
+    let (stranger, seen) = recording_server(
+        r#"{"ok": true, "workspace_id": "00000000-0000-4000-8000-000000000000"}"#.to_string(),
+    );
+    let refused = remote(&leader.url, &s, &["handoff", "--to", &stranger]).expect(1);
+    assert!(
+        refused
+            .stderr
+            .contains("holds workspace \"00000000-0000-4000-8000-000000000000\"")
+            && refused.stderr.contains("nothing changed"),
+        "{}",
+        refused.stderr
+    );
+    let requests = seen.lock().unwrap().clone();
+    assert!(!requests.is_empty());
+    assert!(
+        requests
+            .iter()
+            .all(|r| !r.to_ascii_lowercase().contains("authorization")),
+        "no token went to the stranger: {requests:?}"
+    );
+    // URLs with more than a scheme, host and port are refused before anything is sent.
+    for bad in [
+        format!("{stranger}/v1/promote"),
+        format!("http://user:pw@{}", stranger.trim_start_matches("http://")),
+        format!("{stranger}?x=1"),
+    ] {
+        let e = remote(&leader.url, &s, &["handoff", "--to", &bad]).expect(1);
+        assert!(e.stderr.contains("HOST[:PORT]"), "{bad}: {}", e.stderr);
+    }
+    assert_eq!(seen.lock().unwrap().len(), requests.len());
+    // Still leading, writes taken.
+    let (status, _, body) = put_var(&leader.url, &token, "k0", "x", None);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_mirror_started_with_sync_mirrors_keeps_them_once_a_handoff_makes_it_lead() {
+    let s = setup();
+    let leader = serve_with(
+        &s.ws.data,
+        &["--sync-mirrors", "1", "--sync-timeout-ms", "1500"],
+    );
+    let token = token_of(&s.ws.admin_token());
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "--data",
+        s.ws.path("mirror").to_str().unwrap(),
+        "mirror",
+        "--leader",
+        &leader.url,
+    ])
+    .arg("--leader-token")
+    .arg(&s.mirror_token)
+    .arg("--from-backup")
+    .arg(&s.backup)
+    .args(["--listen", "127.0.0.1:0", "--name", "m"])
+    .args(["--sync-mirrors", "1", "--sync-timeout-ms", "1500"]);
+    let mut child = cmd
+        .env_remove("CAIRN_DATA")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let m_url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let m = Mirror {
+        child,
+        url: m_url,
+        data: s.ws.path("mirror"),
+    };
+    wait_follow_state(&m.url, &token, "following");
+    let (status, _, body) = put_var(&leader.url, &token, "k1", "one", None);
+    assert_eq!(status, 200, "{body}");
+    remote(&leader.url, &s, &["handoff", "--to", &m.url]).ok();
+    wait_follow_state(&leader.url, &token, "following");
+    // The new leader answers once its one mirror (the old leader) has the write.
+    for i in 0..10 {
+        let (status, offset, body) = put_var(&m.url, &token, &format!("k{i}"), "sync", None);
+        assert_eq!(status, 200, "{body}");
+        let (applied, _) = digest(&leader.url, &token);
+        assert!(
+            applied >= offset.unwrap(),
+            "acknowledged {offset:?} before its mirror had it ({applied})"
+        );
+    }
+    drop(leader);
+    let (status, _, body) = put_var(&m.url, &token, "k0", "alone", None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not_replicated"), "{body}");
 }

@@ -49,19 +49,22 @@ fn the_readme_mirror_section_runs_as_written() {
     assert!(stdout.contains("following"), "{stdout}");
     // The write sent to the mirror reached the leader.
     assert!(lines.iter().any(|l| l.trim() == "30"), "{stdout}\n{stderr}");
-    // After the handoff the mirror leads in epoch 2, and a write sent to the old leader is
-    // forwarded to it.
+    // After the handoff the mirror's own status says it leads, in epoch 2 (the lines after
+    // the handoff's `token_file`, which is its last field).
     let status_after = stdout
-        .rsplit_once("handed_off_at")
+        .split_once("token_file")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.split_once('\n'))
         .map(|(_, rest)| rest)
         .unwrap_or_else(|| panic!("the handoff printed its result: {stdout}\n{stderr}"));
-    assert!(status_after.contains("leader"), "{stdout}");
-    assert!(
+    let field = |name: &str| {
         status_after
             .lines()
-            .any(|l| l.starts_with("epoch") && l.trim_end().ends_with('2')),
-        "{stdout}"
-    );
+            .find_map(|l| l.strip_prefix(name).map(str::trim))
+            .unwrap_or_else(|| panic!("no {name} in the status after the handoff: {stdout}"))
+    };
+    assert_eq!(field("role"), "leader", "{stdout}");
+    assert_eq!(field("epoch"), "2", "{stdout}");
     assert_eq!(
         lines.last().map(|l| l.trim()),
         Some("35"),

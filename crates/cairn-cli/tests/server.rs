@@ -714,7 +714,9 @@ fn sigterm_answers_requests_waiting_for_a_change_and_the_change_resumes_later() 
             Some("{\"plug\": \"slow:net\", \"slot\": \"router:net\"}"),
         )
     });
-    // Wait until the hook runs, then SIGTERM.
+    // Wait until the hook runs (recorded as started, and its first command done: the entry
+    // is written before the process starts, so a SIGTERM right after it could come before the
+    // hook wrote anything), then SIGTERM.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let (_, log) = http(
@@ -723,7 +725,8 @@ fn sigterm_answers_requests_waiting_for_a_change_and_the_change_resumes_later() 
             Some(&t.read),
             None,
         );
-        if log.contains("connect-plug-net") {
+        let ran = std::fs::read_to_string(&marker).is_ok_and(|m| m == "run\n");
+        if log.contains("connect-plug-net") && ran {
             break;
         }
         assert!(

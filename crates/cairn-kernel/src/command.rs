@@ -12,6 +12,7 @@ use crate::echo::{echo, echo_bare};
 use crate::event::HookResult;
 use crate::manifest::ManifestError;
 use crate::model::{DaemonState, FeatureState, ResourceKind, Role, Scope};
+use crate::Subsystem;
 
 pub use crate::manifest::VAR_VALUE_BYTES_MAX;
 /// Largest queue item.
@@ -247,6 +248,38 @@ pub enum Command {
         /// Payload.
         payload: Vec<u8>,
     },
+}
+
+impl Command {
+    /// The subsystem whose `decide` validates this command (the routing table of commands).
+    pub fn subsystem(&self) -> Subsystem {
+        match self {
+            Command::Install { .. }
+            | Command::Uninstall { .. }
+            | Command::OnloadStart { .. }
+            | Command::OnloadFinish { .. } => Subsystem::Lifecycle,
+            Command::Abort { .. }
+            | Command::TaskRun { .. }
+            | Command::HookStart { .. }
+            | Command::HookFinish { .. } => Subsystem::Changes,
+            Command::Connect { .. } | Command::Disconnect { .. } => Subsystem::Interfaces,
+            Command::VarSet { .. }
+            | Command::VarDelete { .. }
+            | Command::QueuePut { .. }
+            | Command::QueueAck { .. }
+            | Command::VaultSet { .. }
+            | Command::DaemonSet { .. }
+            | Command::DaemonReport { .. } => Subsystem::Resources,
+            Command::FeatureSet { .. }
+            | Command::FeatureReport { .. }
+            | Command::FeatureScopeSync { .. } => Subsystem::Features,
+            Command::MigrateSchema { .. } => Subsystem::Schema,
+            Command::TokenCreate { .. } | Command::TokenRevoke { .. } => Subsystem::Tokens,
+            Command::AcceptWalLoss(_) => Subsystem::Store,
+            Command::StartEpoch { .. } => Subsystem::Epoch,
+            Command::Ext { .. } => Subsystem::Extensions,
+        }
+    }
 }
 
 /// What a rejection is about, for messages.

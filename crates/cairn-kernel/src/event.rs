@@ -11,6 +11,7 @@ use crate::change::{ChangeRecord, End, TaskOutcome};
 use crate::manifest::Manifest;
 use crate::model::{DaemonState, FeatureState, ResourceKind, Role, Scope};
 use crate::records::PackageStatus;
+use crate::Subsystem;
 
 /// Longest hook output tail recorded per stream.
 pub const HOOK_OUTPUT_BYTES_MAX: usize = 64 * 1024;
@@ -918,427 +919,273 @@ fn dec<T: serde::de::DeserializeOwned>(kind: &str, bytes: &[u8]) -> Result<T, Ev
     })
 }
 
-/// Kind strings of the built-in events.
-pub mod kinds {
-    #![allow(missing_docs)]
-    pub const INSTALL_STARTED: &str = "package.install_started.v1";
-    pub const UNINSTALL_STARTED: &str = "package.uninstall_started.v1";
-    pub const PACKAGE_STATUS_CHANGED: &str = "package.status_changed.v1";
-    pub const PACKAGE_REMOVED: &str = "package.removed.v1";
-    pub const RESOURCES_DELETED: &str = "resources.deleted.v1";
-    pub const CHANGE_CREATED: &str = "change.created.v1";
-    pub const ABORT_REQUESTED: &str = "change.abort_requested.v1";
-    pub const TASK_STARTED: &str = "task.started.v1";
-    pub const TASK_FINISHED: &str = "task.finished.v1";
-    pub const HOOK_STARTED: &str = "hook.started.v1";
-    pub const HOOK_FINISHED: &str = "hook.finished.v1";
-    pub const HOOK_CANCELLED: &str = "hook.cancelled.v1";
-    pub const CONNECTION_ESTABLISHED: &str = "connection.established.v1";
-    pub const CONNECTION_REMOVED: &str = "connection.removed.v1";
-    pub const CONNECTION_MARKED: &str = "connection.marked.v1";
-    pub const VAR_SET: &str = "var.set.v1";
-    pub const VARS_DELETED: &str = "var.deleted.v1";
-    pub const QUEUE_PUT: &str = "queue.put.v1";
-    pub const QUEUE_ACKED: &str = "queue.acked.v1";
-    pub const VAULT_SET: &str = "vault.set.v1";
-    pub const DAEMON_DESIRED: &str = "daemon.desired_set.v1";
-    pub const DAEMON_OBSERVED: &str = "daemon.observed.v1";
-    pub const FEATURE_STATE_CHANGED: &str = "feature.state_changed.v1";
-    pub const FEATURE_OBSERVED: &str = "feature.observed.v1";
-    pub const FEATURE_SCOPE_SYNCED: &str = "feature.scope_synced.v1";
-    pub const SCHEMA_MIGRATED: &str = "schema.migrated.v1";
-    pub const TOKEN_CREATED: &str = "token.created.v1";
-    pub const TOKEN_REVOKED: &str = "token.revoked.v1";
-    pub const WAL_LOSS_ACCEPTED: &str = "store.wal_loss_accepted.v1";
-    pub const EPOCH_STARTED: &str = "epoch.started.v1";
-    /// Every built-in kind: the golden tests check that each one has a golden event.
-    pub const ALL: &[&str] = &[
-        INSTALL_STARTED,
-        UNINSTALL_STARTED,
-        PACKAGE_STATUS_CHANGED,
-        PACKAGE_REMOVED,
-        RESOURCES_DELETED,
-        CHANGE_CREATED,
-        ABORT_REQUESTED,
-        TASK_STARTED,
-        TASK_FINISHED,
-        HOOK_STARTED,
-        HOOK_FINISHED,
-        HOOK_CANCELLED,
-        CONNECTION_ESTABLISHED,
-        CONNECTION_REMOVED,
-        CONNECTION_MARKED,
-        VAR_SET,
-        VARS_DELETED,
-        QUEUE_PUT,
-        QUEUE_ACKED,
-        VAULT_SET,
-        DAEMON_DESIRED,
-        DAEMON_OBSERVED,
-        FEATURE_STATE_CHANGED,
-        FEATURE_OBSERVED,
-        FEATURE_SCOPE_SYNCED,
-        SCHEMA_MIGRATED,
-        TOKEN_CREATED,
-        TOKEN_REVOKED,
-        WAL_LOSS_ACCEPTED,
-        EPOCH_STARTED,
-    ];
-    /// Prefix of extension kinds.
-    pub const EXT_PREFIX: &str = "ext.";
+/// The one table of built-in event kinds: for each, its constant in [`kinds`], its kind
+/// string, the subsystem whose `apply` folds it, how the event encodes and how the payload
+/// decodes. It generates [`kinds`] (with [`kinds::ALL`]), [`Event::kind`], [`Event::encode`],
+/// [`Event::decode`] and [`Event::subsystem`], so adding a kind is one entry here and an arm
+/// in its subsystem's `apply`.
+macro_rules! event_table {
+    ($(
+        $konst:ident = $kind:literal, $sub:ident,
+        $pat:pat => $enc:expr,
+        |$k:ident, $p:ident| $dec:expr;
+    )*) => {
+        /// Kind strings of the built-in events.
+        pub mod kinds {
+            $(
+                #[allow(missing_docs)]
+                pub const $konst: &str = $kind;
+            )*
+            /// Every built-in kind: the golden tests check that each one has a golden event.
+            pub const ALL: &[&str] = &[$($konst),*];
+            /// Prefix of extension kinds.
+            pub const EXT_PREFIX: &str = "ext.";
+        }
+
+        impl Event {
+            /// The event's kind string.
+            #[allow(unused_variables)]
+            pub fn kind(&self) -> &str {
+                match self {
+                    $($pat => kinds::$konst,)*
+                    Event::Ext { kind, .. } => kind,
+                }
+            }
+
+            /// The subsystem whose `apply` folds this event.
+            #[allow(unused_variables)]
+            pub fn subsystem(&self) -> Subsystem {
+                match self {
+                    $($pat => Subsystem::$sub,)*
+                    Event::Ext { .. } => Subsystem::Extensions,
+                }
+            }
+
+            /// The event's payload bytes.
+            pub fn encode(&self) -> Vec<u8> {
+                match self.clone() {
+                    $($pat => $enc,)*
+                    Event::Ext { payload, .. } => payload,
+                }
+            }
+
+            /// Decodes a stored event. Extension kinds decode to [`Event::Ext`] (their handler
+            /// checks the payload); any other unknown kind is an error.
+            pub fn decode(kind: &str, payload: &[u8]) -> Result<Event, EventError> {
+                Ok(match kind {
+                    $(kinds::$konst => {
+                        let ($k, $p) = (kind, payload);
+                        $dec
+                    })*
+                    other if other.starts_with(kinds::EXT_PREFIX) => Event::Ext {
+                        kind: other.to_string(),
+                        payload: payload.to_vec(),
+                    },
+                    other => return Err(EventError::UnknownKind(other.to_string())),
+                })
+            }
+        }
+    };
 }
 
-impl Event {
-    /// The event's kind string.
-    pub fn kind(&self) -> &str {
-        use kinds::*;
-        match self {
-            Event::InstallStarted(_) => INSTALL_STARTED,
-            Event::UninstallStarted(_) => UNINSTALL_STARTED,
-            Event::PackageStatusChanged { .. } => PACKAGE_STATUS_CHANGED,
-            Event::PackageRemoved { .. } => PACKAGE_REMOVED,
-            Event::ResourcesDeleted(_) => RESOURCES_DELETED,
-            Event::ChangeCreated(_) => CHANGE_CREATED,
-            Event::AbortRequested { .. } => ABORT_REQUESTED,
-            Event::TaskStarted { .. } => TASK_STARTED,
-            Event::TaskFinished { .. } => TASK_FINISHED,
-            Event::HookStarted(_) => HOOK_STARTED,
-            Event::HookFinished(..) => HOOK_FINISHED,
-            Event::HookCancelled(_) => HOOK_CANCELLED,
-            Event::ConnectionEstablished { .. } => CONNECTION_ESTABLISHED,
-            Event::ConnectionRemoved { .. } => CONNECTION_REMOVED,
-            Event::ConnectionMarked { .. } => CONNECTION_MARKED,
-            Event::VarSet { .. } => VAR_SET,
-            Event::VarsDeleted { .. } => VARS_DELETED,
-            Event::QueuePut { .. } => QUEUE_PUT,
-            Event::QueueAcked { .. } => QUEUE_ACKED,
-            Event::VaultSet { .. } => VAULT_SET,
-            Event::DaemonDesired { .. } => DAEMON_DESIRED,
-            Event::DaemonObserved { .. } => DAEMON_OBSERVED,
-            Event::FeatureStateChanged { .. } => FEATURE_STATE_CHANGED,
-            Event::FeatureObserved { .. } => FEATURE_OBSERVED,
-            Event::FeatureScopeSynced { .. } => FEATURE_SCOPE_SYNCED,
-            Event::SchemaMigrated { .. } => SCHEMA_MIGRATED,
-            Event::TokenCreated { .. } => TOKEN_CREATED,
-            Event::TokenRevoked { .. } => TOKEN_REVOKED,
-            Event::WalLossAccepted(_) => WAL_LOSS_ACCEPTED,
-            Event::EpochStarted(_) => EPOCH_STARTED,
-            Event::Ext { kind, .. } => kind,
-        }
-    }
-
-    /// The event's payload bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        match self.clone() {
-            Event::InstallStarted(e) => enc(&v1::InstallStarted::from(e)),
-            Event::UninstallStarted(e) => enc(&v1::UninstallStarted::from(e)),
-            Event::PackageStatusChanged { package, status } => enc(&wire::PackageStatusChanged {
-                package,
-                status: status.into(),
-            }),
-            Event::PackageRemoved { package } => enc(&wire::Package { package }),
-            Event::ResourcesDeleted(e) => enc(&e),
-            Event::ChangeCreated(c) => enc(&v1::Change::from(c)),
-            Event::AbortRequested { change } => enc(&wire::Change { change }),
-            Event::TaskStarted { change, task, undo } => {
-                enc(&wire::TaskStarted { change, task, undo })
-            }
+event_table! {
+    INSTALL_STARTED = "package.install_started.v1", Lifecycle,
+        Event::InstallStarted(e) => enc(&v1::InstallStarted::from(e)),
+        |k, p| Event::InstallStarted(dec::<v1::InstallStarted>(k, p)?.into());
+    UNINSTALL_STARTED = "package.uninstall_started.v1", Lifecycle,
+        Event::UninstallStarted(e) => enc(&v1::UninstallStarted::from(e)),
+        |k, p| Event::UninstallStarted(dec::<v1::UninstallStarted>(k, p)?.into());
+    PACKAGE_STATUS_CHANGED = "package.status_changed.v1", Lifecycle,
+        Event::PackageStatusChanged { package, status } => enc(&wire::PackageStatusChanged {
+            package,
+            status: status.into(),
+        }),
+        |k, p| {
+            let w: wire::PackageStatusChanged = dec(k, p)?;
+            Event::PackageStatusChanged { package: w.package, status: w.status.into() }
+        };
+    PACKAGE_REMOVED = "package.removed.v1", Lifecycle,
+        Event::PackageRemoved { package } => enc(&wire::Package { package }),
+        |k, p| {
+            let w: wire::Package = dec(k, p)?;
+            Event::PackageRemoved { package: w.package }
+        };
+    RESOURCES_DELETED = "resources.deleted.v1", Resources,
+        Event::ResourcesDeleted(e) => enc(&e),
+        |k, p| Event::ResourcesDeleted(dec(k, p)?);
+    CHANGE_CREATED = "change.created.v1", Changes,
+        Event::ChangeCreated(c) => enc(&v1::Change::from(c)),
+        |k, p| Event::ChangeCreated(dec::<v1::Change>(k, p)?.into());
+    ABORT_REQUESTED = "change.abort_requested.v1", Changes,
+        Event::AbortRequested { change } => enc(&wire::Change { change }),
+        |k, p| {
+            let w: wire::Change = dec(k, p)?;
+            Event::AbortRequested { change: w.change }
+        };
+    TASK_STARTED = "task.started.v1", Changes,
+        Event::TaskStarted { change, task, undo } => enc(&wire::TaskStarted { change, task, undo }),
+        |k, p| {
+            let w: wire::TaskStarted = dec(k, p)?;
+            Event::TaskStarted { change: w.change, task: w.task, undo: w.undo }
+        };
+    TASK_FINISHED = "task.finished.v1", Changes,
+        Event::TaskFinished { change, task, undo, outcome } => enc(&wire::TaskFinished {
+            change,
+            task,
+            undo,
+            outcome,
+        }),
+        |k, p| {
+            let w: wire::TaskFinished = dec(k, p)?;
             Event::TaskFinished {
-                change,
-                task,
-                undo,
-                outcome,
-            } => enc(&wire::TaskFinished {
-                change,
-                task,
-                undo,
-                outcome,
-            }),
-            Event::HookStarted(h) | Event::HookCancelled(h) => enc(&h),
-            Event::HookFinished(hook, result) => enc(&wire::HookFinished { hook, result }),
+                change: w.change,
+                task: w.task,
+                undo: w.undo,
+                outcome: w.outcome,
+            }
+        };
+    HOOK_STARTED = "hook.started.v1", Changes,
+        Event::HookStarted(h) => enc(&h),
+        |k, p| Event::HookStarted(dec(k, p)?);
+    HOOK_FINISHED = "hook.finished.v1", Changes,
+        Event::HookFinished(hook, result) => enc(&wire::HookFinished { hook, result }),
+        |k, p| {
+            let w: wire::HookFinished = dec(k, p)?;
+            Event::HookFinished(w.hook, w.result)
+        };
+    HOOK_CANCELLED = "hook.cancelled.v1", Changes,
+        Event::HookCancelled(h) => enc(&h),
+        |k, p| Event::HookCancelled(dec(k, p)?);
+    CONNECTION_ESTABLISHED = "connection.established.v1", Interfaces,
+        Event::ConnectionEstablished { plug, slot, interface, auto } => {
+            enc(&wire::ConnectionEstablished { plug, slot, interface, auto })
+        },
+        |k, p| {
+            let w: wire::ConnectionEstablished = dec(k, p)?;
             Event::ConnectionEstablished {
-                plug,
-                slot,
-                interface,
-                auto,
-            } => enc(&wire::ConnectionEstablished {
-                plug,
-                slot,
-                interface,
-                auto,
-            }),
-            Event::ConnectionRemoved {
-                plug,
-                slot,
-                undesired,
-            } => enc(&wire::ConnectionRemoved {
-                plug,
-                slot,
-                undesired,
-            }),
-            Event::ConnectionMarked {
-                plug,
-                slot,
-                undesired,
-            } => enc(&wire::ConnectionRemoved {
-                plug,
-                slot,
-                undesired,
-            }),
-            Event::VarSet { owner, key, value } => enc(&wire::VarSet { owner, key, value }),
-            Event::VarsDeleted { owner, keys } => enc(&wire::VarsDeleted { owner, keys }),
-            Event::QueuePut {
-                owner,
-                queue,
-                items,
-            } => enc(&wire::QueuePut {
-                owner,
-                queue,
-                items,
-            }),
-            Event::QueueAcked { owner, queue, upto } => {
-                enc(&wire::QueueAcked { owner, queue, upto })
+                plug: w.plug,
+                slot: w.slot,
+                interface: w.interface,
+                auto: w.auto,
             }
-            Event::VaultSet {
-                owner,
-                vault,
-                sealed,
-            } => enc(&wire::VaultSet {
-                owner,
-                vault,
-                sealed,
-            }),
-            Event::DaemonDesired {
-                owner,
-                daemon,
-                desired,
-            } => enc(&wire::DaemonDesired {
-                owner,
-                daemon,
-                desired,
-            }),
-            Event::DaemonObserved {
-                owner,
-                daemon,
-                observed,
-            } => enc(&wire::DaemonObserved {
-                owner,
-                daemon,
-                observed,
-            }),
-            Event::FeatureStateChanged { name, state } => {
-                enc(&wire::FeatureStateChanged { name, state })
-            }
-            Event::FeatureObserved { name, observed } => {
-                enc(&wire::FeatureObserved { name, observed })
-            }
-            Event::FeatureScopeSynced { name, scope } => {
-                enc(&wire::FeatureScopeSynced { name, scope })
-            }
+        };
+    CONNECTION_REMOVED = "connection.removed.v1", Interfaces,
+        Event::ConnectionRemoved { plug, slot, undesired } => {
+            enc(&wire::ConnectionRemoved { plug, slot, undesired })
+        },
+        |k, p| {
+            let w: wire::ConnectionRemoved = dec(k, p)?;
+            Event::ConnectionRemoved { plug: w.plug, slot: w.slot, undesired: w.undesired }
+        };
+    // The same layout as a removal's.
+    CONNECTION_MARKED = "connection.marked.v1", Interfaces,
+        Event::ConnectionMarked { plug, slot, undesired } => {
+            enc(&wire::ConnectionRemoved { plug, slot, undesired })
+        },
+        |k, p| {
+            let w: wire::ConnectionRemoved = dec(k, p)?;
+            Event::ConnectionMarked { plug: w.plug, slot: w.slot, undesired: w.undesired }
+        };
+    VAR_SET = "var.set.v1", Resources,
+        Event::VarSet { owner, key, value } => enc(&wire::VarSet { owner, key, value }),
+        |k, p| {
+            let w: wire::VarSet = dec(k, p)?;
+            Event::VarSet { owner: w.owner, key: w.key, value: w.value }
+        };
+    VARS_DELETED = "var.deleted.v1", Resources,
+        Event::VarsDeleted { owner, keys } => enc(&wire::VarsDeleted { owner, keys }),
+        |k, p| {
+            let w: wire::VarsDeleted = dec(k, p)?;
+            Event::VarsDeleted { owner: w.owner, keys: w.keys }
+        };
+    QUEUE_PUT = "queue.put.v1", Resources,
+        Event::QueuePut { owner, queue, items } => enc(&wire::QueuePut { owner, queue, items }),
+        |k, p| {
+            let w: wire::QueuePut = dec(k, p)?;
+            Event::QueuePut { owner: w.owner, queue: w.queue, items: w.items }
+        };
+    QUEUE_ACKED = "queue.acked.v1", Resources,
+        Event::QueueAcked { owner, queue, upto } => enc(&wire::QueueAcked { owner, queue, upto }),
+        |k, p| {
+            let w: wire::QueueAcked = dec(k, p)?;
+            Event::QueueAcked { owner: w.owner, queue: w.queue, upto: w.upto }
+        };
+    VAULT_SET = "vault.set.v1", Resources,
+        Event::VaultSet { owner, vault, sealed } => enc(&wire::VaultSet { owner, vault, sealed }),
+        |k, p| {
+            let w: wire::VaultSet = dec(k, p)?;
+            Event::VaultSet { owner: w.owner, vault: w.vault, sealed: w.sealed }
+        };
+    DAEMON_DESIRED = "daemon.desired_set.v1", Resources,
+        Event::DaemonDesired { owner, daemon, desired } => {
+            enc(&wire::DaemonDesired { owner, daemon, desired })
+        },
+        |k, p| {
+            let w: wire::DaemonDesired = dec(k, p)?;
+            Event::DaemonDesired { owner: w.owner, daemon: w.daemon, desired: w.desired }
+        };
+    DAEMON_OBSERVED = "daemon.observed.v1", Resources,
+        Event::DaemonObserved { owner, daemon, observed } => {
+            enc(&wire::DaemonObserved { owner, daemon, observed })
+        },
+        |k, p| {
+            let w: wire::DaemonObserved = dec(k, p)?;
+            Event::DaemonObserved { owner: w.owner, daemon: w.daemon, observed: w.observed }
+        };
+    FEATURE_STATE_CHANGED = "feature.state_changed.v1", Features,
+        Event::FeatureStateChanged { name, state } => {
+            enc(&wire::FeatureStateChanged { name, state })
+        },
+        |k, p| {
+            let w: wire::FeatureStateChanged = dec(k, p)?;
+            Event::FeatureStateChanged { name: w.name, state: w.state }
+        };
+    FEATURE_OBSERVED = "feature.observed.v1", Features,
+        Event::FeatureObserved { name, observed } => {
+            enc(&wire::FeatureObserved { name, observed })
+        },
+        |k, p| {
+            let w: wire::FeatureObserved = dec(k, p)?;
+            Event::FeatureObserved { name: w.name, observed: w.observed }
+        };
+    FEATURE_SCOPE_SYNCED = "feature.scope_synced.v1", Features,
+        Event::FeatureScopeSynced { name, scope } => {
+            enc(&wire::FeatureScopeSynced { name, scope })
+        },
+        |k, p| {
+            let w: wire::FeatureScopeSynced = dec(k, p)?;
+            Event::FeatureScopeSynced { name: w.name, scope: w.scope }
+        };
+    SCHEMA_MIGRATED = "schema.migrated.v1", Schema,
+        Event::SchemaMigrated { schema, from, to, compat, name } => {
+            enc(&wire::SchemaMigrated { schema, from, to, compat, name })
+        },
+        |k, p| {
+            let w: wire::SchemaMigrated = dec(k, p)?;
             Event::SchemaMigrated {
-                schema,
-                from,
-                to,
-                compat,
-                name,
-            } => enc(&wire::SchemaMigrated {
-                schema,
-                from,
-                to,
-                compat,
-                name,
-            }),
-            Event::TokenCreated { name, role, hash } => {
-                enc(&wire::TokenCreated { name, role, hash })
+                schema: w.schema,
+                from: w.from,
+                to: w.to,
+                compat: w.compat,
+                name: w.name,
             }
-            Event::TokenRevoked { name } => enc(&wire::TokenRevoked { name }),
-            Event::WalLossAccepted(e) => enc(&e),
-            Event::EpochStarted(e) => enc(&e),
-            Event::Ext { payload, .. } => payload,
-        }
-    }
-
-    /// Decodes a stored event. Extension kinds decode to [`Event::Ext`] (their handler checks
-    /// the payload); any other unknown kind is an error.
-    pub fn decode(kind: &str, payload: &[u8]) -> Result<Event, EventError> {
-        use kinds::*;
-        Ok(match kind {
-            INSTALL_STARTED => {
-                Event::InstallStarted(dec::<v1::InstallStarted>(kind, payload)?.into())
-            }
-            UNINSTALL_STARTED => {
-                Event::UninstallStarted(dec::<v1::UninstallStarted>(kind, payload)?.into())
-            }
-            PACKAGE_STATUS_CHANGED => {
-                let w: wire::PackageStatusChanged = dec(kind, payload)?;
-                Event::PackageStatusChanged {
-                    package: w.package,
-                    status: w.status.into(),
-                }
-            }
-            PACKAGE_REMOVED => {
-                let w: wire::Package = dec(kind, payload)?;
-                Event::PackageRemoved { package: w.package }
-            }
-            RESOURCES_DELETED => Event::ResourcesDeleted(dec(kind, payload)?),
-            CHANGE_CREATED => Event::ChangeCreated(dec::<v1::Change>(kind, payload)?.into()),
-            ABORT_REQUESTED => {
-                let w: wire::Change = dec(kind, payload)?;
-                Event::AbortRequested { change: w.change }
-            }
-            TASK_STARTED => {
-                let w: wire::TaskStarted = dec(kind, payload)?;
-                Event::TaskStarted {
-                    change: w.change,
-                    task: w.task,
-                    undo: w.undo,
-                }
-            }
-            TASK_FINISHED => {
-                let w: wire::TaskFinished = dec(kind, payload)?;
-                Event::TaskFinished {
-                    change: w.change,
-                    task: w.task,
-                    undo: w.undo,
-                    outcome: w.outcome,
-                }
-            }
-            HOOK_STARTED => Event::HookStarted(dec(kind, payload)?),
-            HOOK_FINISHED => {
-                let w: wire::HookFinished = dec(kind, payload)?;
-                Event::HookFinished(w.hook, w.result)
-            }
-            HOOK_CANCELLED => Event::HookCancelled(dec(kind, payload)?),
-            CONNECTION_ESTABLISHED => {
-                let w: wire::ConnectionEstablished = dec(kind, payload)?;
-                Event::ConnectionEstablished {
-                    plug: w.plug,
-                    slot: w.slot,
-                    interface: w.interface,
-                    auto: w.auto,
-                }
-            }
-            CONNECTION_REMOVED => {
-                let w: wire::ConnectionRemoved = dec(kind, payload)?;
-                Event::ConnectionRemoved {
-                    plug: w.plug,
-                    slot: w.slot,
-                    undesired: w.undesired,
-                }
-            }
-            CONNECTION_MARKED => {
-                let w: wire::ConnectionRemoved = dec(kind, payload)?;
-                Event::ConnectionMarked {
-                    plug: w.plug,
-                    slot: w.slot,
-                    undesired: w.undesired,
-                }
-            }
-            VAR_SET => {
-                let w: wire::VarSet = dec(kind, payload)?;
-                Event::VarSet {
-                    owner: w.owner,
-                    key: w.key,
-                    value: w.value,
-                }
-            }
-            VARS_DELETED => {
-                let w: wire::VarsDeleted = dec(kind, payload)?;
-                Event::VarsDeleted {
-                    owner: w.owner,
-                    keys: w.keys,
-                }
-            }
-            QUEUE_PUT => {
-                let w: wire::QueuePut = dec(kind, payload)?;
-                Event::QueuePut {
-                    owner: w.owner,
-                    queue: w.queue,
-                    items: w.items,
-                }
-            }
-            QUEUE_ACKED => {
-                let w: wire::QueueAcked = dec(kind, payload)?;
-                Event::QueueAcked {
-                    owner: w.owner,
-                    queue: w.queue,
-                    upto: w.upto,
-                }
-            }
-            VAULT_SET => {
-                let w: wire::VaultSet = dec(kind, payload)?;
-                Event::VaultSet {
-                    owner: w.owner,
-                    vault: w.vault,
-                    sealed: w.sealed,
-                }
-            }
-            DAEMON_DESIRED => {
-                let w: wire::DaemonDesired = dec(kind, payload)?;
-                Event::DaemonDesired {
-                    owner: w.owner,
-                    daemon: w.daemon,
-                    desired: w.desired,
-                }
-            }
-            DAEMON_OBSERVED => {
-                let w: wire::DaemonObserved = dec(kind, payload)?;
-                Event::DaemonObserved {
-                    owner: w.owner,
-                    daemon: w.daemon,
-                    observed: w.observed,
-                }
-            }
-            FEATURE_STATE_CHANGED => {
-                let w: wire::FeatureStateChanged = dec(kind, payload)?;
-                Event::FeatureStateChanged {
-                    name: w.name,
-                    state: w.state,
-                }
-            }
-            FEATURE_OBSERVED => {
-                let w: wire::FeatureObserved = dec(kind, payload)?;
-                Event::FeatureObserved {
-                    name: w.name,
-                    observed: w.observed,
-                }
-            }
-            FEATURE_SCOPE_SYNCED => {
-                let w: wire::FeatureScopeSynced = dec(kind, payload)?;
-                Event::FeatureScopeSynced {
-                    name: w.name,
-                    scope: w.scope,
-                }
-            }
-            SCHEMA_MIGRATED => {
-                let w: wire::SchemaMigrated = dec(kind, payload)?;
-                Event::SchemaMigrated {
-                    schema: w.schema,
-                    from: w.from,
-                    to: w.to,
-                    compat: w.compat,
-                    name: w.name,
-                }
-            }
-            TOKEN_CREATED => {
-                let w: wire::TokenCreated = dec(kind, payload)?;
-                Event::TokenCreated {
-                    name: w.name,
-                    role: w.role,
-                    hash: w.hash,
-                }
-            }
-            TOKEN_REVOKED => {
-                let w: wire::TokenRevoked = dec(kind, payload)?;
-                Event::TokenRevoked { name: w.name }
-            }
-            WAL_LOSS_ACCEPTED => Event::WalLossAccepted(dec(kind, payload)?),
-            EPOCH_STARTED => Event::EpochStarted(dec(kind, payload)?),
-            other if other.starts_with(EXT_PREFIX) => Event::Ext {
-                kind: other.to_string(),
-                payload: payload.to_vec(),
-            },
-            other => return Err(EventError::UnknownKind(other.to_string())),
-        })
-    }
+        };
+    TOKEN_CREATED = "token.created.v1", Tokens,
+        Event::TokenCreated { name, role, hash } => enc(&wire::TokenCreated { name, role, hash }),
+        |k, p| {
+            let w: wire::TokenCreated = dec(k, p)?;
+            Event::TokenCreated { name: w.name, role: w.role, hash: w.hash }
+        };
+    TOKEN_REVOKED = "token.revoked.v1", Tokens,
+        Event::TokenRevoked { name } => enc(&wire::TokenRevoked { name }),
+        |k, p| {
+            let w: wire::TokenRevoked = dec(k, p)?;
+            Event::TokenRevoked { name: w.name }
+        };
+    WAL_LOSS_ACCEPTED = "store.wal_loss_accepted.v1", Store,
+        Event::WalLossAccepted(e) => enc(&e),
+        |k, p| Event::WalLossAccepted(dec(k, p)?);
+    EPOCH_STARTED = "epoch.started.v1", Epoch,
+        Event::EpochStarted(e) => enc(&e),
+        |k, p| Event::EpochStarted(dec(k, p)?);
 }

@@ -32,7 +32,7 @@ pub use command::{Command, Entity, Rejection};
 pub use event::{Event, EventError, HookOutcome, HookResult, HookSummary};
 pub use ext::{ExtRead, ExtWrite, Extension, Migration, Schema};
 pub use kernel::{
-    builtin_schema, ApplyFailure, DecideError, Kernel, OpenError, PROJECTION_VERSION,
+    builtin_schema, ApplyFailure, DecideError, Kernel, OpenError, Subsystem, PROJECTION_VERSION,
     SCHEMA_COMPAT_VERSION, SCHEMA_NAME, SCHEMA_VERSION,
 };
 pub use manifest::Manifest;

@@ -48,9 +48,10 @@ impl ChainCursor {
         Ok(())
     }
 
-    /// Advances past an entry this process sealed itself (so its hash is known to be right),
-    /// checking only the cheap links: offset, prev and epoch. Entries from anywhere else go
-    /// through [`ChainCursor::advance`].
+    /// Advances past an entry whose hash is known to be right (this process sealed it, or
+    /// [`ChainCursor::check`] just verified it against this cursor), checking only the cheap
+    /// links: offset, prev and epoch. Entries from anywhere else go through
+    /// [`ChainCursor::advance`].
     pub fn advance_sealed(&mut self, entry: &StoredEntry) -> Result<(), ChainError> {
         self.check_links(entry)?;
         self.head = entry.head();

@@ -2,6 +2,8 @@
 //! deterministic entry builders, and the bodies of the fuzz targets (so the fuzzer and the
 //! plain seed-corpus test run exactly the same code).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use uuid::Uuid;
 
 use crate::chain::{ChainCursor, Head};
@@ -9,6 +11,7 @@ use crate::codec;
 use crate::entry::{EntryDraft, Hash, Meta, StoredEntry};
 use crate::error::{ChainError, LogError};
 use crate::frame;
+use crate::state::{Space, StateError, StateRead, StateWrite};
 use crate::store::LogStore;
 
 /// A deterministic draft: the `i`-th test event, with a payload of `payload_len` bytes.
@@ -323,22 +326,52 @@ pub fn fuzz_chain(data: &[u8]) {
     }
 }
 
-/// A projection in memory: the simplest `StateRead` + `StateWrite`, for tests of code that
-/// folds or decides over state (the kernel's) without a store.
-#[derive(Debug, Default)]
-pub struct MemState(std::collections::BTreeMap<(crate::Space, Vec<u8>), Vec<u8>>);
+/// A projection in memory: the simplest `StateRead` + `StateWrite`, a `BTreeMap` over
+/// `(space, key)`, for tests of code that folds or decides over state (the kernel's) without a
+/// store. It passes [`state_suite`]; two of them compare equal when they hold the same keys
+/// and values, which is what a replay test checks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemState(BTreeMap<(Space, Vec<u8>), Vec<u8>>);
 
-impl crate::StateRead for MemState {
-    fn get(&self, space: crate::Space, key: &[u8]) -> Result<Option<Vec<u8>>, crate::StateError> {
+impl MemState {
+    /// A state holding `pairs`.
+    pub fn from_pairs(pairs: &[Pair]) -> Self {
+        let mut s = MemState::default();
+        for (space, k, v) in pairs {
+            s.put(*space, k, v);
+        }
+        s
+    }
+
+    /// Every `(space, key, value)`, in space then key order (the digest's order).
+    pub fn iter(&self) -> impl Iterator<Item = (Space, &[u8], &[u8])> + '_ {
+        self.0
+            .iter()
+            .map(|((s, k), v)| (*s, k.as_slice(), v.as_slice()))
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl StateRead for MemState {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         Ok(self.0.get(&(space, key.to_vec())).cloned())
     }
 
     fn scan_prefix(
         &self,
-        space: crate::Space,
+        space: Space,
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), crate::StateError> {
+    ) -> Result<(), StateError> {
         for ((s, k), v) in self.0.range((space, prefix.to_vec())..) {
             if *s != space || !k.starts_with(prefix) || !visit(k, v) {
                 break;
@@ -348,12 +381,248 @@ impl crate::StateRead for MemState {
     }
 }
 
-impl crate::StateWrite for MemState {
-    fn put(&mut self, space: crate::Space, key: &[u8], value: &[u8]) {
+impl StateWrite for MemState {
+    fn put(&mut self, space: Space, key: &[u8], value: &[u8]) {
         self.0.insert((space, key.to_vec()), value.to_vec());
     }
 
-    fn delete(&mut self, space: crate::Space, key: &[u8]) {
+    fn delete(&mut self, space: Space, key: &[u8]) {
         self.0.remove(&(space, key.to_vec()));
+    }
+}
+
+// --- the state conformance suite ---------------------------------------------------------
+
+/// One `(space, key, value)` of a state's contents.
+pub type Pair = (Space, Vec<u8>, Vec<u8>);
+
+/// The contents every case of the state suites starts from: keys that share prefixes, sit
+/// right after a prefix's end, hold empty values or `0xff` bytes, in both spaces.
+pub fn state_seed() -> Vec<Pair> {
+    let pairs: [(Space, &[u8], &[u8]); 12] = [
+        (Space::State, b"t/a", b"1"),
+        (Space::State, b"t/b", b""),
+        (Space::State, b"t/b/c", b"3"),
+        (Space::State, b"t/d", b"4"),
+        (Space::State, b"t", b"bare"),
+        (Space::State, b"t0", b"after"),
+        (Space::State, b"u/a", b"5"),
+        (Space::State, b"\xff", b"ff"),
+        (Space::State, b"\xff\x00", b"ff00"),
+        (Space::State, b"\xff\xff", b"ffff"),
+        (Space::Drive, b"t/a", b"drive-a"),
+        (Space::Drive, b"t/c", b"drive-c"),
+    ];
+    pairs
+        .iter()
+        .map(|(s, k, v)| (*s, k.to_vec(), v.to_vec()))
+        .collect()
+}
+
+type Scanned = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// `scan_prefix` of `state`, stopping after `stop_after` visits.
+fn scanned(state: &dyn StateRead, space: Space, prefix: &[u8], stop_after: usize) -> Scanned {
+    let mut out = Vec::new();
+    state
+        .scan_prefix(space, prefix, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            out.len() < stop_after
+        })
+        .expect("a scan of a healthy state succeeds");
+    out
+}
+
+/// Checks `state` against `model` (a [`MemState`] with the contents it should have): every
+/// key's `get`, and scans of every prefix of every key (plus the empty one), whole and
+/// stopped after each visit. Panics naming `case` and what differs.
+pub fn check_state_matches(case: &str, state: &dyn StateRead, model: &MemState) {
+    let mut prefixes: BTreeSet<Vec<u8>> = BTreeSet::from([Vec::new(), b"t/".to_vec()]);
+    for (_, k, _) in model.iter() {
+        for n in 0..=k.len() {
+            prefixes.insert(k[..n].to_vec());
+        }
+    }
+    for space in Space::ALL {
+        for (s, k, v) in model.iter().filter(|(s, _, _)| *s == space) {
+            assert_eq!(
+                state
+                    .get(s, k)
+                    .expect("a get of a healthy state succeeds")
+                    .as_deref(),
+                Some(v),
+                "{case}: get({s}, {k:?})"
+            );
+        }
+        for missing in [&b"t/c"[..], b"t/", b"v", b"\xfe", b"\xff\x01"] {
+            if model.get(space, missing).unwrap().is_none() {
+                assert_eq!(
+                    state.get(space, missing).unwrap(),
+                    None,
+                    "{case}: get({space}, {missing:?}) of a missing key"
+                );
+            }
+        }
+        for prefix in &prefixes {
+            let expect = scanned(model, space, prefix, usize::MAX);
+            assert_eq!(
+                scanned(state, space, prefix, usize::MAX),
+                expect,
+                "{case}: scan_prefix({space}, {prefix:?}) visits exactly the keys with the \
+                 prefix, in key order"
+            );
+            for stop in 1..expect.len() {
+                assert_eq!(
+                    scanned(state, space, prefix, stop),
+                    expect[..stop],
+                    "{case}: scan_prefix({space}, {prefix:?}) stops when the visitor says so"
+                );
+            }
+        }
+    }
+}
+
+/// The [`StateRead`] conformance suite. `with(contents, check)` builds a state holding exactly
+/// `contents` and calls `check` on it (so a state may borrow what it is built on). Panics,
+/// naming the broken rule, on the first failure.
+pub fn state_read_suite(mut with: impl FnMut(&[Pair], &mut dyn FnMut(&dyn StateRead))) {
+    let seed = state_seed();
+    for (case, contents) in [("empty", Vec::new()), ("seeded", seed)] {
+        let model = MemState::from_pairs(&contents);
+        with(&contents, &mut |state| {
+            check_state_matches(case, state, &model)
+        });
+    }
+}
+
+/// One batch of writes of the write suite, applied in order to the state under test and to a
+/// [`MemState`] model, then compared.
+type Writes = &'static [(Space, &'static [u8], Option<&'static [u8]>)];
+
+const WRITE_CASES: &[(&str, Writes)] = &[
+    (
+        "puts of new keys sort among the old ones",
+        &[
+            (Space::State, b"t/", Some(b"prefix itself")),
+            (Space::State, b"t/aa", Some(b"between")),
+            (Space::State, b"t/e", Some(b"last")),
+            (Space::State, b"s", Some(b"before")),
+            (Space::Drive, b"t/b", Some(b"other space")),
+        ],
+    ),
+    (
+        "an overwrite replaces the value, an empty one too",
+        &[
+            (Space::State, b"t/a", Some(b"new")),
+            (Space::State, b"t/b", Some(b"no longer empty")),
+            (Space::State, b"t/d", Some(b"")),
+            (Space::State, b"t/a", Some(b"newer")),
+        ],
+    ),
+    (
+        "a delete hides the key, a delete of a missing key does nothing",
+        &[
+            (Space::State, b"t/a", None),
+            (Space::State, b"t/b/c", None),
+            (Space::State, b"t/zz", None),
+            (Space::Drive, b"t/c", None),
+            (Space::State, b"\xff\x00", None),
+        ],
+    ),
+    (
+        "put, delete, put again: the last write wins",
+        &[
+            (Space::State, b"t/x", Some(b"1")),
+            (Space::State, b"t/x", None),
+            (Space::State, b"t/d", None),
+            (Space::State, b"t/d", Some(b"back")),
+            (Space::State, b"t/x", Some(b"2")),
+            (Space::State, b"t/a", None),
+            (Space::State, b"t/a", Some(b"again")),
+        ],
+    ),
+    (
+        "writes at the end of the keyspace",
+        &[
+            (Space::State, b"\xff\xff\xff", Some(b"max")),
+            (Space::State, b"\xff", None),
+            (Space::Drive, b"\xff", Some(b"drive ff")),
+        ],
+    ),
+];
+
+/// The [`StateWrite`] conformance suite: every rule of [`state_read_suite`], then writes over
+/// the seeded contents, each checked with reads through the same handle (read your writes:
+/// `get` and `scan_prefix` merge pending writes over what was there, in key order, deletes
+/// hide keys, a visitor can stop on any of them). `with` is as for [`state_read_suite`].
+pub fn state_suite(mut with: impl FnMut(&[Pair], &mut dyn FnMut(&mut dyn StateWrite))) {
+    state_read_suite(|contents, check| with(contents, &mut |state| check(state)));
+    let seed = state_seed();
+    for (case, writes) in WRITE_CASES {
+        let mut model = MemState::from_pairs(&seed);
+        with(&seed, &mut |state| {
+            for (i, (space, key, value)) in writes.iter().enumerate() {
+                match value {
+                    Some(v) => {
+                        state.put(*space, key, v);
+                        model.put(*space, key, v);
+                    }
+                    None => {
+                        state.delete(*space, key);
+                        model.delete(*space, key);
+                    }
+                }
+                check_state_matches(&format!("{case} (after write {i})"), state, &model);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_state_passes_the_state_suite() {
+        state_suite(|contents, check| check(&mut MemState::from_pairs(contents)));
+    }
+
+    /// A state whose scans ignore a visitor's stop and whose deletes are lost: the suite must
+    /// notice both.
+    struct Sloppy(MemState, bool);
+
+    impl StateRead for Sloppy {
+        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+            self.0.get(space, key)
+        }
+        fn scan_prefix(
+            &self,
+            space: Space,
+            prefix: &[u8],
+            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        ) -> Result<(), StateError> {
+            let stops = self.1;
+            self.0
+                .scan_prefix(space, prefix, &mut |k, v| visit(k, v) || !stops)
+        }
+    }
+
+    impl StateWrite for Sloppy {
+        fn put(&mut self, space: Space, key: &[u8], value: &[u8]) {
+            self.0.put(space, key, value);
+        }
+        fn delete(&mut self, _: Space, _: &[u8]) {}
+    }
+
+    #[test]
+    #[should_panic(expected = "stops when the visitor says so")]
+    fn the_suite_notices_a_scan_that_does_not_stop() {
+        state_read_suite(|contents, check| check(&Sloppy(MemState::from_pairs(contents), false)));
+    }
+
+    #[test]
+    #[should_panic(expected = "a delete hides the key")]
+    fn the_suite_notices_a_lost_delete() {
+        state_suite(|contents, check| check(&mut Sloppy(MemState::from_pairs(contents), true)));
     }
 }

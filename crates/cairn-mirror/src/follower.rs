@@ -41,6 +41,9 @@ pub const CALL_TIMEOUT_MS: u64 = 5_000;
 pub const APPLY_BATCH_ENTRIES_MAX: usize = 2_048;
 /// Bytes of entries applied in one commit while catching up.
 pub const APPLY_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Batches submitted to the store and not yet committed: the follower reads and checks the
+/// next batch while these commit, and waits for the oldest before submitting one more.
+pub const APPLY_BATCHES_IN_FLIGHT_MAX: usize = 2;
 /// Largest frame body accepted (an entry at its limit plus the tag).
 pub const FRAME_BODY_BYTES_MAX: usize = cairn_log::limits::ENTRY_BYTES_MAX + 1;
 
@@ -108,6 +111,7 @@ pub struct FollowStatus {
 
 /// A running follower.
 pub struct FollowerHandle {
+    options: FollowerOptions,
     status: Arc<Mutex<FollowStatus>>,
     stop: CancellationToken,
     thread: Option<JoinHandle<()>>,
@@ -125,6 +129,11 @@ impl StatusWatch {
 }
 
 impl FollowerHandle {
+    /// What it was started with.
+    pub fn options(&self) -> &FollowerOptions {
+        &self.options
+    }
+
     /// What the follower is doing now.
     pub fn status(&self) -> FollowStatus {
         lock(&self.status).clone()
@@ -176,9 +185,11 @@ pub fn start(
         .spawn({
             let status = Arc::clone(&status);
             let stop = stop.clone();
+            let options = options.clone();
             move || Session::run_all(ws, rt, options, status, stop)
         })?;
     Ok(FollowerHandle {
+        options,
         status,
         stop,
         thread: Some(thread),
@@ -231,6 +242,10 @@ impl Session {
             .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
             .build();
         let mut options = options;
+        // Redirects followed since a stream last opened: nodes that name each other must not
+        // make a tight loop.
+        let mut hops = 0u32;
+        let mut connects = 0u64;
         loop {
             let acker = Acker::start(ws.clone(), agent.clone(), options.clone());
             let session = Session {
@@ -243,17 +258,32 @@ impl Session {
                 agent: agent.clone(),
                 acker,
             };
-            match session.follow_leader() {
-                Some(leader) => {
-                    tracing::warn!(
-                        from = %options.leader,
-                        to = %leader,
-                        "the node followed is a mirror now; following its leader"
-                    );
-                    lock(&status).leader = leader.clone();
-                    options.leader = leader;
+            let Some(leader) = session.follow_leader() else {
+                return;
+            };
+            drop(session);
+            let now = lock(&status).connects;
+            hops = if now > connects { 1 } else { hops + 1 };
+            connects = now;
+            tracing::warn!(
+                from = %options.leader,
+                to = %leader,
+                hops,
+                "the node followed is a mirror now; following its leader"
+            );
+            lock(&status).leader = leader.clone();
+            options.leader = leader;
+            if hops > 1 {
+                let wait =
+                    (RECONNECT_BACKOFF_MIN_MS << (hops - 1).min(10)).min(RECONNECT_BACKOFF_MAX_MS);
+                let wait = rand::rng().random_range(wait / 2..=wait + wait / 2);
+                let until = std::time::Instant::now() + Duration::from_millis(wait);
+                while std::time::Instant::now() < until {
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                None => return,
             }
         }
     }
@@ -322,11 +352,25 @@ impl Session {
         format!("Bearer {}", self.options.token)
     }
 
-    /// One connection: hello, then frames until it ends.
+    /// One connection: hello, then frames until it ends; then every commit it submitted has
+    /// landed or failed.
     fn follow_once(&self) -> End {
         if self.stop.is_cancelled() {
             return End::Stopped;
         }
+        let mut pipeline = Commits::default();
+        let end = self.stream(&mut pipeline);
+        // The next connection asks from this node's head, so every commit on its way must have
+        // landed (or failed) first; a failed one says why the stream really ended.
+        match self.drain(&mut pipeline) {
+            Ok(()) => end,
+            Err(failed) => failed,
+        }
+    }
+
+    /// Reads, checks and submits the stream's frames until it ends, leaving commits in
+    /// `pipeline` for the caller to drain.
+    fn stream(&self, pipeline: &mut Commits) -> End {
         let head = match self.ws.head() {
             Ok(h) => h,
             Err(e) => return End::Retry(format!("read this mirror's head: {e}")),
@@ -352,7 +396,12 @@ impl Session {
             Err(ureq::Error::Status(_, response)) => {
                 let redirect = response
                     .header(LEADER_HEADER)
-                    .filter(|l| l.starts_with("http://") || l.starts_with("https://"))
+                    .filter(|l| l.starts_with("https://") || l.starts_with("http://"))
+                    // Never from https to http: the mirror token would travel in clear.
+                    .filter(|l| {
+                        l.starts_with("https://") || !self.options.leader.starts_with("https://")
+                    })
+                    .map(|l| l.trim_end_matches('/'))
                     .filter(|l| *l != self.options.leader.trim_end_matches('/'))
                     .map(str::to_owned);
                 let (code, message) = error_of(response);
@@ -377,12 +426,15 @@ impl Session {
         let mut caught_up = false;
         loop {
             if self.stop.is_cancelled() {
-                return self.flush(&mut batch).err().unwrap_or(End::Stopped);
+                return self
+                    .submit(pipeline, &mut batch)
+                    .err()
+                    .unwrap_or(End::Stopped);
             }
             let body = match read_frame(&mut reader) {
                 Ok(b) => b,
                 Err(e) => {
-                    if let Err(end) = self.flush(&mut batch) {
+                    if let Err(end) = self.submit(pipeline, &mut batch) {
                         return end;
                     }
                     return End::Retry(format!("read the stream: {e}"));
@@ -392,7 +444,7 @@ impl Session {
                 Ok(step) => step,
                 Err(bad) => {
                     // What was checked before it still applies; the bad frame never does.
-                    let flushed = self.flush(&mut batch);
+                    let flushed = self.submit(pipeline, &mut batch);
                     let offset = bad.offset().map(|o| o.to_string()).unwrap_or("-".into());
                     tracing::warn!(offset, "refused a frame from the leader: {bad}");
                     lock(&self.status).refused_frames += 1;
@@ -412,14 +464,27 @@ impl Session {
                 Step::Apply(entry) => {
                     batch_bytes += entry.payload.len() + 128;
                     batch.push(entry);
-                    let more_ready = !reader.buffer().is_empty();
+                    // Live, a batch goes as soon as nothing more has arrived, for a short lag.
+                    // Before the caught-up marker the leader is sending its backlog without
+                    // pause, so the batch fills up instead: fewer, larger commits (each one an
+                    // fsync), while the commits before it are in flight.
+                    let more_ready = !caught_up || !reader.buffer().is_empty();
                     if !more_ready
                         || batch.len() >= APPLY_BATCH_ENTRIES_MAX
                         || batch_bytes >= APPLY_BATCH_BYTES_MAX
                     {
                         batch_bytes = 0;
-                        if let Err(end) = self.flush(&mut batch) {
+                        if let Err(end) = self.submit(pipeline, &mut batch) {
                             return end;
+                        }
+                        // Live, each commit is waited for before reading on: what arrives
+                        // meanwhile forms the next batch, so batches grow with the leader's
+                        // rate instead of splitting into more commits (each an fsync, on a disk
+                        // the leader may share).
+                        if caught_up {
+                            if let Err(end) = self.drain(pipeline) {
+                                return end;
+                            }
                         }
                     }
                 }
@@ -428,11 +493,18 @@ impl Session {
                     caught_up: marker,
                     ..
                 } => {
-                    if let Err(end) = self.flush(&mut batch) {
+                    if let Err(end) = self.submit(pipeline, &mut batch) {
                         return end;
                     }
                     batch_bytes = 0;
                     caught_up |= marker;
+                    // Live (from the marker on), every commit is waited for, and acknowledged
+                    // once landed.
+                    if caught_up {
+                        if let Err(end) = self.drain(pipeline) {
+                            return end;
+                        }
+                    }
                     self.ack();
                     let mut s = lock(&self.status);
                     s.leader_head = s.leader_head.max(offset);
@@ -442,7 +514,7 @@ impl Session {
                     }
                 }
                 Step::Unsupported { offset, reason } => {
-                    if let Err(end) = self.flush(&mut batch) {
+                    if let Err(end) = self.submit(pipeline, &mut batch) {
                         return end;
                     }
                     return End::Halt(FollowState::Stopped {
@@ -470,30 +542,48 @@ impl Session {
         }
     }
 
-    /// Applies the batch in one commit and acknowledges it.
-    fn flush(&self, batch: &mut Vec<StoredEntry>) -> Result<(), End> {
+    /// Submits the batch as one commit, after waiting for the oldest commit in flight if
+    /// there are `APPLY_BATCHES_IN_FLIGHT_MAX`. A commit found failed ends the stream.
+    fn submit(&self, pipeline: &mut Commits, batch: &mut Vec<StoredEntry>) -> Result<(), End> {
         if batch.is_empty() {
             return Ok(());
         }
-        let entries = std::mem::take(batch);
-        match self.rt.block_on(self.ws.apply_replicated(entries)) {
-            Ok(_) => {
-                self.ack();
+        if pipeline.make_room().map_err(|e| self.apply_failed(&e))? > 0 {
+            self.ack();
+        }
+        match self.ws.submit_replicated(std::mem::take(batch)) {
+            Ok(ticket) => {
+                pipeline.push(ticket);
                 Ok(())
             }
-            // A writer that stopped (an entry failed to apply) takes nothing more: retrying
-            // would only reconnect forever.
-            Err(e) if matches!(self.ws.health(), cairn::store::WriterHealth::Stopped { .. }) => {
-                Err(End::Halt(FollowState::Stopped {
-                    message: format!(
-                        "this mirror's writer stopped applying the leader's entries ({e}); \
-                         reads are served at offset {}; reopen it (restart `cairn mirror`)",
-                        self.ws.applied()
-                    ),
-                }))
+            Err(e) => {
+                self.drain(pipeline)?;
+                Err(self.apply_failed(&e.to_string()))
             }
-            Err(e) => Err(End::Retry(format!("apply the leader's entries: {e}"))),
         }
+    }
+
+    /// Waits for every commit in flight; the first failure, once all have answered.
+    fn drain(&self, pipeline: &mut Commits) -> Result<(), End> {
+        if pipeline.drain().map_err(|e| self.apply_failed(&e))? > 0 {
+            self.ack();
+        }
+        Ok(())
+    }
+
+    fn apply_failed(&self, error: &str) -> End {
+        // A writer that stopped (an entry failed to apply) takes nothing more: retrying would
+        // only reconnect forever.
+        if matches!(self.ws.health(), cairn::store::WriterHealth::Stopped { .. }) {
+            return End::Halt(FollowState::Stopped {
+                message: format!(
+                    "this mirror's writer stopped applying the leader's entries ({error}); \
+                     reads are served at offset {}; reopen it (restart `cairn mirror`)",
+                    self.ws.applied()
+                ),
+            });
+        }
+        End::Retry(format!("apply the leader's entries: {error}"))
     }
 
     /// Has the acknowledger tell the leader what this mirror has durably applied (it sends
@@ -543,6 +633,92 @@ impl Session {
             .block_on(self.ws.read_log(offset, 1))
             .map_err(|e| format!("read this mirror's entry {offset}: {e}"))?;
         Ok(entries.first().map(|e| e.hash))
+    }
+}
+
+/// A commit submitted to the store: the store's ticket, or a test's stand-in.
+trait InFlight {
+    /// Whether `wait` would return at once.
+    fn is_answered(&self) -> bool;
+    /// Waits for the commit; why it failed.
+    fn wait(self) -> Result<(), String>;
+}
+
+type Ticket = cairn::store::Ticket<cairn::store::Committed, cairn::store::StoreError>;
+
+impl InFlight for Ticket {
+    fn is_answered(&self) -> bool {
+        Ticket::is_answered(self)
+    }
+
+    fn wait(self) -> Result<(), String> {
+        Ticket::wait(self).map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// The store's commits of one stream.
+type Commits = Pipeline<Ticket>;
+
+/// Commits of checked entries submitted and not yet known to have landed, oldest first (at
+/// most `limit`; the store answers them in order). After a failure every later one is waited
+/// for too before the failure is reported: the store refuses them (they continued the failed
+/// one), and nothing may still be landing when the follower reconnects from its head.
+struct Pipeline<T> {
+    in_flight: std::collections::VecDeque<T>,
+    limit: usize,
+}
+
+impl<T> Default for Pipeline<T> {
+    fn default() -> Self {
+        Self {
+            in_flight: std::collections::VecDeque::new(),
+            limit: APPLY_BATCHES_IN_FLIGHT_MAX,
+        }
+    }
+}
+
+impl<T: InFlight> Pipeline<T> {
+    /// Makes room for one more commit: takes the answers already there (a failure is noticed
+    /// as early as possible), then waits for the oldest while the pipeline is full.
+    /// Returns how many landed.
+    fn make_room(&mut self) -> Result<usize, String> {
+        let before = self.in_flight.len();
+        while self.in_flight.front().is_some_and(T::is_answered) {
+            self.land_oldest()?;
+        }
+        while self.in_flight.len() >= self.limit {
+            self.land_oldest()?;
+        }
+        Ok(before - self.in_flight.len())
+    }
+
+    fn push(&mut self, commit: T) {
+        assert!(
+            self.in_flight.len() < self.limit,
+            "make_room ran before every push"
+        );
+        self.in_flight.push_back(commit);
+    }
+
+    /// Waits for every commit; the first failure, once all have answered. Returns how many
+    /// landed.
+    fn drain(&mut self) -> Result<usize, String> {
+        let before = self.in_flight.len();
+        while !self.in_flight.is_empty() {
+            self.land_oldest()?;
+        }
+        Ok(before)
+    }
+
+    fn land_oldest(&mut self) -> Result<(), String> {
+        let Some(oldest) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        oldest.wait().inspect_err(|_| {
+            for later in self.in_flight.drain(..) {
+                let _ = later.wait();
+            }
+        })
     }
 }
 
@@ -686,6 +862,124 @@ fn read_frame(reader: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// A commit whose answer is set by the test; waiting for it is recorded.
+    struct Fake {
+        id: u32,
+        answer: Result<(), String>,
+        answered: Rc<RefCell<Vec<u32>>>,
+        waited: Rc<RefCell<Vec<u32>>>,
+    }
+
+    impl InFlight for Fake {
+        fn is_answered(&self) -> bool {
+            self.answered.borrow().contains(&self.id)
+        }
+
+        fn wait(self) -> Result<(), String> {
+            self.waited.borrow_mut().push(self.id);
+            self.answer
+        }
+    }
+
+    #[derive(Default)]
+    struct Fakes {
+        answered: Rc<RefCell<Vec<u32>>>,
+        waited: Rc<RefCell<Vec<u32>>>,
+    }
+
+    impl Fakes {
+        fn commit(&self, id: u32, answer: Result<(), &str>) -> Fake {
+            Fake {
+                id,
+                answer: answer.map_err(str::to_string),
+                answered: Rc::clone(&self.answered),
+                waited: Rc::clone(&self.waited),
+            }
+        }
+
+        fn waited(&self) -> Vec<u32> {
+            self.waited.borrow().clone()
+        }
+    }
+
+    fn submit(p: &mut Pipeline<Fake>, commit: Fake) -> Result<(), String> {
+        p.make_room()?;
+        p.push(commit);
+        Ok(())
+    }
+
+    #[test]
+    fn at_most_the_limit_of_commits_is_in_flight_and_they_land_in_order() {
+        let f = Fakes::default();
+        let mut p = Pipeline::<Fake>::default();
+        assert_eq!(p.limit, APPLY_BATCHES_IN_FLIGHT_MAX);
+        for id in 1..=5 {
+            submit(&mut p, f.commit(id, Ok(()))).unwrap();
+            assert!(p.in_flight.len() <= APPLY_BATCHES_IN_FLIGHT_MAX);
+        }
+        let submitted = 5 - APPLY_BATCHES_IN_FLIGHT_MAX as u32;
+        assert_eq!(
+            f.waited(),
+            (1..=submitted).collect::<Vec<_>>(),
+            "oldest first"
+        );
+        p.drain().unwrap();
+        assert_eq!(f.waited(), (1..=5).collect::<Vec<_>>());
+        assert!(p.in_flight.is_empty());
+    }
+
+    #[test]
+    fn an_answered_commit_is_taken_before_the_next_one_is_submitted() {
+        let f = Fakes::default();
+        let mut p = Pipeline::<Fake>::default();
+        submit(&mut p, f.commit(1, Err("disk full"))).unwrap();
+        f.answered.borrow_mut().push(1);
+        // The failure is noticed at once, though the pipeline had room: nothing more is
+        // submitted after it.
+        assert_eq!(
+            submit(&mut p, f.commit(2, Ok(()))).unwrap_err(),
+            "disk full"
+        );
+        assert_eq!(f.waited(), [1]);
+        assert!(p.in_flight.is_empty());
+    }
+
+    #[test]
+    fn a_failed_commit_mid_pipeline_is_reported_after_every_later_one_answered() {
+        let f = Fakes::default();
+        let mut p = Pipeline::<Fake> {
+            limit: 3,
+            ..Pipeline::default()
+        };
+        submit(&mut p, f.commit(1, Ok(()))).unwrap();
+        submit(&mut p, f.commit(2, Err("write failed"))).unwrap();
+        submit(&mut p, f.commit(3, Err("does not continue the log"))).unwrap();
+        f.answered.borrow_mut().extend([1, 2]);
+        // Making room takes 1 (fine), then finds 2 failed: 3 is waited for too, so that
+        // nothing is still landing when the follower reconnects from its head, and 4 is never
+        // submitted.
+        assert_eq!(
+            submit(&mut p, f.commit(4, Ok(()))).unwrap_err(),
+            "write failed"
+        );
+        assert_eq!(f.waited(), [1, 2, 3]);
+        assert!(p.in_flight.is_empty());
+    }
+
+    #[test]
+    fn draining_waits_for_every_commit_and_reports_the_first_failure() {
+        let f = Fakes::default();
+        let mut p = Pipeline::<Fake>::default();
+        submit(&mut p, f.commit(1, Err("first"))).unwrap();
+        submit(&mut p, f.commit(2, Err("second"))).unwrap();
+        assert_eq!(p.drain().unwrap_err(), "first");
+        assert_eq!(f.waited(), [1, 2]);
+        assert!(p.in_flight.is_empty());
+        p.drain().unwrap();
+    }
 
     #[test]
     fn frames_are_read_whole_and_oversized_lengths_are_refused() {

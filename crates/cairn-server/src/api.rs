@@ -200,6 +200,8 @@ pub enum Request {
         expect_offset: Option<u64>,
         /// ... and its hash there (hex).
         expect_hash: Option<String>,
+        /// The handoff asking (a repeat with the same id gets the first answer).
+        handoff: Option<String>,
     },
     /// `cairn handoff --to URL [--name NAME] [--timeout-ms T]` (on the leader): the planned
     /// switch. This leader stops taking writes, waits until the mirror at `to` has applied its
@@ -431,10 +433,16 @@ impl Request {
                 name,
                 expect_offset,
                 expect_hash,
+                handoff,
             } => with(
                 "POST",
                 "/v1/promote".into(),
-                json!({ "name": name, "expect_offset": expect_offset, "expect_hash": expect_hash }),
+                json!({
+                    "name": name,
+                    "expect_offset": expect_offset,
+                    "expect_hash": expect_hash,
+                    "handoff": handoff,
+                }),
             ),
             Handoff {
                 to,
@@ -479,6 +487,9 @@ pub mod codes {
     pub const NOT_REPLICATED: &str = "not_replicated";
     pub const HANDING_OFF: &str = "handing_off";
     pub const HANDOFF_FAILED: &str = "handoff_failed";
+    pub const NOT_AT_HEAD: &str = "not_at_head";
+    pub const INVALID_STATE: &str = "invalid_state";
+    pub const ALREADY_LEADER: &str = "already_leader";
 }
 
 /// A failed request, as the JSON body `{"error": {"code", "message"}}` and an HTTP status.
@@ -526,7 +537,8 @@ impl ApiError {
 pub fn status_of(code: &str) -> u16 {
     match code {
         "not_found" => 404,
-        "exists" | "conflict" | "revision_mismatch" | "invalid_state" | "offline_only" => 409,
+        "exists" | "conflict" | "revision_mismatch" | "invalid_state" | "offline_only"
+        | "not_at_head" | "already_leader" => 409,
         "invalid" | "bad_manifest" | "bad_request" => 400,
         "unauthorized" => 401,
         "forbidden" => 403,

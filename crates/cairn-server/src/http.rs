@@ -197,7 +197,7 @@ impl App {
                 Ok(actor) => {
                     let secret = bearer_secret(headers).unwrap_or_default();
                     match crate::handoff::HandoffPlan::parse(to, name.clone(), *timeout_ms) {
-                        Ok(plan) => self.svc.handoff(plan, &secret, &actor).await,
+                        Ok(plan) => self.svc.handoff(plan, secret, actor).await,
                         Err(e) => Err(e),
                     }
                 }
@@ -240,11 +240,16 @@ impl App {
             }
         }
         let key_given = headers.contains_key("idempotency-key");
+        // A promotion is not waited for by mirrors: the new leader has none yet (in a handoff,
+        // the old leader starts following only once it has the answer).
+        let replicated = is_command && !matches!(req, Ok(Request::Promote { .. }));
         let mut response = self.run_here(headers, req).await;
         if is_command && response.status().is_success() {
             let offset = self.svc.workspace().applied();
-            if let Err(e) = self.wait_sync_mirrors(offset, key_given).await {
-                return self.reply(Err(e));
+            if replicated {
+                if let Err(e) = self.wait_sync_mirrors(offset, key_given).await {
+                    return self.reply(Err(e));
+                }
             }
             if let Ok(v) = offset.to_string().parse() {
                 response.headers_mut().insert(OFFSET_HEADER, v);
@@ -627,6 +632,9 @@ async fn health(State(app): State<App>) -> Response {
     let ok = health == cairn::store::WriterHealth::Ok;
     let mut body = crate::service::writer_json(&health);
     body["ok"] = serde_json::Value::Bool(ok);
+    // Not a secret (it is in every backup and hello); a handoff checks it before it sends a
+    // token to a URL.
+    body["workspace_id"] = serde_json::Value::String(app.svc.workspace().id().to_string());
     let status = if ok {
         StatusCode::OK
     } else {
@@ -1183,6 +1191,8 @@ struct PromoteBody {
     expect_offset: Option<u64>,
     #[serde(default)]
     expect_hash: Option<String>,
+    #[serde(default)]
+    handoff: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1205,6 +1215,7 @@ async fn promote(
         name: b.name,
         expect_offset: b.expect_offset,
         expect_hash: b.expect_hash,
+        handoff: b.handoff,
     });
     app.run(&headers, req).await
 }
@@ -1255,6 +1266,10 @@ async fn fallback(State(app): State<App>, method: Method, uri: Uri) -> Response 
 fn leader_mirrors(app: &App) -> Result<std::sync::Arc<cairn_mirror::Mirrors>, ApiError> {
     match app.svc.replication() {
         crate::service::Replication::Leader(m) => Ok(m),
+        crate::service::Replication::SteppedDown { to } => Err(ApiError::new(
+            codes::NOT_LEADER,
+            format!("this node stepped down in a handoff to {to}; mirrors follow the leader"),
+        )),
         crate::service::Replication::Mirror(f) => Err(ApiError::new(
             codes::NOT_LEADER,
             format!(
@@ -1276,13 +1291,17 @@ async fn replication_stream(State(app): State<App>, headers: HeaderMap, Query(q)
         Ok(m) => m,
         Err(e) => {
             let mut response = app.reply(Err(e));
-            // A node that handed off tells its former mirrors whom it follows now.
-            if let crate::service::Replication::Mirror(f) = app.svc.replication() {
-                if let Ok(v) = f.get().leader.parse() {
-                    response
-                        .headers_mut()
-                        .insert(cairn_mirror::follower::LEADER_HEADER, v);
-                }
+            // A node that handed off tells its former mirrors whom it follows now (or whom it
+            // handed off to).
+            let leader = match app.svc.replication() {
+                crate::service::Replication::Mirror(f) => Some(f.get().leader),
+                crate::service::Replication::SteppedDown { to } => Some(to),
+                crate::service::Replication::Leader(_) => None,
+            };
+            if let Some(Ok(v)) = leader.map(|l| l.parse()) {
+                response
+                    .headers_mut()
+                    .insert(cairn_mirror::follower::LEADER_HEADER, v);
             }
             return response;
         }

@@ -191,6 +191,8 @@ fn render_replication(out: &mut String, applied: u64, replication: &crate::servi
         }
     };
     match replication {
+        // Neither leads nor follows: nothing to report.
+        Replication::SteppedDown { .. } => {}
         Replication::Leader(mirrors) => {
             let list = mirrors.list();
             let rows = |f: &dyn Fn(&cairn_mirror::MirrorRecord) -> u64| -> Vec<(String, u64)> {

@@ -46,6 +46,53 @@ pub struct Service {
     /// Ends the replication streams this node serves as leader (cancelled when it hands off,
     /// so that its mirrors reconnect and learn of the new leader). A child of `shutdown`.
     streams: Arc<std::sync::Mutex<CancellationToken>>,
+    /// Promotions run one at a time; the last one a handoff asked for is remembered.
+    promotion: Arc<tokio::sync::Mutex<Option<Promoted>>>,
+}
+
+/// What `promote` is asked to make sure of first (a handoff's conditions).
+#[derive(Clone, Debug, Default)]
+pub struct Expect {
+    /// This mirror's head must be this offset.
+    pub offset: Option<u64>,
+    /// ... with this hash (hex).
+    pub hash: Option<String>,
+    /// The handoff asking: a repeat of the same id gets the first answer.
+    pub handoff: Option<String>,
+}
+
+impl Expect {
+    /// `not_at_head` unless `head` is what is expected; nothing is changed then.
+    fn check(&self, head: &cairn_log::Head) -> Result<(), ApiError> {
+        let offset_ok = self.offset.is_none_or(|o| o == head.offset);
+        let hash_ok = match self.hash.as_deref() {
+            None => true,
+            Some(h) => cairn_mirror::protocol::parse_hash(h) == Some(head.hash),
+        };
+        if offset_ok && hash_ok {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            codes::NOT_AT_HEAD,
+            format!(
+                "this mirror's head is offset {} (hash {}), not the expected offset {} (hash \
+                 {}); not promoted",
+                head.offset,
+                head.hash,
+                self.offset.map(|o| o.to_string()).unwrap_or("any".into()),
+                self.hash
+                    .as_deref()
+                    .map(|h| echo(h).to_string())
+                    .unwrap_or("any".into()),
+            ),
+        ))
+    }
+}
+
+/// A promotion a handoff asked for, and its answer.
+pub(crate) struct Promoted {
+    handoff: String,
+    answer: Value,
 }
 
 /// Held while a handoff runs; clears the service's `handing_off` when dropped.
@@ -76,6 +123,12 @@ pub enum Replication {
     Leader(Arc<cairn_mirror::Mirrors>),
     /// A mirror, with its follower's status.
     Mirror(cairn_mirror::StatusWatch),
+    /// A former leader that stepped down in a handoff to `to` and follows no one (the outcome
+    /// was unknown, or following failed to start): it takes no writes.
+    SteppedDown {
+        /// The mirror it handed off to.
+        to: String,
+    },
 }
 
 impl Service {
@@ -105,6 +158,7 @@ impl Service {
             follower: Arc::default(),
             sync_mirrors: SyncMirrors::default(),
             handing_off: Arc::default(),
+            promotion: Arc::default(),
         }
     }
 
@@ -145,6 +199,13 @@ impl Service {
         self.end_streams();
     }
 
+    /// After a handoff that could not finish: this node neither leads nor follows.
+    pub(crate) fn step_aside(&self, to: &str) {
+        *self.replication.write().unwrap_or_else(|p| p.into_inner()) =
+            Replication::SteppedDown { to: to.to_string() };
+        self.end_streams();
+    }
+
     /// Ends the replication streams this node serves now (their followers reconnect).
     pub(crate) fn end_streams(&self) {
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
@@ -165,15 +226,32 @@ impl Service {
     }
 
     /// `cairn promote`: stops following, appends `epoch.started` and leads from now on. With
-    /// `expect` (a handoff), only if this mirror's head is exactly that offset and hash.
-    async fn promote(
-        &self,
-        name: Option<String>,
-        expect: (Option<u64>, Option<String>),
-    ) -> Result<Value, ApiError> {
+    /// `expect` (a handoff), only if this mirror's head is exactly that offset and hash, and
+    /// once per handoff id: a handoff that did not hear the answer asks again with the same id
+    /// and gets the same answer (promotions run one at a time, so a repeat waits for the first).
+    async fn promote(&self, name: Option<String>, expect: Expect) -> Result<Value, ApiError> {
+        // On its own task: a caller that goes away mid-promotion does not cut it short.
+        let svc = self.clone();
+        tokio::spawn(async move { svc.promote_here(name, expect).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ApiError::new(
+                    codes::INTERNAL,
+                    format!("the promotion task failed: {e}"),
+                ))
+            })
+    }
+
+    async fn promote_here(&self, name: Option<String>, expect: Expect) -> Result<Value, ApiError> {
+        let mut last = self.promotion.lock().await;
+        if let (Some(id), Some(done)) = (&expect.handoff, &*last) {
+            if &done.handoff == id {
+                return Ok(done.answer.clone());
+            }
+        }
         if self.ws.role() != cairn::NodeRole::Mirror {
             return Err(ApiError::new(
-                "invalid_state",
+                codes::ALREADY_LEADER,
                 "this node is the leader already; only a mirror is promoted",
             ));
         }
@@ -187,52 +265,49 @@ impl Service {
             Some(n) => n,
             None => "promoted".to_string(),
         };
-        let expected = |head: &cairn_log::Head| -> Result<(), ApiError> {
-            let offset_ok = expect.0.is_none_or(|o| o == head.offset);
-            let hash_ok = expect
-                .1
-                .as_deref()
-                .is_none_or(|h| h == head.hash.to_string());
-            if offset_ok && hash_ok {
-                return Ok(());
-            }
-            Err(ApiError::new(
-                "invalid_state",
-                format!(
-                    "this mirror's head is offset {} (hash {}), not the expected {} (hash {});                      not promoted",
-                    head.offset,
-                    head.hash,
-                    expect.0.map(|o| o.to_string()).unwrap_or("any".into()),
-                    expect
-                        .1
-                        .as_deref()
-                        .map(|h| echo(h).to_string())
-                        .unwrap_or("any".into()),
-                ),
-            ))
-        };
-        expected(&self.ws.head()?)?;
+        expect.check(&self.ws.head()?)?;
+        let options = self
+            .follower
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|f| f.options().clone());
         self.stop_follower().await;
-        // The follower may have applied more before it stopped.
-        if let Err(e) = expected(&self.ws.head()?) {
-            return Err(ApiError::new(
-                &e.code,
-                format!(
-                    "{}; it stopped following (restart `cairn mirror` to follow again)",
-                    e.message
-                ),
-            ));
+        // The follower may have applied more before it stopped: then follow on, unpromoted.
+        if let Err(e) = expect.check(&self.ws.head()?) {
+            if let Some(options) = options {
+                match cairn_mirror::start(
+                    self.ws.clone(),
+                    tokio::runtime::Handle::current(),
+                    options,
+                ) {
+                    Ok(f) => *self.follower.lock().unwrap_or_else(|p| p.into_inner()) = Some(f),
+                    Err(error) => tracing::error!(%error, "could not follow the leader again"),
+                }
+            }
+            return Err(e);
         }
-        let committed = self.ws.promote(&name).await?;
-        *self.replication.write().unwrap_or_else(|p| p.into_inner()) =
-            Replication::Leader(Arc::default());
+        let promoted = self.ws.promote(&name).await;
+        if self.ws.role() == cairn::NodeRole::Leader {
+            // `epoch.started` is committed (even if starting to lead failed after it).
+            *self.replication.write().unwrap_or_else(|p| p.into_inner()) =
+                Replication::Leader(Arc::default());
+        }
+        let committed = promoted?;
         let head = self.ws.head()?;
-        Ok(json!({
+        let answer = json!({
             "role": "leader",
             "epoch": head.epoch,
             "offset": committed.offsets.start,
             "leader": name,
-        }))
+        });
+        if let Some(handoff) = expect.handoff {
+            *last = Some(Promoted {
+                handoff,
+                answer: answer.clone(),
+            });
+        }
+        Ok(answer)
     }
 
     /// Answers commands only once `sync.count` mirrors have applied them (a leader's option).
@@ -314,6 +389,15 @@ impl Service {
                     ),
                 ))
             }
+            (Err(e), Replication::SteppedDown { to }) if e.code == codes::NOT_LEADER => {
+                Err(ApiError::new(
+                    codes::NOT_LEADER,
+                    format!(
+                        "this node stepped down in a handoff to {to} and takes no writes; send \
+                         commands to the leader"
+                    ),
+                ))
+            }
             (result, _) => result,
         };
         if is_command {
@@ -372,6 +456,14 @@ impl Service {
                     Replication::Leader(mirrors) => {
                         status["mirrors"] =
                             Value::Array(self.mirrors_json(mirrors, view.applied()).await?);
+                    }
+                    Replication::SteppedDown { to } => {
+                        status["role"] = json!("stepped_down");
+                        status["leader"] = json!(to);
+                        status["handoff"] = json!(format!(
+                            "stepped down in a handoff to {to} whose end is not known here; \
+                             restart this node as a mirror of the leader, or promote it"
+                        ));
                     }
                     Replication::Mirror(follower) => {
                         let f = follower.get();
@@ -637,7 +729,15 @@ impl Service {
                 name,
                 expect_offset,
                 expect_hash,
-            } => self.promote(name, (expect_offset, expect_hash)).await,
+                handoff,
+            } => {
+                let expect = Expect {
+                    offset: expect_offset,
+                    hash: expect_hash,
+                    handoff,
+                };
+                self.promote(name, expect).await
+            }
             Request::Handoff { .. } => Err(ApiError::bad(
                 "a handoff runs on a serving leader: give --server URL and --token-file F",
             )),

@@ -219,6 +219,72 @@ mod tests {
         out
     }
 
+    /// A fresh store whose database holds `contents` in its projection's column families.
+    fn committed(contents: &[cairn_log::testing::Pair]) -> (tempfile::TempDir, rocksdb::DB) {
+        let dir = tempfile::tempdir().unwrap();
+        crate::Store::<KvMachine>::init(dir.path()).unwrap();
+        let db = crate::open_raw_db(dir.path()).unwrap();
+        for (space, k, v) in contents {
+            db.put_cf(db.cf_handle(space.name()).unwrap(), k, v)
+                .unwrap();
+        }
+        (dir, db)
+    }
+
+    #[test]
+    fn an_overlay_over_committed_state_passes_the_state_suite() {
+        cairn_log::testing::state_suite(|contents, check| {
+            let (_dir, db) = committed(contents);
+            check(&mut Overlay::new(Base {
+                db: &db,
+                snap: None,
+            }));
+        });
+    }
+
+    #[test]
+    fn an_overlay_through_the_writers_read_cache_passes_the_state_suite() {
+        cairn_log::testing::state_suite(|contents, check| {
+            let (_dir, db) = committed(contents);
+            let cache = RefCell::new(ReadCache::default());
+            // Warm the cache with every committed key (and some missing ones), as the writer's
+            // earlier commands would have.
+            let warm = Overlay::cached(
+                Base {
+                    db: &db,
+                    snap: None,
+                },
+                &cache,
+            );
+            for (space, k, _) in contents {
+                warm.get(*space, k).unwrap();
+                warm.get(*space, b"t/c").unwrap();
+            }
+            check(&mut Overlay::cached(
+                Base {
+                    db: &db,
+                    snap: None,
+                },
+                &cache,
+            ));
+        });
+    }
+
+    #[test]
+    fn an_overlay_holding_everything_as_pending_writes_passes_the_state_suite() {
+        cairn_log::testing::state_suite(|contents, check| {
+            let (_dir, db) = committed(&[]);
+            let mut o = Overlay::new(Base {
+                db: &db,
+                snap: None,
+            });
+            for (space, k, v) in contents {
+                o.put(*space, k, v);
+            }
+            check(&mut o);
+        });
+    }
+
     #[test]
     fn scans_merge_pending_writes_over_committed_state_in_key_order() {
         let dir = tempfile::tempdir().unwrap();

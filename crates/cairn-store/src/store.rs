@@ -94,6 +94,12 @@ pub type CommandTicket<M> = Ticket<
 >;
 
 impl<T, E: From<StoreError>, S> Ticket<T, E, S> {
+    /// Whether the writer has answered (or gone away), so that [`Ticket::wait`] returns at
+    /// once. Never blocks.
+    pub fn is_answered(&self) -> bool {
+        self.rx.has_message() || self.rx.is_closed()
+    }
+
     /// Blocks until the writer answers.
     pub fn wait(self) -> Result<T, E> {
         if self.quick {

@@ -793,3 +793,36 @@ fn every_commit_reaches_the_applied_listeners_whoever_made_it() {
     assert!(rejected.is_err());
     assert_eq!(*seen.lock().unwrap(), [1, 2]);
 }
+
+#[test]
+fn entries_submitted_behind_a_refused_batch_without_waiting_are_refused_too() {
+    // A mirror keeps several batches in flight; one that continues a batch that failed must
+    // never commit, whether or not its ticket was waited for first.
+    let dir = fresh();
+    let store = open(dir.path());
+    for i in 0..6 {
+        set(&store, &format!("k{i}"), "v");
+    }
+    let entries = store.read().unwrap().read_log(1, 10).unwrap();
+    assert_eq!(entries.len(), 6);
+    let other = fresh();
+    let mirror = open(other.path());
+    let mut bad = entries[2..4].to_vec();
+    bad[1].payload.push(0);
+    let first = mirror.submit_entries(entries[..2].to_vec());
+    let second = mirror.submit_entries(bad);
+    let third = mirror.submit_entries(entries[4..].to_vec());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(first.is_answered() && second.is_answered() && third.is_answered()) {
+        assert!(std::time::Instant::now() < deadline, "the writer answers");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    first.wait().unwrap();
+    assert!(second.wait().is_err(), "a batch with a bad hash");
+    assert!(third.wait().is_err(), "a batch continuing the refused one");
+    assert_eq!(mirror.applied(), 2);
+    assert_eq!(mirror.read().unwrap().head(), entries[1].head());
+    // From the real head, the leader's entries apply.
+    mirror.submit_entries(entries[2..].to_vec()).wait().unwrap();
+    assert_eq!(mirror.read().unwrap().head(), entries[5].head());
+}

@@ -162,6 +162,8 @@ pub(crate) struct Inner {
     /// Cancelled when this node stops leading (a child of `shutdown`, replaced each time it
     /// starts leading): the change engine and its hooks stop with it.
     pub leading: Mutex<CancellationToken>,
+    /// Whether the change engine runs while this node leads ([`Options::drive`]).
+    pub drive: bool,
 }
 
 impl Inner {
@@ -290,6 +292,7 @@ impl Workspace {
             stuck: watch::channel(0).0,
             role: std::sync::RwLock::new(options.role),
             leading: Mutex::new(CancellationToken::new()),
+            drive: options.drive,
         });
         // Every commit moves `applied`, whoever made it (a command here, a leader's entries on
         // a mirror), and that wakes subscribers, streams and waiters.
@@ -387,9 +390,13 @@ impl Workspace {
         // Every command that passed the role check is in the writer's queue already (they
         // enter it under the role's read lock); the writer takes requests in order, so once
         // an empty request is answered, every one before it has been.
-        inner.store.submit_entries(Vec::new()).await?;
-        if let Err(e) = mark_mirror(&inner.data.join(MIRROR_MARKER_FILE)) {
-            // Without the marker a restart could lead again beside the new leader.
+        let fenced = match inner.store.submit_entries(Vec::new()).await {
+            Ok(_) => mark_mirror(&inner.data.join(MIRROR_MARKER_FILE)),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = fenced {
+            // Not stepped down after all (and without the marker a restart could lead again
+            // beside a new leader): lead on.
             self.resume_leading().await?;
             return Err(e);
         }
@@ -413,7 +420,7 @@ impl Workspace {
         inner.set_role(NodeRole::Leader);
         remove_mirror_marker(&inner.data);
         tracing::warn!("leading again");
-        self.start_leading(true).await
+        self.start_leading(inner.drive).await
     }
 
     /// Turns this mirror into the leader of a new epoch (`cairn promote`): appends
@@ -1077,6 +1084,18 @@ impl Workspace {
     /// applies it), and are folded through the same `apply` as on the leader. Only a mirror
     /// takes them ([`Error::NotMirror`] otherwise). Returns the commit.
     pub async fn apply_replicated(&self, entries: Vec<StoredEntry>) -> Result<Committed, Error> {
+        Ok(self.submit_replicated(entries)?.await?)
+    }
+
+    /// [`Workspace::apply_replicated`] without waiting: the entries are queued for the store's
+    /// writer, and the ticket (waited for from a thread, or awaited) answers once they are
+    /// committed. Tickets of one caller are answered in the order submitted, and a commit that
+    /// fails makes every later submission that continued it fail too: its entries no longer
+    /// continue the log.
+    pub fn submit_replicated(
+        &self,
+        entries: Vec<StoredEntry>,
+    ) -> Result<cairn_store::Ticket<Committed, cairn_store::StoreError>, Error> {
         let inner = self.inner();
         if inner.role() != NodeRole::Mirror {
             return Err(Error::NotMirror);
@@ -1084,7 +1103,7 @@ impl Workspace {
         if inner.shutdown.is_cancelled() {
             return Err(Error::Closed);
         }
-        Ok(inner.store.submit_entries(entries).await?)
+        Ok(inner.store.submit_entries(entries))
     }
 
     /// The head of the log (offset, hash and epoch of its last entry).

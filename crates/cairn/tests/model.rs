@@ -17,7 +17,12 @@
 //! installed package has its features. The log is replayed into a fresh store (from a backup)
 //! after reopens and at the end of each case, and must give the same digest.
 //!
-//! `CAIRN_SLOW_TESTS=1` runs more cases. The SIGKILL variant (a child process killed mid-change,
+//! The exact model runs far more cases at the kernel level (`crates/cairn-kernel/tests/model.rs`:
+//! the same universe and predictions over an in-memory state, in milliseconds); this test keeps
+//! what only a workspace shows: changes left running while commands go on, closes and reopens
+//! mid-change (the engine resumes them), slow hooks cancelled by aborts and closes, the hook
+//! runner, the vault's sealing, and the digest of a rebuild through the store. So it runs fewer
+//! cases. `CAIRN_SLOW_TESTS=1` runs more cases. The SIGKILL variant (a child process killed mid-change,
 //! then reopened) is the last test of this file.
 //!
 //! This file is its own harness (`harness = false`, tests run by `libtest-mimic`): the same
@@ -1784,7 +1789,7 @@ fn run_case(specs: Vec<Spec>, modes: Vec<Mode>, ops: Vec<Op>) {
 fn config() -> ProptestConfig {
     let slow = std::env::var("CAIRN_SLOW_TESTS").is_ok_and(|v| v == "1");
     ProptestConfig {
-        cases: if slow { 64 } else { 16 },
+        cases: if slow { 32 } else { 8 },
         // Only `model.rs` belongs to this test; a failure prints its minimal case instead.
         failure_persistence: None,
         max_shrink_iters: if slow { 1024 } else { 256 },

@@ -133,9 +133,14 @@ async fn step_down_returns_a_head_that_no_accepted_command_is_past() {
     let ws = s.open().await;
     install(&ws, PKG).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refusals = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let writers: Vec<_> = (0..16u32)
         .map(|w| {
-            let (ws, stop) = (ws.clone(), std::sync::Arc::clone(&stop));
+            let (ws, stop, refusals) = (
+                ws.clone(),
+                std::sync::Arc::clone(&stop),
+                std::sync::Arc::clone(&refusals),
+            );
             tokio::spawn(async move {
                 let (mut acked, mut refused) = (Vec::new(), 0u32);
                 let mut i = 0u32;
@@ -143,7 +148,10 @@ async fn step_down_returns_a_head_that_no_accepted_command_is_past() {
                     let key = format!("w{w}-{i}");
                     match ws.var_set("p", &key, b"x", None, &opts()).await {
                         Ok(c) => acked.push(c.offsets.end - 1),
-                        Err(Error::NotLeader) => refused += 1,
+                        Err(Error::NotLeader) => {
+                            refused += 1;
+                            refusals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         Err(e) => panic!("{key}: {e}"),
                     }
                     i += 1;
@@ -155,14 +163,21 @@ async fn step_down_returns_a_head_that_no_accepted_command_is_past() {
             })
         })
         .collect();
-    while ws.applied() < 500 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(30), ws.wait_for(500))
+        .await
+        .expect("the writers commit")
+        .unwrap();
     let head = ws.step_down().await.unwrap();
     assert_eq!(ws.role(), cairn::NodeRole::Mirror);
     assert!(s.data().join(cairn::MIRROR_MARKER_FILE).exists());
-    // Commands keep coming for a while; none is taken.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Commands keep coming; none is taken (until every writer was refused a few times).
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while refusals.load(std::sync::atomic::Ordering::SeqCst) < 16 * 4 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the writers go on and are refused");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut refused = 0;
     for w in writers {
