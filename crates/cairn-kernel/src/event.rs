@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::change::{ChangeRecord, End, TaskOutcome};
-use crate::manifest::Manifest;
+use crate::manifest::{DaemonDecl, Manifest};
 use crate::model::{DaemonState, FeatureState, ResourceKind, Role, Scope};
 use crate::records::PackageStatus;
 use crate::Subsystem;
@@ -332,6 +332,15 @@ pub enum Event {
         /// Desired state.
         desired: DaemonState,
     },
+    /// `daemon.observed.v2`: what cairn's supervisor saw a daemon do.
+    DaemonRan {
+        /// Owner package.
+        owner: String,
+        /// Daemon.
+        daemon: String,
+        /// What it saw, and the restarts since the daemon was asked to run.
+        observation: crate::model::DaemonObservation,
+    },
     /// `daemon.observed.v1`
     DaemonObserved {
         /// Owner.
@@ -492,6 +501,13 @@ mod wire {
         pub observed: DaemonState,
     }
     #[derive(Serialize, Deserialize)]
+    pub struct DaemonRan {
+        pub owner: String,
+        pub daemon: String,
+        pub state: crate::model::DaemonRun,
+        pub restarts: u32,
+    }
+    #[derive(Serialize, Deserialize)]
     pub struct FeatureStateChanged {
         pub name: String,
         pub state: FeatureState,
@@ -540,8 +556,117 @@ mod v1 {
 
     #[derive(Serialize, Deserialize)]
     pub struct InstallStarted {
+        pub manifest: Manifest1,
+        pub change: Change,
+    }
+
+    /// `package.install_started.v2`: the v1 layout with today's manifest (a daemon may name
+    /// its feature). Written only for a manifest that needs it, so a log without
+    /// feature-linked daemons stays readable by the binaries that wrote v1.
+    #[derive(Serialize, Deserialize)]
+    pub struct InstallStarted2 {
         pub manifest: Manifest,
         pub change: Change,
+    }
+
+    /// The manifest as `package.install_started.v1` stores it: its daemons name no feature.
+    #[derive(Serialize, Deserialize)]
+    pub struct Manifest1 {
+        pub name: String,
+        pub version: String,
+        pub hooks: std::collections::BTreeMap<String, crate::manifest::HookSpec>,
+        pub vars: std::collections::BTreeMap<String, String>,
+        pub queues: Vec<String>,
+        pub vaults: Vec<String>,
+        pub daemons: Vec<DaemonDecl1>,
+        pub features: Vec<crate::manifest::FeatureDecl>,
+        pub plugs: Vec<crate::manifest::PlugDecl>,
+        pub slots: Vec<crate::manifest::SlotDecl>,
+        pub model: Vec<crate::manifest::ModelType>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct DaemonDecl1 {
+        pub name: String,
+        pub command: Vec<String>,
+        pub restart: crate::model::Restart,
+        pub enabled: bool,
+    }
+
+    impl From<Manifest1> for Manifest {
+        fn from(m: Manifest1) -> Self {
+            Manifest {
+                name: m.name,
+                version: m.version,
+                hooks: m.hooks,
+                vars: m.vars,
+                queues: m.queues,
+                vaults: m.vaults,
+                daemons: m
+                    .daemons
+                    .into_iter()
+                    .map(|d| crate::manifest::DaemonDecl {
+                        name: d.name,
+                        command: d.command,
+                        restart: d.restart,
+                        enabled: d.enabled,
+                        feature: None,
+                    })
+                    .collect(),
+                features: m.features,
+                plugs: m.plugs,
+                slots: m.slots,
+                model: m.model,
+            }
+        }
+    }
+
+    /// Only for a manifest whose daemons name no feature (the kind's guard in the event
+    /// table); a feature would be lost.
+    impl From<Manifest> for Manifest1 {
+        fn from(m: Manifest) -> Self {
+            debug_assert!(m.daemons.iter().all(crate::manifest::DaemonDecl::is_v1));
+            Manifest1 {
+                name: m.name,
+                version: m.version,
+                hooks: m.hooks,
+                vars: m.vars,
+                queues: m.queues,
+                vaults: m.vaults,
+                daemons: m
+                    .daemons
+                    .into_iter()
+                    .map(|d| DaemonDecl1 {
+                        name: d.name,
+                        command: d.command,
+                        restart: d.restart,
+                        enabled: d.enabled,
+                    })
+                    .collect(),
+                features: m.features,
+                plugs: m.plugs,
+                slots: m.slots,
+                model: m.model,
+            }
+        }
+    }
+
+    impl From<InstallStarted2> for super::InstallStarted {
+        fn from(e: InstallStarted2) -> Self {
+            super::InstallStarted {
+                manifest: e.manifest,
+                change: e.change.into(),
+            }
+        }
+    }
+
+    impl From<super::InstallStarted> for InstallStarted2 {
+        fn from(e: super::InstallStarted) -> Self {
+            InstallStarted2 {
+                manifest: e.manifest,
+                change: e.change.into(),
+            }
+        }
     }
 
     #[derive(Serialize, Deserialize)]
@@ -624,6 +749,11 @@ mod v1 {
             package: String,
         },
         Nothing,
+        /// Added after v1, last so that every earlier step keeps its bytes (a binary from
+        /// before daemons were supervised cannot read a change that holds one).
+        StopDaemons {
+            package: String,
+        },
     }
 
     /// The variants in their v1 order.
@@ -645,7 +775,7 @@ mod v1 {
     impl From<InstallStarted> for super::InstallStarted {
         fn from(e: InstallStarted) -> Self {
             super::InstallStarted {
-                manifest: e.manifest,
+                manifest: e.manifest.into(),
                 change: e.change.into(),
             }
         }
@@ -654,7 +784,7 @@ mod v1 {
     impl From<super::InstallStarted> for InstallStarted {
         fn from(e: super::InstallStarted) -> Self {
             InstallStarted {
-                manifest: e.manifest,
+                manifest: e.manifest.into(),
                 change: e.change.into(),
             }
         }
@@ -801,6 +931,7 @@ mod v1 {
                 }
                 Step::RemovePackage { package } => NowStep::RemovePackage { package },
                 Step::Nothing => NowStep::Nothing,
+                Step::StopDaemons { package } => NowStep::StopDaemons { package },
             }
         }
     }
@@ -856,6 +987,7 @@ mod v1 {
                 }
                 NowStep::RemovePackage { package } => Step::RemovePackage { package },
                 NowStep::Nothing => Step::Nothing,
+                NowStep::StopDaemons { package } => Step::StopDaemons { package },
             }
         }
     }
@@ -927,7 +1059,7 @@ fn dec<T: serde::de::DeserializeOwned>(kind: &str, bytes: &[u8]) -> Result<T, Ev
 macro_rules! event_table {
     ($(
         $konst:ident = $kind:literal, $sub:ident,
-        $pat:pat => $enc:expr,
+        $pat:pat $(if $guard:expr)? => $enc:expr,
         |$k:ident, $p:ident| $dec:expr;
     )*) => {
         /// Kind strings of the built-in events.
@@ -947,7 +1079,7 @@ macro_rules! event_table {
             #[allow(unused_variables)]
             pub fn kind(&self) -> &str {
                 match self {
-                    $($pat => kinds::$konst,)*
+                    $($pat $(if $guard)? => kinds::$konst,)*
                     Event::Ext { kind, .. } => kind,
                 }
             }
@@ -956,7 +1088,7 @@ macro_rules! event_table {
             #[allow(unused_variables)]
             pub fn subsystem(&self) -> Subsystem {
                 match self {
-                    $($pat => Subsystem::$sub,)*
+                    $($pat $(if $guard)? => Subsystem::$sub,)*
                     Event::Ext { .. } => Subsystem::Extensions,
                 }
             }
@@ -964,7 +1096,7 @@ macro_rules! event_table {
             /// The event's payload bytes.
             pub fn encode(&self) -> Vec<u8> {
                 match self.clone() {
-                    $($pat => $enc,)*
+                    $($pat $(if $guard)? => $enc,)*
                     Event::Ext { payload, .. } => payload,
                 }
             }
@@ -990,8 +1122,13 @@ macro_rules! event_table {
 
 event_table! {
     INSTALL_STARTED = "package.install_started.v1", Lifecycle,
-        Event::InstallStarted(e) => enc(&v1::InstallStarted::from(e)),
+        Event::InstallStarted(e) if e.manifest.daemons.iter().all(DaemonDecl::is_v1) => {
+            enc(&v1::InstallStarted::from(e))
+        },
         |k, p| Event::InstallStarted(dec::<v1::InstallStarted>(k, p)?.into());
+    INSTALL_STARTED_2 = "package.install_started.v2", Lifecycle,
+        Event::InstallStarted(e) => enc(&v1::InstallStarted2::from(e)),
+        |k, p| Event::InstallStarted(dec::<v1::InstallStarted2>(k, p)?.into());
     UNINSTALL_STARTED = "package.uninstall_started.v1", Lifecycle,
         Event::UninstallStarted(e) => enc(&v1::UninstallStarted::from(e)),
         |k, p| Event::UninstallStarted(dec::<v1::UninstallStarted>(k, p)?.into());
@@ -1131,6 +1268,24 @@ event_table! {
         |k, p| {
             let w: wire::DaemonObserved = dec(k, p)?;
             Event::DaemonObserved { owner: w.owner, daemon: w.daemon, observed: w.observed }
+        };
+    DAEMON_RAN = "daemon.observed.v2", Resources,
+        Event::DaemonRan { owner, daemon, observation } => enc(&wire::DaemonRan {
+            owner,
+            daemon,
+            state: observation.state,
+            restarts: observation.restarts,
+        }),
+        |k, p| {
+            let w: wire::DaemonRan = dec(k, p)?;
+            Event::DaemonRan {
+                owner: w.owner,
+                daemon: w.daemon,
+                observation: crate::model::DaemonObservation {
+                    state: w.state,
+                    restarts: w.restarts,
+                },
+            }
         };
     FEATURE_STATE_CHANGED = "feature.state_changed.v1", Features,
         Event::FeatureStateChanged { name, state } => {

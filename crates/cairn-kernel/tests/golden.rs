@@ -60,6 +60,7 @@ fn manifest() -> Manifest {
             command: vec!["/usr/bin/netmon-collector".into()],
             restart: Restart::OnFailure,
             enabled: true,
+            feature: None,
         }],
         features: vec![FeatureDecl {
             name: "netmon".into(),
@@ -416,6 +417,74 @@ fn epoch_events() -> Vec<Event> {
     ]
 }
 
+/// Kinds added with supervised daemons (`daemon.observed.v2`, and `package.install_started.v2`
+/// for a manifest whose daemon names its feature), and the `stop-daemons` step appended to the
+/// v1 step layout, in their own golden file.
+fn daemon_events() -> Vec<Event> {
+    use cairn_kernel::model::{DaemonFailure, DaemonObservation, DaemonRun};
+    let mut linked = manifest();
+    linked.daemons[0].feature = Some("netmon".into());
+    let mut install = change(ChangeKind::Install);
+    install.tasks.truncate(1);
+    let mut uninstall = change(ChangeKind::Uninstall);
+    uninstall.tasks = vec![Task::new(
+        "stop-daemons",
+        Step::StopDaemons {
+            package: "netmon".into(),
+        },
+        Step::Nothing,
+    )];
+    let ran = |state: DaemonRun, restarts: u32| Event::DaemonRan {
+        owner: "netmon".into(),
+        daemon: "collector".into(),
+        observation: DaemonObservation { state, restarts },
+    };
+    vec![
+        Event::InstallStarted(InstallStarted {
+            manifest: linked,
+            change: install,
+        }),
+        Event::UninstallStarted(UninstallStarted {
+            package: "netmon".into(),
+            keep: vec![ResourceKind::Daemons],
+            change: uninstall,
+        }),
+        ran(DaemonRun::Running, 0),
+        ran(
+            DaemonRun::Exited {
+                code: Some(3),
+                signal: None,
+            },
+            1,
+        ),
+        ran(
+            DaemonRun::Exited {
+                code: None,
+                signal: Some(9),
+            },
+            u32::MAX,
+        ),
+        ran(
+            DaemonRun::Failed {
+                reason: DaemonFailure::CrashLoop {
+                    ends: 5,
+                    window_ms: 60_000,
+                },
+            },
+            4,
+        ),
+        ran(
+            DaemonRun::Failed {
+                reason: DaemonFailure::SpawnFailed {
+                    error: "No such file or directory (os error 2)".into(),
+                },
+            },
+            0,
+        ),
+        ran(DaemonRun::Stopped, 2),
+    ]
+}
+
 fn blake3_like() -> &'static [u8; 32] {
     &[
         0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
@@ -439,6 +508,7 @@ fn every_built_in_kind_is_in_the_golden_file() {
     events.extend(token_events());
     events.extend(wal_loss_events());
     events.extend(epoch_events());
+    events.extend(daemon_events());
     let covered: std::collections::BTreeSet<&str> = events.iter().map(|e| e.kind()).collect();
     for kind in all {
         assert!(covered.contains(kind), "{kind} has no golden event");
@@ -469,6 +539,15 @@ fn golden_epoch_events_decode_to_the_same_values_and_encode_to_the_same_bytes() 
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/events-epoch-v1.frames");
     check_golden(&path, &epoch_events());
+}
+
+#[test]
+fn golden_daemon_events_decode_to_the_same_values_and_encode_to_the_same_bytes() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/events-daemons-v1.frames");
+    let events = daemon_events();
+    assert_eq!(events[0].kind(), kinds::INSTALL_STARTED_2);
+    check_golden(&path, &events);
 }
 
 // The determinism bans are for the kernel's code; a test may read its environment.

@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 
-use cairn_kernel::model::Restart;
+use cairn_kernel::model::{DaemonFailure, Restart};
 
 /// First wait before a restart.
 pub const DAEMON_BACKOFF_MIN_MS: u64 = 200;
@@ -61,7 +61,7 @@ pub enum Next {
     /// Leave it stopped and mark it failed: it is in a crash loop.
     Fail {
         /// Why, for the observed state.
-        reason: String,
+        reason: DaemonFailure,
     },
 }
 
@@ -119,11 +119,10 @@ impl Supervision {
         }
         if self.ends_ms.len() >= DAEMON_CRASH_LOOP_MAX {
             return Next::Fail {
-                reason: format!(
-                    "crash loop: ended {} times within {} s",
-                    self.ends_ms.len(),
-                    DAEMON_CRASH_LOOP_WINDOW_MS / 1000
-                ),
+                reason: DaemonFailure::CrashLoop {
+                    ends: u32::try_from(self.ends_ms.len()).unwrap_or(u32::MAX),
+                    window_ms: DAEMON_CRASH_LOOP_WINDOW_MS,
+                },
             };
         }
         let after_ms = self.backoff_ms;
@@ -182,7 +181,14 @@ mod tests {
                     now += 10 + after_ms;
                 }
                 Next::Fail { reason } => {
-                    assert!(reason.contains("crash loop"), "{reason}");
+                    assert_eq!(
+                        reason,
+                        DaemonFailure::CrashLoop {
+                            ends: DAEMON_CRASH_LOOP_MAX as u32,
+                            window_ms: DAEMON_CRASH_LOOP_WINDOW_MS
+                        }
+                    );
+                    assert!(reason.to_string().contains("crash loop"), "{reason}");
                     break;
                 }
                 Next::Stay => panic!("always restarts"),

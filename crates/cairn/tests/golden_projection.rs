@@ -191,6 +191,7 @@ impl Leader {
             | Step::CancelOnload { .. }
             | Step::DeleteResources { .. }
             | Step::RemovePackage { .. }
+            | Step::StopDaemons { .. }
             | Step::Nothing => None,
         };
         Some((action, hook))
@@ -695,7 +696,11 @@ fn fold(entries: Vec<StoredEntry>) -> ((u64, Hash), (u64, Hash)) {
 fn check_coverage(entries: &[StoredEntry]) {
     // Kinds added after this golden log was made are pinned by their own event golden files
     // (`crates/cairn-kernel/tests/golden/`); the log is never edited to add them.
-    let newer = [kinds::EPOCH_STARTED];
+    let newer = [
+        kinds::EPOCH_STARTED,
+        kinds::INSTALL_STARTED_2,
+        kinds::DAEMON_RAN,
+    ];
     let all = kinds::ALL
         .iter()
         .copied()
