@@ -410,13 +410,17 @@ enum Daemon {
         daemon: String,
     },
     /// Run a daemon again now (also one marked failed), with a fresh restart history.
-    #[command(after_help = "Example:\n  cairn --server http://127.0.0.1:7070 daemon restart netmon:collector")]
+    #[command(
+        after_help = "Example:\n  cairn --server http://127.0.0.1:7070 daemon restart netmon:collector"
+    )]
     Restart {
         /// PKG:NAME
         daemon: String,
     },
     /// The tail of a daemon's output, as kept by the leader that runs it.
-    #[command(after_help = "Example:\n  cairn --server http://127.0.0.1:7070 daemon logs netmon:collector")]
+    #[command(
+        after_help = "Example:\n  cairn --server http://127.0.0.1:7070 daemon logs netmon:collector"
+    )]
     Logs {
         /// PKG:NAME
         daemon: String,

@@ -176,8 +176,12 @@ pub fn daemons(v: &Value) {
         .collect();
     list(
         &Value::Array(rows),
-        &["DAEMON", "DESIRED", "OBSERVED", "RESTARTS", "PID", "SINCE_MS"],
-        &["target", "desired", "observed", "restarts", "pid", "since_ms"],
+        &[
+            "DAEMON", "DESIRED", "OBSERVED", "RESTARTS", "PID", "SINCE_MS",
+        ],
+        &[
+            "target", "desired", "observed", "restarts", "pid", "since_ms",
+        ],
     );
     if v["supervised"] != Value::Bool(true) {
         eprintln!(

@@ -49,6 +49,15 @@ const DAEMON_RUN_S_MAX: u64 = 100 * 365 * 24 * 3600;
 /// `(package, daemon)`.
 pub type DaemonKey = (String, String);
 
+/// One row of `Workspace::daemons`: package, daemon, its record, and this process's runtime
+/// facts about it (`None` where it has not run it).
+pub type DaemonListing = (
+    String,
+    String,
+    cairn_kernel::records::DaemonRecord,
+    Option<DaemonRuntime>,
+);
+
 /// What this process knows about a daemon beyond the log: facts of the leader process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonRuntime {
@@ -321,7 +330,9 @@ impl Actor {
                 (PackageStatus::Uninstalling { .. }, _) => None,
                 _ => Some(false),
             };
-            for daemon in query::resource_names(&view, cairn_kernel::model::ResourceKind::Daemons, &name)? {
+            for daemon in
+                query::resource_names(&view, cairn_kernel::model::ResourceKind::Daemons, &name)?
+            {
                 let Some(d) = query::daemon(&view, &name, &daemon)? else {
                     continue;
                 };
@@ -360,10 +371,7 @@ impl Actor {
                         d.run.as_ref().map(|r| &r.state),
                         Some(DaemonRun::Failed { .. })
                     ) {
-                        self.inner
-                            .daemons
-                            .failed
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.inner.daemons.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(package = %key.0, daemon = %key.1, "daemon failed before: left stopped until asked again");
                     }
                 }
@@ -376,9 +384,17 @@ impl Actor {
         let wants = self.wants()?;
         let first_look = std::mem::replace(&mut self.first_look, false);
         let mut keys: Vec<DaemonKey> = self.slots.keys().cloned().collect();
-        keys.extend(wants.keys().filter(|k| !self.slots.contains_key(*k)).cloned());
+        keys.extend(
+            wants
+                .keys()
+                .filter(|k| !self.slots.contains_key(*k))
+                .cloned(),
+        );
         for key in keys {
-            let want = wants.get(&key).cloned().unwrap_or(Want::Stop { exists: false });
+            let want = wants
+                .get(&key)
+                .cloned()
+                .unwrap_or(Want::Stop { exists: false });
             let slot = self.slots.entry(key.clone()).or_insert_with(|| Slot {
                 phase: Phase::Off,
                 history: Supervision::new(match &want {
@@ -432,7 +448,12 @@ impl Actor {
     }
 
     /// Starts a run of `key` (its restart history as it is).
-    async fn start(&mut self, key: &DaemonKey, d: DaemonRecord, exits: &mpsc::UnboundedSender<Exit>) {
+    async fn start(
+        &mut self,
+        key: &DaemonKey,
+        d: DaemonRecord,
+        exits: &mpsc::UnboundedSender<Exit>,
+    ) {
         let run_id = format!(
             "{}/daemon/{}/{}",
             self.inner.store.workspace_id(),
@@ -502,7 +523,13 @@ impl Actor {
 
     /// Stops a running daemon: `SIGTERM` to its group now, `SIGKILL` after the grace (the run
     /// task does both); the rest happens when its end comes in.
-    fn stop(&mut self, key: &DaemonKey, record: Record, then: Then, waiter: Option<oneshot::Sender<()>>) {
+    fn stop(
+        &mut self,
+        key: &DaemonKey,
+        record: Record,
+        then: Then,
+        waiter: Option<oneshot::Sender<()>>,
+    ) {
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };

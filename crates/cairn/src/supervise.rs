@@ -154,17 +154,20 @@ mod tests {
             ends(Restart::OnFailure, &[(ok.clone(), 0, 1)]),
             [Next::Stay]
         );
-        assert_eq!(ends(Restart::OnFailure, &[(bad, 0, 1)]), [first.clone()]);
+        assert_eq!(
+            ends(Restart::OnFailure, &[(bad, 0, 1)]),
+            std::slice::from_ref(&first)
+        );
         assert_eq!(
             ends(Restart::OnFailure, &[(Ended::Killed(9), 0, 1)]),
-            [first.clone()]
+            std::slice::from_ref(&first)
         );
         assert_eq!(
             ends(
                 Restart::OnFailure,
                 &[(Ended::SpawnFailed("no such file".into()), 0, 1)]
             ),
-            [first.clone()]
+            std::slice::from_ref(&first)
         );
         assert_eq!(ends(Restart::Always, &[(ok, 0, 1)]), [first]);
     }

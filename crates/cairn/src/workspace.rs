@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use cairn_kernel::event::HookResult;
 use cairn_kernel::manifest;
 use cairn_kernel::model::{DaemonState, FeatureState, ResourceKind, Scope};
-use cairn_kernel::records::DaemonRecord;
 use cairn_kernel::{query, ChangeRecord, Command, Event, Kernel};
 use cairn_log::{Meta, StoredEntry};
 use cairn_store::{Committed, ReadView, Store};
@@ -981,10 +980,7 @@ impl Workspace {
 
     /// Every daemon record with this process's runtime facts about it (pid, start time,
     /// restarts; `None` where this process has not run it: a mirror, local mode).
-    pub fn daemons(
-        &self,
-    ) -> Result<Vec<(String, String, DaemonRecord, Option<crate::daemons::DaemonRuntime>)>, Error>
-    {
+    pub fn daemons(&self) -> Result<Vec<crate::daemons::DaemonListing>, Error> {
         let view = self.view()?;
         let mut runtime = crate::daemons::runtime(self.inner());
         let mut out = Vec::new();

@@ -125,9 +125,15 @@ async fn a_daemon_starts_once_its_onload_has_finished() {
     wait_until("the daemon to start", || lines(&t).len() >= 2).await;
     let l = lines(&t);
     assert_eq!(l[0], "onload");
-    assert!(l[1].starts_with("start ") && l[1].ends_with(" collector"), "{l:?}");
+    assert!(
+        l[1].starts_with("start ") && l[1].ends_with(" collector"),
+        "{l:?}"
+    );
     let started_pid: i32 = l[1].split(' ').nth(1).unwrap().parse().unwrap();
-    wait_until("its pid in the runtime facts", || pid(&ws) == Some(started_pid)).await;
+    wait_until("its pid in the runtime facts", || {
+        pid(&ws) == Some(started_pid)
+    })
+    .await;
     assert!(alive(started_pid));
     assert!(runtime(&ws).unwrap().since_ms.is_some());
     wait_until("running in the log", || {
@@ -152,10 +158,7 @@ async fn on_failure_restarts_with_growing_delays_until_a_crash_loop_fails_it() {
     let s = Scratch::new();
     let ws = s.open().await;
     let t = s.trace();
-    let script = format!(
-        "date +%s%N >> '{}'; echo oops >&2; exit 3",
-        t.display()
-    );
+    let script = format!("date +%s%N >> '{}'; echo oops >&2; exit 3", t.display());
     install(&ws, &manifest(&script, "on-failure", "")).await;
     wait_until("the crash loop to mark it failed", || {
         matches!(last_state(&ws), Some(DaemonRun::Failed { .. }))
@@ -163,10 +166,16 @@ async fn on_failure_restarts_with_growing_delays_until_a_crash_loop_fails_it() {
     .await;
     let starts: Vec<u128> = lines(&t).iter().map(|l| l.parse().unwrap()).collect();
     assert_eq!(starts.len(), DAEMON_CRASH_LOOP_MAX, "{starts:?}");
-    let gaps_ms: Vec<u128> = starts.windows(2).map(|w| (w[1] - w[0]) / 1_000_000).collect();
+    let gaps_ms: Vec<u128> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]) / 1_000_000)
+        .collect();
     for (i, gap) in gaps_ms.iter().enumerate() {
         let backoff = u128::from(DAEMON_BACKOFF_MIN_MS) << i;
-        assert!(*gap >= backoff, "restart {i} after {gap} ms, before its backoff {backoff} ms: {gaps_ms:?}");
+        assert!(
+            *gap >= backoff,
+            "restart {i} after {gap} ms, before its backoff {backoff} ms: {gaps_ms:?}"
+        );
     }
     let obs = observed(&ws).await;
     let states: Vec<&str> = obs.iter().map(|(_, s, _)| s.name()).collect();
@@ -185,8 +194,14 @@ async fn on_failure_restarts_with_growing_delays_until_a_crash_loop_fails_it() {
         }
     );
     let stats = ws.daemon_stats();
-    assert_eq!((stats.starts, stats.failed), (DAEMON_CRASH_LOOP_MAX as u64, 1));
-    assert!(ws.daemon_logs("netmon", "collector").unwrap().contains("oops"));
+    assert_eq!(
+        (stats.starts, stats.failed),
+        (DAEMON_CRASH_LOOP_MAX as u64, 1)
+    );
+    assert!(ws
+        .daemon_logs("netmon", "collector")
+        .unwrap()
+        .contains("oops"));
     // Left stopped until asked again: a restart runs it with a fresh history.
     ws.daemon_restart("netmon", "collector").await.unwrap();
     wait_until("a run after the restart", || {
@@ -263,8 +278,7 @@ async fn a_feature_linked_daemon_follows_its_feature() {
         .await
         .unwrap();
     wait_until("running again", || {
-        pid(&ws).is_some_and(|p| p != first)
-            && feature_observed(&ws) == Some(FeatureState::Enabled)
+        pid(&ws).is_some_and(|p| p != first) && feature_observed(&ws) == Some(FeatureState::Enabled)
     })
     .await;
     ws.close().await;
@@ -341,7 +355,11 @@ async fn a_crash_looping_daemon_uninstalled_writes_nothing_after_the_delete() {
         let runs = lines(&t).len();
         // Longer than every backoff it could be in (the crash loop's last is 1.6 s).
         tokio::time::sleep(Duration::from_millis(DAEMON_BACKOFF_MIN_MS * 10)).await;
-        assert_eq!(lines(&t).len(), runs, "it ran after its uninstall (keep {keep:?})");
+        assert_eq!(
+            lines(&t).len(),
+            runs,
+            "it ran after its uninstall (keep {keep:?})"
+        );
         let e = entries(&ws).await;
         let deleted = kind_offset(&e, kinds::RESOURCES_DELETED).unwrap();
         let late: Vec<_> = e
