@@ -160,8 +160,9 @@ pub struct WalLossAccepted {
     pub lost_through_offset: Option<u64>,
 }
 
-/// `package.install_started.v1`: the package, everything it declares and its install change,
-/// created in one commit. Kept resources of the same name are adopted.
+/// `package.install_started.v1` (`.v2` when a daemon names its feature): the package,
+/// everything it declares and its install change, created in one commit. Kept resources of the
+/// same name are adopted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallStarted {
     /// The manifest.
@@ -170,7 +171,8 @@ pub struct InstallStarted {
     pub change: ChangeRecord,
 }
 
-/// `package.uninstall_started.v1`: the package is uninstalling; its uninstall change.
+/// `package.uninstall_started.v1` (`.v2` when the change has a `stop-daemons` task: the
+/// package owns daemons): the package is uninstalling; its uninstall change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UninstallStarted {
     /// The package.
@@ -200,9 +202,9 @@ pub struct ResourcesDeleted {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
-    /// `package.install_started.v1`
+    /// `package.install_started.v1`, `.v2`
     InstallStarted(InstallStarted),
-    /// `package.uninstall_started.v1`
+    /// `package.uninstall_started.v1`, `.v2`
     UninstallStarted(UninstallStarted),
     /// `package.status_changed.v1`
     PackageStatusChanged {
@@ -625,7 +627,10 @@ mod v1 {
     /// table); a feature would be lost.
     impl From<Manifest> for Manifest1 {
         fn from(m: Manifest) -> Self {
-            debug_assert!(m.daemons.iter().all(crate::manifest::DaemonDecl::is_v1));
+            assert!(
+                m.daemons.iter().all(crate::manifest::DaemonDecl::is_v1),
+                "package.install_started.v1 holds no daemon that names a feature (its kind guard)"
+            );
             Manifest1 {
                 name: m.name,
                 version: m.version,
@@ -749,11 +754,94 @@ mod v1 {
             package: String,
         },
         Nothing,
-        /// Added after v1, last so that every earlier step keeps its bytes (a binary from
-        /// before daemons were supervised cannot read a change that holds one).
+        /// Added after v1, last so that every earlier step keeps its bytes. A binary from
+        /// before daemons were supervised cannot decode it, so it appears only in the payload
+        /// of `package.uninstall_started.v2`: a kind that binary refuses by name, before it
+        /// decodes anything. The v1 kinds never hold it ([`only_v1_steps`]).
         StopDaemons {
             package: String,
         },
+    }
+
+    impl Step {
+        fn is_v1(&self) -> bool {
+            match self {
+                Step::Hook { .. }
+                | Step::Establish { .. }
+                | Step::RemoveConnection { .. }
+                | Step::MarkInstalled { .. }
+                | Step::MarkBroken { .. }
+                | Step::MarkUninstalling { .. }
+                | Step::RestoreStatus { .. }
+                | Step::CancelOnload { .. }
+                | Step::DeleteResources { .. }
+                | Step::RemovePackage { .. }
+                | Step::Nothing => true,
+                Step::StopDaemons { .. } => false,
+            }
+        }
+    }
+
+    /// Whether every step of `change` has the layout of the v1 kinds (no `stop-daemons`).
+    pub fn steps_are_v1(change: &ChangeRecord) -> bool {
+        change.tasks.iter().all(|t| {
+            [&t.step, &t.undo]
+                .into_iter()
+                .all(|s| !matches!(s, NowStep::StopDaemons { .. }))
+        })
+    }
+
+    /// The payloads that hold a change.
+    pub trait HasChange {
+        fn change(&self) -> &Change;
+    }
+    impl HasChange for Change {
+        fn change(&self) -> &Change {
+            self
+        }
+    }
+    impl HasChange for InstallStarted {
+        fn change(&self) -> &Change {
+            &self.change
+        }
+    }
+    impl HasChange for InstallStarted2 {
+        fn change(&self) -> &Change {
+            &self.change
+        }
+    }
+    impl HasChange for UninstallStarted {
+        fn change(&self) -> &Change {
+            &self.change
+        }
+    }
+
+    /// A payload of a v1-layout kind whose change holds a step added later is refused, as
+    /// the binaries that wrote the kind would refuse it.
+    pub fn only_v1_steps<T: HasChange>(kind: &str, payload: T) -> Result<T, EventError> {
+        let ok = payload
+            .change()
+            .tasks
+            .iter()
+            .all(|t| t.step.is_v1() && t.undo.is_v1());
+        if ok {
+            Ok(payload)
+        } else {
+            Err(EventError::BadPayload {
+                kind: kind.to_string(),
+                reason: "a stop-daemons step, which only package.uninstall_started.v2 holds"
+                    .to_string(),
+            })
+        }
+    }
+
+    /// Only an uninstall has a `stop-daemons` step, and its event picks its kind by it; any
+    /// other change that held one would be written in a layout its kind's readers refuse.
+    pub fn assert_v1_steps(kind: &str, change: &ChangeRecord) {
+        assert!(
+            steps_are_v1(change),
+            "only an uninstall change holds a stop-daemons step, never a {kind} event"
+        );
     }
 
     /// The variants in their v1 order.
@@ -1123,13 +1211,22 @@ macro_rules! event_table {
 event_table! {
     INSTALL_STARTED = "package.install_started.v1", Lifecycle,
         Event::InstallStarted(e) if e.manifest.daemons.iter().all(DaemonDecl::is_v1) => {
+            v1::assert_v1_steps(kinds::INSTALL_STARTED, &e.change);
             enc(&v1::InstallStarted::from(e))
         },
-        |k, p| Event::InstallStarted(dec::<v1::InstallStarted>(k, p)?.into());
+        |k, p| Event::InstallStarted(v1::only_v1_steps(k, dec::<v1::InstallStarted>(k, p)?)?.into());
     INSTALL_STARTED_2 = "package.install_started.v2", Lifecycle,
-        Event::InstallStarted(e) => enc(&v1::InstallStarted2::from(e)),
-        |k, p| Event::InstallStarted(dec::<v1::InstallStarted2>(k, p)?.into());
+        Event::InstallStarted(e) => {
+            v1::assert_v1_steps(kinds::INSTALL_STARTED_2, &e.change);
+            enc(&v1::InstallStarted2::from(e))
+        },
+        |k, p| Event::InstallStarted(v1::only_v1_steps(k, dec::<v1::InstallStarted2>(k, p)?)?.into());
     UNINSTALL_STARTED = "package.uninstall_started.v1", Lifecycle,
+        Event::UninstallStarted(e) if v1::steps_are_v1(&e.change) => {
+            enc(&v1::UninstallStarted::from(e))
+        },
+        |k, p| Event::UninstallStarted(v1::only_v1_steps(k, dec::<v1::UninstallStarted>(k, p)?)?.into());
+    UNINSTALL_STARTED_2 = "package.uninstall_started.v2", Lifecycle,
         Event::UninstallStarted(e) => enc(&v1::UninstallStarted::from(e)),
         |k, p| Event::UninstallStarted(dec::<v1::UninstallStarted>(k, p)?.into());
     PACKAGE_STATUS_CHANGED = "package.status_changed.v1", Lifecycle,
@@ -1151,8 +1248,11 @@ event_table! {
         Event::ResourcesDeleted(e) => enc(&e),
         |k, p| Event::ResourcesDeleted(dec(k, p)?);
     CHANGE_CREATED = "change.created.v1", Changes,
-        Event::ChangeCreated(c) => enc(&v1::Change::from(c)),
-        |k, p| Event::ChangeCreated(dec::<v1::Change>(k, p)?.into());
+        Event::ChangeCreated(c) => {
+            v1::assert_v1_steps(kinds::CHANGE_CREATED, &c);
+            enc(&v1::Change::from(c))
+        },
+        |k, p| Event::ChangeCreated(v1::only_v1_steps(k, dec::<v1::Change>(k, p)?)?.into());
     ABORT_REQUESTED = "change.abort_requested.v1", Changes,
         Event::AbortRequested { change } => enc(&wire::Change { change }),
         |k, p| {

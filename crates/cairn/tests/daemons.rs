@@ -309,6 +309,20 @@ async fn uninstall_stops_the_daemon_after_onuninstall_and_before_deleting() {
     assert!(query::daemon(&ws.view().unwrap(), "netmon", "collector")
         .unwrap()
         .is_none());
+    // Its change has the `stop-daemons` task, so it is written as the kind that holds it; a
+    // package without daemons is uninstalled as before, as v1 (older binaries read it).
+    assert!(kind_offset(&e, kinds::UNINSTALL_STARTED_2).is_some());
+    assert!(kind_offset(&e, kinds::UNINSTALL_STARTED).is_none());
+    install(&ws, "name = \"plain\"\nversion = \"1\"\n").await;
+    let id = ws.uninstall("plain", &[], false, &opts()).await.unwrap();
+    assert_eq!(finish(&ws, id).await.status, ChangeStatus::Done);
+    let e = entries(&ws).await;
+    let plain = e
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::UninstallStarted(u) if u.package == "plain"))
+        .map(|(_, e)| e.kind().to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(plain, [kinds::UNINSTALL_STARTED]);
     assert_replay_matches(&ws);
     ws.close().await;
 }

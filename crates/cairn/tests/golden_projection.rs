@@ -699,6 +699,7 @@ fn check_coverage(entries: &[StoredEntry]) {
     let newer = [
         kinds::EPOCH_STARTED,
         kinds::INSTALL_STARTED_2,
+        kinds::UNINSTALL_STARTED_2,
         kinds::DAEMON_RAN,
     ];
     let all = kinds::ALL
