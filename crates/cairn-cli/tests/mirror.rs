@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{bin, http, poll, wait_until, Server, Ws};
+use common::{bin, http, poll, wait_daemon_running, wait_until, Server, Ws};
 use serde_json::Value;
 
 /// How long a mirror may take to converge before a test fails.
@@ -1852,4 +1852,78 @@ fn a_sigkilled_leader_leaves_no_daemon_and_its_restart_runs_each_once() {
     let list = leader.remote(&admin, &["daemon", "list", "--json"]).json();
     assert_eq!(list["daemons"][0]["restarts"], 0, "{list}");
     assert_eq!(live_daemon_pids(&trace).len(), 1, "exactly one runs");
+}
+
+/// Nanoseconds since the Unix epoch, the clock of the daemon's `date +%s%N`.
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[test]
+fn after_a_forced_promote_the_daemon_runs_only_on_the_new_leader() {
+    let s = setup();
+    let mut leader = s.ws.serve();
+    let admin = s.ws.admin_token();
+    let token = token_of(&admin);
+    let trace = s.ws.path("daemon-trace");
+    let m = s.first_mirror(&leader.url);
+    let manifest = s.ws.file("hostd.toml", &host_daemon_manifest(&trace));
+    leader.remote(&admin, &["pkg", "install", &manifest]).ok();
+    wait_until(
+        Duration::from_secs(30),
+        "the daemon runs on the leader",
+        || live_daemon_pids(&trace).len() == 1,
+    );
+    wait_follow_state(&m.url, &token, "following");
+    converge(&leader.url, &m.url, &token);
+    let leader_ws = trace_lines(&trace)[0].1.clone();
+    let list = get_json(&format!("{}/v1/daemons", m.url), &token);
+    assert_eq!(list["supervised"], false, "{list}");
+
+    // SIGKILL: the leader cannot stop its daemon, the parent-death rule does.
+    leader.child.kill().unwrap();
+    leader.child.wait().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the daemon dies with its leader",
+        || live_daemon_pids(&trace).is_empty(),
+    );
+    let dead_ns = now_ns();
+    // The mirror still runs nothing.
+    assert!(live_daemon_pids(&trace).is_empty());
+    assert!(trace_lines(&trace)
+        .iter()
+        .all(|(_, ws, _)| *ws == leader_ws));
+
+    remote(&m.url, &s, &["promote", "--name", "m"]).ok();
+    let row = wait_daemon_running(&m.url, &token, "hostd", "d");
+    wait_until(Duration::from_secs(30), "one daemon process", || {
+        live_daemon_pids(&trace).len() == 1
+    });
+    let live = live_daemon_pids(&trace);
+    assert_eq!(
+        row["pid"], live[0],
+        "the new leader runs the live one: {row}"
+    );
+    assert_eq!(row["restarts"], 0, "{row}");
+    let lines = trace_lines(&trace);
+    let starts: Vec<_> = lines
+        .iter()
+        .filter(|(w, ws, _)| w == "start" && *ws != leader_ws)
+        .collect();
+    assert_eq!(starts.len(), 1, "started once on the new leader: {lines:?}");
+    assert!(
+        starts[0].2 > dead_ns,
+        "it started on the new leader before the old one's died: {lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(|(_, ws, _)| *ws == leader_ws)
+            .all(|(_, _, at)| *at < dead_ns),
+        "{lines:?}"
+    );
 }
