@@ -1797,6 +1797,20 @@ fn a_daemon_runs_only_on_the_leader_and_a_handoff_never_runs_it_on_both() {
     assert_eq!(list["supervised"], false, "{list}");
     assert_eq!(list["daemons"][0]["observed"], "running", "{list}");
     assert_eq!(live_daemon_pids(&trace).len(), 1);
+    // `daemon restart` sent to the mirror is a command: forwarded, the leader runs it again.
+    // `daemon logs` is answered where the daemon runs: the mirror has none.
+    let before = live_daemon_pids(&trace)[0];
+    let out = remote(&m.url, &s, &["daemon", "restart", "hostd:d"]).ok();
+    assert_eq!(out, "restarted hostd:d\n");
+    wait_until(Duration::from_secs(30), "the leader runs it again", || {
+        let live = live_daemon_pids(&trace);
+        live.len() == 1 && live[0] != before
+    });
+    let logs = remote(&m.url, &s, &["daemon", "logs", "hostd:d"]).expect(1);
+    assert!(logs.stderr.contains("not supervised"), "{logs:#?}");
+    assert!(trace_lines(&trace)
+        .iter()
+        .all(|(_, ws, _)| *ws == leader_ws));
 
     remote(&leader.url, &s, &["handoff", "--to", &m.url]).ok();
     wait_until(
@@ -1809,15 +1823,23 @@ fn a_daemon_runs_only_on_the_leader_and_a_handoff_never_runs_it_on_both() {
         },
     );
     let lines = trace_lines(&trace);
+    // Its last run on the old leader (the one after the restart) was stopped by the handoff.
     let stopped = lines
         .iter()
-        .find(|(w, ws, _)| w == "stop" && *ws == leader_ws)
+        .rfind(|(w, ws, _)| w == "stop" && *ws == leader_ws)
         .unwrap_or_else(|| panic!("the old leader never stopped it: {lines:?}"));
     let started = lines
         .iter()
         .find(|(w, ws, _)| w == "start" && *ws != leader_ws)
         .unwrap();
     assert!(stopped.2 < started.2, "both ran at once: {lines:?}");
+    let on_old = |what: &str| {
+        lines
+            .iter()
+            .filter(|(w, ws, _)| w == what && *ws == leader_ws)
+            .count()
+    };
+    assert_eq!((on_old("start"), on_old("stop")), (2, 2), "{lines:?}");
     wait_until(Duration::from_secs(30), "one daemon process", || {
         live_daemon_pids(&trace).len() == 1
     });

@@ -1,7 +1,8 @@
 //! Supervised daemons on an embedder's leader `Workspace`, with real child processes: started
 //! after `onload`, restarted by policy with growing delays, a crash loop marked failed, `never`
-//! and `always`, feature-linked daemons, uninstall (with and without `--keep daemons`), and a
-//! crash-looping daemon uninstalled without an entry after the delete. Every wait is bounded
+//! and `always`, a new leader starting an exited daemon but not a failed one, feature-linked
+//! daemons, uninstall (with and without `--keep daemons`, and the kind it is recorded as), and
+//! a crash-looping daemon uninstalled without an entry after the delete. Every wait is bounded
 //! and waits for a condition; the only fixed waits check that something does *not* happen.
 
 mod common;
@@ -250,6 +251,52 @@ async fn never_leaves_an_exited_daemon_stopped_and_always_restarts_a_clean_exit(
         }
         ws.close().await;
     }
+}
+
+/// A new leader is like a boot: it starts a daemon the log says exited (here a `never` one
+/// that ended), but not one the log says failed, which waits until it is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_starts_an_exited_daemon_but_not_a_failed_one() {
+    let s = Scratch::new();
+    let t = s.trace();
+    let ws = s.open().await;
+    let script = format!("echo run >> '{}'", t.display());
+    install(&ws, &manifest(&script, "never", "")).await;
+    wait_until("it ran and exited", || {
+        matches!(last_state(&ws), Some(DaemonRun::Exited { .. }))
+    })
+    .await;
+    ws.close().await;
+    let ws = s.open().await;
+    wait_until("the new leader ran it again", || lines(&t).len() == 2).await;
+    ws.close().await;
+
+    let s = Scratch::new();
+    let t = s.trace();
+    let ws = s.open().await;
+    let script = format!("echo run >> '{}'; exit 3", t.display());
+    install(&ws, &manifest(&script, "on-failure", "")).await;
+    wait_until("the crash loop to mark it failed", || {
+        matches!(last_state(&ws), Some(DaemonRun::Failed { .. }))
+    })
+    .await;
+    ws.close().await;
+    let ws = s.open().await;
+    // Longer than the first backoffs: a start would have come by now.
+    tokio::time::sleep(Duration::from_millis(DAEMON_BACKOFF_MIN_MS * 4)).await;
+    assert_eq!(
+        lines(&t).len(),
+        DAEMON_CRASH_LOOP_MAX,
+        "a failed daemon ran"
+    );
+    let stats = ws.daemon_stats();
+    assert_eq!((stats.starts, stats.failed), (0, 1));
+    ws.daemon_restart("netmon", "collector").await.unwrap();
+    wait_until("a run after the restart", || {
+        lines(&t).len() > DAEMON_CRASH_LOOP_MAX
+    })
+    .await;
+    ws.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
