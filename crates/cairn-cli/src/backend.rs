@@ -136,6 +136,11 @@ pub fn open_local(
     if open != Open::Serve {
         opts.onloads = cairn::Onloads::Only(Default::default());
     }
+    // Daemons run under a leader that stays up (`cairn serve`, or `cairn mirror` once it is
+    // promoted); a short-lived local command would stop them again when it exits.
+    if !matches!(open, Open::Serve | Open::Mirror) {
+        opts.daemons = cairn::Daemons::Off;
+    }
     if open == Open::Read {
         opts.access = cairn::Access::ReadOnly;
     }

@@ -112,6 +112,9 @@ enum Cmd {
     /// Features: list, set, report.
     #[command(subcommand)]
     Feature(Feature),
+    /// Package daemons, supervised by the leader (`cairn serve`; local mode runs none).
+    #[command(subcommand)]
+    Daemon(Daemon),
     /// Interface connections between plugs and slots.
     #[command(subcommand)]
     Iface(Iface),
@@ -385,6 +388,42 @@ enum Vault {
         pkg: String,
         /// Vault.
         vault: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Daemon {
+    /// List daemons: package, name, desired, observed, restarts, and the leader's pid and
+    /// start time.
+    #[command(after_help = "Example:\n  cairn --server http://127.0.0.1:7070 daemon list --json")]
+    List,
+    /// Ask a daemon to run (its package installed and its feature, if any, enabled).
+    #[command(after_help = "Example:\n  cairn daemon enable netmon:collector")]
+    Enable {
+        /// PKG:NAME
+        daemon: String,
+    },
+    /// Stop a daemon and keep it stopped.
+    #[command(after_help = "Example:\n  cairn daemon disable netmon:collector")]
+    Disable {
+        /// PKG:NAME
+        daemon: String,
+    },
+    /// Run a daemon again now (also one marked failed), with a fresh restart history.
+    #[command(
+        after_help = "Example:\n  cairn --server http://127.0.0.1:7070 daemon restart netmon:collector"
+    )]
+    Restart {
+        /// PKG:NAME
+        daemon: String,
+    },
+    /// The tail of a daemon's output, as kept by the leader that runs it.
+    #[command(
+        after_help = "Example:\n  cairn --server http://127.0.0.1:7070 daemon logs netmon:collector"
+    )]
+    Logs {
+        /// PKG:NAME
+        daemon: String,
     },
 }
 
@@ -756,6 +795,10 @@ fn request(cmd: &Cmd) -> Result<(Request, Open), Failure> {
     Ok((req, open))
 }
 
+fn daemon_name(daemon: &str) -> Result<(String, String), Failure> {
+    cairn_server::service::parse_end("daemon", daemon).map_err(|e| Failure::Usage(e.message))
+}
+
 fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
     let split = |name: &str| -> Result<(String, String), Failure> {
         cairn_server::service::parse_end("queue", name).map_err(|e| Failure::Usage(e.message))
@@ -869,6 +912,30 @@ fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
             },
             false,
         ),
+        Cmd::Daemon(Daemon::List) => (Request::DaemonList, false),
+        Cmd::Daemon(Daemon::Enable { daemon } | Daemon::Disable { daemon }) => {
+            let (pkg, name) = daemon_name(daemon)?;
+            let state = match cmd {
+                Cmd::Daemon(Daemon::Enable { .. }) => "enabled",
+                _ => "disabled",
+            };
+            (
+                Request::DaemonSet {
+                    pkg,
+                    name,
+                    state: state.into(),
+                },
+                true,
+            )
+        }
+        Cmd::Daemon(Daemon::Restart { daemon }) => {
+            let (pkg, name) = daemon_name(daemon)?;
+            (Request::DaemonRestart { pkg, name }, false)
+        }
+        Cmd::Daemon(Daemon::Logs { daemon }) => {
+            let (pkg, name) = daemon_name(daemon)?;
+            (Request::DaemonLogs { pkg, name }, false)
+        }
         Cmd::Feature(Feature::List) => (Request::FeatureList, false),
         Cmd::Feature(Feature::Set {
             name,
@@ -1056,6 +1123,9 @@ fn print_answer(cli: &Cli, v: &Value) {
         Cmd::Var(Var::List { .. }) => output::vars(&v),
         Cmd::Queue(Queue::Read { .. }) => output::list(&v, &["SEQ", "ITEM"], &["seq", "item"]),
         Cmd::Feature(Feature::List) => output::features(&v),
+        Cmd::Daemon(Daemon::List) => output::daemons(&v),
+        Cmd::Daemon(Daemon::Logs { .. }) => print!("{}", output::s(&v["tail"])),
+        Cmd::Daemon(Daemon::Restart { daemon }) => println!("restarted {daemon}"),
         Cmd::Iface(Iface::List) => output::list(
             &v,
             &["PLUG", "SLOT", "INTERFACE", "AUTO"],
@@ -1540,6 +1610,7 @@ fn recover(cli: &Cli) -> Result<(), Failure> {
         .map_err(|e| Failure::Other(format!("cannot start the runtime: {e}")))?;
     let opts = cairn::Options {
         actor: backend::LOCAL_ACTOR.into(),
+        daemons: cairn::Daemons::Off,
         ..Default::default()
     };
     let (damage, recorded) = rt

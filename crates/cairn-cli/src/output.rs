@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-fn s(v: &Value) -> String {
+pub fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -160,6 +160,35 @@ pub fn features(v: &Value) {
         &["NAME", "OWNER", "STATE", "OBSERVED", "REVISION"],
         &["name", "owner", "state", "observed", "revision"],
     );
+}
+
+/// `daemon list`, and a note when this process does not supervise daemons (local mode).
+pub fn daemons(v: &Value) {
+    let rows: Vec<Value> = v["daemons"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut d| {
+            d["target"] = Value::String(format!("{}:{}", s(&d["package"]), s(&d["name"])));
+            d
+        })
+        .collect();
+    list(
+        &Value::Array(rows),
+        &[
+            "DAEMON", "DESIRED", "OBSERVED", "RESTARTS", "PID", "SINCE_MS",
+        ],
+        &[
+            "target", "desired", "observed", "restarts", "pid", "since_ms",
+        ],
+    );
+    if v["supervised"] != Value::Bool(true) {
+        eprintln!(
+            "note: this process does not run daemons (local mode or a mirror): pid and since \
+             come from the leader; ask it with --server"
+        );
+    }
 }
 
 /// `var list`.

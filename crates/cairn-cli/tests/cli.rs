@@ -166,6 +166,16 @@ fn every_command_in_local_and_remote_mode() {
         .ok();
     ws.local(&["token", "revoke", "doomed"]).ok();
 
+    // A served workspace runs netmon's collector and records `daemon.observed` once it runs;
+    // record that before the reads below are taken, so that serving again writes nothing
+    // (the collector then runs again as the log already says) and both modes read one state.
+    let admin_token = read_token(&ws.admin_token());
+    {
+        let server = ws.serve();
+        wait_daemon_running(&server.url, &admin_token, "netmon", "collector");
+        assert!(server.stop().success());
+    }
+
     let change = conn["id"].as_str().unwrap().to_string();
     let local_reads: Vec<Out> = reads(&change)
         .iter()
@@ -464,6 +474,63 @@ fn every_command_in_local_and_remote_mode() {
     assert!(run(&["pkg", "uninstall", "--help"])
         .ok()
         .contains("Example"));
+}
+
+/// A short-lived local command runs no daemon (it would stop it again when it exits): `daemon
+/// list` shows the log's records and says so, `restart` and `logs` are refused with
+/// `not_supervised` (exit 1), and `enable`/`disable` are logged commands that work locally.
+#[test]
+fn local_mode_runs_no_daemons_and_says_so() {
+    let ws = Ws::init();
+    let netmon = ws.example("netmon.toml");
+    ws.local(&["pkg", "install", &netmon]).ok();
+
+    let out = ws.local(&["daemon", "list"]).expect(0);
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("netmon:collector"))
+        .unwrap_or_else(|| panic!("no collector row: {out:#?}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["netmon:collector", "enabled", "-", "0", "-", "-"],
+        "{out:#?}"
+    );
+    assert!(
+        out.stderr
+            .contains("note: this process does not run daemons (local mode or a mirror)"),
+        "{out:#?}"
+    );
+    let list = ws.local(&["daemon", "list", "--json"]).json();
+    assert_eq!(list["supervised"], false, "{list}");
+    assert_eq!(list["daemons"][0]["desired"], "enabled", "{list}");
+    assert!(list["daemons"][0]["pid"].is_null(), "{list}");
+    assert!(list["daemons"][0]["state"].is_null(), "never ran: {list}");
+
+    for verb in ["restart", "logs"] {
+        let out = ws.local(&["daemon", verb, "netmon:collector"]).expect(1);
+        assert!(
+            out.stderr
+                .contains("daemons are not supervised by this process"),
+            "daemon {verb}: {out:#?}"
+        );
+        assert!(out.stdout.is_empty(), "daemon {verb}: {out:#?}");
+    }
+    // A malformed name is a usage error, as for every PKG:NAME.
+    ws.local(&["daemon", "restart", "collector"]).expect(2);
+
+    ws.local(&["daemon", "disable", "netmon:collector"]).ok();
+    let list = ws.local(&["daemon", "list", "--json"]).json();
+    assert_eq!(list["daemons"][0]["desired"], "disabled", "{list}");
+    ws.local(&["daemon", "enable", "netmon:collector"]).ok();
+    let list = ws.local(&["daemon", "list", "--json"]).json();
+    assert_eq!(list["daemons"][0]["desired"], "enabled", "{list}");
+    assert!(
+        ws.local(&["log", "show", "--kind", "daemon.observed"])
+            .ok()
+            .is_empty(),
+        "local mode recorded no observation"
+    );
 }
 
 #[test]

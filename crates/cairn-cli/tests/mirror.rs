@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{bin, http, poll, wait_until, Server, Ws};
+use common::{bin, http, poll, wait_daemon_running, wait_until, Server, Ws};
 use serde_json::Value;
 
 /// How long a mirror may take to converge before a test fails.
@@ -1770,4 +1770,230 @@ fn a_mirror_started_with_sync_mirrors_keeps_them_once_a_handoff_makes_it_lead() 
     let (status, _, body) = put_var(&m.url, &token, "k0", "alone", None);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("not_replicated"), "{body}");
+}
+
+/// A daemon that appends `start <CAIRN_WORKSPACE> <ns>` and, at SIGTERM, `stop <CAIRN_WORKSPACE>
+/// <ns>` to `trace`, and writes its pid to `<trace>.pid.<pid>`.
+fn host_daemon_manifest(trace: &Path) -> String {
+    let t = trace.display();
+    format!(
+        "name = \"hostd\"\nversion = \"1.0.0\"\n\n[[daemons]]\nname = \"d\"\n\
+         command = [\"/bin/sh\", \"-c\", \"echo start $CAIRN_WORKSPACE $(date +%s%N) >> {t}; \
+         touch {t}.pid.$$; trap 'echo stop $CAIRN_WORKSPACE $(date +%s%N) >> {t}; exit 0' TERM; \
+         while true; do sleep 0.05; done\"]\nrestart = \"always\"\n"
+    )
+}
+
+fn trace_lines(trace: &Path) -> Vec<(String, String, u128)> {
+    std::fs::read_to_string(trace)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let mut f = l.split(' ');
+            let what = f.next().unwrap().to_string();
+            let ws = f.next().unwrap().to_string();
+            let at = f.next().unwrap().parse().unwrap();
+            (what, ws, at)
+        })
+        .collect()
+}
+
+/// Pids the daemon wrote that are still alive (not zombies).
+fn live_daemon_pids(trace: &Path) -> Vec<i32> {
+    let dir = trace.parent().unwrap();
+    let prefix = format!("{}.pid.", trace.file_name().unwrap().to_str().unwrap());
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_prefix(&prefix).and_then(|p| p.parse().ok())
+        })
+        .filter(|pid: &i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_daemon_runs_only_on_the_leader_and_a_handoff_never_runs_it_on_both() {
+    let s = setup();
+    let leader = s.ws.serve();
+    let admin = s.ws.admin_token();
+    let token = token_of(&admin);
+    let trace = s.ws.path("daemon-trace");
+    let m = s.first_mirror(&leader.url);
+    let manifest = s.ws.file("hostd.toml", &host_daemon_manifest(&trace));
+    leader.remote(&admin, &["pkg", "install", &manifest]).ok();
+    wait_until(
+        Duration::from_secs(30),
+        "the daemon starts on the leader",
+        || !trace_lines(&trace).is_empty(),
+    );
+    wait_follow_state(&m.url, &token, "following");
+    converge(&leader.url, &m.url, &token);
+    let leader_ws = trace_lines(&trace)[0].1.clone();
+    assert!(trace_lines(&trace)
+        .iter()
+        .all(|(_, ws, _)| *ws == leader_ws));
+    // The mirror lists the daemon (from the log) but runs nothing.
+    let list = get_json(&format!("{}/v1/daemons", m.url), &token);
+    assert_eq!(list["supervised"], false, "{list}");
+    assert_eq!(list["daemons"][0]["observed"], "running", "{list}");
+    assert_eq!(live_daemon_pids(&trace).len(), 1);
+    // `daemon restart` sent to the mirror is a command: forwarded, the leader runs it again.
+    // `daemon logs` is answered where the daemon runs: the mirror has none.
+    let before = live_daemon_pids(&trace)[0];
+    let out = remote(&m.url, &s, &["daemon", "restart", "hostd:d"]).ok();
+    assert_eq!(out, "restarted hostd:d\n");
+    wait_until(Duration::from_secs(30), "the leader runs it again", || {
+        let live = live_daemon_pids(&trace);
+        live.len() == 1 && live[0] != before
+    });
+    let logs = remote(&m.url, &s, &["daemon", "logs", "hostd:d"]).expect(1);
+    assert!(logs.stderr.contains("not supervised"), "{logs:#?}");
+    assert!(trace_lines(&trace)
+        .iter()
+        .all(|(_, ws, _)| *ws == leader_ws));
+
+    remote(&leader.url, &s, &["handoff", "--to", &m.url]).ok();
+    wait_until(
+        Duration::from_secs(30),
+        "the daemon starts on the new leader",
+        || {
+            trace_lines(&trace)
+                .iter()
+                .any(|(w, ws, _)| w == "start" && *ws != leader_ws)
+        },
+    );
+    let lines = trace_lines(&trace);
+    // Its last run on the old leader (the one after the restart) was stopped by the handoff.
+    let stopped = lines
+        .iter()
+        .rfind(|(w, ws, _)| w == "stop" && *ws == leader_ws)
+        .unwrap_or_else(|| panic!("the old leader never stopped it: {lines:?}"));
+    let started = lines
+        .iter()
+        .find(|(w, ws, _)| w == "start" && *ws != leader_ws)
+        .unwrap();
+    assert!(stopped.2 < started.2, "both ran at once: {lines:?}");
+    let on_old = |what: &str| {
+        lines
+            .iter()
+            .filter(|(w, ws, _)| w == what && *ws == leader_ws)
+            .count()
+    };
+    assert_eq!((on_old("start"), on_old("stop")), (2, 2), "{lines:?}");
+    wait_until(Duration::from_secs(30), "one daemon process", || {
+        live_daemon_pids(&trace).len() == 1
+    });
+    let list = get_json(&format!("{}/v1/daemons", m.url), &token);
+    assert_eq!(list["supervised"], true, "{list}");
+    assert!(list["daemons"][0]["pid"].is_number(), "{list}");
+}
+
+#[test]
+fn a_sigkilled_leader_leaves_no_daemon_and_its_restart_runs_each_once() {
+    let ws = common::Ws::init();
+    let trace = ws.path("daemon-trace");
+    let manifest = ws.file("hostd.toml", &host_daemon_manifest(&trace));
+    let mut leader = ws.serve();
+    let admin = ws.admin_token();
+    leader.remote(&admin, &["pkg", "install", &manifest]).ok();
+    wait_until(Duration::from_secs(30), "the daemon runs", || {
+        live_daemon_pids(&trace).len() == 1
+    });
+    let first = live_daemon_pids(&trace)[0];
+    leader.child.kill().unwrap();
+    leader.child.wait().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the daemon dies with its leader",
+        || live_daemon_pids(&trace).is_empty(),
+    );
+    let leader = ws.serve();
+    wait_until(Duration::from_secs(30), "the daemon runs again", || {
+        live_daemon_pids(&trace).iter().any(|p| *p != first)
+    });
+    let list = leader.remote(&admin, &["daemon", "list", "--json"]).json();
+    assert_eq!(list["daemons"][0]["restarts"], 0, "{list}");
+    assert_eq!(live_daemon_pids(&trace).len(), 1, "exactly one runs");
+}
+
+/// Nanoseconds since the Unix epoch, the clock of the daemon's `date +%s%N`.
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[test]
+fn after_a_forced_promote_the_daemon_runs_only_on_the_new_leader() {
+    let s = setup();
+    let mut leader = s.ws.serve();
+    let admin = s.ws.admin_token();
+    let token = token_of(&admin);
+    let trace = s.ws.path("daemon-trace");
+    let m = s.first_mirror(&leader.url);
+    let manifest = s.ws.file("hostd.toml", &host_daemon_manifest(&trace));
+    leader.remote(&admin, &["pkg", "install", &manifest]).ok();
+    wait_until(
+        Duration::from_secs(30),
+        "the daemon runs on the leader",
+        || live_daemon_pids(&trace).len() == 1,
+    );
+    wait_follow_state(&m.url, &token, "following");
+    converge(&leader.url, &m.url, &token);
+    let leader_ws = trace_lines(&trace)[0].1.clone();
+    let list = get_json(&format!("{}/v1/daemons", m.url), &token);
+    assert_eq!(list["supervised"], false, "{list}");
+
+    // SIGKILL: the leader cannot stop its daemon, the parent-death rule does.
+    leader.child.kill().unwrap();
+    leader.child.wait().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the daemon dies with its leader",
+        || live_daemon_pids(&trace).is_empty(),
+    );
+    let dead_ns = now_ns();
+    // The mirror still runs nothing.
+    assert!(live_daemon_pids(&trace).is_empty());
+    assert!(trace_lines(&trace)
+        .iter()
+        .all(|(_, ws, _)| *ws == leader_ws));
+
+    remote(&m.url, &s, &["promote", "--name", "m"]).ok();
+    let row = wait_daemon_running(&m.url, &token, "hostd", "d");
+    wait_until(Duration::from_secs(30), "one daemon process", || {
+        live_daemon_pids(&trace).len() == 1
+    });
+    let live = live_daemon_pids(&trace);
+    assert_eq!(
+        row["pid"], live[0],
+        "the new leader runs the live one: {row}"
+    );
+    assert_eq!(row["restarts"], 0, "{row}");
+    let lines = trace_lines(&trace);
+    let starts: Vec<_> = lines
+        .iter()
+        .filter(|(w, ws, _)| w == "start" && *ws != leader_ws)
+        .collect();
+    assert_eq!(starts.len(), 1, "started once on the new leader: {lines:?}");
+    assert!(
+        starts[0].2 > dead_ns,
+        "it started on the new leader before the old one's died: {lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(|(_, ws, _)| *ws == leader_ws)
+            .all(|(_, _, at)| *at < dead_ns),
+        "{lines:?}"
+    );
 }

@@ -27,6 +27,49 @@ fn the_readme_worked_example_runs_as_written() {
         stderr.contains("has role read; this needs write"),
         "{stderr}"
     );
+    // Local mode lists the daemon and runs none; the server runs it: its row says running
+    // with a pid, and its output is the collector's.
+    assert!(
+        stderr.contains("note: this process does not run daemons"),
+        "{stderr}"
+    );
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("netmon:collector "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "local and served `daemon list`: {stdout}");
+    assert_eq!(rows[0], ["netmon:collector", "enabled", "-", "0", "-", "-"]);
+    assert_eq!(
+        rows[1][..4],
+        ["netmon:collector", "enabled", "running", "0"]
+    );
+    let pid: i32 = rows[1][4]
+        .parse()
+        .unwrap_or_else(|_| panic!("a pid: {:?}", rows[1]));
+    assert!(rows[1][5].parse::<u64>().is_ok(), "since_ms: {:?}", rows[1]);
+    assert!(
+        stdout.contains("netmon: collecting every 30 s"),
+        "the collector's output: {stdout}"
+    );
+    // The server has exited: its daemon did not outlive it (bounded wait for the reaping).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the collector (pid {pid}) outlived its server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` is a zombie (exited, not yet reaped by its parent).
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
 }
 
 #[test]

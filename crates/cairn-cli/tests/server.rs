@@ -108,6 +108,20 @@ fn every_request() -> Vec<Request> {
             pkg: s("netmon"),
             vault: s("api-token"),
         },
+        Request::DaemonList,
+        Request::DaemonSet {
+            pkg: s("nosuch"),
+            name: s("d"),
+            state: s("enabled"),
+        },
+        Request::DaemonRestart {
+            pkg: s("nosuch"),
+            name: s("d"),
+        },
+        Request::DaemonLogs {
+            pkg: s("netmon"),
+            name: s("collector"),
+        },
         Request::FeatureList,
         Request::FeatureSet {
             name: s("nosuch"),
@@ -177,6 +191,8 @@ fn every_endpoint_allows_and_denies_each_role_as_documented() {
     let (ws, t) = setup();
     let server = ws.serve();
     let url = server.url.clone();
+    // The server starts netmon's collector and records that it runs: before the snapshot.
+    wait_daemon_running(&url, &t.read, "netmon", "collector");
     let digest_before = http(
         "GET",
         &format!("{url}/v1/state/digest"),
@@ -240,6 +256,25 @@ fn every_endpoint_allows_and_denies_each_role_as_documented() {
             "write",
         ),
         ("GET", "/v1/vaults/netmon/api-token".into(), None, "admin"),
+        ("GET", "/v1/daemons".into(), None, "read"),
+        (
+            "PUT",
+            "/v1/daemons/nosuch/d/state".into(),
+            Some(r#"{"state": "enabled"}"#),
+            "write",
+        ),
+        (
+            "POST",
+            "/v1/daemons/nosuch/d/restart".into(),
+            Some("{}"),
+            "write",
+        ),
+        (
+            "GET",
+            "/v1/daemons/netmon/collector/logs".into(),
+            None,
+            "read",
+        ),
         ("GET", "/v1/features".into(), None, "read"),
         (
             "PUT",
@@ -371,6 +406,8 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     let (ws, t) = setup();
     let server = ws.serve();
     let url = server.url.clone();
+    // The server starts netmon's collector and records that it runs: before the snapshot.
+    wait_daemon_running(&url, &t.read, "netmon", "collector");
     let digest = || {
         http(
             "GET",
@@ -486,6 +523,30 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         "unknown feature state",
     );
     check(
+        "PUT",
+        "/v1/daemons/netmon/collector/state",
+        "{\"state\": \"running\"}",
+        400,
+        "invalid",
+        "unknown daemon state \"running\"",
+    );
+    check(
+        "POST",
+        "/v1/daemons/netmon/nosuch/restart",
+        "{}",
+        409,
+        "invalid_state",
+        "is not wanted running",
+    );
+    check(
+        "GET",
+        "/v1/daemons/netmon/nosuch/logs",
+        "",
+        404,
+        "not_found",
+        "daemon \"netmon\":\"nosuch\" does not exist",
+    );
+    check(
         "POST",
         "/v1/packages/netmon/uninstall",
         "{\"keep\": [\"vars\", \"bogus\"]}",
@@ -555,6 +616,8 @@ fn metrics_report_commits_latency_rejections_and_hooks() {
     let (ws, t) = setup();
     let server = ws.serve();
     let url = server.url.clone();
+    // Netmon's collector starts with the server (its record is then one commit, not a command).
+    wait_daemon_running(&url, &t.read, "netmon", "collector");
     let put = |v: &str| {
         http(
             "PUT",
@@ -604,6 +667,36 @@ fn metrics_report_commits_latency_rejections_and_hooks() {
     assert_eq!(metric("cairn_rejections_total{reason=\"not_found\"} "), 1.0);
     // The connect ran router's connect-slot-net and netmon's connect-plug-net hooks.
     assert_eq!(metric("cairn_hook_runs_total{outcome=\"succeeded\"} "), 2.0);
+    // Daemons: the collector started once and runs.
+    assert_eq!(metric("cairn_daemon_starts_total "), 1.0);
+    assert_eq!(metric("cairn_daemon_exits_total "), 0.0);
+    assert_eq!(metric("cairn_daemon_restarts_total "), 0.0);
+    assert_eq!(metric("cairn_daemons_failed "), 0.0);
+
+    // A daemon that always fails is restarted by its policy until the crash-loop limit marks
+    // it failed; the counters say so.
+    let crashy = serde_json::json!({"manifest": "name = \"crashy\"\nversion = \"1\"\n\
+        [[daemons]]\nname = \"d\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 3\"]\n\
+        restart = \"on-failure\"\n"});
+    let (s, body) = http(
+        "POST",
+        &format!("{url}/v1/packages"),
+        Some(&t.write),
+        Some(&crashy.to_string()),
+    );
+    assert_eq!(s, 200, "{body}");
+    let failed = poll(Duration::from_secs(60), || {
+        let v = common::metric(&server, &t.read, "cairn_daemons_failed");
+        (v == "1")
+            .then_some(v)
+            .ok_or_else(|| "crashy:d is not failed yet".to_string())
+    });
+    assert_eq!(failed, "1");
+    let n = |name: &str| -> u64 { common::metric(&server, &t.read, name).parse().unwrap() };
+    let limit = cairn::supervise::DAEMON_CRASH_LOOP_MAX as u64;
+    assert_eq!(n("cairn_daemon_starts_total"), 1 + limit);
+    assert_eq!(n("cairn_daemon_exits_total"), limit);
+    assert_eq!(n("cairn_daemon_restarts_total"), limit - 1);
     assert!(server.stop().success());
 }
 

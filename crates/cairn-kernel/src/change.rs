@@ -216,6 +216,12 @@ pub enum Step {
     },
     /// Nothing to do (undo of a step that needs none).
     Nothing,
+    /// Stop the package's daemons (the runtime: SIGTERM, a grace, SIGKILL to each group) and
+    /// record them stopped. Last, so that the encoding of every earlier step stays the same.
+    StopDaemons {
+        /// The package.
+        package: String,
+    },
 }
 
 impl Step {

@@ -182,6 +182,19 @@ pub enum Command {
         /// Observed state.
         observed: DaemonState,
     },
+    /// Record what cairn's supervisor saw a daemon do (`daemon.observed.v2`). Rejected for a
+    /// daemon that does not exist or that an uninstall kept (its package is gone): never an
+    /// upsert.
+    DaemonObserve {
+        /// Owning package.
+        owner: String,
+        /// Daemon.
+        daemon: String,
+        /// What it saw.
+        state: crate::model::DaemonRun,
+        /// Restarts since the daemon was asked to run.
+        restarts: u32,
+    },
     /// Change a feature's state.
     FeatureSet {
         /// Feature.
@@ -276,7 +289,8 @@ impl Command {
             | Command::QueueAck { .. }
             | Command::VaultSet { .. }
             | Command::DaemonSet { .. }
-            | Command::DaemonReport { .. } => Subsystem::Resources,
+            | Command::DaemonReport { .. }
+            | Command::DaemonObserve { .. } => Subsystem::Resources,
             Command::FeatureSet { .. }
             | Command::FeatureReport { .. }
             | Command::FeatureScopeSync { .. } => Subsystem::Features,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::change::{ChangeRecord, End, TaskOutcome};
 use crate::drive::DriveEvent;
-use crate::manifest::Manifest;
+use crate::manifest::{DaemonDecl, Manifest};
 use crate::model::{DaemonState, FeatureState, ResourceKind, Role, Scope};
 use crate::records::PackageStatus;
 use crate::Subsystem;
@@ -161,8 +161,9 @@ pub struct WalLossAccepted {
     pub lost_through_offset: Option<u64>,
 }
 
-/// `package.install_started.v1`: the package, everything it declares and its install change,
-/// created in one commit. Kept resources of the same name are adopted.
+/// `package.install_started.v1` (`.v2` when a daemon names its feature): the package,
+/// everything it declares and its install change, created in one commit. Kept resources of the
+/// same name are adopted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallStarted {
     /// The manifest.
@@ -171,7 +172,8 @@ pub struct InstallStarted {
     pub change: ChangeRecord,
 }
 
-/// `package.uninstall_started.v1`: the package is uninstalling; its uninstall change.
+/// `package.uninstall_started.v1` (`.v2` when the change has a `stop-daemons` task: the
+/// package owns daemons): the package is uninstalling; its uninstall change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UninstallStarted {
     /// The package.
@@ -201,9 +203,9 @@ pub struct ResourcesDeleted {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
-    /// `package.install_started.v1`
+    /// `package.install_started.v1`, `.v2`
     InstallStarted(InstallStarted),
-    /// `package.uninstall_started.v1`
+    /// `package.uninstall_started.v1`, `.v2`
     UninstallStarted(UninstallStarted),
     /// `package.status_changed.v1`
     PackageStatusChanged {
@@ -332,6 +334,15 @@ pub enum Event {
         daemon: String,
         /// Desired state.
         desired: DaemonState,
+    },
+    /// `daemon.observed.v2`: what cairn's supervisor saw a daemon do.
+    DaemonRan {
+        /// Owner package.
+        owner: String,
+        /// Daemon.
+        daemon: String,
+        /// What it saw, and the restarts since the daemon was asked to run.
+        observation: crate::model::DaemonObservation,
     },
     /// `daemon.observed.v1`
     DaemonObserved {
@@ -495,6 +506,13 @@ mod wire {
         pub observed: DaemonState,
     }
     #[derive(Serialize, Deserialize)]
+    pub struct DaemonRan {
+        pub owner: String,
+        pub daemon: String,
+        pub state: crate::model::DaemonRun,
+        pub restarts: u32,
+    }
+    #[derive(Serialize, Deserialize)]
     pub struct FeatureStateChanged {
         pub name: String,
         pub state: FeatureState,
@@ -543,8 +561,120 @@ mod v1 {
 
     #[derive(Serialize, Deserialize)]
     pub struct InstallStarted {
+        pub manifest: Manifest1,
+        pub change: Change,
+    }
+
+    /// `package.install_started.v2`: the v1 layout with today's manifest (a daemon may name
+    /// its feature). Written only for a manifest that needs it, so a log without
+    /// feature-linked daemons stays readable by the binaries that wrote v1.
+    #[derive(Serialize, Deserialize)]
+    pub struct InstallStarted2 {
         pub manifest: Manifest,
         pub change: Change,
+    }
+
+    /// The manifest as `package.install_started.v1` stores it: its daemons name no feature.
+    #[derive(Serialize, Deserialize)]
+    pub struct Manifest1 {
+        pub name: String,
+        pub version: String,
+        pub hooks: std::collections::BTreeMap<String, crate::manifest::HookSpec>,
+        pub vars: std::collections::BTreeMap<String, String>,
+        pub queues: Vec<String>,
+        pub vaults: Vec<String>,
+        pub daemons: Vec<DaemonDecl1>,
+        pub features: Vec<crate::manifest::FeatureDecl>,
+        pub plugs: Vec<crate::manifest::PlugDecl>,
+        pub slots: Vec<crate::manifest::SlotDecl>,
+        pub model: Vec<crate::manifest::ModelType>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct DaemonDecl1 {
+        pub name: String,
+        pub command: Vec<String>,
+        pub restart: crate::model::Restart,
+        pub enabled: bool,
+    }
+
+    impl From<Manifest1> for Manifest {
+        fn from(m: Manifest1) -> Self {
+            Manifest {
+                name: m.name,
+                version: m.version,
+                hooks: m.hooks,
+                vars: m.vars,
+                queues: m.queues,
+                vaults: m.vaults,
+                daemons: m
+                    .daemons
+                    .into_iter()
+                    .map(|d| crate::manifest::DaemonDecl {
+                        name: d.name,
+                        command: d.command,
+                        restart: d.restart,
+                        enabled: d.enabled,
+                        feature: None,
+                    })
+                    .collect(),
+                features: m.features,
+                plugs: m.plugs,
+                slots: m.slots,
+                model: m.model,
+            }
+        }
+    }
+
+    /// Only for a manifest whose daemons name no feature (the kind's guard in the event
+    /// table); a feature would be lost.
+    impl From<Manifest> for Manifest1 {
+        fn from(m: Manifest) -> Self {
+            assert!(
+                m.daemons.iter().all(crate::manifest::DaemonDecl::is_v1),
+                "package.install_started.v1 holds no daemon that names a feature (its kind guard)"
+            );
+            Manifest1 {
+                name: m.name,
+                version: m.version,
+                hooks: m.hooks,
+                vars: m.vars,
+                queues: m.queues,
+                vaults: m.vaults,
+                daemons: m
+                    .daemons
+                    .into_iter()
+                    .map(|d| DaemonDecl1 {
+                        name: d.name,
+                        command: d.command,
+                        restart: d.restart,
+                        enabled: d.enabled,
+                    })
+                    .collect(),
+                features: m.features,
+                plugs: m.plugs,
+                slots: m.slots,
+                model: m.model,
+            }
+        }
+    }
+
+    impl From<InstallStarted2> for super::InstallStarted {
+        fn from(e: InstallStarted2) -> Self {
+            super::InstallStarted {
+                manifest: e.manifest,
+                change: e.change.into(),
+            }
+        }
+    }
+
+    impl From<super::InstallStarted> for InstallStarted2 {
+        fn from(e: super::InstallStarted) -> Self {
+            InstallStarted2 {
+                manifest: e.manifest,
+                change: e.change.into(),
+            }
+        }
     }
 
     #[derive(Serialize, Deserialize)]
@@ -627,6 +757,94 @@ mod v1 {
             package: String,
         },
         Nothing,
+        /// Added after v1, last so that every earlier step keeps its bytes. A binary from
+        /// before daemons were supervised cannot decode it, so it appears only in the payload
+        /// of `package.uninstall_started.v2`: a kind that binary refuses by name, before it
+        /// decodes anything. The v1 kinds never hold it ([`only_v1_steps`]).
+        StopDaemons {
+            package: String,
+        },
+    }
+
+    impl Step {
+        fn is_v1(&self) -> bool {
+            match self {
+                Step::Hook { .. }
+                | Step::Establish { .. }
+                | Step::RemoveConnection { .. }
+                | Step::MarkInstalled { .. }
+                | Step::MarkBroken { .. }
+                | Step::MarkUninstalling { .. }
+                | Step::RestoreStatus { .. }
+                | Step::CancelOnload { .. }
+                | Step::DeleteResources { .. }
+                | Step::RemovePackage { .. }
+                | Step::Nothing => true,
+                Step::StopDaemons { .. } => false,
+            }
+        }
+    }
+
+    /// Whether every step of `change` has the layout of the v1 kinds (no `stop-daemons`).
+    pub fn steps_are_v1(change: &ChangeRecord) -> bool {
+        change.tasks.iter().all(|t| {
+            [&t.step, &t.undo]
+                .into_iter()
+                .all(|s| !matches!(s, NowStep::StopDaemons { .. }))
+        })
+    }
+
+    /// The payloads that hold a change.
+    pub trait HasChange {
+        fn change(&self) -> &Change;
+    }
+    impl HasChange for Change {
+        fn change(&self) -> &Change {
+            self
+        }
+    }
+    impl HasChange for InstallStarted {
+        fn change(&self) -> &Change {
+            &self.change
+        }
+    }
+    impl HasChange for InstallStarted2 {
+        fn change(&self) -> &Change {
+            &self.change
+        }
+    }
+    impl HasChange for UninstallStarted {
+        fn change(&self) -> &Change {
+            &self.change
+        }
+    }
+
+    /// A payload of a v1-layout kind whose change holds a step added later is refused, as
+    /// the binaries that wrote the kind would refuse it.
+    pub fn only_v1_steps<T: HasChange>(kind: &str, payload: T) -> Result<T, EventError> {
+        let ok = payload
+            .change()
+            .tasks
+            .iter()
+            .all(|t| t.step.is_v1() && t.undo.is_v1());
+        if ok {
+            Ok(payload)
+        } else {
+            Err(EventError::BadPayload {
+                kind: kind.to_string(),
+                reason: "a stop-daemons step, which only package.uninstall_started.v2 holds"
+                    .to_string(),
+            })
+        }
+    }
+
+    /// Only an uninstall has a `stop-daemons` step, and its event picks its kind by it; any
+    /// other change that held one would be written in a layout its kind's readers refuse.
+    pub fn assert_v1_steps(kind: &str, change: &ChangeRecord) {
+        assert!(
+            steps_are_v1(change),
+            "only an uninstall change holds a stop-daemons step, never a {kind} event"
+        );
     }
 
     /// The variants in their v1 order.
@@ -648,7 +866,7 @@ mod v1 {
     impl From<InstallStarted> for super::InstallStarted {
         fn from(e: InstallStarted) -> Self {
             super::InstallStarted {
-                manifest: e.manifest,
+                manifest: e.manifest.into(),
                 change: e.change.into(),
             }
         }
@@ -657,7 +875,7 @@ mod v1 {
     impl From<super::InstallStarted> for InstallStarted {
         fn from(e: super::InstallStarted) -> Self {
             InstallStarted {
-                manifest: e.manifest,
+                manifest: e.manifest.into(),
                 change: e.change.into(),
             }
         }
@@ -804,6 +1022,7 @@ mod v1 {
                 }
                 Step::RemovePackage { package } => NowStep::RemovePackage { package },
                 Step::Nothing => NowStep::Nothing,
+                Step::StopDaemons { package } => NowStep::StopDaemons { package },
             }
         }
     }
@@ -859,6 +1078,7 @@ mod v1 {
                 }
                 NowStep::RemovePackage { package } => Step::RemovePackage { package },
                 NowStep::Nothing => Step::Nothing,
+                NowStep::StopDaemons { package } => Step::StopDaemons { package },
             }
         }
     }
@@ -930,7 +1150,7 @@ fn dec<T: serde::de::DeserializeOwned>(kind: &str, bytes: &[u8]) -> Result<T, Ev
 macro_rules! event_table {
     ($(
         $konst:ident = $kind:literal, $sub:ident,
-        $pat:pat => $enc:expr,
+        $pat:pat $(if $guard:expr)? => $enc:expr,
         |$k:ident, $p:ident| $dec:expr;
     )*) => {
         /// Kind strings of the built-in events.
@@ -950,7 +1170,7 @@ macro_rules! event_table {
             #[allow(unused_variables)]
             pub fn kind(&self) -> &str {
                 match self {
-                    $($pat => kinds::$konst,)*
+                    $($pat $(if $guard)? => kinds::$konst,)*
                     Event::Ext { kind, .. } => kind,
                 }
             }
@@ -959,7 +1179,7 @@ macro_rules! event_table {
             #[allow(unused_variables)]
             pub fn subsystem(&self) -> Subsystem {
                 match self {
-                    $($pat => Subsystem::$sub,)*
+                    $($pat $(if $guard)? => Subsystem::$sub,)*
                     Event::Ext { .. } => Subsystem::Extensions,
                 }
             }
@@ -977,7 +1197,7 @@ macro_rules! event_table {
             /// The event's payload bytes.
             pub fn encode(&self) -> Vec<u8> {
                 match self.clone() {
-                    $($pat => $enc,)*
+                    $($pat $(if $guard)? => $enc,)*
                     Event::Ext { payload, .. } => payload,
                 }
             }
@@ -1003,9 +1223,23 @@ macro_rules! event_table {
 
 event_table! {
     INSTALL_STARTED = "package.install_started.v1", Lifecycle,
-        Event::InstallStarted(e) => enc(&v1::InstallStarted::from(e)),
-        |k, p| Event::InstallStarted(dec::<v1::InstallStarted>(k, p)?.into());
+        Event::InstallStarted(e) if e.manifest.daemons.iter().all(DaemonDecl::is_v1) => {
+            v1::assert_v1_steps(kinds::INSTALL_STARTED, &e.change);
+            enc(&v1::InstallStarted::from(e))
+        },
+        |k, p| Event::InstallStarted(v1::only_v1_steps(k, dec::<v1::InstallStarted>(k, p)?)?.into());
+    INSTALL_STARTED_2 = "package.install_started.v2", Lifecycle,
+        Event::InstallStarted(e) => {
+            v1::assert_v1_steps(kinds::INSTALL_STARTED_2, &e.change);
+            enc(&v1::InstallStarted2::from(e))
+        },
+        |k, p| Event::InstallStarted(v1::only_v1_steps(k, dec::<v1::InstallStarted2>(k, p)?)?.into());
     UNINSTALL_STARTED = "package.uninstall_started.v1", Lifecycle,
+        Event::UninstallStarted(e) if v1::steps_are_v1(&e.change) => {
+            enc(&v1::UninstallStarted::from(e))
+        },
+        |k, p| Event::UninstallStarted(v1::only_v1_steps(k, dec::<v1::UninstallStarted>(k, p)?)?.into());
+    UNINSTALL_STARTED_2 = "package.uninstall_started.v2", Lifecycle,
         Event::UninstallStarted(e) => enc(&v1::UninstallStarted::from(e)),
         |k, p| Event::UninstallStarted(dec::<v1::UninstallStarted>(k, p)?.into());
     PACKAGE_STATUS_CHANGED = "package.status_changed.v1", Lifecycle,
@@ -1027,8 +1261,11 @@ event_table! {
         Event::ResourcesDeleted(e) => enc(&e),
         |k, p| Event::ResourcesDeleted(dec(k, p)?);
     CHANGE_CREATED = "change.created.v1", Changes,
-        Event::ChangeCreated(c) => enc(&v1::Change::from(c)),
-        |k, p| Event::ChangeCreated(dec::<v1::Change>(k, p)?.into());
+        Event::ChangeCreated(c) => {
+            v1::assert_v1_steps(kinds::CHANGE_CREATED, &c);
+            enc(&v1::Change::from(c))
+        },
+        |k, p| Event::ChangeCreated(v1::only_v1_steps(k, dec::<v1::Change>(k, p)?)?.into());
     ABORT_REQUESTED = "change.abort_requested.v1", Changes,
         Event::AbortRequested { change } => enc(&wire::Change { change }),
         |k, p| {
@@ -1144,6 +1381,24 @@ event_table! {
         |k, p| {
             let w: wire::DaemonObserved = dec(k, p)?;
             Event::DaemonObserved { owner: w.owner, daemon: w.daemon, observed: w.observed }
+        };
+    DAEMON_RAN = "daemon.observed.v2", Resources,
+        Event::DaemonRan { owner, daemon, observation } => enc(&wire::DaemonRan {
+            owner,
+            daemon,
+            state: observation.state,
+            restarts: observation.restarts,
+        }),
+        |k, p| {
+            let w: wire::DaemonRan = dec(k, p)?;
+            Event::DaemonRan {
+                owner: w.owner,
+                daemon: w.daemon,
+                observation: crate::model::DaemonObservation {
+                    state: w.state,
+                    restarts: w.restarts,
+                },
+            }
         };
     FEATURE_STATE_CHANGED = "feature.state_changed.v1", Features,
         Event::FeatureStateChanged { name, state } => {

@@ -39,7 +39,9 @@ pub use schema::{builtin_schema, SCHEMA_COMPAT_VERSION, SCHEMA_NAME, SCHEMA_VERS
 /// folds the same log differently: the store then rebuilds the projection from the log at
 /// open. The golden projection digest (`crates/cairn/tests/golden_projection.rs`) pins it.
 /// 3: a broken package's reason and a task's notes are typed facts, rendered when read.
-pub const PROJECTION_VERSION: u64 = 3;
+/// 4: a daemon record keeps the supervisor's last observation (`run`), and a package's
+/// manifest may link a daemon to a feature.
+pub const PROJECTION_VERSION: u64 = 4;
 
 /// The kernel's subsystems: each owns its commands' `decide` and its events' `apply`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -85,6 +85,17 @@ pub struct DaemonDecl {
     pub restart: Restart,
     /// Initially desired enabled.
     pub enabled: bool,
+    /// The feature of the same package it is linked to: it runs only while that feature is
+    /// enabled, and its runs set the feature's observed state.
+    pub feature: Option<String>,
+}
+
+impl DaemonDecl {
+    /// The declaration as `package.install_started.v1` stored it, if it has that layout (it
+    /// names no feature).
+    pub fn is_v1(&self) -> bool {
+        self.feature.is_none()
+    }
 }
 
 /// A declared feature.
@@ -452,6 +463,7 @@ struct RawDaemon {
     command: Vec<String>,
     restart: Option<String>,
     enabled: Option<bool>,
+    feature: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -540,6 +552,7 @@ impl RawManifest {
                     command: d.command.clone(),
                     restart: Some(d.restart.as_str().to_owned()),
                     enabled: Some(d.enabled),
+                    feature: d.feature.clone(),
                 })
                 .collect(),
             features: m
@@ -631,6 +644,7 @@ impl RawManifest {
         let vaults = named_items("vaults", "vault", self.vaults)?;
         let daemons = validate_daemons(self.daemons)?;
         let features = validate_features(self.features)?;
+        check_daemon_features(&daemons, &features)?;
         let (plugs, slots) = validate_plugs_slots(self.plugs, self.slots)?;
         let model = validate_model(self.model)?;
         let hooks = validate_hooks(self.hooks, &plugs, &slots)?;
@@ -679,9 +693,31 @@ fn validate_daemons(raw: Vec<RawDaemon>) -> Result<Vec<DaemonDecl>, ManifestErro
             command: d.command.clone(),
             restart,
             enabled: d.enabled.unwrap_or(true),
+            feature: d.feature.clone(),
         });
     }
     Ok(out)
+}
+
+/// A daemon's `feature` names a feature the same manifest declares.
+fn check_daemon_features(
+    daemons: &[DaemonDecl],
+    features: &[FeatureDecl],
+) -> Result<(), ManifestError> {
+    for (i, d) in daemons.iter().enumerate() {
+        let Some(feature) = &d.feature else { continue };
+        if !features.iter().any(|f| &f.name == feature) {
+            return Err(err(
+                format!("daemons[{i}].feature"),
+                format!(
+                    "daemon {} names feature {}, which this package does not declare",
+                    q(&d.name),
+                    q(feature)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_features(raw: Vec<RawFeature>) -> Result<Vec<FeatureDecl>, ManifestError> {
@@ -1049,6 +1085,7 @@ types = [{ name = "netmon:ip", base = "str", doc = "an address seen by netmon" }
                 command: strings(&["/usr/bin/netmon-collector"]),
                 restart: Restart::OnFailure,
                 enabled: true,
+                feature: None,
             }],
             features: vec![FeatureDecl {
                 name: "netmon".into(),
@@ -1132,6 +1169,7 @@ types = [{ name = "t", base = "json" }]
                 command: strings(&["/bin/d"]),
                 restart: Restart::OnFailure,
                 enabled: true,
+                feature: None,
             }]
         );
         assert_eq!(
@@ -1580,6 +1618,11 @@ name = "mm"
                 r#"daemons = [{ name = "d", command = ["/d"] }, { name = "d", command = ["/e"] }]"#,
                 "daemons[1].name",
                 "duplicate daemon \"d\" (also daemons[0])",
+            ),
+            (
+                r#"daemons = [{ name = "d", command = ["/d"], feature = "f" }]"#,
+                "daemons[0].feature",
+                "daemon \"d\" names feature \"f\", which this package does not declare",
             ),
             (
                 r#"features = [{ name = "Net" }]"#,

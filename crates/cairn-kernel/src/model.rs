@@ -100,6 +100,111 @@ pub enum DaemonState {
     Disabled,
 }
 
+impl DaemonState {
+    /// The state's name: `enabled` or `disabled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DaemonState::Enabled => "enabled",
+            DaemonState::Disabled => "disabled",
+        }
+    }
+}
+
+/// What a daemon's supervisor saw it do (`daemon.observed.v2`): a fact, rendered when read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaemonRun {
+    /// It was started and runs.
+    Running,
+    /// Its process ended on its own (a restart may follow, by its policy).
+    Exited {
+        /// Exit status, if it exited.
+        code: Option<i32>,
+        /// The signal that killed it, if one did (one cairn did not send).
+        signal: Option<i32>,
+    },
+    /// It is left stopped until asked to run again.
+    Failed {
+        /// Why.
+        reason: DaemonFailure,
+    },
+    /// Cairn stopped it (disabled, its feature disabled, its package uninstalled, its leader
+    /// stepped down).
+    Stopped,
+}
+
+impl DaemonRun {
+    /// The state's name: `running`, `exited`, `failed`, `stopped`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DaemonRun::Running => "running",
+            DaemonRun::Exited { .. } => "exited",
+            DaemonRun::Failed { .. } => "failed",
+            DaemonRun::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for DaemonRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaemonRun::Running | DaemonRun::Stopped => f.write_str(self.name()),
+            DaemonRun::Exited {
+                code: Some(code), ..
+            } => write!(f, "exited {code}"),
+            DaemonRun::Exited {
+                code: None,
+                signal: Some(signal),
+            } => write!(f, "exited (signal {signal})"),
+            DaemonRun::Exited {
+                code: None,
+                signal: None,
+            } => f.write_str("exited"),
+            DaemonRun::Failed { reason } => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
+/// Why a daemon was marked failed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaemonFailure {
+    /// It ended `ends` times within `window_ms`: a crash loop.
+    CrashLoop {
+        /// Ends counted.
+        ends: u32,
+        /// The window, ms.
+        window_ms: u64,
+    },
+    /// Its program could not be started (and its policy does not retry).
+    SpawnFailed {
+        /// The error the runtime got.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for DaemonFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaemonFailure::CrashLoop { ends, window_ms } => write!(
+                f,
+                "crash loop: ended {ends} times within {} s",
+                window_ms / 1000
+            ),
+            DaemonFailure::SpawnFailed { error } => write!(f, "cannot start: {error}"),
+        }
+    }
+}
+
+/// The last observation of a daemon's supervisor, as the projection keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DaemonObservation {
+    /// What it saw.
+    pub state: DaemonRun,
+    /// Restarts since the daemon was last asked to run.
+    pub restarts: u32,
+}
+
 /// An API token's role. Each role includes the ones before it, except `mirror`, which may only
 /// follow the replication stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

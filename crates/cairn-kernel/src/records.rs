@@ -187,12 +187,14 @@ pub struct DaemonRecord {
     pub restart: Restart,
     /// Desired state.
     pub desired: DaemonState,
-    /// Last state reported by whoever runs it.
+    /// Last state reported by whoever runs it (`daemon.observed.v1`, `daemon report`).
     pub observed: Option<DaemonState>,
     /// Revision.
     pub revision: u64,
     /// Kept-from marker.
     pub kept_from: Option<String>,
+    /// The last observation of cairn's own supervisor (`daemon.observed.v2`).
+    pub run: Option<crate::model::DaemonObservation>,
 }
 
 /// `model/<owner>/<name>`.

@@ -60,6 +60,7 @@ fn manifest() -> Manifest {
             command: vec!["/usr/bin/netmon-collector".into()],
             restart: Restart::OnFailure,
             enabled: true,
+            feature: None,
         }],
         features: vec![FeatureDecl {
             name: "netmon".into(),
@@ -476,6 +477,78 @@ fn drive_events() -> Vec<Event> {
     ]
 }
 
+/// Kinds added with supervised daemons (`daemon.observed.v2`, and `package.install_started.v2`
+/// for a manifest whose daemon names its feature), in their own golden file.
+fn daemon_events() -> Vec<Event> {
+    use cairn_kernel::model::{DaemonFailure, DaemonObservation, DaemonRun};
+    let mut linked = manifest();
+    linked.daemons[0].feature = Some("netmon".into());
+    let mut install = change(ChangeKind::Install);
+    install.tasks.truncate(1);
+    let ran = |state: DaemonRun, restarts: u32| Event::DaemonRan {
+        owner: "netmon".into(),
+        daemon: "collector".into(),
+        observation: DaemonObservation { state, restarts },
+    };
+    vec![
+        Event::InstallStarted(InstallStarted {
+            manifest: linked,
+            change: install,
+        }),
+        ran(DaemonRun::Running, 0),
+        ran(
+            DaemonRun::Exited {
+                code: Some(3),
+                signal: None,
+            },
+            1,
+        ),
+        ran(
+            DaemonRun::Exited {
+                code: None,
+                signal: Some(9),
+            },
+            u32::MAX,
+        ),
+        ran(
+            DaemonRun::Failed {
+                reason: DaemonFailure::CrashLoop {
+                    ends: 5,
+                    window_ms: 60_000,
+                },
+            },
+            4,
+        ),
+        ran(
+            DaemonRun::Failed {
+                reason: DaemonFailure::SpawnFailed {
+                    error: "No such file or directory (os error 2)".into(),
+                },
+            },
+            0,
+        ),
+        ran(DaemonRun::Stopped, 2),
+    ]
+}
+
+/// `package.uninstall_started.v2`: an uninstall whose change stops the package's daemons (the
+/// `stop-daemons` step, appended to the v1 step layout), in its own golden file.
+fn uninstall_v2_events() -> Vec<Event> {
+    let mut uninstall = change(ChangeKind::Uninstall);
+    uninstall.tasks.push(Task::new(
+        "stop-daemons",
+        Step::StopDaemons {
+            package: "netmon".into(),
+        },
+        Step::Nothing,
+    ));
+    vec![Event::UninstallStarted(UninstallStarted {
+        package: "netmon".into(),
+        keep: vec![ResourceKind::Daemons],
+        change: uninstall,
+    })]
+}
+
 fn blake3_like() -> &'static [u8; 32] {
     &[
         0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
@@ -500,6 +573,8 @@ fn every_built_in_kind_is_in_the_golden_file() {
     events.extend(wal_loss_events());
     events.extend(epoch_events());
     events.extend(drive_events());
+    events.extend(daemon_events());
+    events.extend(uninstall_v2_events());
     let covered: std::collections::BTreeSet<&str> = events.iter().map(|e| e.kind()).collect();
     for kind in all {
         assert!(covered.contains(kind), "{kind} has no golden event");
@@ -537,6 +612,54 @@ fn golden_drive_events_decode_to_the_same_values_and_encode_to_the_same_bytes() 
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/events-drive-v1.frames");
     check_golden(&path, &drive_events());
+}
+
+#[test]
+fn golden_daemon_events_decode_to_the_same_values_and_encode_to_the_same_bytes() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/events-daemons-v1.frames");
+    let events = daemon_events();
+    assert_eq!(events[0].kind(), kinds::INSTALL_STARTED_2);
+    check_golden(&path, &events);
+}
+
+#[test]
+fn golden_uninstall_v2_events_decode_to_the_same_values_and_encode_to_the_same_bytes() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/events-uninstall-v2.frames");
+    let events = uninstall_v2_events();
+    assert_eq!(events[0].kind(), kinds::UNINSTALL_STARTED_2);
+    check_golden(&path, &events);
+}
+
+/// The `stop-daemons` step picks the kind: an uninstall without it is written as
+/// `package.uninstall_started.v1` with the bytes it always had (pinned by `events-v1.frames`),
+/// and a v1-layout kind whose change holds one is refused, as the binaries that wrote v1 refuse
+/// it; v2 is the same layout under a kind those binaries refuse by name.
+#[test]
+fn only_an_uninstall_that_stops_daemons_is_written_as_v2() {
+    let v1 = events()
+        .into_iter()
+        .find(|e| matches!(e, Event::UninstallStarted(_)))
+        .expect("events-v1 has an uninstall");
+    assert_eq!(v1.kind(), kinds::UNINSTALL_STARTED);
+    let v2 = uninstall_v2_events().remove(0);
+    assert_eq!(v2.kind(), kinds::UNINSTALL_STARTED_2);
+    for kind in [kinds::UNINSTALL_STARTED, kinds::UNINSTALL_STARTED_2] {
+        assert_eq!(Event::decode(kind, &v1.encode()).unwrap(), v1, "{kind}");
+    }
+    let err = Event::decode(kinds::UNINSTALL_STARTED, &v2.encode()).unwrap_err();
+    assert!(err.to_string().contains("stop-daemons"), "{err}");
+    assert_eq!(
+        Event::decode(kinds::UNINSTALL_STARTED_2, &v2.encode()).unwrap(),
+        v2
+    );
+    // No other kind that holds a change is ever written with one: encoding refuses.
+    let Event::UninstallStarted(u) = v2 else {
+        unreachable!("uninstall_v2_events holds an uninstall")
+    };
+    let created = Event::ChangeCreated(u.change.clone());
+    assert!(std::panic::catch_unwind(|| created.encode()).is_err());
 }
 
 // The determinism bans are for the kernel's code; a test may read its environment.

@@ -114,6 +114,31 @@ pub enum Request {
         /// Vault.
         vault: String,
     },
+    /// `cairn daemon list`: records, with the leader's runtime facts (pid, since).
+    DaemonList,
+    /// `cairn daemon enable|disable PKG:NAME`
+    DaemonSet {
+        /// Owning package.
+        pkg: String,
+        /// Daemon.
+        name: String,
+        /// `enabled` or `disabled`.
+        state: String,
+    },
+    /// `cairn daemon restart PKG:NAME` (runs on the leader that supervises it).
+    DaemonRestart {
+        /// Owning package.
+        pkg: String,
+        /// Daemon.
+        name: String,
+    },
+    /// `cairn daemon logs PKG:NAME`: the tail of its output kept by the leader.
+    DaemonLogs {
+        /// Owning package.
+        pkg: String,
+        /// Daemon.
+        name: String,
+    },
     /// `cairn feature list`
     FeatureList,
     /// `cairn feature set NAME STATE`
@@ -271,6 +296,8 @@ impl Request {
             | VarGet { .. }
             | VarList { .. }
             | QueueRead { .. }
+            | DaemonList
+            | DaemonLogs { .. }
             | FeatureList
             | IfaceList
             | ChangeList
@@ -285,6 +312,8 @@ impl Request {
             | QueuePut { .. }
             | QueueAck { .. }
             | VaultSet { .. }
+            | DaemonSet { .. }
+            | DaemonRestart { .. }
             | FeatureSet { .. }
             | FeatureReport { .. }
             | IfaceConnect { .. }
@@ -376,6 +405,18 @@ impl Request {
                 json!({ "secret": secret }),
             ),
             VaultGet { pkg, vault } => get(format!("/v1/vaults/{}/{}", e(pkg), e(vault))),
+            DaemonList => get("/v1/daemons".into()),
+            DaemonSet { pkg, name, state } => with(
+                "PUT",
+                format!("/v1/daemons/{}/{}/state", e(pkg), e(name)),
+                json!({ "state": state }),
+            ),
+            DaemonRestart { pkg, name } => with(
+                "POST",
+                format!("/v1/daemons/{}/{}/restart", e(pkg), e(name)),
+                json!({}),
+            ),
+            DaemonLogs { pkg, name } => get(format!("/v1/daemons/{}/{}/logs", e(pkg), e(name))),
             FeatureList => get("/v1/features".into()),
             FeatureSet {
                 name,
@@ -490,6 +531,7 @@ pub mod codes {
     pub const NOT_AT_HEAD: &str = "not_at_head";
     pub const INVALID_STATE: &str = "invalid_state";
     pub const ALREADY_LEADER: &str = "already_leader";
+    pub const NOT_SUPERVISED: &str = "not_supervised";
 }
 
 /// A failed request, as the JSON body `{"error": {"code", "message"}}` and an HTTP status.
@@ -538,7 +580,7 @@ pub fn status_of(code: &str) -> u16 {
     match code {
         "not_found" => 404,
         "exists" | "conflict" | "revision_mismatch" | "invalid_state" | "offline_only"
-        | "not_at_head" | "already_leader" => 409,
+        | "not_at_head" | "already_leader" | "not_supervised" => 409,
         "invalid" | "bad_manifest" | "bad_request" => 400,
         "unauthorized" => 401,
         "forbidden" => 403,
@@ -569,6 +611,7 @@ impl From<cairn::Error> for ApiError {
             }
             cairn::Error::Closed => ApiError::new(codes::UNAVAILABLE, e.to_string()),
             cairn::Error::NotLeader => ApiError::new(codes::NOT_LEADER, e.to_string()),
+            cairn::Error::NotSupervised => ApiError::new(codes::NOT_SUPERVISED, e.to_string()),
             // A full disk or an IO error: the writer retries with the next commit.
             cairn::Error::Store(cairn_store::StoreError::WriteFailed { .. }) => {
                 ApiError::new(codes::UNAVAILABLE, e.to_string())

@@ -147,6 +147,10 @@ fn router(svc: Service, shutdown: CancellationToken) -> Router {
         )
         .route("/v1/queues/{pkg}/{queue}/ack", post(queue_ack))
         .route("/v1/vaults/{pkg}/{vault}", get(vault_get).put(vault_set))
+        .route("/v1/daemons", get(daemon_list))
+        .route("/v1/daemons/{pkg}/{name}/state", put(daemon_set))
+        .route("/v1/daemons/{pkg}/{name}/restart", post(daemon_restart))
+        .route("/v1/daemons/{pkg}/{name}/logs", get(daemon_logs))
         .route("/v1/features", get(feature_list))
         .route("/v1/features/{name}/state", put(feature_set))
         .route("/v1/features/{name}/observed", put(feature_report))
@@ -857,6 +861,42 @@ async fn vault_get(
     Path((pkg, vault)): Path<(String, String)>,
 ) -> Response {
     app.run(&headers, Ok(Request::VaultGet { pkg, vault }))
+        .await
+}
+
+async fn daemon_list(State(app): State<App>, headers: HeaderMap) -> Response {
+    app.run(&headers, Ok(Request::DaemonList)).await
+}
+
+async fn daemon_set(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((pkg, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = json_body::<ObservedBody>(body).map(|b| Request::DaemonSet {
+        pkg,
+        name,
+        state: b.state,
+    });
+    app.run(&headers, req).await
+}
+
+async fn daemon_restart(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((pkg, name)): Path<(String, String)>,
+) -> Response {
+    app.run(&headers, Ok(Request::DaemonRestart { pkg, name }))
+        .await
+}
+
+async fn daemon_logs(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((pkg, name)): Path<(String, String)>,
+) -> Response {
+    app.run(&headers, Ok(Request::DaemonLogs { pkg, name }))
         .await
 }
 

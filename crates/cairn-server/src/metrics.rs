@@ -78,6 +78,31 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {value}");
         };
+        let daemons = ws.daemon_stats();
+        gauge(
+            "cairn_daemon_starts_total",
+            "Daemon processes started since open.",
+            "counter",
+            daemons.starts.to_string(),
+        );
+        gauge(
+            "cairn_daemon_exits_total",
+            "Daemon runs that ended on their own (not stopped by cairn) since open.",
+            "counter",
+            daemons.exits.to_string(),
+        );
+        gauge(
+            "cairn_daemon_restarts_total",
+            "Daemon restarts by their policy since open.",
+            "counter",
+            daemons.restarts.to_string(),
+        );
+        gauge(
+            "cairn_daemons_failed",
+            "Daemons marked failed (a crash loop) and left stopped, now.",
+            "gauge",
+            daemons.failed.to_string(),
+        );
         gauge(
             "cairn_applied_offset",
             "Offset of the last committed log entry.",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cairn::kernel::echo::echo;
-use cairn::kernel::model::{FeatureState, ResourceKind, Role};
+use cairn::kernel::model::{DaemonState, FeatureState, ResourceKind, Role};
 use cairn::kernel::records::{OnloadState, PackageRecord, PackageStatus};
 use cairn::kernel::{query, ChangeRecord, Event};
 use cairn::{CommandOptions, Workspace};
@@ -606,6 +606,41 @@ impl Service {
                     "secret": secret.as_deref().map(bytes_json),
                 }))
             }
+            Request::DaemonList => daemon_list(ws),
+            Request::DaemonSet { pkg, name, state } => {
+                let desired = match state.as_str() {
+                    "enabled" => DaemonState::Enabled,
+                    "disabled" => DaemonState::Disabled,
+                    other => {
+                        return Err(ApiError::new(
+                            "invalid",
+                            format!(
+                                "unknown daemon state {} (one of enabled, disabled)",
+                                echo(other)
+                            ),
+                        ))
+                    }
+                };
+                committed(ws.daemon_set(&pkg, &name, desired, opts).await?)
+            }
+            Request::DaemonRestart { pkg, name } => {
+                ws.daemon_restart(&pkg, &name).await?;
+                Ok(json!({"package": pkg, "name": name, "restarted": true}))
+            }
+            Request::DaemonLogs { pkg, name } => {
+                if !ws.daemon_stats().supervising {
+                    return Err(cairn::Error::NotSupervised.into());
+                }
+                if query::daemon(&ws.view()?, &pkg, &name)?.is_none() {
+                    return Err(not_found(format!(
+                        "daemon {}:{} does not exist",
+                        echo(&pkg),
+                        echo(&name)
+                    )));
+                }
+                let tail = ws.daemon_logs(&pkg, &name).unwrap_or_default();
+                Ok(json!({"package": pkg, "name": name, "tail": tail}))
+            }
             Request::FeatureList => {
                 let features = query::features(&ws.view()?)?;
                 Ok(Value::Array(
@@ -820,6 +855,38 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 
 fn not_found(message: String) -> ApiError {
     ApiError::new(codes::NOT_FOUND, message)
+}
+
+/// `daemon list`: every daemon record with the runtime facts of this process (only the
+/// leader that supervises them has pid and since).
+fn daemon_list(ws: &cairn::Workspace) -> Result<Value, ApiError> {
+    let stats = ws.daemon_stats();
+    let daemons: Vec<Value> = ws
+        .daemons()?
+        .into_iter()
+        .map(|(pkg, name, d, rt)| {
+            let observed = match (&d.run, d.observed) {
+                (Some(run), _) => Some(run.state.to_string()),
+                (None, Some(o)) => Some(o.as_str().to_string()),
+                (None, None) => None,
+            };
+            json!({
+                "package": pkg,
+                "name": name,
+                "desired": d.desired.as_str(),
+                "observed": observed,
+                "state": d.run.as_ref().map(|r| r.state.name()),
+                "restarts": d.run.as_ref().map_or(0, |r| r.restarts),
+                "pid": rt.as_ref().and_then(|r| r.pid),
+                "since_ms": rt.as_ref().and_then(|r| r.since_ms),
+                "command": d.command,
+                "restart": d.restart.as_str(),
+                "kept_from": d.kept_from,
+                "revision": d.revision,
+            })
+        })
+        .collect();
+    Ok(json!({"supervised": stats.supervising, "daemons": daemons}))
 }
 
 fn committed(c: cairn_store::Committed) -> Result<Value, ApiError> {

@@ -238,6 +238,9 @@ async fn drive_change(
                 if let Step::CancelOnload { package } = step {
                     cancel_onload(inner, package).await;
                 }
+                if let Step::StopDaemons { package } = step {
+                    crate::daemons::stop_package(inner, package).await;
+                }
                 submit(
                     inner,
                     Command::TaskRun {

@@ -44,6 +44,12 @@ pub enum Error {
     /// Replicated entries were submitted to a workspace that is not a mirror.
     #[error("this workspace is a leader; only a mirror applies a leader's entries")]
     NotMirror,
+    /// Daemons are not supervised by this process (a mirror, or local mode).
+    #[error(
+        "daemons are not supervised by this process: they run on the leader under `cairn \
+         serve` (local mode and mirrors do not run them)"
+    )]
+    NotSupervised,
     /// Something the runtime expected of the projection does not hold.
     #[error("{0}")]
     Internal(String),

@@ -145,6 +145,63 @@ pub struct HookReport {
 /// group is stopped (`SIGTERM`, then `SIGKILL` after the grace) and the hook is reaped before this
 /// returns. Dropping the returned future kills the process group.
 pub async fn run_hook(run: &HookRun, cancel: &CancellationToken) -> HookReport {
+    run_grouped(run, cancel, None).await
+}
+
+/// The output of a running daemon, readable while it runs: the last
+/// [`HOOK_OUTPUT_BYTES_MAX`] bytes of stdout and stderr interleaved, and its pid.
+#[derive(Debug, Default)]
+pub struct LiveOutput {
+    tail: std::sync::Mutex<Tail>,
+    pid: std::sync::atomic::AtomicI32,
+}
+
+impl LiveOutput {
+    /// The kept output, decoded lossily as UTF-8.
+    pub fn text(&self) -> String {
+        self.tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .into_string()
+    }
+
+    /// The pid of the main process of the run in progress (0 when none runs).
+    pub fn pid(&self) -> i32 {
+        self.pid.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn push(&self, chunk: &[u8]) {
+        self.tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(chunk);
+    }
+
+    fn set_pid(&self, pid: i32) {
+        self.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Runs a daemon's process as [`run_hook`] runs a hook (own process group led by the guard,
+/// clean environment, stopped by `cancel` with `SIGTERM` then `SIGKILL`), with its output
+/// going to `live` as it comes (the report's tails stay empty) and its pid in `live` while it
+/// runs.
+pub(crate) async fn run_daemon(
+    run: &HookRun,
+    cancel: &CancellationToken,
+    live: &LiveOutput,
+) -> HookReport {
+    let report = run_grouped(run, cancel, Some(live)).await;
+    live.set_pid(0);
+    report
+}
+
+async fn run_grouped(
+    run: &HookRun,
+    cancel: &CancellationToken,
+    live: Option<&LiveOutput>,
+) -> HookReport {
     let started = Instant::now();
     let (lifeline, guard) = match spawn_guard() {
         Ok(spawned) => spawned,
@@ -175,6 +232,9 @@ pub async fn run_hook(run: &HookRun, cancel: &CancellationToken) -> HookReport {
     };
     let mut hook = GroupedChild::new(child, guard, lifeline);
     tracing::debug!(pid = hook.pid, pgid = hook.pgid, program = %program, "hook started");
+    if let Some(live) = live {
+        live.set_pid(hook.pid);
+    }
 
     let exited = match watch_exit(hook.pid) {
         Ok(exited) => exited,
@@ -195,10 +255,16 @@ pub async fn run_hook(run: &HookRun, cancel: &CancellationToken) -> HookReport {
     let mut stderr_tail = Tail::default();
     let (ending, status) = {
         let readers = async {
-            tokio::join!(
-                read_tail(stdout, &mut stdout_tail),
-                read_tail(stderr, &mut stderr_tail)
-            )
+            match live {
+                Some(live) => tokio::join!(
+                    read_into(stdout, |chunk| live.push(chunk)),
+                    read_into(stderr, |chunk| live.push(chunk))
+                ),
+                None => tokio::join!(
+                    read_into(stdout, |chunk| stdout_tail.push(chunk)),
+                    read_into(stderr, |chunk| stderr_tail.push(chunk))
+                ),
+            }
         };
         let supervise = supervise(&mut hook, exited, run, cancel);
         tokio::pin!(readers, supervise);
@@ -570,7 +636,7 @@ fn processes_with_env(wanted: &str) -> Vec<libc::pid_t> {
 }
 
 /// The last bytes of a stream, bounded by [`HOOK_OUTPUT_BYTES_MAX`].
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 struct Tail {
     bytes: Vec<u8>,
     dropped: bool,
@@ -623,14 +689,14 @@ impl Tail {
     }
 }
 
-/// Reads `pipe` to EOF (or the first read error) into `tail`.
-async fn read_tail<R: AsyncRead + Unpin>(pipe: Option<R>, tail: &mut Tail) {
+/// Reads `pipe` to EOF (or the first read error), handing each chunk to `push`.
+async fn read_into<R: AsyncRead + Unpin>(pipe: Option<R>, mut push: impl FnMut(&[u8])) {
     let Some(mut pipe) = pipe else { return };
     let mut chunk = vec![0; READ_CHUNK_BYTES];
     loop {
         match pipe.read(&mut chunk).await {
             Ok(0) => return,
-            Ok(n) => tail.push(&chunk[..n]),
+            Ok(n) => push(&chunk[..n]),
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => {
                 tracing::warn!(%error, "reading hook output failed");

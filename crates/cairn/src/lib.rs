@@ -10,16 +10,20 @@
 //! - The change engine (`engine`) runs hooks ([`hooks`]) as child processes in their own
 //!   process group, or as registered in-process handlers; secrets are sealed with the
 //!   workspace key ([`vault`]) before they reach the log.
+//! - The daemon supervisor ([`daemons`], policy in [`supervise`]) runs packages' daemons on
+//!   the leader and records what it sees (`daemon.observed.v2`).
 
 // `Error::Rejected` carries the kernel's rejection, which names its entity in full for
 // messages; errors are moved once per command, so boxing buys nothing measurable.
 #![allow(clippy::result_large_err)]
 
+pub mod daemons;
 mod engine;
 mod error;
 pub mod hooks;
 mod machine;
 mod subscribe;
+pub mod supervise;
 pub mod tokens;
 pub mod tools;
 pub mod vault;
@@ -31,6 +35,6 @@ pub use error::Error;
 pub use machine::KernelMachine;
 pub use subscribe::{Subscription, SUBSCRIBER_BATCH_ENTRIES};
 pub use workspace::{
-    Access, CommandOptions, HookContext, HookHandler, HookRunStats, NodeRole, Onloads, Options,
-    Workspace, MIRROR_MARKER_FILE, VAULT_KEY_FILE,
+    Access, CommandOptions, Daemons, HookContext, HookHandler, HookRunStats, NodeRole, Onloads,
+    Options, Workspace, MIRROR_MARKER_FILE, VAULT_KEY_FILE,
 };

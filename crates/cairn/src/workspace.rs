@@ -75,6 +75,20 @@ pub struct Options {
     /// Leader (decides commands, runs the change engine) or mirror (applies its leader's
     /// entries only).
     pub role: NodeRole,
+    /// Whether this process supervises package daemons while it leads (with
+    /// [`Options::drive`]).
+    pub daemons: Daemons,
+}
+
+/// Whether a leading process runs its packages' daemons.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Daemons {
+    /// Run them (a leader that stays up: `cairn serve`, an embedder).
+    #[default]
+    Supervise,
+    /// Never (a short-lived CLI process in local mode: it would stop them again a moment
+    /// later when it exits).
+    Off,
 }
 
 /// The part a workspace plays in replication.
@@ -126,6 +140,7 @@ impl Default for Options {
             access: Access::ReadWrite,
             onloads: Onloads::All,
             role: NodeRole::Leader,
+            daemons: Daemons::Supervise,
         }
     }
 }
@@ -164,6 +179,10 @@ pub(crate) struct Inner {
     pub leading: Mutex<CancellationToken>,
     /// Whether the change engine runs while this node leads ([`Options::drive`]).
     pub drive: bool,
+    /// Whether daemons are supervised while this node leads ([`Options::daemons`]).
+    pub supervise: Daemons,
+    /// The daemon supervisor's queue, runtime facts and counters.
+    pub daemons: crate::daemons::DaemonsState,
 }
 
 impl Inner {
@@ -214,6 +233,7 @@ pub struct HookRunStats {
 struct Handle {
     inner: Arc<Inner>,
     engine: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Handle {
@@ -293,6 +313,8 @@ impl Workspace {
             role: std::sync::RwLock::new(options.role),
             leading: Mutex::new(CancellationToken::new()),
             drive: options.drive,
+            supervise: options.daemons,
+            daemons: Default::default(),
         });
         // Every commit moves `applied`, whoever made it (a command here, a leader's entries on
         // a mirror), and that wakes subscribers, streams and waiters.
@@ -308,6 +330,7 @@ impl Workspace {
             handle: Arc::new(Handle {
                 inner: Arc::clone(&inner),
                 engine: Mutex::new(None),
+                supervisor: Mutex::new(None),
             }),
         };
         if access == Access::ReadOnly {
@@ -344,6 +367,14 @@ impl Workspace {
         if drive {
             let leading = inner.shutdown.child_token();
             *inner.leading.lock().unwrap_or_else(|p| p.into_inner()) = leading.clone();
+            if inner.supervise == Daemons::Supervise {
+                let supervisor = crate::daemons::start(inner, leading.clone());
+                *self
+                    .handle
+                    .supervisor
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(supervisor);
+            }
             let engine = tokio::spawn(crate::engine::run(Arc::clone(inner), leading));
             *self.handle.engine.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
         }
@@ -369,6 +400,17 @@ impl Workspace {
             let _ = engine.await;
         }
         crate::engine::wait_drivers(inner).await;
+        // Every daemon is stopped and reaped before this returns: at a handoff, before the
+        // next leader is told to promote.
+        let supervisor = self
+            .handle
+            .supervisor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
     }
 
     /// Stops leading, for a handoff (`cairn handoff`): stops the change engine (hooks that run
@@ -934,6 +976,41 @@ impl Workspace {
                 path: self.inner().data.join(VAULT_KEY_FILE),
             })
         })
+    }
+
+    /// Every daemon record with this process's runtime facts about it (pid, start time,
+    /// restarts; `None` where this process has not run it: a mirror, local mode).
+    pub fn daemons(&self) -> Result<Vec<crate::daemons::DaemonListing>, Error> {
+        let view = self.view()?;
+        let mut runtime = crate::daemons::runtime(self.inner());
+        let mut out = Vec::new();
+        for r in query::all_resources(&view)? {
+            if r.kind != ResourceKind::Daemons {
+                continue;
+            }
+            if let Some(d) = query::daemon(&view, &r.owner, &r.name)? {
+                let facts = runtime.remove(&(r.owner.clone(), r.name.clone()));
+                out.push((r.owner, r.name, d, facts));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs a daemon again now, with a fresh restart history (also one marked failed). Only
+    /// where daemons are supervised (the leader, with [`Options::daemons`]).
+    pub async fn daemon_restart(&self, owner: &str, daemon: &str) -> Result<(), Error> {
+        crate::daemons::restart(self.inner(), (owner.to_string(), daemon.to_string())).await
+    }
+
+    /// The last output of a daemon this process has run (at most
+    /// [`crate::daemons::DAEMON_OUTPUT_BYTES_MAX`] bytes), or `None`.
+    pub fn daemon_logs(&self, owner: &str, daemon: &str) -> Option<String> {
+        crate::daemons::logs(self.inner(), &(owner.to_string(), daemon.to_string()))
+    }
+
+    /// Daemon starts, exits, restarts since open, and the daemons failed now.
+    pub fn daemon_stats(&self) -> crate::daemons::DaemonStats {
+        crate::daemons::stats(self.inner())
     }
 
     /// Sets a daemon's desired state.

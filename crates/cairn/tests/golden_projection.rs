@@ -191,6 +191,7 @@ impl Leader {
             | Step::CancelOnload { .. }
             | Step::DeleteResources { .. }
             | Step::RemovePackage { .. }
+            | Step::StopDaemons { .. }
             | Step::Nothing => None,
         };
         Some((action, hook))
@@ -695,7 +696,22 @@ fn fold(entries: Vec<StoredEntry>) -> ((u64, Hash), (u64, Hash)) {
 fn check_coverage(entries: &[StoredEntry]) {
     // Kinds added after this golden log was made are pinned by their own event golden files
     // (`crates/cairn-kernel/tests/golden/`); the log is never edited to add them.
-    let newer = [kinds::EPOCH_STARTED];
+    let newer = [
+        kinds::EPOCH_STARTED,
+        kinds::INSTALL_STARTED_2,
+        kinds::UNINSTALL_STARTED_2,
+        kinds::DAEMON_RAN,
+        // The Drive's apply is pinned by its kernel-level replay property test for now; a
+        // golden drive log with its own digest comes with the Drive's runtime API (issue 13).
+        kinds::DRIVE_ITEM_ADDED,
+        kinds::DRIVE_ITEM_MOVED,
+        kinds::DRIVE_ITEM_DELETED,
+        kinds::DRIVE_DATA_PUT,
+        kinds::DRIVE_VERSION_DELETED,
+        kinds::DRIVE_PERM_SET,
+        kinds::DRIVE_TYPE_SET,
+        kinds::DRIVE_MIGRATED,
+    ];
     let all = kinds::ALL
         .iter()
         .copied()

@@ -737,6 +737,10 @@ fn handler(modes: Arc<Mutex<BTreeMap<String, Mode>>>) -> HookHandler {
 fn options(modes: &Arc<Mutex<BTreeMap<String, Mode>>>, durability: Durability) -> Options {
     let mut opts = Options::default();
     opts.store.durability = durability;
+    // The model predicts what commands do; a supervisor's observations (its daemon is
+    // `/bin/true`) would be writes the model does not make. Supervision has its own tests
+    // (`daemons.rs`).
+    opts.daemons = cairn::Daemons::Off;
     for h in hook_names() {
         opts.hook_handlers
             .insert(("*".to_string(), h), handler(Arc::clone(modes)));

@@ -309,3 +309,35 @@ pub fn metric(server: &Server, token: &str, name: &str) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// Waits (at most 30 s) until the server at `url` runs daemon `pkg:name`: its `GET
+/// /v1/daemons` row says `running`, with a pid. Returns the row. A served workspace starts its
+/// daemons and records `daemon.observed` once they run, so a test that compares states before
+/// and after waits for this first.
+pub fn wait_daemon_running(url: &str, token: &str, pkg: &str, name: &str) -> serde_json::Value {
+    poll(Duration::from_secs(30), || {
+        let (status, body) = http("GET", &format!("{url}/v1/daemons"), Some(token), None);
+        if status != 200 {
+            return Err(format!("GET /v1/daemons: {status} {body}"));
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let row = v["daemons"]
+            .as_array()
+            .and_then(|rows| {
+                rows.iter()
+                    .find(|d| d["package"] == pkg && d["name"] == name)
+            })
+            .cloned()
+            .ok_or_else(|| format!("no daemon {pkg}:{name}: {v}"))?;
+        if row["state"] == "running" && row["pid"].is_number() {
+            Ok(row)
+        } else {
+            Err(format!("daemon {pkg}:{name} does not run yet: {row}"))
+        }
+    })
+}
+
+/// The token in `file`, trimmed.
+pub fn read_token(file: &Path) -> String {
+    std::fs::read_to_string(file).unwrap().trim().to_string()
+}

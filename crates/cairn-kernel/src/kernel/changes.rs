@@ -126,6 +126,7 @@ fn decide_task_run(state: &dyn StateRead, change: Uuid, task: u32, undo: bool) -
             done(vec![resources::delete_step(state, package, keep)?])
         }
         Step::RemovePackage { package } => done(vec![Event::PackageRemoved { package }]),
+        Step::StopDaemons { package } => done(resources::stop_daemons_step(state, &package)?),
     };
     events.push(Event::TaskFinished {
         change,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::changes::{
     check_hook_result, check_new_change, check_not_busy, new_change, put_new_change,
 };
-use super::rw::{applied_record, get, put, scan_records};
+use super::rw::{applied_record, get, names_under, put, scan_records};
 use super::{features, interfaces, resources};
 use super::{misrouted_command, misrouted_event, ApplyFailure, DecideError, Decided};
 use crate::change::{ChangeKind, Step, Task};
@@ -130,7 +130,12 @@ fn decide_uninstall(
         packages.insert(c.slot.0.clone());
     }
     check_not_busy(state, &packages)?;
-    let tasks = uninstall_tasks(name, &p.status, &keep, strict, &conns);
+    let daemons = if names_under(state, &keys::resources_of("daemon", name))?.is_empty() {
+        Daemons::None
+    } else {
+        Daemons::Some
+    };
+    let tasks = uninstall_tasks(name, &p.status, &keep, strict, &conns, daemons);
     let keep_text = if keep.is_empty() {
         String::new()
     } else {
@@ -151,14 +156,23 @@ fn decide_uninstall(
     })])
 }
 
-/// The tasks of an uninstall: mark it, cancel `onload`, run `onuninstall`, disconnect every
-/// connection, delete the resources not kept, remove the package.
+/// Whether a package owns daemons (its uninstall then stops them).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Daemons {
+    None,
+    Some,
+}
+
+/// The tasks of an uninstall: mark it, cancel `onload`, run `onuninstall`, stop its daemons
+/// (if it has any), disconnect every connection, delete the resources not kept, remove the
+/// package.
 fn uninstall_tasks(
     name: &str,
     status: &PackageStatus,
     keep: &[ResourceKind],
     strict: bool,
     conns: &[ConnRecord],
+    daemons: Daemons,
 ) -> Vec<Task> {
     let mut tasks = vec![
         Task::new(
@@ -196,6 +210,15 @@ fn uninstall_tasks(
     } else {
         onuninstall.ignoring_errors()
     });
+    if daemons == Daemons::Some {
+        tasks.push(Task::new(
+            "stop-daemons",
+            Step::StopDaemons {
+                package: name.to_string(),
+            },
+            Step::Nothing,
+        ));
+    }
     for c in conns {
         tasks.extend(interfaces::disconnect_tasks(c, false, true));
     }

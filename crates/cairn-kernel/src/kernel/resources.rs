@@ -17,7 +17,7 @@ use crate::echo::echo;
 use crate::event::{Event, ResourcesDeleted};
 use crate::keys;
 use crate::manifest::Manifest;
-use crate::model::{DaemonState, ResourceKind};
+use crate::model::{DaemonObservation, DaemonRun, DaemonState, FeatureState, ResourceKind};
 use crate::records::*;
 use crate::Subsystem;
 
@@ -59,8 +59,120 @@ pub(super) fn decide(state: &dyn StateRead, command: &Command) -> Decided {
                 observed: *observed,
             }])
         }
+        Command::DaemonObserve {
+            owner,
+            daemon,
+            state: run,
+            restarts,
+        } => decide_daemon_observe(state, owner, daemon, run, *restarts),
         other => misrouted_command(Subsystem::Resources, other),
     }
+}
+
+/// `daemon.observed.v2`, and for a daemon linked to a feature, the feature's observed state
+/// that follows from it (running: enabled; otherwise disabled) when it changes.
+fn decide_daemon_observe(
+    state: &dyn StateRead,
+    owner: &str,
+    daemon: &str,
+    run: &DaemonRun,
+    restarts: u32,
+) -> Decided {
+    let d = resource::<DaemonRecord>(state, ResourceKind::Daemons, owner, daemon)?;
+    if let Some(from) = &d.kept_from {
+        return Err(Rejection::state(
+            Entity::Resource(ResourceKind::Daemons, owner.to_string(), daemon.to_string()),
+            format!("is kept from uninstalled package {}", echo(from)),
+        )
+        .into());
+    }
+    let observation = DaemonObservation {
+        state: run.clone(),
+        restarts,
+    };
+    if d.run.as_ref() == Some(&observation) {
+        return Ok(vec![]);
+    }
+    let mut events = vec![Event::DaemonRan {
+        owner: owner.to_string(),
+        daemon: daemon.to_string(),
+        observation,
+    }];
+    events.extend(linked_feature_observed(state, owner, daemon, run)?);
+    Ok(events)
+}
+
+/// The feature a daemon is linked to (`feature = "..."` in its package's manifest).
+pub(crate) fn linked_feature(
+    state: &dyn StateRead,
+    owner: &str,
+    daemon: &str,
+) -> Result<Option<String>, DecideError> {
+    let Some(p) = get::<PackageRecord>(state, &keys::package(owner))? else {
+        return Ok(None);
+    };
+    Ok(p.manifest
+        .daemons
+        .iter()
+        .find(|d| d.name == daemon)
+        .and_then(|d| d.feature.clone()))
+}
+
+/// `feature.observed.v1` for the feature linked to `daemon`, when its observed state changes.
+fn linked_feature_observed(
+    state: &dyn StateRead,
+    owner: &str,
+    daemon: &str,
+    run: &DaemonRun,
+) -> Result<Option<Event>, DecideError> {
+    let Some(name) = linked_feature(state, owner, daemon)? else {
+        return Ok(None);
+    };
+    let Some(f) = get::<FeatureRecord>(state, &keys::feature(&name))? else {
+        return Ok(None);
+    };
+    let observed = match run {
+        DaemonRun::Running => FeatureState::Enabled,
+        DaemonRun::Exited { .. } | DaemonRun::Failed { .. } | DaemonRun::Stopped => {
+            FeatureState::Disabled
+        }
+    };
+    if f.observed == Some(observed) {
+        return Ok(None);
+    }
+    Ok(Some(Event::FeatureObserved { name, observed }))
+}
+
+/// The kernel side of an uninstall's `stop-daemons` task (the runtime has stopped their
+/// processes): every daemon of `package` whose last observation is not `stopped` is recorded
+/// stopped, with its linked feature.
+pub(super) fn stop_daemons_step(
+    state: &dyn StateRead,
+    package: &str,
+) -> Result<Vec<Event>, DecideError> {
+    let mut events = Vec::new();
+    for name in names_under(state, &keys::resources_of("daemon", package))? {
+        let d = resource::<DaemonRecord>(state, ResourceKind::Daemons, package, &name)?;
+        let Some(run) = &d.run else { continue };
+        if run.state == DaemonRun::Stopped || d.kept_from.is_some() {
+            continue;
+        }
+        events.push(Event::DaemonRan {
+            owner: package.to_string(),
+            daemon: name.clone(),
+            observation: DaemonObservation {
+                state: DaemonRun::Stopped,
+                restarts: run.restarts,
+            },
+        });
+        events.extend(linked_feature_observed(
+            state,
+            package,
+            &name,
+            &DaemonRun::Stopped,
+        )?);
+    }
+    Ok(events)
 }
 
 fn decide_queue_ack(state: &dyn StateRead, owner: &str, queue: &str, upto: u64) -> Decided {
@@ -327,6 +439,16 @@ pub(super) fn apply(
             rev,
             |d| d.observed = Some(observed),
         )?,
+        Event::DaemonRan {
+            owner,
+            daemon,
+            observation,
+        } => update_owned::<DaemonRecord>(
+            state,
+            &keys::resource("daemon", &owner, &daemon),
+            rev,
+            |d| d.run = Some(observation),
+        )?,
         other => return Err(misrouted_event(Subsystem::Resources, &other)),
     }
     Ok(())
@@ -454,6 +576,7 @@ pub(super) fn declare(
                 observed: None,
                 revision: rev,
                 kept_from: None,
+                run: None,
             }
         })?;
     }
