@@ -245,10 +245,18 @@ fn version(v: (u32, u32)) -> DataVersion {
     }
 }
 
+// Tests read the slow-test switch; the kernel itself reads no environment.
+#[allow(clippy::disallowed_methods)]
+fn cases() -> u32 {
+    if std::env::var("CAIRN_SLOW_TESTS").is_ok() {
+        2_000
+    } else {
+        300
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(
-        if std::env::var("CAIRN_SLOW_TESTS").is_ok() { 2_000 } else { 300 }
-    ))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn random_drive_operations_replay_to_the_same_state_and_keep_every_invariant(
