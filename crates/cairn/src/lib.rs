@@ -18,6 +18,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod daemons;
+pub mod drive;
 mod engine;
 mod error;
 pub mod hooks;

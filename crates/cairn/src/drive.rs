@@ -1,0 +1,262 @@
+//! The Drive for embedders (`docs/drive.md`): drive commands on a [`Workspace`], and typed,
+//! permission-checked reads of items, data versions and types, run off the async executor
+//! (a listing or a large data version is read on the blocking pool).
+//!
+//! Every command names its actor ([`DriveActor`]); the kernel checks the actor's level on the
+//! items it touches. Reads check `read` on the item (a listing shows only the items the actor
+//! may read). Type migrations are registered on the kernel
+//! ([`cairn_kernel::Kernel::with_drive_migration`]) and run only on a leader.
+
+use std::sync::Arc;
+
+use cairn_kernel::drive::{
+    self, DataVersion, DriveActor, DriveCommand, DriveItem, DrivePath, DriveType, Level, Who,
+    DRIVE_LIST_ITEMS_MAX,
+};
+use cairn_kernel::{Command, Entity, Rejection};
+use cairn_store::{Committed, ReadView};
+
+use crate::error::Error;
+use crate::workspace::{CommandOptions, Workspace};
+
+/// One data version of an item, as read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DriveData {
+    /// The version.
+    pub version: DataVersion,
+    /// The data.
+    pub data: serde_json::Value,
+}
+
+fn denied(actor: &DriveActor, path: &DrivePath) -> Error {
+    Error::Rejected(Rejection::Denied {
+        who: actor.token.clone(),
+        what: format!("drive item {path}"),
+        needed: Level::Read.as_str().to_string(),
+    })
+}
+
+/// The item at `path`, which `actor` must be allowed to read.
+fn readable(view: &ReadView, actor: &DriveActor, path: &DrivePath) -> Result<DriveItem, Error> {
+    let item = drive::item(view, path)
+        .map_err(Error::from)?
+        .ok_or_else(|| Error::Rejected(Rejection::NotFound(Entity::DriveItem(path.to_string()))))?;
+    if drive::level(view, actor, path).map_err(Error::from)? < Level::Read {
+        return Err(denied(actor, path));
+    }
+    Ok(item)
+}
+
+impl Workspace {
+    /// Runs one drive command as `actor`.
+    pub async fn drive(
+        &self,
+        actor: &DriveActor,
+        op: DriveCommand,
+        opts: &CommandOptions,
+    ) -> Result<Committed, Error> {
+        let command = Command::Drive {
+            actor: actor.clone(),
+            op,
+        };
+        self.execute(command, opts).await
+    }
+
+    /// Adds a folder (`type_name` none) or an item of a type.
+    pub async fn drive_add(
+        &self,
+        actor: &DriveActor,
+        path: &DrivePath,
+        type_name: Option<&str>,
+    ) -> Result<Committed, Error> {
+        let op = DriveCommand::Add {
+            path: path.clone(),
+            type_name: type_name.map(str::to_string),
+        };
+        self.drive(actor, op, &CommandOptions::default()).await
+    }
+
+    /// Puts a data version (`None`: the next one).
+    pub async fn drive_put(
+        &self,
+        actor: &DriveActor,
+        path: &DrivePath,
+        version: Option<DataVersion>,
+        data: &serde_json::Value,
+    ) -> Result<Committed, Error> {
+        let op = DriveCommand::Put {
+            path: path.clone(),
+            version,
+            data: data.to_string(),
+        };
+        self.drive(actor, op, &CommandOptions::default()).await
+    }
+
+    /// Moves or renames an item with everything under it.
+    pub async fn drive_move(
+        &self,
+        actor: &DriveActor,
+        from: &DrivePath,
+        to: &DrivePath,
+    ) -> Result<Committed, Error> {
+        let op = DriveCommand::Move {
+            from: from.clone(),
+            to: to.clone(),
+        };
+        self.drive(actor, op, &CommandOptions::default()).await
+    }
+
+    /// Deletes an item with everything under it.
+    pub async fn drive_delete(
+        &self,
+        actor: &DriveActor,
+        path: &DrivePath,
+    ) -> Result<Committed, Error> {
+        let op = DriveCommand::Delete { path: path.clone() };
+        self.drive(actor, op, &CommandOptions::default()).await
+    }
+
+    /// Deletes one data version (the current one falls back to the newest left).
+    pub async fn drive_delete_version(
+        &self,
+        actor: &DriveActor,
+        path: &DrivePath,
+        version: DataVersion,
+    ) -> Result<Committed, Error> {
+        let op = DriveCommand::DeleteVersion {
+            path: path.clone(),
+            version,
+        };
+        self.drive(actor, op, &CommandOptions::default()).await
+    }
+
+    /// Sets (or with `None` clears) a permission on an item.
+    pub async fn drive_set_perm(
+        &self,
+        actor: &DriveActor,
+        path: &DrivePath,
+        who: Who,
+        level: Option<Level>,
+    ) -> Result<Committed, Error> {
+        let op = DriveCommand::SetPerm {
+            path: path.clone(),
+            who,
+            level,
+        };
+        self.drive(actor, op, &CommandOptions::default()).await
+    }
+
+    /// Sets a type's schema at `version`, migrating its items' data with `migration`.
+    pub async fn drive_set_type(
+        &self,
+        actor: &DriveActor,
+        name: &str,
+        version: u32,
+        schema: &serde_json::Value,
+        migration: Option<&str>,
+    ) -> Result<Committed, Error> {
+        let op = DriveCommand::SetType {
+            name: name.to_string(),
+            version,
+            schema: schema.to_string(),
+            migration: migration.map(str::to_string),
+        };
+        self.drive(actor, op, &CommandOptions::default()).await
+    }
+
+    /// Runs `read` on a snapshot, on the blocking pool.
+    async fn drive_read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&ReadView) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let view = Arc::new(self.view()?);
+        tokio::task::spawn_blocking(move || read(&view))
+            .await
+            .map_err(|e| Error::Internal(format!("drive read task failed: {e}")))?
+    }
+
+    /// The item at `path`, if `actor` may read it.
+    pub async fn drive_item(
+        &self,
+        actor: &DriveActor,
+        path: &DrivePath,
+    ) -> Result<DriveItem, Error> {
+        let (actor, path) = (actor.clone(), path.clone());
+        self.drive_read(move |view| readable(view, &actor, &path))
+            .await
+    }
+
+    /// The items directly under `parent` (`None`: the root) that `actor` may read, in path
+    /// order, at most [`DRIVE_LIST_ITEMS_MAX`].
+    pub async fn drive_list(
+        &self,
+        actor: &DriveActor,
+        parent: Option<&DrivePath>,
+    ) -> Result<Vec<DriveItem>, Error> {
+        let (actor, parent) = (actor.clone(), parent.cloned());
+        self.drive_read(move |view| {
+            if let Some(p) = &parent {
+                readable(view, &actor, p)?;
+            }
+            let mut out = Vec::new();
+            for item in
+                drive::children(view, parent.as_ref(), DRIVE_LIST_ITEMS_MAX).map_err(Error::from)?
+            {
+                if drive::level(view, &actor, &item.path).map_err(Error::from)? >= Level::Read {
+                    out.push(item);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The data versions of `path`, ascending.
+    pub async fn drive_versions(
+        &self,
+        actor: &DriveActor,
+        path: &DrivePath,
+    ) -> Result<Vec<DataVersion>, Error> {
+        let (actor, path) = (actor.clone(), path.clone());
+        self.drive_read(move |view| {
+            readable(view, &actor, &path)?;
+            drive::versions(view, &path).map_err(Error::from)
+        })
+        .await
+    }
+
+    /// One data version of `path` (`None`: the current one); `None` when the item has no data.
+    pub async fn drive_get(
+        &self,
+        actor: &DriveActor,
+        path: &DrivePath,
+        version: Option<DataVersion>,
+    ) -> Result<Option<DriveData>, Error> {
+        let (actor, path) = (actor.clone(), path.clone());
+        self.drive_read(move |view| {
+            let item = readable(view, &actor, &path)?;
+            let Some(version) = version.or(item.current) else {
+                return Ok(None);
+            };
+            let Some(text) = drive::data(view, &path, version).map_err(Error::from)? else {
+                return Err(Error::Rejected(Rejection::NotFound(Entity::DriveVersion(
+                    path.to_string(),
+                    version.to_string(),
+                ))));
+            };
+            let data = serde_json::from_str(&text).map_err(|e| {
+                Error::from(cairn_log::StateError::corrupt(format!(
+                    "drive data {path} {version} is not JSON: {e}"
+                )))
+            })?;
+            Ok(Some(DriveData { version, data }))
+        })
+        .await
+    }
+
+    /// Every drive type.
+    pub async fn drive_types(&self) -> Result<Vec<DriveType>, Error> {
+        self.drive_read(|view| drive::types(view).map_err(Error::from))
+            .await
+    }
+}
