@@ -2,6 +2,7 @@
 //! against (raw RocksDB and an SQLite events table), so the `compare` binary and the criterion
 //! benches measure the same work; the lifecycle, server and replication figures of `compare`.
 
+pub mod drive;
 pub mod lifecycle;
 pub mod replication;
 pub mod server;

@@ -27,12 +27,17 @@
 //! - `forwarded`: HTTP writes (the server sync64 mix, 64 clients) sent to a mirror, which
 //!   forwards them and answers once it has applied them, ÷ the same sent to the leader.
 //!
+//!
+//! Then the Drive (`cairn_benches::drive`): 10 000 small typed items put from 64 writers
+//! (items/s), a `fill-defaults` type migration over them (items/s), and
+//! `drive_migrate_vs_put`, the migration's rate ÷ the put rate.
+//!
 //! `CAIRN_BENCH_MIRROR_DURABILITY=buffered` (or `none`) opens the mirrors with that durability
 //! instead, to see what their fsyncs cost (a diagnosis, not a figure).
 //!
 //! `--only WORKLOAD` runs one cairn workload alone, for profiling: `sync64`, `sync1`,
 //! `buffered64`, `none64` (store only), `kernel64`, `server64`, `rebuild`, `open`, `catchup`,
-//! `lag`, `leader_with_mirrors`, `forwarded` (sized by `--quick`; the replication ones print
+//! `lag`, `leader_with_mirrors`, `forwarded`, `drive` (sized by `--quick`; the replication ones print
 //! their ratio), or a peer alone: `sqlite64`, `grouped64` (raw RocksDB, one group-commit
 //! thread).
 
@@ -109,6 +114,9 @@ fn main() {
             }
             "lag" => {
                 lag_figure(scratch.path(), sizes.lag);
+            }
+            "drive" => {
+                drive_figure(scratch.path());
             }
             "leader_with_mirrors" => {
                 mirrors_figure(scratch.path(), &sizes);
@@ -284,11 +292,12 @@ fn main() {
     let lag = lag_figure(scratch.path(), sizes.lag);
     let with_mirrors = mirrors_figure(scratch.path(), &sizes);
     let forwarded = forwarded_figure(scratch.path(), &sizes);
+    let drive = drive_figure(scratch.path());
     println!(
         "ratios: sync64={:.2} sync1={:.2} buffered64={:.2} sqlite_sync64={:.2} \
          kernel_sync64={:.2} rebuild={:.2} open_1m_vs_1k={:.2} catchup={catchup:.2} \
          lag_p50_ms={:.1} lag_p99_ms={:.1} leader_with_mirrors={with_mirrors:.2} \
-         forwarded={forwarded:.2}",
+         forwarded={forwarded:.2} drive_migrate_vs_put={drive:.2}",
         ratio("sync64"),
         ratio("sync1"),
         ratio("buffered64"),
@@ -483,6 +492,21 @@ fn mirrors_figure(scratch: &Path, sizes: &LogSizes) -> f64 {
         shared / without
     );
     idle / without
+}
+
+/// The Drive: 10 000 small items put from 64 writers, then one migration over them; returns
+/// the migration's rate ÷ the put rate (items/s).
+fn drive_figure(scratch: &Path) -> f64 {
+    let run = cairn_benches::drive::drive(&scratch.join("drive"), 10_000, 64);
+    let ratio = run.migrate_items_per_s / run.put_items_per_s;
+    println!(
+        "drive: {} items put at {:.0} items/s (an add and a data put each, 64 writers, sync); \
+         a type migration (fill-defaults) over them at {:.0} items/s in {} entries of one \
+         commit; drive_migrate_vs_put {ratio:.2}",
+        run.items, run.put_items_per_s, run.migrate_items_per_s, run.migration_entries
+    );
+    let _ = std::fs::remove_dir_all(scratch.join("drive"));
+    ratio
 }
 
 /// HTTP writes sent to a mirror ÷ sent to the leader (64 clients, one mirror), rounds
