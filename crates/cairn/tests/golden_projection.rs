@@ -655,9 +655,10 @@ fn read_digest(path: &Path) -> Golden {
     }
 }
 
-fn write_digest(path: &Path, applied: u64, digest: &Hash) {
+fn write_digest(path: &Path, log: &Path, applied: u64, digest: &Hash) {
+    let log = log.file_name().unwrap().to_string_lossy();
     let text = format!(
-        "# The state digest of projection-log-v1.frames folded by the kernel at this\n\
+        "# The state digest of {log} folded by the kernel at this\n\
          # PROJECTION_VERSION. Regenerate (after bumping PROJECTION_VERSION) with\n\
          # {REGENERATE_COMMAND}\n\
          projection_version {PROJECTION_VERSION}\n\
@@ -701,8 +702,7 @@ fn check_coverage(entries: &[StoredEntry]) {
         kinds::INSTALL_STARTED_2,
         kinds::UNINSTALL_STARTED_2,
         kinds::DAEMON_RAN,
-        // The Drive's apply is pinned by its kernel-level replay property test for now; a
-        // golden drive log with its own digest comes with the Drive's runtime API (issue 13).
+        // The Drive's kinds are in their own golden log (`projection-drive-v1.frames`).
         kinds::DRIVE_ITEM_ADDED,
         kinds::DRIVE_ITEM_MOVED,
         kinds::DRIVE_ITEM_DELETED,
@@ -730,7 +730,179 @@ fn check_coverage(entries: &[StoredEntry]) {
 
 #[test]
 fn the_golden_log_folds_to_the_golden_projection_digest() {
-    let log = log_path();
+    check_golden_log(&log_path(), &digest_path(), generate, check_coverage);
+}
+
+#[test]
+fn the_golden_drive_log_folds_to_its_golden_digest() {
+    check_golden_log(
+        &golden_dir().join("projection-drive-v1.frames"),
+        &golden_dir().join("projection-drive-v1.digest"),
+        generate_drive,
+        |entries| {
+            let present: std::collections::BTreeSet<&str> =
+                entries.iter().map(|e| e.kind.as_str()).collect();
+            for kind in kinds::ALL.iter().filter(|k| k.starts_with("drive.")) {
+                assert!(present.contains(kind), "the drive log has no {kind} entry");
+            }
+        },
+    );
+}
+
+/// The drive's golden log: decided by a kernel with a migration (`golden-bump`) that the
+/// folding kernel does not have, so the fold reads the recorded outcome.
+fn generate_drive() -> Vec<StoredEntry> {
+    use cairn::kernel::drive::{
+        DataVersion, DriveActor, DriveCommand, DrivePath, Level, MigrationInput, Who,
+    };
+    let bump = |_: &MigrationInput<'_>, mut d: serde_json::Value| -> Result<_, String> {
+        d["n"] = serde_json::json!(d["n"].as_i64().unwrap_or(0) + 1);
+        d["tag"] = serde_json::json!("bumped");
+        Ok(d)
+    };
+    let kernel = kernel()
+        .with_drive_migration("golden-bump", Arc::new(bump))
+        .unwrap();
+    let p = |s: &str| DrivePath::parse(s).unwrap();
+    let admin = DriveActor::admin("golden");
+    let writer = DriveActor {
+        token: "ann".into(),
+        role: Role::Write,
+    };
+    let schema = |v: u32| {
+        let mut s = serde_json::json!({
+            "type": "object",
+            "properties": {"n": {"type": "integer"}},
+            "required": ["n"],
+        });
+        if v >= 2 {
+            s["properties"]["tag"] = serde_json::json!({"type": "string", "default": "x"});
+            s["required"] = serde_json::json!(["n", "tag"]);
+        }
+        s.to_string()
+    };
+    let ty = |v: u32, m: Option<&str>| DriveCommand::SetType {
+        name: "note".into(),
+        version: v,
+        schema: schema(v),
+        migration: m.map(str::to_string),
+    };
+    let add = |path: &str, t: Option<&str>| DriveCommand::Add {
+        path: p(path),
+        type_name: t.map(str::to_string),
+    };
+    let put = |path: &str, v: Option<(u32, u32, u32)>, data: &str| DriveCommand::Put {
+        path: p(path),
+        version: v.map(|(major, minor, patch)| DataVersion {
+            major,
+            minor,
+            patch,
+        }),
+        data: data.into(),
+    };
+    let ops: Vec<(&DriveActor, DriveCommand)> = vec![
+        (&admin, ty(1, None)),
+        (&admin, add("team", None)),
+        (&admin, add("team/notes", None)),
+        (&writer, add("team/notes/a", Some("note"))),
+        (&writer, put("team/notes/a", None, r#"{"n": 1}"#)),
+        (&writer, put("team/notes/a", Some((2, 0, 0)), r#"{"n": 2}"#)),
+        (&writer, add("team/notes/b", Some("note"))),
+        (
+            &writer,
+            put("team/notes/b", None, r#"{"n": 10, "extra": [1, "é"]}"#),
+        ),
+        (&admin, add("team/tmp", None)),
+        (&admin, add("team/tmp/x", Some("note"))),
+        (&admin, put("team/tmp/x", None, r#"{"n": 5}"#)),
+        (
+            &admin,
+            DriveCommand::SetPerm {
+                path: p("team"),
+                who: Who::Role(Role::Read),
+                level: Some(Level::Edit),
+            },
+        ),
+        (
+            &admin,
+            DriveCommand::SetPerm {
+                path: p("team/notes/b"),
+                who: Who::Token("ann".into()),
+                level: Some(Level::Deny),
+            },
+        ),
+        (&admin, ty(2, Some("golden-bump"))),
+        (&admin, ty(3, None)),
+        (
+            &writer,
+            DriveCommand::DeleteVersion {
+                path: p("team/notes/a"),
+                version: DataVersion {
+                    major: 2,
+                    minor: 0,
+                    patch: 0,
+                },
+            },
+        ),
+        (
+            &admin,
+            DriveCommand::Move {
+                from: p("team/notes"),
+                to: p("team/archive"),
+            },
+        ),
+        (
+            &admin,
+            DriveCommand::Delete {
+                path: p("team/tmp"),
+            },
+        ),
+    ];
+    let mut state = MemState::default();
+    let mut entries: Vec<StoredEntry> = Vec::new();
+    let mut head = (0u64, Hash::ZERO);
+    for (n, (actor, op)) in ops.into_iter().enumerate() {
+        let command = Command::Drive {
+            actor: actor.clone(),
+            op,
+        };
+        let events = kernel
+            .decide(&state, &command)
+            .unwrap_or_else(|e| panic!("golden drive step {n} was rejected: {e:?}"));
+        assert!(!events.is_empty(), "golden drive step {n} wrote nothing");
+        for event in events {
+            let entry = EntryDraft {
+                epoch: 1,
+                time_ms: 1_700_000_000_000 + head.0,
+                meta: Meta {
+                    actor: actor.token.clone(),
+                    change: None,
+                    command: id(10_000 + n as u128),
+                    idempotency_key: None,
+                },
+                kind: event.kind().to_owned(),
+                payload: event.encode(),
+            }
+            .seal(head.0 + 1, head.1)
+            .unwrap();
+            kernel.apply(&mut state, &entry).unwrap();
+            head = (entry.offset, entry.hash);
+            entries.push(entry);
+        }
+    }
+    entries
+}
+
+/// Folds the golden log at `log` (generating it once with `generate` when regenerating)
+/// through the store and a rebuild, and compares the digest with the one recorded at
+/// `digest_file`.
+fn check_golden_log(
+    log: &Path,
+    digest_file: &Path,
+    generate: fn() -> Vec<StoredEntry>,
+    coverage: fn(&[StoredEntry]),
+) {
+    let log = log.to_path_buf();
     if !log.exists() {
         assert!(
             regenerating(),
@@ -741,7 +913,7 @@ fn the_golden_log_folds_to_the_golden_projection_digest() {
         write_log(&log, &generate());
     }
     let entries = read_log(&log);
-    check_coverage(&entries);
+    coverage(&entries);
     let head = entries.last().expect("the golden log is not empty").offset;
     let ((applied, digest), (rebuilt_applied, rebuilt)) = fold(entries);
     assert_eq!(applied, head, "every golden entry was applied");
@@ -751,7 +923,7 @@ fn the_golden_log_folds_to_the_golden_projection_digest() {
         "a rebuild of the same log gives another projection: apply is not a pure fold"
     );
 
-    let path = digest_path();
+    let path = digest_file.to_path_buf();
     if regenerating() {
         if path.exists() {
             let old = read_digest(&path);
@@ -762,7 +934,7 @@ fn the_golden_log_folds_to_the_golden_projection_digest() {
                  regenerate the golden digest with {REGENERATE_COMMAND}"
             );
         }
-        write_digest(&path, applied, &digest);
+        write_digest(&path, &log, applied, &digest);
         panic!(
             "regenerated {} (projection version {PROJECTION_VERSION}, digest {digest}); review \
              and commit it, then run again without {REGENERATE}",
