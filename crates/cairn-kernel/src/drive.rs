@@ -125,10 +125,10 @@ impl DrivePath {
                 && self.0.as_bytes()[other.0.len()] == b'/')
     }
 
-    /// `self` (within `from`) moved under `to`.
-    pub fn rebased(&self, from: &DrivePath, to: &DrivePath) -> DrivePath {
+    /// `self` (within `from`) moved under `to`, validated (a move can make a path too deep).
+    pub fn rebased(&self, from: &DrivePath, to: &DrivePath) -> Result<DrivePath, String> {
         debug_assert!(self.is_within(from));
-        DrivePath(format!("{}{}", to.0, &self.0[from.0.len()..]))
+        DrivePath::parse(&format!("{}{}", to.0, &self.0[from.0.len()..]))
     }
 
     /// Joins a child segment (validated).

@@ -251,8 +251,8 @@ impl Kernel {
             return Err(EventError::UnknownKind(kind.to_string()).to_string());
         };
         // Only the subsystems whose events name something this binary must know (a schema
-        // version, an extension) are decoded here; any other known kind is decoded once, when
-        // it is applied.
+        // version, an extension) or whose decoding validates content (drive paths) are decoded
+        // here; any other known kind is decoded once, when it is applied.
         let decode = || Event::decode(kind, payload).map_err(|e| e.to_string());
         match subsystem {
             Subsystem::Extensions => extensions::understands(self, &decode()?),
@@ -264,8 +264,10 @@ impl Kernel {
             | Subsystem::Changes
             | Subsystem::Tokens
             | Subsystem::Epoch
-            | Subsystem::Store
-            | Subsystem::Drive => Ok(()),
+            | Subsystem::Store => Ok(()),
+            // Decoding a drive event validates its paths: a leader whose rules are looser
+            // than this binary's must stop the mirror before the entry, not in its commit.
+            Subsystem::Drive => decode().map(|_| ()),
         }
     }
 

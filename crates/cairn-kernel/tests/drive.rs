@@ -463,10 +463,20 @@ fn the_permission_matrix_with_inheritance_and_a_deny_below_an_allow() {
         Level::Deny,
         "the nearer deny wins over the token's inherited edit"
     );
-    let err = d
+    // Denied even read: it is not told the item exists, exactly as for a missing one.
+    let hidden = d
         .run(&reader, put("team/docs/secret", None, "{}"))
         .unwrap_err();
-    assert!(err.contains("edit"), "{err}");
+    let missing = d
+        .run(&reader, put("team/docs/none", None, "{}"))
+        .unwrap_err();
+    assert_eq!(
+        hidden.replace("secret", "X"),
+        missing.replace("none", "X"),
+        "a hidden item and a missing one are refused alike"
+    );
+    let hidden = d.run(&reader, add("team/docs/secret", None)).unwrap_err();
+    assert!(!hidden.contains("exists"), "{hidden}");
     // A subtree with a denied item cannot be deleted or moved by whoever is denied there.
     let err = d
         .run(
@@ -476,7 +486,10 @@ fn the_permission_matrix_with_inheritance_and_a_deny_below_an_allow() {
             },
         )
         .unwrap_err();
-    assert!(err.contains("team/docs/secret"), "{err}");
+    assert!(
+        err.contains("team/docs") && !err.contains("secret"),
+        "refused without naming what the reader may not see: {err}"
+    );
     // The token's own permission at the same item beats its role's.
     d.ok(perm(
         "team/docs/secret",
@@ -518,6 +531,63 @@ fn the_permission_matrix_with_inheritance_and_a_deny_below_an_allow() {
     // Types are the workspace admin's.
     let err = d.run(&writer, set_type(1, None)).unwrap_err();
     assert!(err.contains("admin"), "{err}");
+    assert_eq!(d.replayed(), d.state);
+}
+
+#[test]
+fn a_move_that_would_make_a_path_too_deep_is_refused() {
+    let mut d = Drive::new();
+    let mut at = String::from("a");
+    d.ok(add(&at, None));
+    for i in 1..32 {
+        at = format!("{at}/s{i}");
+        d.ok(add(&at, None));
+    }
+    d.ok(add("p", None));
+    let before = d.state.clone();
+    let err = d
+        .run(
+            &admin(),
+            DriveCommand::Move {
+                from: path("a"),
+                to: path("p/a"),
+            },
+        )
+        .unwrap_err();
+    assert!(err.contains("33 segments"), "{err}");
+    assert_eq!(d.state, before);
+    d.ok(DriveCommand::Move {
+        from: path("a/s1"),
+        to: path("p/s1"),
+    });
+    check(&d);
+    assert_eq!(d.replayed(), d.state);
+}
+
+#[test]
+fn sibling_names_that_share_a_prefix_stay_apart_through_moves_and_deletes() {
+    let mut d = Drive::new();
+    for p in ["a", "a/x", "a-b", "a-b/y", "a0", "ab"] {
+        d.ok(add(p, None));
+        d.ok(put(p, None, &format!(r#"{{"at": "{p}"}}"#)));
+    }
+    d.ok(DriveCommand::Move {
+        from: path("a"),
+        to: path("z"),
+    });
+    for p in ["a-b", "a-b/y", "a0", "ab", "z", "z/x"] {
+        assert!(drive::item(&d.state, &path(p)).unwrap().is_some(), "{p}");
+    }
+    d.ok(DriveCommand::Delete { path: path("a-b") });
+    assert!(drive::item(&d.state, &path("a0")).unwrap().is_some());
+    assert!(drive::item(&d.state, &path("z/x")).unwrap().is_some());
+    let names: Vec<String> = drive::children(&d.state, None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.path.to_string())
+        .collect();
+    assert_eq!(names, ["a0", "ab", "z"]);
+    check(&d);
     assert_eq!(d.replayed(), d.state);
 }
 

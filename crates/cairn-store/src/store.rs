@@ -189,9 +189,37 @@ struct Opened {
 }
 
 /// The RocksDB options every workspace database is opened with (benchmarks open their raw
-/// RocksDB peer with the same ones).
+/// RocksDB peer with the same ones); the `log` column family adds [`log_cf_options`]'s.
 pub fn db_options() -> rocksdb::Options {
     let mut o = rocksdb::Options::default();
+    configure(&mut o);
+    o
+}
+
+/// The `log` column family's options: [`db_options`], and no rewrite of a bottommost table
+/// file only to zero its sequence numbers. RocksDB does that as soon as no snapshot protects
+/// them, and every reader holds a snapshot, so every table of the append-only log (moved down
+/// without a rewrite: its keys never overlap) was written twice. It waits a day instead. Only
+/// the log: in `state` and `drive` the same compaction also drops what deletes and overwrites
+/// left behind. The binding has no setter for this option, so it goes through RocksDB's options
+/// string, first (the string starts from a copy of the options it is given, and the Rust
+/// wrapper it returns drops what the given one kept alive).
+pub fn log_cf_options() -> rocksdb::Options {
+    let mut o = rocksdb::Options::default()
+        .get_options_from_string(format!(
+            "bottommost_file_compaction_delay={BOTTOMMOST_REWRITE_DELAY_S}"
+        ))
+        // Invariant: a fixed, known option name with an integer value always parses.
+        .expect("bottommost_file_compaction_delay is a RocksDB option");
+    configure(&mut o);
+    o
+}
+
+/// How old a bottommost table file of the log must be before RocksDB may rewrite it only to
+/// zero its sequence numbers (see [`log_cf_options`]).
+pub const BOTTOMMOST_REWRITE_DELAY_S: u32 = 86_400;
+
+fn configure(o: &mut rocksdb::Options) {
     // Reuse obsolete WAL files instead of growing fresh ones: an fdatasync of a write that
     // stays within the file's size needs no metadata update, which roughly halves sync cost.
     o.set_recycle_log_file_num(4);
@@ -218,21 +246,7 @@ pub fn db_options() -> rocksdb::Options {
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
     o.set_block_based_table_factory(&table);
-    // RocksDB rewrites a bottommost table file as soon as a snapshot that protected some of
-    // its keys is released, only to zero their sequence numbers. Every reader holds a
-    // snapshot, so every table of the append-only log was written twice: once by its flush
-    // (moved down without a rewrite, its keys never overlap) and once more for that. Wait a
-    // day instead; the rust binding has no setter for this option, only the options string.
-    o.get_options_from_string(format!(
-        "bottommost_file_compaction_delay={BOTTOMMOST_REWRITE_DELAY_S}"
-    ))
-    // Invariant: a fixed, known option name with an integer value always parses.
-    .expect("bottommost_file_compaction_delay is a RocksDB option")
 }
-
-/// How old a bottommost table file must be before RocksDB may rewrite it only to zero its
-/// sequence numbers (see `db_options`).
-pub const BOTTOMMOST_REWRITE_DELAY_S: u32 = 86_400;
 
 /// RocksDB info log files (`db/LOG`, `db/LOG.old.*`) kept besides the current one.
 pub const INFO_LOG_FILES_MAX: usize = 4;
@@ -241,7 +255,14 @@ pub const INFO_LOG_FILE_BYTES_MAX: usize = 1 << 20;
 
 fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
     CFS.iter()
-        .map(|name| ColumnFamilyDescriptor::new(*name, db_options()))
+        .map(|name| {
+            let opts = if *name == CF_LOG {
+                log_cf_options()
+            } else {
+                db_options()
+            };
+            ColumnFamilyDescriptor::new(*name, opts)
+        })
         .collect()
 }
 

@@ -28,23 +28,27 @@ pub struct DriveData {
     pub data: serde_json::Value,
 }
 
-fn denied(actor: &DriveActor, path: &DrivePath) -> Error {
-    Error::Rejected(Rejection::Denied {
-        who: actor.token.clone(),
-        what: format!("drive item {path}"),
-        needed: Level::Read.as_str().to_string(),
-    })
-}
-
-/// The item at `path`, which `actor` must be allowed to read.
+/// The item at `path`, which `actor` must be allowed to read (an item it may not read is
+/// "not found", as if it did not exist); its permissions are shown to those with `admin` on
+/// it only.
 fn readable(view: &ReadView, actor: &DriveActor, path: &DrivePath) -> Result<DriveItem, Error> {
+    let level = drive::level(view, actor, path).map_err(Error::from)?;
+    let not_found = || Error::Rejected(Rejection::NotFound(Entity::DriveItem(path.to_string())));
+    if level < Level::Read {
+        return Err(not_found());
+    }
     let item = drive::item(view, path)
         .map_err(Error::from)?
-        .ok_or_else(|| Error::Rejected(Rejection::NotFound(Entity::DriveItem(path.to_string()))))?;
-    if drive::level(view, actor, path).map_err(Error::from)? < Level::Read {
-        return Err(denied(actor, path));
+        .ok_or_else(not_found)?;
+    Ok(shown(item, level))
+}
+
+/// What a reader at `level` sees of an item: its permissions only with `admin`.
+fn shown(mut item: DriveItem, level: Level) -> DriveItem {
+    if level < Level::Admin {
+        item.perms.clear();
     }
-    Ok(item)
+    item
 }
 
 impl Workspace {
@@ -202,8 +206,9 @@ impl Workspace {
             for item in
                 drive::children(view, parent.as_ref(), DRIVE_LIST_ITEMS_MAX).map_err(Error::from)?
             {
-                if drive::level(view, &actor, &item.path).map_err(Error::from)? >= Level::Read {
-                    out.push(item);
+                let level = drive::level(view, &actor, &item.path).map_err(Error::from)?;
+                if level >= Level::Read {
+                    out.push(shown(item, level));
                 }
             }
             Ok(out)

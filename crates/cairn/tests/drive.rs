@@ -186,7 +186,13 @@ async fn reads_check_the_reader_s_level_and_listings_hide_what_it_may_not_read()
         .drive_get(&reader, &p("docs/closed"), None)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("ann"), "{err}");
+    // What the reader may not read is "not found", like what does not exist.
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    // Permissions are shown to admins of the item only.
+    let seen = ws.drive_item(&reader, &p("docs")).await.unwrap();
+    assert!(seen.perms.is_empty());
+    let seen = ws.drive_item(&admin, &p("docs/closed")).await.unwrap();
+    assert_eq!(seen.perms.len(), 1);
     assert!(ws.drive_versions(&reader, &p("docs/closed")).await.is_err());
     assert!(ws
         .drive_get(&reader, &p("docs/open"), None)

@@ -83,11 +83,24 @@ fn need(
         Some(p) => drive::level(state, actor, p)?,
         None => drive::root_level(actor),
     };
-    if have >= needed {
-        Ok(())
-    } else {
-        Err(denied(actor, path, needed))
+    match (have >= needed, path) {
+        (true, _) => Ok(()),
+        // What the actor may not even read, it is not told exists.
+        (false, Some(p)) if have < Level::Read => Err(Rejection::NotFound(item_entity(p)).into()),
+        (false, _) => Err(denied(actor, path, needed)),
     }
+}
+
+/// Refuses a path that is taken: as `exists` to whom may read what is there, as `denied`
+/// (without saying why) to whom may not.
+fn taken(state: &dyn StateRead, actor: &DriveActor, path: &DrivePath) -> Result<(), DecideError> {
+    if drive::item(state, path)?.is_none() {
+        return Ok(());
+    }
+    if drive::level(state, actor, path)? < Level::Read {
+        return Err(denied(actor, Some(path), Level::Edit));
+    }
+    Err(Rejection::Exists(item_entity(path)).into())
 }
 
 fn existing(state: &dyn StateRead, path: &DrivePath) -> Result<DriveItem, DecideError> {
@@ -108,7 +121,14 @@ fn editable_subtree(
         .into());
     };
     for i in &items {
-        need(state, actor, Some(&i.path), Level::Edit)?;
+        if drive::level(state, actor, &i.path)? < Level::Edit {
+            return Err(Rejection::Denied {
+                who: actor.token.clone(),
+                what: format!("drive item {path} (an item under it)"),
+                needed: Level::Edit.as_str().to_string(),
+            }
+            .into());
+        }
     }
     Ok(items)
 }
@@ -120,14 +140,16 @@ fn checked_data(
     item: &DriveItem,
     data: &str,
 ) -> Result<String, DecideError> {
-    if data.len() > DRIVE_DATA_BYTES_MAX {
-        return Err(Rejection::Invalid(format!(
-            "data for drive item {} is {} bytes, more than {DRIVE_DATA_BYTES_MAX} \
+    let too_big = |len: usize| -> DecideError {
+        Rejection::Invalid(format!(
+            "data for drive item {} is {len} bytes, more than {DRIVE_DATA_BYTES_MAX} \
              (DRIVE_DATA_BYTES_MAX)",
-            item.path,
-            data.len()
+            item.path
         ))
-        .into());
+        .into()
+    };
+    if data.len() > DRIVE_DATA_BYTES_MAX {
+        return Err(too_big(data.len()));
     }
     let value: serde_json::Value = serde_json::from_str(data).map_err(|e| {
         Rejection::Invalid(format!(
@@ -135,6 +157,11 @@ fn checked_data(
             item.path
         ))
     })?;
+    // What is recorded is the canonical text, which may be longer than what was sent.
+    let canonical = value.to_string();
+    if canonical.len() > DRIVE_DATA_BYTES_MAX {
+        return Err(too_big(canonical.len()));
+    }
     if let Some(t) = &item.type_name {
         let ty = drive::drive_type(state, t)?
             .ok_or_else(|| Rejection::NotFound(Entity::DriveType(t.clone())))?;
@@ -150,7 +177,7 @@ fn checked_data(
             .into());
         }
     }
-    Ok(value.to_string())
+    Ok(canonical)
 }
 
 pub(super) fn decide(
@@ -162,14 +189,12 @@ pub(super) fn decide(
     let ev = |e: DriveEvent| Ok(vec![Event::Drive(e)]);
     match command {
         DriveCommand::Add { path, type_name } => {
-            if drive::item(state, path)?.is_some() {
-                return Err(Rejection::Exists(item_entity(path)).into());
-            }
             let parent = path.parent();
+            need(state, actor, parent.as_ref(), Level::Edit)?;
             if let Some(p) = &parent {
                 existing(state, p)?;
             }
-            need(state, actor, parent.as_ref(), Level::Edit)?;
+            taken(state, actor, path)?;
             if let Some(t) = type_name {
                 check_type_name(t).map_err(Rejection::Invalid)?;
                 if drive::drive_type(state, t)?.is_none() {
@@ -182,6 +207,7 @@ pub(super) fn decide(
             }))
         }
         DriveCommand::Move { from, to } => {
+            need(state, actor, Some(from), Level::Edit)?;
             existing(state, from)?;
             if to.is_within(from) {
                 return Err(Rejection::Invalid(format!(
@@ -189,21 +215,27 @@ pub(super) fn decide(
                 ))
                 .into());
             }
-            if drive::item(state, to)?.is_some() {
-                return Err(Rejection::Exists(item_entity(to)).into());
-            }
             let parent = to.parent();
+            need(state, actor, parent.as_ref(), Level::Edit)?;
             if let Some(p) = &parent {
                 existing(state, p)?;
             }
-            editable_subtree(state, actor, from)?;
-            need(state, actor, parent.as_ref(), Level::Edit)?;
+            taken(state, actor, to)?;
+            for item in editable_subtree(state, actor, from)? {
+                item.path.rebased(from, to).map_err(|e| {
+                    Rejection::Invalid(format!(
+                        "moving drive item {from} to {to} would put {} at an invalid path: {e}",
+                        item.path
+                    ))
+                })?;
+            }
             ev(DriveEvent::ItemMoved(ItemMoved {
                 from: from.clone(),
                 to: to.clone(),
             }))
         }
         DriveCommand::Delete { path } => {
+            need(state, actor, Some(path), Level::Edit)?;
             existing(state, path)?;
             editable_subtree(state, actor, path)?;
             ev(DriveEvent::ItemDeleted(ItemDeleted { path: path.clone() }))
@@ -213,8 +245,8 @@ pub(super) fn decide(
             version,
             data,
         } => {
-            let item = existing(state, path)?;
             need(state, actor, Some(path), Level::Edit)?;
+            let item = existing(state, path)?;
             let version = match (version, item.current) {
                 (Some(v), Some(cur)) if *v < cur => {
                     return Err(Rejection::state(
@@ -235,8 +267,8 @@ pub(super) fn decide(
             }))
         }
         DriveCommand::DeleteVersion { path, version } => {
-            existing(state, path)?;
             need(state, actor, Some(path), Level::Edit)?;
+            existing(state, path)?;
             if drive::data(state, path, *version)?.is_none() {
                 return Err(Rejection::NotFound(Entity::DriveVersion(
                     path.to_string(),
@@ -250,8 +282,8 @@ pub(super) fn decide(
             }))
         }
         DriveCommand::SetPerm { path, who, level } => {
-            let item = existing(state, path)?;
             need(state, actor, Some(path), Level::Admin)?;
+            let item = existing(state, path)?;
             if item.perms.get(who) == level.as_ref() {
                 return Ok(Vec::new());
             }
@@ -308,8 +340,15 @@ fn set_type(
         .map_err(|e| invalid(format!("the schema of drive type {name} is {e}")))?;
     let schema_value: serde_json::Value =
         serde_json::from_str(schema).expect("the validator parsed this schema text");
-    // The canonical text is what is recorded and what the cache is keyed by.
+    // The canonical text is what is recorded (and what later checks of data look up).
     let schema_text = schema_value.to_string();
+    if schema_text.len() > DRIVE_SCHEMA_BYTES_MAX {
+        return Err(invalid(format!(
+            "the schema of drive type {name} is {} bytes as recorded, more than \
+             {DRIVE_SCHEMA_BYTES_MAX} (DRIVE_SCHEMA_BYTES_MAX)",
+            schema_text.len()
+        )));
+    }
     let current = drive::drive_type(state, name)?;
     let from_version = match &current {
         Some(t) if version < t.version => {
@@ -519,7 +558,12 @@ pub(super) fn apply(
         DriveEvent::ItemMoved(e) => {
             for mut item in subtree_for_apply(state, &e.from)? {
                 let data = take_item(state, &item)?;
-                item.path = item.path.rebased(&e.from, &e.to);
+                item.path = item.path.rebased(&e.from, &e.to).map_err(|why| {
+                    ApplyFailure(format!(
+                        "drive.item_moved: {} cannot move: {why}",
+                        item.path
+                    ))
+                })?;
                 item.revision = entry.offset;
                 for (v, bytes) in data {
                     state.put(Space::Drive, &keys::version(&item.path, v), &bytes);
