@@ -71,7 +71,8 @@ pub fn install(manifest: Validated, change: Uuid) -> [Command; 2] {
 }
 
 /// An `Uninstall` and the engine commands that finish it: tasks 1 (`cancel-onload`), 2
-/// (`onuninstall`, a no-op when the hook is not declared), 3 (`delete-resources`) and 4
+/// (`onuninstall`, a no-op when the hook is not declared), 3 (`stop-daemons`: every bench
+/// package declares a daemon; nothing runs it here), 4 (`delete-resources`) and 5
 /// (`remove-package`); task 0 (`mark-uninstalling`) is done when the change is created. This
 /// holds for a package without connections.
 pub fn uninstall(package: &str, keep: Vec<ResourceKind>, change: Uuid) -> Vec<Command> {
@@ -81,7 +82,7 @@ pub fn uninstall(package: &str, keep: Vec<ResourceKind>, change: Uuid) -> Vec<Co
         strict: false,
         change,
     }];
-    commands.extend((1..=4).map(|task| Command::TaskRun {
+    commands.extend((1..=5).map(|task| Command::TaskRun {
         change,
         task,
         undo: false,
