@@ -43,6 +43,9 @@ pub const DAEMON_STOP_GRACE_MS: u64 = 3000;
 pub const DAEMON_OUTPUT_BYTES_MAX: usize = crate::hooks::HOOK_OUTPUT_BYTES_MAX;
 /// Depth of the supervisor's request queue.
 const DAEMON_REQUESTS_MAX: usize = 64;
+/// The least time between two reconciles that commits (not the supervisor itself) caused:
+/// a daemon starts at most this much later after what enables it commits.
+pub const DAEMON_RECONCILE_INTERVAL_MS: u64 = 50;
 /// A daemon runs until it is stopped: its "timeout" (about a century).
 const DAEMON_RUN_S_MAX: u64 = 100 * 365 * 24 * 3600;
 
@@ -284,21 +287,45 @@ impl Actor {
         mut exits: mpsc::UnboundedReceiver<Exit>,
     ) {
         let mut applied = self.inner.applied.subscribe();
+        let interval = Duration::from_millis(DAEMON_RECONCILE_INTERVAL_MS);
+        // A commit only marks the projection changed: under a write load (thousands of
+        // commits a second) reading every package on each one would cost the leader a core.
+        // What the supervisor did itself (a request, an exit, a backoff) is reconciled at once.
+        // When the last reconcile ran (`None`: the next one may run at once).
+        let (mut changed_since, mut last): (bool, Option<Instant>) = (true, None);
         loop {
-            if let Err(e) = self.reconcile(&exits_tx).await {
-                tracing::error!(error = %e, "daemon supervisor cannot read state");
+            if changed_since && last.is_none_or(|l| l.elapsed() >= interval) {
+                changed_since = false;
+                last = Some(Instant::now());
+                if let Err(e) = self.reconcile(&exits_tx).await {
+                    tracing::error!(error = %e, "daemon supervisor cannot read state");
+                }
             }
-            let deadline = self.next_deadline();
+            let throttle = last.filter(|_| changed_since).map(|l| l + interval);
+            let deadline = match (self.next_deadline(), throttle) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 _ = leading.cancelled() => break,
                 changed = applied.changed() => {
                     if changed.is_err() {
                         break;
                     }
+                    changed_since = true;
                 }
-                Some(request) = requests.recv() => self.request(request, &exits_tx).await,
-                Some(exit) = exits.recv() => self.exited(exit, &exits_tx).await,
-                () = sleep_until(deadline) => self.backoffs_over(&exits_tx).await,
+                Some(request) = requests.recv() => {
+                    self.request(request, &exits_tx).await;
+                    (changed_since, last) = (true, None);
+                }
+                Some(exit) = exits.recv() => {
+                    self.exited(exit, &exits_tx).await;
+                    (changed_since, last) = (true, None);
+                }
+                () = sleep_until(deadline) => {
+                    self.backoffs_over(&exits_tx).await;
+                    (changed_since, last) = (true, None);
+                }
             }
         }
         self.shutdown(&mut exits).await;
