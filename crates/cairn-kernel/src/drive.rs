@@ -890,16 +890,30 @@ pub fn level(
     if actor.role == Role::Admin {
         return Ok(Level::Admin);
     }
-    let token = Who::Token(actor.token.clone());
-    let role = Who::Role(actor.role);
     for p in path.self_and_ancestors() {
-        if let Some(i) = item(state, &p)? {
-            if let Some(l) = i.perms.get(&token).or_else(|| i.perms.get(&role)) {
-                return Ok(*l);
-            }
+        if let Some(l) = item(state, &p)?.and_then(|i| own_level(&i, actor)) {
+            return Ok(l);
         }
     }
     Ok(Level::default_for(actor.role))
+}
+
+/// What `actor` may do on `item`, given `inherited`, what it may do on the item's parent:
+/// the permission set on the item itself for it, else `inherited` (the same rule as
+/// [`level`], one item at a time, for walking a tree from the top).
+pub fn level_under(item: &DriveItem, actor: &DriveActor, inherited: Level) -> Level {
+    if actor.role == Role::Admin {
+        return Level::Admin;
+    }
+    own_level(item, actor).unwrap_or(inherited)
+}
+
+/// The permission set on `item` itself for `actor`: its token's, else its role's.
+fn own_level(item: &DriveItem, actor: &DriveActor) -> Option<Level> {
+    item.perms
+        .get(&Who::Token(actor.token.clone()))
+        .or_else(|| item.perms.get(&Who::Role(actor.role)))
+        .copied()
 }
 
 /// What `actor` may do at the root (adding top-level items, types): its role's default.

@@ -528,6 +528,18 @@ fn the_permission_matrix_with_inheritance_and_a_deny_below_an_allow() {
         );
         d.ok(perm("team/docs/x", Who::Token("zed".into()), None));
     }
+    // Resolving levels from the top, one item at a time, agrees with walking each item's
+    // ancestors.
+    for actor in [&reader, &writer] {
+        let mut stack = vec![(None, drive::root_level(actor))];
+        while let Some((parent, inherited)) = stack.pop() {
+            for item in drive::children(&d.state, parent.as_ref(), usize::MAX).unwrap() {
+                let top_down = drive::level_under(&item, actor, inherited);
+                assert_eq!(top_down, lv(&d, actor, item.path.as_str()), "{}", item.path);
+                stack.push((Some(item.path.clone()), top_down));
+            }
+        }
+    }
     // Types are the workspace admin's.
     let err = d.run(&writer, set_type(1, None)).unwrap_err();
     assert!(err.contains("admin"), "{err}");

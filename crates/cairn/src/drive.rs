@@ -199,14 +199,18 @@ impl Workspace {
     ) -> Result<Vec<DriveItem>, Error> {
         let (actor, parent) = (actor.clone(), parent.cloned());
         self.drive_read(move |view| {
-            if let Some(p) = &parent {
-                readable(view, &actor, p)?;
-            }
+            let inherited = match &parent {
+                Some(p) => {
+                    readable(view, &actor, p)?;
+                    drive::level(view, &actor, p).map_err(Error::from)?
+                }
+                None => drive::root_level(&actor),
+            };
             let mut out = Vec::new();
             for item in
                 drive::children(view, parent.as_ref(), DRIVE_LIST_ITEMS_MAX).map_err(Error::from)?
             {
-                let level = drive::level(view, &actor, &item.path).map_err(Error::from)?;
+                let level = drive::level_under(&item, &actor, inherited);
                 if level >= Level::Read {
                     out.push(shown(item, level));
                 }

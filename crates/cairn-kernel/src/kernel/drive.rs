@@ -120,8 +120,16 @@ fn editable_subtree(
         ))
         .into());
     };
+    // Items come in path order, each after its parent: levels are resolved from the top, one
+    // item at a time, instead of walking every item's ancestors again.
+    let mut levels: BTreeMap<&DrivePath, Level> = BTreeMap::new();
     for i in &items {
-        if drive::level(state, actor, &i.path)? < Level::Edit {
+        let level = match i.path.parent().and_then(|p| levels.get(&p).copied()) {
+            Some(inherited) => drive::level_under(i, actor, inherited),
+            None => drive::level(state, actor, &i.path)?,
+        };
+        levels.insert(&i.path, level);
+        if level < Level::Edit {
             return Err(Rejection::Denied {
                 who: actor.token.clone(),
                 what: format!("drive item {path} (an item under it)"),
