@@ -44,11 +44,7 @@ fn schema(v: u32) -> String {
 /// a type migration over all of them.
 pub fn drive(dir: &Path, items: u64, threads: u64) -> DriveRun {
     Workspace::init(dir).expect("init the drive bench workspace");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("bench runtime");
+    let rt = crate::runtime();
     let mut opts = Options::default();
     opts.store.durability = Durability::Sync;
     let ws = rt

@@ -46,6 +46,16 @@ pub fn meta(i: u64) -> Meta {
     }
 }
 
+/// The runtime every bench that serves or opens a `Workspace` runs on: two workers, the
+/// machine's cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a bench runtime")
+}
+
 /// Something that acknowledges one 256-byte write at a time, from many threads.
 pub trait Sink: Send + Sync {
     /// Writes one payload and returns once it is acknowledged.

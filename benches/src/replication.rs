@@ -107,11 +107,7 @@ impl Cluster {
     /// Opens the (closed) workspace at `dir` as the leader, creates a `mirror` and a `write`
     /// token on it (two entries), and serves it.
     pub fn lead(dir: &Path, durability: Durability) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("bench runtime");
+        let rt = crate::runtime();
         let mut opts = Options::default();
         opts.store.durability = durability;
         let ws = rt
@@ -349,11 +345,7 @@ pub fn mirror_child(args: &[String]) {
     // SAFETY: sched_setscheduler reads `param` only during the call; pid 0 is this thread.
     let set = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
     assert_eq!(set, 0, "SCHED_IDLE: {}", std::io::Error::last_os_error());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("mirror child runtime");
+    let rt = crate::runtime();
     let mut opts = Options {
         role: NodeRole::Mirror,
         ..Options::default()

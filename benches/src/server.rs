@@ -47,11 +47,7 @@ impl HttpSink {
     /// A fresh workspace in `dir`, its server listening on a free port.
     pub fn open(dir: &Path, durability: Durability) -> Self {
         drop(KernelSink::open(dir, durability));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("bench runtime");
+        let rt = crate::runtime();
         let mut opts = Options::default();
         opts.store.durability = durability;
         let ws = rt

@@ -366,11 +366,7 @@ fn rebuild_rates(dir: &Path, rounds: usize) -> (f64, f64) {
 /// Median open + close times (seconds) of the workspaces at `big` and `small`, interleaved:
 /// `Workspace::open` + `close` (the ratio's figure) and `Store::open` + drop.
 fn open_times(big: &Path, small: &Path, opens: usize) -> (f64, f64) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = cairn_benches::runtime();
     // The first open replays the WAL left by the build (and flushes it): not what is measured.
     for dir in [big, small] {
         lifecycle::workspace_open_close(&rt, dir);

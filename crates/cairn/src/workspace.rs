@@ -1161,12 +1161,7 @@ impl Workspace {
     /// the leader. Only a mirror takes them ([`Error::NotMirror`] otherwise). Returns the
     /// commit.
     pub async fn apply_replicated(&self, entries: Vec<StoredEntry>) -> Result<Committed, Error> {
-        let verified: Result<Vec<_>, _> = entries
-            .into_iter()
-            .map(|e| cairn_log::VerifiedEntry::verify(cairn_log::EncodedEntry::new(e)))
-            .collect();
-        let verified = verified.map_err(|e| Error::Store(cairn_store::StoreError::Refused(e)))?;
-        Ok(self.submit_replicated(verified)?.await?)
+        Ok(self.mirror_store()?.submit_entries(entries).await?)
     }
 
     /// [`Workspace::apply_replicated`] of entries whose hashes are verified (as a follower
@@ -1180,6 +1175,12 @@ impl Workspace {
         &self,
         entries: Vec<cairn_log::VerifiedEntry>,
     ) -> Result<cairn_store::Ticket<Committed, cairn_store::StoreError>, Error> {
+        Ok(self.mirror_store()?.submit_verified(entries))
+    }
+
+    /// The store, for entries from this mirror's leader: only a mirror takes them, and only
+    /// while open.
+    fn mirror_store(&self) -> Result<&Store<KernelMachine>, Error> {
         let inner = self.inner();
         if inner.role() != NodeRole::Mirror {
             return Err(Error::NotMirror);
@@ -1187,7 +1188,7 @@ impl Workspace {
         if inner.shutdown.is_cancelled() {
             return Err(Error::Closed);
         }
-        Ok(inner.store.submit_verified(entries))
+        Ok(&inner.store)
     }
 
     /// The head of the log (offset, hash and epoch of its last entry).
