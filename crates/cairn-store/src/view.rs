@@ -187,46 +187,13 @@ impl ReadView {
         from: u64,
         mut visit: impl FnMut(u64, Box<[u8]>) -> bool,
     ) -> Result<(), StoreError> {
-        if from < self.first {
-            return Err(StoreError::Compacted {
-                requested: from,
-                first: self.first,
-            });
-        }
-        let last = self.head.offset;
-        if from > last {
-            return Ok(());
-        }
-        let base = self.base();
-        let iter = base.db.iterator_cf_opt(
-            base.cf(CF_LOG),
-            base.read_opts(),
-            IteratorMode::From(&layout::log_key(from), Direction::Forward),
-        );
-        let mut expected = from;
-        for item in iter {
-            if expected > last {
-                return Ok(());
-            }
-            let (k, v) = item.map_err(StoreError::db("read log"))?;
-            if layout::parse_log_key(&k) != Some(expected) {
-                return Err(StoreError::Corrupt {
-                    offset: expected,
-                    reason: CorruptReason::Missing,
-                });
-            }
-            expected += 1;
-            if !visit(expected - 1, v) {
-                return Ok(());
-            }
-        }
-        if expected <= last {
-            return Err(StoreError::Corrupt {
-                offset: expected,
-                reason: CorruptReason::Missing,
-            });
-        }
-        Ok(())
+        visit_raw_at(
+            self.base(),
+            self.first,
+            self.head.offset,
+            from,
+            &mut |offset, _, v| Ok(visit(offset, v)),
+        )
     }
 
     /// Verifies the whole retained log: every entry decodes, sits under its own offset, hashes
@@ -314,35 +281,9 @@ pub(crate) fn visit_log_at(
     from: u64,
     visit: &mut dyn FnMut(StoredEntry) -> bool,
 ) -> Result<(), StoreError> {
-    if from < first {
-        return Err(StoreError::Compacted {
-            requested: from,
-            first,
-        });
-    }
-    if from > last {
-        return Ok(());
-    }
-    let key = layout::log_key(from);
-    let iter = base.db.iterator_cf_opt(
-        base.cf(CF_LOG),
-        base.read_opts(),
-        IteratorMode::From(&key, Direction::Forward),
-    );
     let mut cursor: Option<ChainCursor> = None;
-    let mut expected = from;
-    for item in iter {
-        let (k, v) = item.map_err(StoreError::db("read log"))?;
-        if expected > last {
-            break;
-        }
-        let entry = decode_stored(&k, &v)?;
-        if entry.offset != expected {
-            return Err(StoreError::Corrupt {
-                offset: expected,
-                reason: CorruptReason::Missing,
-            });
-        }
+    visit_raw_at(base, first, last, from, &mut |_, k, v| {
+        let entry = decode_stored(k, &v)?;
         let cur = cursor.get_or_insert_with(|| {
             ChainCursor::new(Head {
                 offset: entry.offset - 1,
@@ -354,16 +295,65 @@ pub(crate) fn visit_log_at(
             offset: entry.offset,
             reason: e.into(),
         })?;
+        Ok(visit(entry))
+    })
+}
+
+/// What [`visit_raw_at`] calls with each entry: its offset, key and stored value; `Ok(false)`
+/// stops the visit.
+type RawVisit<'a> = dyn FnMut(u64, &[u8], Box<[u8]>) -> Result<bool, StoreError> + 'a;
+
+/// Visits the stored values of log entries `from..=last` through `base`, with their offsets
+/// and keys, until `visit` returns false or fails; checks only that the keys are dense
+/// (a gap is `Corrupt` `Missing` at the first absent offset), not what the values hold.
+fn visit_raw_at(
+    base: Base<'_>,
+    first: u64,
+    last: u64,
+    from: u64,
+    visit: &mut RawVisit<'_>,
+) -> Result<(), StoreError> {
+    if from < first {
+        return Err(StoreError::Compacted {
+            requested: from,
+            first,
+        });
+    }
+    if from > last {
+        return Ok(());
+    }
+    let iter = base.db.iterator_cf_opt(
+        base.cf(CF_LOG),
+        base.read_opts(),
+        IteratorMode::From(&layout::log_key(from), Direction::Forward),
+    );
+    let missing = |offset| StoreError::Corrupt {
+        offset,
+        reason: CorruptReason::Missing,
+    };
+    let mut expected = from;
+    for item in iter {
+        if expected > last {
+            return Ok(());
+        }
+        let (k, v) = item.map_err(StoreError::db("read log"))?;
+        match layout::parse_log_key(&k) {
+            Some(offset) if offset == expected => {}
+            Some(_) => return Err(missing(expected)),
+            None => {
+                return Err(StoreError::Inconsistent(format!(
+                    "log key of {} bytes is not an offset",
+                    k.len()
+                )))
+            }
+        }
         expected += 1;
-        if !visit(entry) {
+        if !visit(expected - 1, &k, v)? {
             return Ok(());
         }
     }
     if expected <= last {
-        return Err(StoreError::Corrupt {
-            offset: expected,
-            reason: CorruptReason::Missing,
-        });
+        return Err(missing(expected));
     }
     Ok(())
 }
