@@ -44,6 +44,13 @@ fn tamper(dir: &Path, offset: u64, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     original
 }
 
+/// Deletes the stored entry at `offset` through a raw RocksDB handle.
+fn delete_entry(dir: &Path, offset: u64) {
+    let db = open_raw_db(dir).unwrap();
+    db.delete_cf(db.cf_handle(CF_LOG).unwrap(), layout::log_key(offset))
+        .unwrap();
+}
+
 fn restore(dir: &Path, offset: u64, bytes: &[u8]) {
     let db = open_raw_db(dir).unwrap();
     db.put_cf(
@@ -131,11 +138,7 @@ fn open_refuses_a_head_entry_that_fails_verification() {
 #[test]
 fn a_missing_entry_is_named() {
     let dir = workspace();
-    {
-        let db = open_raw_db(dir.path()).unwrap();
-        db.delete_cf(db.cf_handle(CF_LOG).unwrap(), layout::log_key(12))
-            .unwrap();
-    }
+    delete_entry(dir.path(), 12);
     let err = verify_error(dir.path());
     assert!(
         matches!(
@@ -249,11 +252,7 @@ fn a_raw_log_read_gives_the_stored_bytes_and_names_a_missing_entry() {
     .unwrap();
     assert_eq!(all, ENTRIES);
     drop((view, store));
-    {
-        let db = open_raw_db(dir.path()).unwrap();
-        db.delete_cf(db.cf_handle(CF_LOG).unwrap(), layout::log_key(12))
-            .unwrap();
-    }
+    delete_entry(dir.path(), 12);
     let store = open(dir.path()).unwrap();
     let err = store
         .read()
