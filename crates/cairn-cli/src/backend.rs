@@ -81,7 +81,9 @@ impl Backend {
                     }
                 }
                 let work = async {
-                    let v = svc.handle(req, LOCAL_ACTOR).await?;
+                    let v = svc
+                        .handle(req, &cairn_server::Caller::local(LOCAL_ACTOR))
+                        .await?;
                     if waits_onload && v["status"] == "done" {
                         if let Some(pkg) = v["packages"][0].as_str() {
                             wait_onload(svc.workspace(), pkg).await?;

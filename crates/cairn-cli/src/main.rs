@@ -18,6 +18,7 @@ macro_rules! println {
 
 mod backend;
 mod demo;
+mod drive;
 mod output;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -118,6 +119,10 @@ enum Cmd {
     /// Interface connections between plugs and slots.
     #[command(subcommand)]
     Iface(Iface),
+    /// The Drive: a tree of items with versioned JSON data, typed by JSON Schemas whose
+    /// migrations are recorded in the log (docs/drive.md).
+    #[command(subcommand)]
+    Drive(drive::Drive),
     /// Changes (install, uninstall, connect, disconnect) and their tasks.
     #[command(subcommand)]
     Change(Change),
@@ -786,8 +791,9 @@ fn request(cmd: &Cmd) -> Result<(Request, Open), Failure> {
     let (req, writes) = request_of(cmd)?;
     let open = match (cmd, writes) {
         (Cmd::Change(Change::Abort { .. }), _) => Open::Drive,
-        // Tokens touch no change: no engine, no hooks.
-        (Cmd::Token(_), _) => Open::Quiet,
+        // Tokens and the drive touch no change: no engine, no hooks.
+        (Cmd::Token(_) | Cmd::Drive(_), true) => Open::Quiet,
+        (Cmd::Token(_), false) => Open::Quiet,
         (Cmd::Promote { .. }, _) => Open::Mirror,
         (_, true) => Open::Write,
         (_, false) => Open::Read,
@@ -1024,6 +1030,7 @@ fn request_of(cmd: &Cmd) -> Result<(Request, bool), Failure> {
         ),
         Cmd::Token(Token::Revoke { name }) => (Request::TokenRevoke { name: name.clone() }, false),
         Cmd::Token(Token::List) => (Request::TokenList, false),
+        Cmd::Drive(d) => return drive::request_of(d),
         Cmd::Init
         | Cmd::Serve { .. }
         | Cmd::Mirror { .. }
@@ -1181,19 +1188,27 @@ fn print_answer(cli: &Cli, v: &Value) {
                 println!("{}", v["change"].as_str().unwrap_or_default());
             }
         }
-        _ => {
-            if let Some(o) = v["offsets"].as_array() {
-                if v["replayed"] == Value::Bool(true) {
-                    println!("ok (already committed at offset {})", o[0]);
-                } else if o[0].as_u64() <= o[1].as_u64() {
-                    println!("ok (offset {})", o[1]);
-                } else {
-                    println!("ok");
-                }
-            } else {
-                print_json(&v);
+        Cmd::Drive(d) => {
+            if !drive::print(d, &v) {
+                print_committed(&v);
             }
         }
+        _ => print_committed(&v),
+    }
+}
+
+/// A command's answer: `ok (offset N)`, or `ok` when it wrote nothing.
+fn print_committed(v: &Value) {
+    if let Some(o) = v["offsets"].as_array() {
+        if v["replayed"] == Value::Bool(true) {
+            println!("ok (already committed at offset {})", o[0]);
+        } else if o[0].as_u64() <= o[1].as_u64() {
+            println!("ok (offset {})", o[1]);
+        } else {
+            println!("ok");
+        }
+    } else {
+        print_json(v);
     }
 }
 

@@ -115,17 +115,74 @@ fn the_readme_mirror_section_runs_as_written() {
     );
 }
 
+#[test]
+fn the_drive_worked_example_runs_as_written() {
+    let (stdout, stderr) = run_block_in("docs/drive.md", "drive-example");
+    assert!(
+        stdout.contains("refused: text must be a string"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("does not match type note"), "{stderr}");
+    assert!(stdout.contains("1.0.0\n1.0.1 *\n"), "{stdout}");
+    let got: Vec<&str> = stdout.lines().collect();
+    // The first version, then after the migration the current one with the default filled.
+    let data = |from: &str| -> serde_json::Value {
+        let start = stdout
+            .find(from)
+            .unwrap_or_else(|| panic!("{from} in {stdout}"));
+        let text = &stdout[start..];
+        let end = text.find("\n}").unwrap() + 2;
+        serde_json::from_str(&text[..end]).unwrap()
+    };
+    assert_eq!(
+        data("{\n  \"text\": \"hello\"\n}"),
+        serde_json::json!({"text": "hello"})
+    );
+    assert_eq!(
+        data("{\n  \"tags\": []"),
+        serde_json::json!({"tags": [], "text": "hello again"})
+    );
+    assert!(
+        got.iter().any(|l| l.contains("drive.migrated.v1")),
+        "{stdout}"
+    );
+    // Ann's listing has the item she may read, not the one denied to her.
+    assert!(stdout.contains("notes/welcome  note"), "{stdout}");
+    assert!(!stdout.contains("notes/private  "), "{stdout}");
+    assert!(
+        stdout.contains("refused: as if it did not exist"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("drive item \"notes/private\" does not exist"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("refused: ann may not edit the root"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("ann may not do this on the drive's root: it needs edit"),
+        "{stderr}"
+    );
+}
+
 /// Runs the `sh` block between `<!-- NAME: begin` and `<!-- NAME: end` of the README, with
 /// free ports for 7878 and 7879; returns its stdout and stderr (it must succeed).
 fn run_block(name: &str) -> (String, String) {
+    run_block_in("README.md", name)
+}
+
+/// [`run_block`] in another file of the repository.
+fn run_block_in(file: &str, name: &str) -> (String, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join(file)).unwrap();
     let begin = readme
         .find(&format!("<!-- {name}: begin"))
-        .unwrap_or_else(|| panic!("README has the {name} marker"));
+        .unwrap_or_else(|| panic!("{file} has the {name} marker"));
     let end = readme[begin..]
         .find(&format!("<!-- {name}: end"))
-        .unwrap_or_else(|| panic!("README closes the {name} block"))
+        .unwrap_or_else(|| panic!("{file} closes the {name} block"))
         + begin;
     let block = &readme[begin..end];
     let script = block

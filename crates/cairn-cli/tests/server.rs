@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_server::api::Request;
+use cairn_server::drive::DriveRequest;
 use common::*;
 use serde_json::Value;
 
@@ -163,6 +164,47 @@ fn every_request() -> Vec<Request> {
         },
         Request::TokenRevoke { name: s("nosuch") },
         Request::TokenList,
+        Request::Drive(DriveRequest::Add {
+            path: s("nosuch/x"),
+            type_name: Some(s("Bad Type")),
+        }),
+        Request::Drive(DriveRequest::Show { path: s("nosuch") }),
+        Request::Drive(DriveRequest::List { path: None }),
+        Request::Drive(DriveRequest::List {
+            path: Some(s("nosuch")),
+        }),
+        Request::Drive(DriveRequest::Move {
+            from: s("nosuch"),
+            to: s("Bad"),
+        }),
+        Request::Drive(DriveRequest::Rm { path: s("Bad") }),
+        Request::Drive(DriveRequest::Put {
+            path: s("nosuch"),
+            data: serde_json::Value::Null,
+            version: Some(s("bad")),
+        }),
+        Request::Drive(DriveRequest::Get {
+            path: s("nosuch"),
+            version: None,
+        }),
+        Request::Drive(DriveRequest::RmVersion {
+            path: s("nosuch"),
+            version: s("bad"),
+        }),
+        Request::Drive(DriveRequest::Versions { path: s("nosuch") }),
+        Request::Drive(DriveRequest::PermSet {
+            path: s("nosuch"),
+            who: s("nobody"),
+            level: s("edit"),
+        }),
+        Request::Drive(DriveRequest::TypeSet {
+            name: s("Bad"),
+            version: 1,
+            schema: serde_json::json!({}),
+            migration: None,
+        }),
+        Request::Drive(DriveRequest::TypeList),
+        Request::Drive(DriveRequest::TypeShow { name: s("nosuch") }),
     ]
 }
 
@@ -334,6 +376,52 @@ fn every_endpoint_allows_and_denies_each_role_as_documented() {
             "admin",
         ),
         ("DELETE", "/v1/tokens/nosuch".into(), None, "admin"),
+        // Drive commands pass with any token but a mirror's: the drive's own permissions
+        // decide what a token may do there (`docs/drive.md`).
+        (
+            "POST",
+            "/v1/drive/items/nosuch/x".into(),
+            Some(r#"{"type": "Bad Type"}"#),
+            "read",
+        ),
+        ("GET", "/v1/drive/items/nosuch".into(), None, "read"),
+        ("DELETE", "/v1/drive/items/Bad".into(), None, "read"),
+        ("GET", "/v1/drive/children".into(), None, "read"),
+        ("GET", "/v1/drive/children/nosuch".into(), None, "read"),
+        (
+            "POST",
+            "/v1/drive/move".into(),
+            Some(r#"{"from": "nosuch", "to": "Bad"}"#),
+            "read",
+        ),
+        (
+            "PUT",
+            "/v1/drive/data/nosuch".into(),
+            Some(r#"{"data": null, "version": "bad"}"#),
+            "read",
+        ),
+        ("GET", "/v1/drive/data/nosuch".into(), None, "read"),
+        (
+            "DELETE",
+            "/v1/drive/data/nosuch?version=bad".into(),
+            None,
+            "read",
+        ),
+        ("GET", "/v1/drive/versions/nosuch".into(), None, "read"),
+        (
+            "PUT",
+            "/v1/drive/perms/nosuch".into(),
+            Some(r#"{"who": "nobody", "level": "edit"}"#),
+            "read",
+        ),
+        (
+            "PUT",
+            "/v1/drive/types/Bad".into(),
+            Some(r#"{"version": 1, "schema": {}}"#),
+            "admin",
+        ),
+        ("GET", "/v1/drive/types".into(), None, "read"),
+        ("GET", "/v1/drive/types/nosuch".into(), None, "read"),
     ];
     // Every request the CLI can send is in the table.
     for r in every_request() {

@@ -216,6 +216,8 @@ pub enum Request {
     },
     /// `cairn token list`
     TokenList,
+    /// `cairn drive ...` (`docs/drive.md`).
+    Drive(crate::drive::DriveRequest),
     /// `cairn promote [--name NAME]`: this mirror becomes the leader of a new epoch.
     Promote {
         /// The name the `epoch.started` entry gives the new leader.
@@ -323,6 +325,7 @@ impl Request {
             TokenCreate { .. } | TokenRevoke { .. } | Promote { .. } | Handoff { .. } => {
                 (Role::Admin, false)
             }
+            Drive(d) => d.class(),
         }
     }
 
@@ -470,6 +473,7 @@ impl Request {
                 body: None,
             },
             TokenList => get("/v1/tokens".into()),
+            Drive(d) => d.http(),
             Promote {
                 name,
                 expect_offset,
@@ -532,6 +536,7 @@ pub mod codes {
     pub const INVALID_STATE: &str = "invalid_state";
     pub const ALREADY_LEADER: &str = "already_leader";
     pub const NOT_SUPERVISED: &str = "not_supervised";
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
 }
 
 /// A failed request, as the JSON body `{"error": {"code", "message"}}` and an HTTP status.
@@ -579,6 +584,9 @@ impl ApiError {
 pub fn status_of(code: &str) -> u16 {
     match code {
         "not_found" => 404,
+        "method_not_allowed" => 405,
+        // A drive command the drive's permissions refuse (`Rejection::Denied`).
+        "denied" => 403,
         "exists" | "conflict" | "revision_mismatch" | "invalid_state" | "offline_only"
         | "not_at_head" | "already_leader" | "not_supervised" => 409,
         "invalid" | "bad_manifest" | "bad_request" => 400,

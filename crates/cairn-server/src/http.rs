@@ -12,7 +12,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use axum::Router;
 use cairn::kernel::echo::{echo, echo_bare};
 use cairn::kernel::model::Role;
@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{codes, ApiError, ErrorBody, Request};
-use crate::service::{entry_json, Service};
+use crate::service::{entry_json, Caller, Service};
 
 /// Largest request body (a manifest is at most 256 KiB of TOML; JSON escaping can double it).
 pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
@@ -170,6 +170,7 @@ fn router(svc: Service, shutdown: CancellationToken) -> Router {
         .route("/v1/tokens/{name}", axum::routing::delete(token_revoke))
         .route("/v1/promote", post(promote))
         .route("/v1/handoff", post(handoff))
+        .route("/v1/drive/{*rest}", any(drive))
         .route("/v1/replication/stream", get(replication_stream))
         .route("/v1/replication/ack", post(replication_ack))
         .route("/v1/replication/hash", get(replication_hash))
@@ -198,10 +199,14 @@ impl App {
         }) = &req
         {
             let result = match self.auth(headers, Some(Role::Admin)) {
-                Ok(actor) => {
+                Ok(caller) => {
                     let secret = bearer_secret(headers).unwrap_or_default();
                     match crate::handoff::HandoffPlan::parse(to, name.clone(), *timeout_ms) {
-                        Ok(plan) => self.svc.handoff(plan, secret, actor).await,
+                        Ok(plan) => {
+                            self.svc
+                                .handoff(plan, secret, caller.actor().to_string())
+                                .await
+                        }
                         Err(e) => Err(e),
                     }
                 }
@@ -484,9 +489,10 @@ impl App {
     async fn run_here(&self, headers: &HeaderMap, req: Result<Request, ApiError>) -> Response {
         let result = match self.auth(headers, req.as_ref().map(|r| r.role()).ok()) {
             Err(e) => Err(e),
-            Ok(actor) => match req {
+            Ok(caller) => match req {
                 Err(e) => Err(e),
                 Ok(req) => {
+                    let actor = caller.actor();
                     // Formatted only when it will be logged (this is per request).
                     let what = if tracing::enabled!(tracing::Level::INFO) {
                         format!("{req:?}")
@@ -501,7 +507,7 @@ impl App {
                         )),
                     };
                     let r = match key {
-                        Ok(key) => self.svc.handle_keyed(req, &actor, key).await,
+                        Ok(key) => self.svc.handle_keyed(req, &caller, key).await,
                         Err(e) => Err(e),
                     };
                     match &r {
@@ -544,9 +550,10 @@ impl App {
         }
     }
 
-    /// The actor name (`token:<name>`) of a bearer token allowed `needed` (checked only when
-    /// the request itself parsed, so a bad request by a valid token is a 400, not a 403).
-    fn auth(&self, headers: &HeaderMap, needed: Option<Role>) -> Result<String, ApiError> {
+    /// The caller (`token:<name>`, with the token's role) of a bearer token allowed `needed`
+    /// (checked only when the request itself parsed, so a bad request by a valid token is a
+    /// 400, not a 403).
+    fn auth(&self, headers: &HeaderMap, needed: Option<Role>) -> Result<Caller, ApiError> {
         let header = headers
             .get("authorization")
             .ok_or_else(|| ApiError::new(codes::UNAUTHORIZED, "missing bearer token"))?;
@@ -578,7 +585,7 @@ impl App {
                 ));
             }
         }
-        Ok(format!("token:{}", token.name))
+        Ok(Caller::token(&token.name, token.role))
     }
 }
 
@@ -737,6 +744,21 @@ async fn pkg_uninstall(
 
 async fn var_list(State(app): State<App>, headers: HeaderMap, Path(pkg): Path<String>) -> Response {
     app.run(&headers, Ok(Request::VarList { pkg })).await
+}
+
+/// Every route under `/v1/drive/`: the drive path is read from the raw URI, segment by
+/// segment (`crate::drive::from_http`).
+async fn drive(
+    State(app): State<App>,
+    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+    Query(q): Q,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req = crate::drive::from_http(&method, uri.path(), &q, || json_body::<Value>(body))
+        .map(Request::Drive);
+    app.run(&headers, req).await
 }
 
 async fn var_get(

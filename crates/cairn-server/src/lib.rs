@@ -6,6 +6,7 @@
 //!   value both the CLI (local mode) and the API print.
 //! - [`serve`]: the axum server (bearer tokens checked against the projection, body limits,
 //!   `/metrics`, graceful shutdown).
+//! - [`drive`]: the Drive's requests, their HTTP form and their answers.
 //! - [`bundle`]: a directory as one checked byte stream (remote `backup` and `replay`).
 
 // `cairn::Error` carries the kernel's rejection, which names its entity in full for messages;
@@ -14,6 +15,7 @@
 
 pub mod api;
 pub mod bundle;
+pub mod drive;
 pub mod handoff;
 mod http;
 pub mod metrics;
@@ -21,4 +23,4 @@ pub mod service;
 
 pub use api::{ApiError, Request};
 pub use http::{serve, MIN_OFFSET_HEADER, OFFSET_HEADER, REQUEST_BODY_BYTES_MAX};
-pub use service::{Service, SyncMirrors, SYNC_TIMEOUT_MS_DEFAULT};
+pub use service::{Caller, Service, SyncMirrors, SYNC_TIMEOUT_MS_DEFAULT};

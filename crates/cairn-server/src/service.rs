@@ -26,6 +26,40 @@ pub const QUEUE_READ_LIMIT_MAX: u64 = 10_000;
 /// least one is always returned), so one request cannot make the server build gigabytes.
 pub const READ_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// Who sends a request: the actor its entries record, and the token (name and role) the
+/// Drive's permissions are checked against.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    actor: String,
+    drive: cairn::kernel::drive::DriveActor,
+}
+
+impl Caller {
+    /// The local CLI (or an embedder's tool): a workspace admin, recorded as `actor`.
+    pub fn local(actor: &str) -> Self {
+        Self {
+            actor: actor.to_string(),
+            drive: cairn::kernel::drive::DriveActor::admin(actor),
+        }
+    }
+
+    /// A bearer token, recorded as `token:NAME`.
+    pub fn token(name: &str, role: Role) -> Self {
+        Self {
+            actor: format!("token:{name}"),
+            drive: cairn::kernel::drive::DriveActor {
+                token: name.to_string(),
+                role,
+            },
+        }
+    }
+
+    /// The actor recorded in the entries its commands write.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+}
+
 /// Runs requests against one workspace. Cheap to clone.
 #[derive(Clone)]
 pub struct Service {
@@ -345,9 +379,9 @@ impl Service {
         &self.metrics
     }
 
-    /// Runs one request as `actor` (recorded in the entries it writes).
-    pub async fn handle(&self, req: Request, actor: &str) -> Result<Value, ApiError> {
-        self.handle_keyed(req, actor, None).await
+    /// Runs one request for `caller` (its actor is recorded in the entries it writes).
+    pub async fn handle(&self, req: Request, caller: &Caller) -> Result<Value, ApiError> {
+        self.handle_keyed(req, caller, None).await
     }
 
     /// Runs one request with an idempotency key: a command retried with a key seen before
@@ -356,9 +390,10 @@ impl Service {
     pub async fn handle_keyed(
         &self,
         req: Request,
-        actor: &str,
+        caller: &Caller,
         idempotency_key: Option<String>,
     ) -> Result<Value, ApiError> {
+        let actor = caller.actor();
         let opts = CommandOptions {
             actor: Some(actor.to_string()),
             // Keys are scoped to the actor (the token), so one client cannot make another's
@@ -369,13 +404,14 @@ impl Service {
         let started = Instant::now();
         let result = if is_command || matches!(req, Request::AuditVerify | Request::LogShow { .. })
         {
-            self.run(req, &opts).await
+            self.run(req, caller, &opts).await
         } else {
             // Reads scan RocksDB (listings, queue items): on the blocking pool, never on the
             // executor's workers.
             let svc = self.clone();
+            let caller = caller.clone();
             let rt = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || rt.block_on(svc.run(req, &opts)))
+            tokio::task::spawn_blocking(move || rt.block_on(svc.run(req, &caller, &opts)))
                 .await
                 .map_err(|e| ApiError::new(codes::INTERNAL, format!("read task failed: {e}")))?
         };
@@ -438,9 +474,15 @@ impl Service {
         Ok(out)
     }
 
-    async fn run(&self, req: Request, opts: &CommandOptions) -> Result<Value, ApiError> {
+    async fn run(
+        &self,
+        req: Request,
+        caller: &Caller,
+        opts: &CommandOptions,
+    ) -> Result<Value, ApiError> {
         let ws = &self.ws;
         match req {
+            Request::Drive(d) => crate::drive::run(ws, &caller.drive, d, opts).await,
             Request::Status => {
                 let view = ws.view()?;
                 let head = view.head();
@@ -889,7 +931,7 @@ fn daemon_list(ws: &cairn::Workspace) -> Result<Value, ApiError> {
     Ok(json!({"supervised": stats.supervising, "daemons": daemons}))
 }
 
-fn committed(c: cairn_store::Committed) -> Result<Value, ApiError> {
+pub(crate) fn committed(c: cairn_store::Committed) -> Result<Value, ApiError> {
     Ok(json!({
         "offsets": [c.offsets.start, c.offsets.end.saturating_sub(1)],
         "applied": c.applied,

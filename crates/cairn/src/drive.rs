@@ -28,10 +28,19 @@ pub struct DriveData {
     pub data: serde_json::Value,
 }
 
+/// An item as one actor sees it: its permissions only when `level` is `admin`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenItem {
+    /// The item (its `perms` empty unless `level` is `admin`).
+    pub item: DriveItem,
+    /// What the actor may do on it.
+    pub level: Level,
+}
+
 /// The item at `path`, which `actor` must be allowed to read (an item it may not read is
 /// "not found", as if it did not exist); its permissions are shown to those with `admin` on
 /// it only.
-fn readable(view: &ReadView, actor: &DriveActor, path: &DrivePath) -> Result<DriveItem, Error> {
+fn readable(view: &ReadView, actor: &DriveActor, path: &DrivePath) -> Result<SeenItem, Error> {
     let level = drive::level(view, actor, path).map_err(Error::from)?;
     let not_found = || Error::Rejected(Rejection::NotFound(Entity::DriveItem(path.to_string())));
     if level < Level::Read {
@@ -44,11 +53,11 @@ fn readable(view: &ReadView, actor: &DriveActor, path: &DrivePath) -> Result<Dri
 }
 
 /// What a reader at `level` sees of an item: its permissions only with `admin`.
-fn shown(mut item: DriveItem, level: Level) -> DriveItem {
+fn shown(mut item: DriveItem, level: Level) -> SeenItem {
     if level < Level::Admin {
         item.perms.clear();
     }
-    item
+    SeenItem { item, level }
 }
 
 impl Workspace {
@@ -184,7 +193,7 @@ impl Workspace {
         &self,
         actor: &DriveActor,
         path: &DrivePath,
-    ) -> Result<DriveItem, Error> {
+    ) -> Result<SeenItem, Error> {
         let (actor, path) = (actor.clone(), path.clone());
         self.drive_read(move |view| readable(view, &actor, &path))
             .await
@@ -196,14 +205,11 @@ impl Workspace {
         &self,
         actor: &DriveActor,
         parent: Option<&DrivePath>,
-    ) -> Result<Vec<DriveItem>, Error> {
+    ) -> Result<Vec<SeenItem>, Error> {
         let (actor, parent) = (actor.clone(), parent.cloned());
         self.drive_read(move |view| {
             let inherited = match &parent {
-                Some(p) => {
-                    readable(view, &actor, p)?;
-                    drive::level(view, &actor, p).map_err(Error::from)?
-                }
+                Some(p) => readable(view, &actor, p)?.level,
                 None => drive::root_level(&actor),
             };
             let mut out = Vec::new();
@@ -243,7 +249,7 @@ impl Workspace {
     ) -> Result<Option<DriveData>, Error> {
         let (actor, path) = (actor.clone(), path.clone());
         self.drive_read(move |view| {
-            let item = readable(view, &actor, &path)?;
+            let item = readable(view, &actor, &path)?.item;
             let Some(version) = version.or(item.current) else {
                 return Ok(None);
             };

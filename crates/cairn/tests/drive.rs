@@ -171,7 +171,7 @@ async fn reads_check_the_reader_s_level_and_listings_hide_what_it_may_not_read()
         .await
         .unwrap()
         .into_iter()
-        .map(|i| i.path.to_string())
+        .map(|i| i.item.path.to_string())
         .collect();
     assert_eq!(names, ["docs/open"]);
     let all: Vec<String> = ws
@@ -179,7 +179,7 @@ async fn reads_check_the_reader_s_level_and_listings_hide_what_it_may_not_read()
         .await
         .unwrap()
         .into_iter()
-        .map(|i| i.path.to_string())
+        .map(|i| i.item.path.to_string())
         .collect();
     assert_eq!(all, ["docs/closed", "docs/open"]);
     let err = ws
@@ -190,9 +190,11 @@ async fn reads_check_the_reader_s_level_and_listings_hide_what_it_may_not_read()
     assert!(err.to_string().contains("does not exist"), "{err}");
     // Permissions are shown to admins of the item only.
     let seen = ws.drive_item(&reader, &p("docs")).await.unwrap();
-    assert!(seen.perms.is_empty());
+    assert!(seen.item.perms.is_empty());
+    assert_eq!(seen.level, Level::Read);
     let seen = ws.drive_item(&admin, &p("docs/closed")).await.unwrap();
-    assert_eq!(seen.perms.len(), 1);
+    assert_eq!(seen.item.perms.len(), 1);
+    assert_eq!(seen.level, Level::Admin);
     assert!(ws.drive_versions(&reader, &p("docs/closed")).await.is_err());
     assert!(ws
         .drive_get(&reader, &p("docs/open"), None)
