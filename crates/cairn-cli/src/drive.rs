@@ -56,11 +56,20 @@ pub enum Drive {
         #[arg(long, value_name = "X.Y.Z")]
         version: Option<String>,
     },
-    /// List the items under PATH (the root when absent) that this token may read.
-    #[command(after_help = "Example:\n  cairn drive ls notes --json")]
+    /// List the items under PATH (the root when absent) that this token may read, in name
+    /// order, one page (the next page: `--after` the name it ends with).
+    #[command(
+        after_help = "Example:\n  cairn drive ls notes --json\n  cairn drive ls notes --limit 100 --after n099"
+    )]
     Ls {
         /// Drive path of the parent.
         path: Option<String>,
+        /// List the names after this one.
+        #[arg(long, value_name = "NAME")]
+        after: Option<String>,
+        /// At most this many (default and most: 10000).
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
     },
     /// Show one item: its type, current version, your level and (for its admins) permissions.
     #[command(after_help = "Example:\n  cairn drive show notes/first")]
@@ -210,9 +219,15 @@ pub fn request_of(cmd: &Drive) -> Result<(Request, bool), Failure> {
             },
             false,
         ),
-        Drive::Ls { path: p } => (
+        Drive::Ls {
+            path: p,
+            after,
+            limit,
+        } => (
             DriveRequest::List {
                 path: p.as_deref().map(path).transpose()?,
+                after: after.clone(),
+                limit: *limit,
             },
             false,
         ),
@@ -279,11 +294,17 @@ pub fn print(cmd: &Drive, v: &Value) -> bool {
             Value::Null if v["version"].is_null() => eprintln!("({path} has no data)"),
             data => print_json(data),
         },
-        Drive::Ls { .. } => output::list(
-            v,
-            &["PATH", "TYPE", "CURRENT", "LEVEL", "REVISION"],
-            &["path", "type", "current", "level", "revision"],
-        ),
+        Drive::Ls { path, .. } => {
+            output::list(
+                &v["items"],
+                &["PATH", "TYPE", "CURRENT", "LEVEL", "REVISION"],
+                &["path", "type", "current", "level", "revision"],
+            );
+            if let Some(next) = v["next"].as_str() {
+                let path = path.as_deref().map(|p| format!("{p} ")).unwrap_or_default();
+                eprintln!("(more: cairn drive ls {path}--after {next})");
+            }
+        }
         Drive::Show { .. } => {
             output::fields(
                 v,

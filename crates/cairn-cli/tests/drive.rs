@@ -55,10 +55,13 @@ fn drive_reads_print_the_same_in_both_modes() {
     .ok();
     ws.local(&["drive", "perm", "set", "notes", "token:ann", "edit"])
         .ok();
+    ws.local(&["drive", "add", "other"]).ok();
     let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
     let reads = [
         v(&["drive", "ls"]),
         v(&["drive", "ls", "--json"]),
+        v(&["drive", "ls", "--limit", "1"]),
+        v(&["drive", "ls", "--limit", "1", "--after", "notes", "--json"]),
         v(&["drive", "ls", "notes"]),
         v(&["drive", "ls", "notes", "--json"]),
         v(&["drive", "show", "notes"]),
@@ -88,13 +91,20 @@ fn drive_reads_print_the_same_in_both_modes() {
         .iter()
         .map(|a| ws.local(&a.iter().map(String::as_str).collect::<Vec<_>>()))
         .collect();
+    // One page, and where the next one starts.
+    assert!(local[2].stdout.contains("notes "), "{local:?}");
+    assert!(!local[2].stdout.contains("other"), "{local:?}");
+    assert_eq!(local[2].stderr, "(more: cairn drive ls --after notes)\n");
+    let page: Value = serde_json::from_str(&local[3].stdout).unwrap();
+    assert_eq!(page["items"][0]["path"], "other");
+    assert_eq!(page["next"], Value::Null);
     // What the migration wrote: every version got the new property's default.
-    let got: Value = serde_json::from_str(&local[6].stdout).unwrap();
+    let got: Value = serde_json::from_str(&local[8].stdout).unwrap();
     assert_eq!(got, json!({"text": "two", "tags": []}));
-    let old: Value = serde_json::from_str(&local[7].stdout).unwrap();
+    let old: Value = serde_json::from_str(&local[9].stdout).unwrap();
     assert_eq!(old["data"], json!({"text": "one", "tags": []}));
-    assert_eq!(local[8].stdout, "1.0.0\n1.0.1 *\n");
-    assert!(local[14].stderr.contains("does not exist"), "{local:?}");
+    assert_eq!(local[10].stdout, "1.0.0\n1.0.1 *\n");
+    assert!(local[16].stderr.contains("does not exist"), "{local:?}");
     let server = ws.serve();
     for (args, here) in reads.iter().zip(&local) {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -320,15 +330,16 @@ fn drive_requests_follow_the_token_and_the_drive_permissions() {
     let listed = server
         .remote(&ann, &["drive", "ls", "notes", "--json"])
         .json();
-    let paths: Vec<&str> = listed
+    let paths: Vec<&str> = listed["items"]
         .as_array()
         .unwrap()
         .iter()
         .map(|i| i["path"].as_str().unwrap())
         .collect();
     assert_eq!(paths, ["notes/first"]);
-    assert_eq!(listed[0]["level"], "read");
-    assert_eq!(listed[0]["perms"], Value::Null);
+    assert_eq!(listed["items"][0]["level"], "read");
+    assert_eq!(listed["items"][0]["perms"], Value::Null);
+    assert_eq!(listed["next"], Value::Null);
     let shown = server
         .remote(
             &ws.admin_token(),

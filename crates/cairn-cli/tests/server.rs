@@ -169,9 +169,15 @@ fn every_request() -> Vec<Request> {
             type_name: Some(s("Bad Type")),
         }),
         Request::Drive(DriveRequest::Show { path: s("nosuch") }),
-        Request::Drive(DriveRequest::List { path: None }),
+        Request::Drive(DriveRequest::List {
+            path: None,
+            after: None,
+            limit: None,
+        }),
         Request::Drive(DriveRequest::List {
             path: Some(s("nosuch")),
+            after: None,
+            limit: None,
         }),
         Request::Drive(DriveRequest::Move {
             from: s("nosuch"),

@@ -714,32 +714,54 @@ pub fn item(state: &dyn StateRead, path: &DrivePath) -> Result<Option<DriveItem>
         .transpose()
 }
 
-/// The items directly under `parent` (`None`: the root), in path order, at most `limit`.
+/// The items directly under `parent` (`None`: the root) whose names sort after `after` (all
+/// of them when `None`), in path order, at most `limit`. The work is bounded by the items
+/// returned, not by what lies under them: a child's subtree is jumped over with a seek.
 pub fn children(
     state: &dyn StateRead,
     parent: Option<&DrivePath>,
+    after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<DriveItem>, StateError> {
     let prefix = parent.map_or_else(|| keys::ITEMS.to_vec(), keys::items_under);
+    // Just after `prefix + after` itself: its siblings that extend its name (`a-b` after `a`)
+    // sort before its subtree (`a/...`), which is jumped over below.
+    let mut from = prefix.clone();
+    if let Some(name) = after {
+        from.extend_from_slice(name.as_bytes());
+        from.push(0);
+    }
     let mut out = Vec::new();
     let mut failed = None;
-    state.scan_prefix(Space::Drive, &prefix, &mut |k, v| {
-        if k[prefix.len()..].contains(&b'/') {
-            return true;
-        }
-        match decode(k, v) {
-            Ok(i) => out.push(i),
-            Err(e) => {
-                failed = Some(e);
+    while out.len() < limit {
+        let mut jump = None;
+        state.scan_prefix_from(Space::Drive, &prefix, &from, &mut |k, v| {
+            if let Some(slash) = k[prefix.len()..].iter().position(|b| *b == b'/') {
+                // Under a child: go on at the first key after `child/`'s subtree. Nothing
+                // sorts between `/` and the byte after it, so no sibling is skipped.
+                let mut next = k[..prefix.len() + slash].to_vec();
+                next.push(b'/' + 1);
+                jump = Some(next);
                 return false;
             }
+            match decode(k, v) {
+                Ok(i) => out.push(i),
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            }
+            out.len() < limit
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
-        out.len() < limit
-    })?;
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(out),
+        match jump {
+            Some(next) => from = next,
+            None => break,
+        }
     }
+    Ok(out)
 }
 
 /// `path` and every item under it, in path order, at most `limit` (then `Err` with the limit

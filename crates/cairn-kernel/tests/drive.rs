@@ -193,7 +193,7 @@ fn check(d: &Drive) {
     // Every item's current version is its newest stored one.
     let mut stack = vec![None];
     while let Some(parent) = stack.pop() {
-        for item in drive::children(&d.state, parent.as_ref(), usize::MAX).unwrap() {
+        for item in drive::children(&d.state, parent.as_ref(), None, usize::MAX).unwrap() {
             let versions = drive::versions(&d.state, &item.path).unwrap();
             assert_eq!(item.current, versions.last().copied(), "{}", item.path);
             stack.push(Some(item.path.clone()));
@@ -533,7 +533,7 @@ fn the_permission_matrix_with_inheritance_and_a_deny_below_an_allow() {
     for actor in [&reader, &writer] {
         let mut stack = vec![(None, drive::root_level(actor))];
         while let Some((parent, inherited)) = stack.pop() {
-            for item in drive::children(&d.state, parent.as_ref(), usize::MAX).unwrap() {
+            for item in drive::children(&d.state, parent.as_ref(), None, usize::MAX).unwrap() {
                 let top_down = drive::level_under(&item, actor, inherited);
                 assert_eq!(top_down, lv(&d, actor, item.path.as_str()), "{}", item.path);
                 stack.push((Some(item.path.clone()), top_down));
@@ -593,7 +593,7 @@ fn sibling_names_that_share_a_prefix_stay_apart_through_moves_and_deletes() {
     d.ok(DriveCommand::Delete { path: path("a-b") });
     assert!(drive::item(&d.state, &path("a0")).unwrap().is_some());
     assert!(drive::item(&d.state, &path("z/x")).unwrap().is_some());
-    let names: Vec<String> = drive::children(&d.state, None, usize::MAX)
+    let names: Vec<String> = drive::children(&d.state, None, None, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|i| i.path.to_string())
@@ -601,6 +601,118 @@ fn sibling_names_that_share_a_prefix_stay_apart_through_moves_and_deletes() {
     assert_eq!(names, ["a0", "ab", "z"]);
     check(&d);
     assert_eq!(d.replayed(), d.state);
+}
+
+/// A state that counts the keys its scans visit.
+struct Counting<'a>(&'a MemState, std::cell::Cell<usize>);
+
+impl cairn_log::StateRead for Counting<'_> {
+    fn get(
+        &self,
+        space: cairn_log::Space,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, cairn_log::StateError> {
+        self.0.get(space, key)
+    }
+
+    fn scan_prefix(
+        &self,
+        space: cairn_log::Space,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), cairn_log::StateError> {
+        self.scan_prefix_from(space, prefix, prefix, visit)
+    }
+
+    fn scan_prefix_from(
+        &self,
+        space: cairn_log::Space,
+        prefix: &[u8],
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), cairn_log::StateError> {
+        self.0.scan_prefix_from(space, prefix, from, &mut |k, v| {
+            self.1.set(self.1.get() + 1);
+            visit(k, v)
+        })
+    }
+}
+
+#[test]
+fn a_listing_pages_by_name_and_jumps_over_what_lies_under_each_child() {
+    let mut d = Drive::new();
+    // Names that sort around each other's subtrees: `a-b` and `a.c` before `a/...`, `a0`
+    // right after it.
+    let tops = ["a", "a-b", "a.c", "a0", "ab", "b"];
+    for t in tops {
+        d.ok(add(t, None));
+    }
+    for t in ["a", "a-b", "ab"] {
+        for i in 0..40 {
+            d.ok(add(&format!("{t}/k{i:02}"), None));
+        }
+        d.ok(add(&format!("{t}/k00/deeper"), None));
+    }
+    let names = |parent: Option<&str>, after: Option<&str>, limit: usize| -> Vec<String> {
+        let parent = parent.map(path);
+        drive::children(&d.state, parent.as_ref(), after, limit)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.path.name().to_string())
+            .collect()
+    };
+    // Against the naive answer: every item whose parent is `parent`, names after `after`.
+    for parent in [None, Some("a"), Some("a-b"), Some("a/k00"), Some("b")] {
+        let mut all: Vec<String> = Vec::new();
+        let mut stack = vec![None];
+        while let Some(p) = stack.pop() {
+            for i in drive::children(&d.state, p.as_ref(), None, usize::MAX).unwrap() {
+                if i.path.parent().as_ref().map(|p| p.to_string()).as_deref() == parent {
+                    all.push(i.path.name().to_string());
+                }
+                stack.push(Some(i.path.clone()));
+            }
+        }
+        all.sort();
+        let mut afters: Vec<Option<String>> = vec![None];
+        for n in &all {
+            afters.push(Some(n.clone()));
+            afters.push(Some(format!("{n}-")));
+        }
+        afters.push(Some("zzz".into()));
+        for after in &afters {
+            let want: Vec<String> = all
+                .iter()
+                .filter(|n| after.as_ref().is_none_or(|a| n.as_str() > a.as_str()))
+                .cloned()
+                .collect();
+            for limit in [1, 2, 3, usize::MAX] {
+                let got = names(parent, after.as_deref(), limit);
+                assert_eq!(
+                    got,
+                    want[..want.len().min(limit)],
+                    "children of {parent:?} after {after:?}, at most {limit}"
+                );
+            }
+        }
+    }
+    // Paging through the root visits each top-level item once, never the 123 items under them.
+    let counting = Counting(&d.state, std::cell::Cell::new(0));
+    let mut after: Option<String> = None;
+    let mut paged = Vec::new();
+    loop {
+        let page = drive::children(&counting, None, after.as_deref(), 2).unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.path.name().to_string());
+        paged.extend(page.into_iter().map(|i| i.path.to_string()));
+    }
+    assert_eq!(paged, tops);
+    assert!(
+        counting.1.get() <= 2 * tops.len() + 4,
+        "{} keys visited to list {} items",
+        counting.1.get(),
+        tops.len()
+    );
 }
 
 #[test]

@@ -76,6 +76,20 @@ pub trait StateRead {
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StateError>;
+
+    /// Visits every `(key, value)` whose key starts with `prefix` and is not below `from`, in
+    /// key order, until `visit` returns `false`: a listing resumes after a cursor, or jumps
+    /// past a subtree, without visiting the keys before. The default filters
+    /// [`StateRead::scan_prefix`]; stores override it with a seek.
+    fn scan_prefix_from(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        self.scan_prefix(space, prefix, &mut |k, v| k < from || visit(k, v))
+    }
 }
 
 /// Write access to the projection, used by `apply`. Writes are visible to later reads through

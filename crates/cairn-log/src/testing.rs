@@ -372,7 +372,18 @@ impl StateRead for MemState {
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StateError> {
-        for ((s, k), v) in self.0.range((space, prefix.to_vec())..) {
+        self.scan_prefix_from(space, prefix, prefix, visit)
+    }
+
+    fn scan_prefix_from(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        let start = prefix.max(from).to_vec();
+        for ((s, k), v) in self.0.range((space, start)..) {
             if *s != space || !k.starts_with(prefix) || !visit(k, v) {
                 break;
             }
@@ -477,6 +488,43 @@ pub fn check_state_matches(case: &str, state: &dyn StateRead, model: &MemState) 
                     expect[..stop],
                     "{case}: scan_prefix({space}, {prefix:?}) stops when the visitor says so"
                 );
+            }
+            // From every key, just after it, and from below and past the prefix.
+            let mut starts: Vec<Vec<u8>> = vec![Vec::new(), prefix.clone(), vec![0xff; 3]];
+            for (k, _) in &expect {
+                starts.push(k.clone());
+                let mut after = k.clone();
+                after.push(0);
+                starts.push(after);
+            }
+            for from in &starts {
+                let want: Vec<_> = expect
+                    .iter()
+                    .filter(|(k, _)| k.as_slice() >= from.as_slice())
+                    .cloned()
+                    .collect();
+                let mut got = Vec::new();
+                state
+                    .scan_prefix_from(space, prefix, from, &mut |k, v| {
+                        got.push((k.to_vec(), v.to_vec()));
+                        true
+                    })
+                    .expect("a scan of a healthy state succeeds");
+                assert_eq!(
+                    got, want,
+                    "{case}: scan_prefix_from({space}, {prefix:?}, {from:?}) visits the keys \
+                     with the prefix from `from` on"
+                );
+                if want.len() > 1 {
+                    let mut first = Vec::new();
+                    state
+                        .scan_prefix_from(space, prefix, from, &mut |k, v| {
+                            first.push((k.to_vec(), v.to_vec()));
+                            false
+                        })
+                        .unwrap();
+                    assert_eq!(first, want[..1], "{case}: scan_prefix_from stops when told");
+                }
             }
         }
     }

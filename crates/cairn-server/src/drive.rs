@@ -14,7 +14,7 @@ use axum::http::Method;
 use cairn::drive::SeenItem;
 use cairn::kernel::drive::{
     check_type_name, DataVersion, DriveActor, DriveCommand, DriveItem, DrivePath, DriveType, Level,
-    Who,
+    Who, DRIVE_LIST_ITEMS_MAX,
 };
 use cairn::kernel::echo::echo;
 use cairn::kernel::model::Role;
@@ -41,10 +41,15 @@ pub enum DriveRequest {
         /// Drive path.
         path: String,
     },
-    /// `cairn drive ls [PATH]`: the items under `PATH` (none: the root).
+    /// `cairn drive ls [PATH] [--after NAME] [--limit N]`: the items under `PATH` (none: the
+    /// root), one page.
     List {
         /// Drive path of the parent, or none for the root.
         path: Option<String>,
+        /// List the names after this one (the `next` of the page before).
+        after: Option<String>,
+        /// At most this many (default and most: `DRIVE_LIST_ITEMS_MAX`).
+        limit: Option<u64>,
     },
     /// `cairn drive mv FROM TO`: moves or renames an item with everything under it.
     Move {
@@ -163,8 +168,20 @@ impl DriveRequest {
                 json!({ "type": type_name }),
             ),
             Show { path } => get(drive_url("items", path)),
-            List { path: None } => get("/v1/drive/children".into()),
-            List { path: Some(path) } => get(drive_url("children", path)),
+            List { path, after, limit } => {
+                let mut query = Vec::new();
+                if let Some(a) = after {
+                    query.push(("after", a.clone()));
+                }
+                if let Some(l) = limit {
+                    query.push(("limit", l.to_string()));
+                }
+                let url = match path {
+                    None => "/v1/drive/children".into(),
+                    Some(p) => drive_url("children", p),
+                };
+                Http { query, ..get(url) }
+            }
             Move { from, to } => with(
                 "POST",
                 "/v1/drive/move".into(),
@@ -255,6 +272,18 @@ pub(crate) fn from_http(
         ("items", "DELETE") => DriveRequest::Rm { path: path()? },
         ("children", "GET") => DriveRequest::List {
             path: tail.map(decode_path).transpose()?,
+            after: query.get("after").cloned(),
+            limit: query
+                .get("limit")
+                .map(|l| {
+                    l.parse().map_err(|_| {
+                        ApiError::bad(format!(
+                            "query parameter limit={} is not a non-negative integer",
+                            echo(l)
+                        ))
+                    })
+                })
+                .transpose()?,
         },
         ("move", "POST") if tail.is_none() => {
             let b: MoveBody = typed(body()?)?;
@@ -435,10 +464,18 @@ pub(crate) async fn run(
             let seen = ws.drive_item(actor, &parse_path(&path)?).await?;
             Ok(item_json(&seen))
         }
-        DriveRequest::List { path } => {
+        DriveRequest::List { path, after, limit } => {
             let parent = path.as_deref().map(parse_path).transpose()?;
-            let items = ws.drive_list(actor, parent.as_ref()).await?;
-            Ok(Value::Array(items.iter().map(item_json).collect()))
+            let limit = limit.map_or(DRIVE_LIST_ITEMS_MAX, |l| {
+                usize::try_from(l).unwrap_or(usize::MAX)
+            });
+            let page = ws
+                .drive_list(actor, parent.as_ref(), after.as_deref(), limit)
+                .await?;
+            Ok(json!({
+                "items": page.items.iter().map(item_json).collect::<Vec<_>>(),
+                "next": page.next,
+            }))
         }
         DriveRequest::Move { from, to } => {
             let (from, to) = (parse_path(&from)?, parse_path(&to)?);
@@ -600,8 +637,16 @@ mod tests {
                 type_name: None,
             },
             DriveRequest::Show { path: s("a/b.c") },
-            DriveRequest::List { path: None },
-            DriveRequest::List { path: Some(s("a")) },
+            DriveRequest::List {
+                path: None,
+                after: None,
+                limit: None,
+            },
+            DriveRequest::List {
+                path: Some(s("a")),
+                after: Some(s("b-c")),
+                limit: Some(7),
+            },
             DriveRequest::Move {
                 from: s("a"),
                 to: s("b/c"),

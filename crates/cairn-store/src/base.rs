@@ -43,6 +43,17 @@ impl<'a> Base<'a> {
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StateError> {
+        self.scan_prefix_from(space, prefix, prefix, visit)
+    }
+
+    /// [`Base::scan_prefix`] from the first key not below `from` (a seek).
+    pub fn scan_prefix_from(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
         let mut opts = self.read_opts();
         if let Some(upper) = prefix_successor(prefix) {
             opts.set_iterate_upper_bound(upper);
@@ -50,7 +61,7 @@ impl<'a> Base<'a> {
         let iter = self.db.iterator_cf_opt(
             self.cf(space.name()),
             opts,
-            IteratorMode::From(prefix, Direction::Forward),
+            IteratorMode::From(prefix.max(from), Direction::Forward),
         );
         for item in iter {
             let (k, v) = item.map_err(|e| state_error(format!("scan {space}"), &e))?;
@@ -86,6 +97,16 @@ impl cairn_log::StateRead for Base<'_> {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StateError> {
         Base::scan_prefix(self, space, prefix, visit)
+    }
+
+    fn scan_prefix_from(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        Base::scan_prefix_from(self, space, prefix, from, visit)
     }
 }
 

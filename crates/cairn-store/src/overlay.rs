@@ -143,37 +143,48 @@ impl StateRead for Overlay<'_> {
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StateError> {
+        self.scan_prefix_from(space, prefix, prefix, visit)
+    }
+
+    fn scan_prefix_from(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
         let mut pending = self
             .writes
-            .range((space, prefix.to_vec())..)
+            .range((space, prefix.max(from).to_vec())..)
             .take_while(|((s, k), _)| *s == space && k.starts_with(prefix))
             .peekable();
         let mut go_on = true;
-        self.base.scan_prefix(space, prefix, &mut |key, value| {
-            // Emit pending writes that sort before this committed key.
-            while let Some(((_, pk), pv)) = pending.peek() {
-                if pk.as_slice() >= key {
-                    break;
-                }
-                if let Some(pv) = pv {
-                    if !visit(pk, pv) {
-                        go_on = false;
-                        return false;
+        self.base
+            .scan_prefix_from(space, prefix, from, &mut |key, value| {
+                // Emit pending writes that sort before this committed key.
+                while let Some(((_, pk), pv)) = pending.peek() {
+                    if pk.as_slice() >= key {
+                        break;
                     }
-                }
-                pending.next();
-            }
-            match pending.peek() {
-                Some(((_, pk), _)) if pk.as_slice() == key => {
-                    let (_, pv) = pending.next().expect("just peeked");
                     if let Some(pv) = pv {
-                        go_on = visit(key, pv);
+                        if !visit(pk, pv) {
+                            go_on = false;
+                            return false;
+                        }
                     }
+                    pending.next();
                 }
-                _ => go_on = visit(key, value),
-            }
-            go_on
-        })?;
+                match pending.peek() {
+                    Some(((_, pk), _)) if pk.as_slice() == key => {
+                        let (_, pv) = pending.next().expect("just peeked");
+                        if let Some(pv) = pv {
+                            go_on = visit(key, pv);
+                        }
+                    }
+                    _ => go_on = visit(key, value),
+                }
+                go_on
+            })?;
         if go_on {
             for ((_, pk), pv) in pending {
                 if let Some(pv) = pv {

@@ -270,6 +270,16 @@ impl StateRead for ReadView {
     ) -> Result<(), StateError> {
         self.base().scan_prefix(space, prefix, visit)
     }
+
+    fn scan_prefix_from(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        self.base().scan_prefix_from(space, prefix, from, visit)
+    }
 }
 
 /// Visits log entries `from..=last` through `base` (checked for key, hash, link and gaps) until

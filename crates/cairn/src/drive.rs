@@ -37,6 +37,15 @@ pub struct SeenItem {
     pub level: Level,
 }
 
+/// One page of a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriveListing {
+    /// The items, in path order.
+    pub items: Vec<SeenItem>,
+    /// The name to list `after` for the next page; `None` when this was the last one.
+    pub next: Option<String>,
+}
+
 /// The item at `path`, which `actor` must be allowed to read (an item it may not read is
 /// "not found", as if it did not exist); its permissions are shown to those with `admin` on
 /// it only.
@@ -200,28 +209,58 @@ impl Workspace {
     }
 
     /// The items directly under `parent` (`None`: the root) that `actor` may read, in path
-    /// order, at most [`DRIVE_LIST_ITEMS_MAX`].
+    /// order: those whose names sort after `after`, at most `limit` (and at most
+    /// [`DRIVE_LIST_ITEMS_MAX`]). `next` is the cursor to go on from when more may follow: the
+    /// last listed name (never the name of an item the actor may not read).
     pub async fn drive_list(
         &self,
         actor: &DriveActor,
         parent: Option<&DrivePath>,
-    ) -> Result<Vec<SeenItem>, Error> {
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<DriveListing, Error> {
         let (actor, parent) = (actor.clone(), parent.cloned());
+        let after = after.map(str::to_string);
+        let limit = limit.clamp(1, DRIVE_LIST_ITEMS_MAX);
         self.drive_read(move |view| {
             let inherited = match &parent {
                 Some(p) => readable(view, &actor, p)?.level,
                 None => drive::root_level(&actor),
             };
-            let mut out = Vec::new();
-            for item in
-                drive::children(view, parent.as_ref(), DRIVE_LIST_ITEMS_MAX).map_err(Error::from)?
-            {
-                let level = drive::level_under(&item, &actor, inherited);
-                if level >= Level::Read {
-                    out.push(shown(item, level));
+            // Pages of children until one more than `limit` readable ones are found (so
+            // `next` is given only when there is more), or none are left.
+            let mut items = Vec::new();
+            let mut cursor = after;
+            loop {
+                let page = drive::children(
+                    view,
+                    parent.as_ref(),
+                    cursor.as_deref(),
+                    DRIVE_LIST_ITEMS_MAX,
+                )
+                .map_err(Error::from)?;
+                let full = page.len() == DRIVE_LIST_ITEMS_MAX;
+                cursor = page.last().map(|i| i.path.name().to_string());
+                for item in page {
+                    let level = drive::level_under(&item, &actor, inherited);
+                    if level >= Level::Read {
+                        items.push(shown(item, level));
+                        if items.len() > limit {
+                            break;
+                        }
+                    }
+                }
+                if items.len() > limit || !full {
+                    break;
                 }
             }
-            Ok(out)
+            let next = if items.len() > limit {
+                items.truncate(limit);
+                items.last().map(|i| i.item.path.name().to_string())
+            } else {
+                None
+            };
+            Ok(DriveListing { items, next })
         })
         .await
     }

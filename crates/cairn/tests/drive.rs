@@ -167,17 +167,19 @@ async fn reads_check_the_reader_s_level_and_listings_hide_what_it_may_not_read()
         role: Role::Read,
     };
     let names: Vec<String> = ws
-        .drive_list(&reader, Some(&p("docs")))
+        .drive_list(&reader, Some(&p("docs")), None, 100)
         .await
         .unwrap()
+        .items
         .into_iter()
         .map(|i| i.item.path.to_string())
         .collect();
     assert_eq!(names, ["docs/open"]);
     let all: Vec<String> = ws
-        .drive_list(&admin, Some(&p("docs")))
+        .drive_list(&admin, Some(&p("docs")), None, 100)
         .await
         .unwrap()
+        .items
         .into_iter()
         .map(|i| i.item.path.to_string())
         .collect();
@@ -209,5 +211,51 @@ async fn reads_check_the_reader_s_level_and_listings_hide_what_it_may_not_read()
     assert!(err.to_string().contains("edit"), "{err}");
     let missing = ws.drive_get(&admin, &p("nope"), None).await.unwrap_err();
     assert!(missing.to_string().contains("does not exist"), "{missing}");
+    // Pages of a listing: in name order, the cursor never an item the reader may not read,
+    // and no cursor after the last page.
+    for name in ["a", "b", "c", "d", "e"] {
+        ws.drive_add(&admin, &p(&format!("docs/open/{name}")), None)
+            .await
+            .unwrap();
+    }
+    for hidden in ["b", "d"] {
+        ws.drive_set_perm(
+            &admin,
+            &p(&format!("docs/open/{hidden}")),
+            Who::Token("ann".into()),
+            Some(Level::Deny),
+        )
+        .await
+        .unwrap();
+    }
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = ws
+            .drive_list(&reader, Some(&p("docs/open")), after.as_deref(), 1)
+            .await
+            .unwrap();
+        let names: Vec<String> = page.items.iter().map(|i| i.item.path.to_string()).collect();
+        pages.push((names, page.next.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let s = |x: &str| x.to_string();
+    assert_eq!(
+        pages,
+        [
+            (vec![s("docs/open/a")], Some(s("a"))),
+            (vec![s("docs/open/c")], Some(s("c"))),
+            (vec![s("docs/open/e")], None),
+        ]
+    );
+    let all = ws
+        .drive_list(&admin, Some(&p("docs/open")), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 5);
+    assert_eq!(all.next, None);
     ws.close().await;
 }
