@@ -30,16 +30,20 @@
 //!
 //! Then the Drive (`cairn_benches::drive`): 10 000 small typed items put from 64 writers
 //! (items/s), a `fill-defaults` type migration over them (items/s), and
-//! `drive_migrate_vs_put`, the migration's rate ÷ the put rate.
+//! `drive_migrate_vs_put`, the migration's rate ÷ the put rate; and
+//! `drive_load_lifecycle_p99`: the p99 latency of paced lifecycle commands (the kernel sink's
+//! mix, 500/s, each submitted on its own) while 32 writers add drive items and put 1 KiB data
+//! versions as fast as they are answered, ÷ the same without the load, on one workspace
+//! (`sync`), 10 s each (quick: 3 s), without first.
 //!
 //! `CAIRN_BENCH_MIRROR_DURABILITY=buffered` (or `none`) opens the mirrors with that durability
 //! instead, to see what their fsyncs cost (a diagnosis, not a figure).
 //!
 //! `--only WORKLOAD` runs one cairn workload alone, for profiling: `sync64`, `sync1`,
 //! `buffered64`, `none64` (store only), `kernel64`, `server64`, `rebuild`, `open`, `catchup`,
-//! `lag`, `leader_with_mirrors`, `forwarded`, `drive` (sized by `--quick`; the replication ones print
-//! their ratio), or a peer alone: `sqlite64`, `grouped64` (raw RocksDB, one group-commit
-//! thread).
+//! `lag`, `leader_with_mirrors`, `forwarded`, `drive`, `drive_load` (sized by `--quick`; the
+//! replication and drive ones print their ratio), or a peer alone: `sqlite64`, `grouped64`
+//! (raw RocksDB, one group-commit thread).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -78,6 +82,7 @@ fn main() {
             lag: Duration::from_secs(2),
             replication_rounds: 1,
             replication_run: Duration::from_secs(2),
+            drive_load: Duration::from_secs(3),
         }
     } else {
         LogSizes {
@@ -88,6 +93,7 @@ fn main() {
             lag: Duration::from_secs(10),
             replication_rounds: 3,
             replication_run: Duration::from_secs(5),
+            drive_load: Duration::from_secs(10),
         }
     };
     if let Some(d) = replication::mirror_durability_override() {
@@ -117,6 +123,9 @@ fn main() {
             }
             "drive" => {
                 drive_figure(scratch.path());
+            }
+            "drive_load" => {
+                drive_load_figure(scratch.path(), sizes.drive_load);
             }
             "leader_with_mirrors" => {
                 mirrors_figure(scratch.path(), &sizes);
@@ -293,11 +302,13 @@ fn main() {
     let with_mirrors = mirrors_figure(scratch.path(), &sizes);
     let forwarded = forwarded_figure(scratch.path(), &sizes);
     let drive = drive_figure(scratch.path());
+    let drive_load = drive_load_figure(scratch.path(), sizes.drive_load);
     println!(
         "ratios: sync64={:.2} sync1={:.2} buffered64={:.2} sqlite_sync64={:.2} \
          kernel_sync64={:.2} rebuild={:.2} open_1m_vs_1k={:.2} catchup={catchup:.2} \
          lag_p50_ms={:.1} lag_p99_ms={:.1} leader_with_mirrors={with_mirrors:.2} \
-         forwarded={forwarded:.2} drive_migrate_vs_put={drive:.2}",
+         forwarded={forwarded:.2} drive_migrate_vs_put={drive:.2} \
+         drive_load_lifecycle_p99={drive_load:.2}",
         ratio("sync64"),
         ratio("sync1"),
         ratio("buffered64"),
@@ -326,6 +337,8 @@ struct LogSizes {
     replication_rounds: usize,
     /// Length of each of those rounds.
     replication_run: Duration,
+    /// Length of each phase of the drive load figure (without, then with the load).
+    drive_load: Duration,
 }
 
 /// Builds a mixed lifecycle log of about `entries` entries in `scratch/name`; with `seed`, a
@@ -502,6 +515,48 @@ fn drive_figure(scratch: &Path) -> f64 {
         run.items, run.put_items_per_s, run.migrate_items_per_s, run.migration_entries
     );
     let _ = std::fs::remove_dir_all(scratch.join("drive"));
+    ratio
+}
+
+/// Paced lifecycle commands without, then with a drive bulk load, `phase` each; prints both
+/// phases' percentiles and returns the p99 with the load ÷ without.
+fn drive_load_figure(scratch: &Path, phase: Duration) -> f64 {
+    const RATE: u64 = 500;
+    const WRITERS: u64 = 32;
+    let dir = scratch.join("drive-load");
+    let run = cairn_benches::drive::lifecycle_under_load(
+        &dir,
+        cairn_benches::drive::LoadSpec {
+            rate: RATE,
+            phase,
+            warmup: Duration::from_secs(1),
+            load_writers: WRITERS,
+            data_bytes: 1024,
+        },
+    );
+    for (name, p) in [("without", &run.quiet), ("with", &run.loaded)] {
+        println!(
+            "  {name} the drive load: {} lifecycle commands in {:.1} s (paced at {RATE}/s): \
+             p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms; commits {}",
+            p.latencies.len(),
+            p.secs,
+            p.percentile_ms(50.0),
+            p.percentile_ms(90.0),
+            p.percentile_ms(99.0),
+            p.percentile_ms(100.0),
+            p.commits.describe()
+        );
+    }
+    let ratio = run.p99_ratio();
+    println!(
+        "drive_load_lifecycle_p99: lifecycle p99 {:.2} ms while {WRITERS} writers put drive \
+         items ({:.0} items/s, an add and a 1 KiB data put each) vs {:.2} ms without: {ratio:.2} \
+         (target ≤ 2)",
+        run.loaded.percentile_ms(99.0),
+        run.load_items_per_s(),
+        run.quiet.percentile_ms(99.0)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     ratio
 }
 
