@@ -166,11 +166,7 @@ pub struct Paced {
 impl Paced {
     /// The `p`-th percentile (0..=100) of the latencies, in milliseconds.
     pub fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies.len() - 1) as f64 * p / 100.0).round() as usize;
-        self.latencies[i] * 1e3
+        crate::percentile_ms(&self.latencies, p)
     }
 }
 

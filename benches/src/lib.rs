@@ -46,6 +46,16 @@ pub fn meta(i: u64) -> Meta {
     }
 }
 
+/// The `p`-th percentile (0..=100) of `sorted` durations in seconds, in milliseconds (NaN
+/// when there are none).
+pub fn percentile_ms(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p / 100.0).round() as usize;
+    sorted[i] * 1e3
+}
+
 /// The runtime every bench that serves or opens a `Workspace` runs on: two workers, the
 /// machine's cores.
 pub fn runtime() -> tokio::runtime::Runtime {

@@ -436,11 +436,7 @@ pub struct Lag {
 impl Lag {
     /// The `p`-th percentile (0..=100) of the lags, in milliseconds.
     pub fn percentile_ms(&self, p: f64) -> f64 {
-        if self.lags.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.lags.len() - 1) as f64 * p / 100.0).round() as usize;
-        self.lags[i] * 1e3
+        crate::percentile_ms(&self.lags, p)
     }
 }
 
