@@ -45,29 +45,35 @@ fn schema(v: u32) -> String {
     s.to_string()
 }
 
-/// `items` small typed items put from `threads` writers in a fresh workspace at `dir`, then
-/// a type migration over all of them.
-pub fn drive(dir: &Path, items: u64, threads: u64) -> DriveRun {
-    Workspace::init(dir).expect("init the drive bench workspace");
+/// The workspace at `dir`, opened under `sync`, with the runtime that holds it.
+fn open_sync(dir: &Path) -> (tokio::runtime::Runtime, Workspace) {
     let rt = crate::runtime();
     let mut opts = Options::default();
     opts.store.durability = Durability::Sync;
     let ws = rt
         .block_on(Workspace::open(dir, opts))
         .expect("open the drive bench workspace");
-    let store = ws.store();
-    let admin = DriveActor::admin("bench");
-    let run = |i: u64, op: DriveCommand| {
-        store
-            .execute(
-                meta(i),
-                Command::Drive {
-                    actor: admin.clone(),
-                    op,
-                },
-            )
-            .expect("a drive bench command");
+    (rt, ws)
+}
+
+/// Runs one drive command as a workspace admin, waiting for its commit.
+fn run_as_admin(store: &cairn_store::Store<cairn::KernelMachine>, i: u64, op: DriveCommand) {
+    let command = Command::Drive {
+        actor: DriveActor::admin("bench"),
+        op,
     };
+    store
+        .execute(meta(i), command)
+        .expect("a drive bench command");
+}
+
+/// `items` small typed items put from `threads` writers in a fresh workspace at `dir`, then
+/// a type migration over all of them.
+pub fn drive(dir: &Path, items: u64, threads: u64) -> DriveRun {
+    Workspace::init(dir).expect("init the drive bench workspace");
+    let (rt, ws) = open_sync(dir);
+    let store = ws.store();
+    let run = |i: u64, op: DriveCommand| run_as_admin(store, i, op);
     let path = |s: String| DrivePath::parse(&s).expect("a bench path");
     run(
         0,
@@ -261,25 +267,9 @@ fn paced(
 /// answered (the load starts a warm-up before the measured phase and stops after it).
 pub fn lifecycle_under_load(dir: &Path, spec: LoadSpec) -> LoadRun {
     drop(KernelSink::open(dir, Durability::Sync));
-    let rt = crate::runtime();
-    let mut opts = Options::default();
-    opts.store.durability = Durability::Sync;
-    let ws = rt
-        .block_on(Workspace::open(dir, opts))
-        .expect("open the drive load bench workspace");
+    let (rt, ws) = open_sync(dir);
     let store = ws.store();
-    let admin = DriveActor::admin("bench");
-    let run = |i: u64, op: DriveCommand| {
-        store
-            .execute(
-                meta(i),
-                Command::Drive {
-                    actor: admin.clone(),
-                    op,
-                },
-            )
-            .expect("a drive load command");
-    };
+    let run = |i: u64, op: DriveCommand| run_as_admin(store, i, op);
     let path = |s: String| DrivePath::parse(&s).expect("a bench path");
     run(
         0,
