@@ -25,7 +25,9 @@ pub const DRIVE_DATA_BYTES_MAX: usize = 256 * 1024;
 pub const DRIVE_SCHEMA_BYTES_MAX: usize = 64 * 1024;
 /// Most items one move or delete may carry along (the item and everything under it).
 pub const DRIVE_SUBTREE_ITEMS_MAX: usize = 100_000;
-/// Largest recorded outcome of one type migration (all rewritten data), in bytes.
+/// Largest recorded outcome of one type migration (all rewritten data), in bytes; and most
+/// stored data one type upgrade reads (its migration's input, or what it re-validates), so
+/// that an upgrade cannot hold every other command of the workspace back for long.
 pub const DRIVE_MIGRATION_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Largest part of a migration's outcome recorded in one entry, in bytes (a larger outcome is
 /// chunked over several entries of the same commit).

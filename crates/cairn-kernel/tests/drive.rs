@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use cairn_kernel::drive::{
     self, DataVersion, DriveActor, DriveCommand, DrivePath, Level, MigrationInput, Who,
-    DRIVE_DATA_BYTES_MAX, DRIVE_MIGRATION_CHUNK_BYTES_MAX, FILL_DEFAULTS,
+    DRIVE_DATA_BYTES_MAX, DRIVE_MIGRATION_BYTES_MAX, DRIVE_MIGRATION_CHUNK_BYTES_MAX,
+    FILL_DEFAULTS,
 };
 use cairn_kernel::model::Role;
 use cairn_kernel::{Command, DecideError, Event, Kernel};
@@ -601,6 +602,60 @@ fn sibling_names_that_share_a_prefix_stay_apart_through_moves_and_deletes() {
     assert_eq!(names, ["a0", "ab", "z"]);
     check(&d);
     assert_eq!(d.replayed(), d.state);
+}
+
+#[test]
+fn a_type_upgrade_over_more_data_than_the_named_limit_is_refused_naming_it() {
+    let mut d = Drive::new();
+    d.ok(DriveCommand::SetType {
+        name: "big".into(),
+        version: 1,
+        schema: r#"{"type": "object"}"#.into(),
+        migration: None,
+    });
+    d.ok(add("b", None));
+    // Just over the limit in all, each item well under the data limit.
+    let body = "x".repeat(DRIVE_DATA_BYTES_MAX - 1024);
+    let stored = format!(r#"{{"body":"{body}"}}"#).len();
+    let items = DRIVE_MIGRATION_BYTES_MAX / stored + 1;
+    for i in 0..items {
+        d.ok(add(&format!("b/i{i}"), Some("big")));
+        d.ok(put(
+            &format!("b/i{i}"),
+            None,
+            &format!(r#"{{"body": "{body}"}}"#),
+        ));
+    }
+    let before = d.state.clone();
+    let upgrade = |migration: Option<&str>| DriveCommand::SetType {
+        name: "big".into(),
+        version: 2,
+        schema: r#"{"type": "object", "properties": {"tag": {"type": "string", "default": "t"}}}"#
+            .into(),
+        migration: migration.map(str::to_string),
+    };
+    for migration in [Some(FILL_DEFAULTS), None] {
+        let err = d.run(&admin(), upgrade(migration)).unwrap_err();
+        assert!(
+            err.contains("DRIVE_MIGRATION_BYTES_MAX") && err.contains("type big"),
+            "{migration:?}: {err}"
+        );
+        assert_eq!(
+            d.state, before,
+            "{migration:?}: a refused upgrade wrote nothing"
+        );
+    }
+    // With fewer items (their rewritten data, its paths and versions within the limit too),
+    // the same upgrade goes through, in chunks of one commit.
+    let fit = DRIVE_MIGRATION_BYTES_MAX / (stored + 64);
+    for i in fit..items {
+        d.ok(DriveCommand::Delete {
+            path: path(&format!("b/i{i}")),
+        });
+    }
+    let entries = d.ok(upgrade(Some(FILL_DEFAULTS)));
+    assert!(entries > 2, "{entries} entries");
+    check(&d);
 }
 
 /// A state that counts the keys its scans visit.

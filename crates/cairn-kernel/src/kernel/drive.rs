@@ -421,7 +421,7 @@ fn set_type(
     // Every stored data version of every item of the type, rewritten (or kept) and checked
     // against the new schema. Only rewritten data is recorded.
     let mut chunk: Vec<Rewritten> = Vec::new();
-    let (mut chunk_bytes, mut total_bytes) = (0usize, 0usize);
+    let (mut chunk_bytes, mut total_bytes, mut read_bytes) = (0usize, 0usize, 0usize);
     let flush = |chunk: &mut Vec<Rewritten>, events: &mut Vec<Event>| {
         if !chunk.is_empty() {
             events.push(Event::Drive(DriveEvent::Migrated(Migrated {
@@ -436,6 +436,16 @@ fn set_type(
             let text = drive::data(state, &path, v)?.ok_or_else(|| {
                 cairn_log::StateError::corrupt(format!("drive data {path} {v} vanished"))
             })?;
+            // Decide runs on the one writer: a longer upgrade would stall every command.
+            read_bytes += text.len();
+            if read_bytes > DRIVE_MIGRATION_BYTES_MAX {
+                return Err(invalid(format!(
+                    "the upgrade of drive type {name} to version {version} reads more than \
+                     {DRIVE_MIGRATION_BYTES_MAX} bytes of stored data \
+                     (DRIVE_MIGRATION_BYTES_MAX): it would hold every other command back \
+                     while it runs"
+                )));
+            }
             let old: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
                 cairn_log::StateError::corrupt(format!("drive data {path} {v} is not JSON: {e}"))
             })?;
