@@ -179,10 +179,20 @@ impl DataVersion {
         patch: 0,
     };
 
+    /// The largest value of each part (nine digits), so every version prints as one that
+    /// parses.
+    pub const PART_MAX: u32 = 999_999_999;
+
     /// Parses `X.Y.Z`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split('.').collect();
-        let bad = || format!("data version {} is not MAJOR.MINOR.PATCH", echo(s));
+        let bad = || {
+            format!(
+                "data version {} is not MAJOR.MINOR.PATCH (each part at most {})",
+                echo(s),
+                Self::PART_MAX
+            )
+        };
         if parts.len() != 3 {
             return Err(bad());
         }
@@ -199,12 +209,13 @@ impl DataVersion {
         })
     }
 
-    /// The version after this one when none is given (patch + 1).
-    pub fn next(self) -> DataVersion {
-        DataVersion {
-            patch: self.patch.saturating_add(1),
+    /// The version after this one when none is given (patch + 1); `None` after the last
+    /// patch of a minor version, [`DataVersion::PART_MAX`] (a put must then name its version).
+    pub fn next(self) -> Option<DataVersion> {
+        (self.patch < Self::PART_MAX).then_some(DataVersion {
+            patch: self.patch + 1,
             ..self
-        }
+        })
     }
 
     /// The 12-byte big-endian form used in keys (orders as the versions do).

@@ -658,6 +658,29 @@ fn a_type_upgrade_over_more_data_than_the_named_limit_is_refused_naming_it() {
     check(&d);
 }
 
+#[test]
+fn after_the_last_patch_a_put_must_name_its_version() {
+    let mut d = Drive::new();
+    d.ok(add("a", None));
+    d.ok(put(
+        "a",
+        Some(&format!("1.0.{}", DataVersion::PART_MAX)),
+        "{}",
+    ));
+    let before = d.state.clone();
+    let err = d.run(&admin(), put("a", None, r#"{"n": 1}"#)).unwrap_err();
+    assert!(err.contains("name the next version"), "{err}");
+    assert_eq!(d.state, before, "nothing replaced the last version");
+    d.ok(put("a", Some("1.1.0"), r#"{"n": 1}"#));
+    assert_eq!(
+        drive::versions(&d.state, &path("a"))
+            .unwrap()
+            .last()
+            .map(|v| v.to_string()),
+        Some("1.1.0".to_string())
+    );
+}
+
 /// A state that counts the keys its scans visit.
 struct Counting<'a>(&'a MemState, std::cell::Cell<usize>);
 

@@ -264,7 +264,16 @@ pub(super) fn decide(
                     .into())
                 }
                 (Some(v), _) => *v,
-                (None, Some(cur)) => cur.next(),
+                (None, Some(cur)) => cur.next().ok_or_else(|| {
+                    Rejection::state(
+                        item_entity(path),
+                        format!(
+                            "its data is at version {cur}, the last patch of {}.{}: name the \
+                             next version",
+                            cur.major, cur.minor
+                        ),
+                    )
+                })?,
                 (None, None) => DataVersion::FIRST,
             };
             let data = checked_data(kernel, state, &item, data)?;
