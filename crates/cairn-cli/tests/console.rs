@@ -390,18 +390,32 @@ fn signed_in_with_a_read_token_the_panels_show_the_workspace_and_the_mirror() {
             &["threshold", "10", "interval", "30s"],
         )
         .await;
+        // Desired and observed; netmon's drift is highlighted, routing's agreement is not.
         wait_text(
             c,
-            "#features tr[data-feature=netmon]",
-            &["netmon", "enabled"],
+            "#features tr.drift[data-feature=netmon]",
+            &[
+                "netmon",
+                "enabled",
+                "disabled",
+                "drift: wants on, observed disabled",
+            ],
         )
         .await;
         wait_text(
             c,
             "#features tr[data-feature=routing]",
-            &["router", "always_enabled"],
+            &["router", "always_enabled", "enabled", "in step"],
         )
         .await;
+        assert_eq!(
+            js(
+                c,
+                "return document.querySelectorAll('#features tr.drift').length;"
+            )
+            .await,
+            1
+        );
         wait_text(
             c,
             "#daemons tr[data-daemon='netmon:collector']",

@@ -107,7 +107,8 @@ impl Cluster {
     /// Initializes the leader's workspace (packages router, netmon, flaky and xss; netmon
     /// connected to router; flaky's connect failed and undone), starts it, starts a mirror
     /// named `m` from a backup, sets xss's vars (one to [`PAYLOAD`], one to [`long_value`]),
-    /// and waits until the mirror has acknowledged the leader's head.
+    /// reports feature netmon observed `disabled` (drift) and routing `enabled`, and waits
+    /// until the mirror has acknowledged the leader's head.
     pub fn start() -> Cluster {
         let ws = Ws::init();
         let read = create_token(&ws, "ops", "read");
@@ -154,6 +155,9 @@ impl Cluster {
         };
         cluster.set_var("note", PAYLOAD);
         cluster.set_var("long", &long_value());
+        // netmon's service side says it is off while it is wanted on: drift.
+        cluster.report("netmon", "disabled");
+        cluster.report("routing", "enabled");
         cluster.wait_mirror_caught_up();
         cluster
     }
@@ -168,6 +172,18 @@ impl Cluster {
             Some(&body),
         );
         assert_eq!(status, 200, "set var {key}: {answer}");
+    }
+
+    /// `PUT /v1/features/NAME/observed` on the leader, with the admin token.
+    pub fn report(&self, feature: &str, state: &str) {
+        let body = serde_json::json!({ "state": state }).to_string();
+        let (status, answer) = http(
+            "PUT",
+            &format!("{}/v1/features/{feature}/observed", self.leader.url),
+            Some(&self.admin),
+            Some(&body),
+        );
+        assert_eq!(status, 200, "report {feature} {state}: {answer}");
     }
 
     /// `GET URL` with the read token, as JSON.
