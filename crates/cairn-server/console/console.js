@@ -186,8 +186,13 @@
     $('#log-rows').replaceChildren();
     for (const id of ['#error', '#node', '#refresh', '#audit-state', '#log-state']) $(id).textContent = '';
     logEntries.length = 0;
+    paused = false;
+    waiting = 0;
+    $('#log-pause').textContent = 'Pause';
     samples.length = 0;
+    lastCommitted = null;
     hookRuns.clear();
+    hookRunCount = 0;
     hookFrom = 1;
     lastRendered.clear();
     $('#console').hidden = true;
