@@ -33,8 +33,15 @@ fuzz TARGET SECONDS="60": prereqs
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run {{TARGET}} corpus/{{TARGET}} -- -max_total_time={{SECONDS}}
 
-# Install what the build needs when it is missing (RocksDB's bindgen needs libclang), and
-# fusermount3 for the power-cut tests' FUSE mount when not root (root mounts with mount(2)).
+# The web console's screenshot in docs/operations.md (docs/console.png): a scratch leader and
+# mirror with sample data and a minute of writes, photographed by headless Chromium (the
+# console test binary's --screenshot mode, so it runs the same fixture as the browser tests).
+screenshot: prereqs
+    cargo test --release -p cairn-cli --test console -- --screenshot {{justfile_directory()}}/docs/console.png
+
+# Install what the build needs when it is missing (RocksDB's bindgen needs libclang),
+# fusermount3 for the power-cut tests' FUSE mount when not root (root mounts with mount(2)),
+# and headless Chromium with chromedriver for the console's browser tests.
 prereqs:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -46,4 +53,9 @@ prereqs:
     if [ "$(id -u)" != 0 ] && ! command -v fusermount3 >/dev/null; then
         sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive sudo apt-get install -y -qq fuse3 >/dev/null
+    fi
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+        sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
     fi

@@ -477,6 +477,26 @@ fn every_endpoint_allows_and_denies_each_role_as_documented() {
     }
     // The health check needs no token; an unknown endpoint is a JSON 404.
     assert_eq!(call(&url, None, "GET", "/v1/health", None), 200);
+    // The console's page and files need no token (the table's role "none"): every caller gets
+    // them, and what the page shows comes from the endpoints above, with the operator's token.
+    for path in [
+        "/ui",
+        "/ui/",
+        "/ui/index.html",
+        "/ui/console.js",
+        "/ui/console.css",
+    ] {
+        for token in [
+            None,
+            Some(&t.revoked),
+            Some(&t.read),
+            Some(&t.mirror),
+            Some(&t.admin),
+        ] {
+            let status = call(&url, token.map(String::as_str), "GET", path, None);
+            assert_eq!(status, 200, "GET {path} with {token:?}");
+        }
+    }
     let (status, body) = http("GET", &format!("{url}/v1/nope"), Some(&t.read), None);
     assert_eq!(status, 404);
     let v: Value = serde_json::from_str(&body).unwrap();

@@ -131,6 +131,7 @@ fn router(svc: Service, shutdown: CancellationToken) -> Router {
     let app = App { svc, shutdown };
     Router::new()
         .route("/v1/health", get(health))
+        .merge(crate::console::router())
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/packages", post(pkg_install).get(pkg_list))

@@ -8,6 +8,7 @@
 //!   `/metrics`, graceful shutdown).
 //! - [`drive`]: the Drive's requests, their HTTP form and their answers.
 //! - [`bundle`]: a directory as one checked byte stream (remote `backup` and `replay`).
+//! - [`console`]: the operator's web console under `/ui/` (static files in the binary).
 
 // `cairn::Error` carries the kernel's rejection, which names its entity in full for messages;
 // it is moved once per request, so boxing buys nothing measurable.
@@ -15,6 +16,7 @@
 
 pub mod api;
 pub mod bundle;
+pub mod console;
 pub mod drive;
 pub mod handoff;
 mod http;
