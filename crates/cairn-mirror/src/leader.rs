@@ -41,6 +41,8 @@ pub struct MirrorRecord {
     pub streams: u32,
     /// When it last connected or acknowledged (ms since the Unix epoch).
     pub last_contact_ms: u64,
+    /// Acknowledgements taken from it since this leader started (each one an HTTP request).
+    pub acks: u64,
 }
 
 /// The table of mirrors a leader serves.
@@ -78,6 +80,7 @@ impl Mirrors {
                 applied_offset: 0,
                 streams: 0,
                 last_contact_ms: now_ms,
+                acks: 0,
             });
         record.last_contact_ms = now_ms;
         record
@@ -88,6 +91,7 @@ impl Mirrors {
         let mut table = self.table();
         let record = Self::record(&mut table, name, now_ms);
         record.applied_offset = record.applied_offset.max(applied);
+        record.acks += 1;
         drop(table);
         self.acked.notify_waiters();
     }
