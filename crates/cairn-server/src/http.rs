@@ -1369,9 +1369,21 @@ async fn replication_stream(State(app): State<App>, headers: HeaderMap, Query(q)
         tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| {
             c.map(Bytes::from)
         });
+    // How often this leader wants the mirror's acknowledgements: every commit when writes
+    // wait for them (`--sync-mirrors`), otherwise coalesced.
+    let ack_interval_ms = cairn_mirror::protocol::ack_interval_ms(app.svc.sync_mirrors().count);
     (
         StatusCode::OK,
-        [("content-type", "application/vnd.cairn.replication")],
+        [
+            (
+                "content-type",
+                "application/vnd.cairn.replication".to_string(),
+            ),
+            (
+                cairn_mirror::protocol::ACK_INTERVAL_HEADER,
+                ack_interval_ms.to_string(),
+            ),
+        ],
         Body::from_stream(chunks),
     )
         .into_response()
