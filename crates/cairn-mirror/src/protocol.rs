@@ -609,6 +609,7 @@ pub const ACK_INTERVAL_MS: u64 = 20;
 /// The longest interval a follower accepts from a leader (one heartbeat: a leader's view of
 /// its mirrors is never staler than its own heartbeats).
 pub const ACK_INTERVAL_MS_MAX: u64 = crate::leader::HEARTBEAT_INTERVAL_MS;
+const _: () = assert!(ACK_INTERVAL_MS > 0 && ACK_INTERVAL_MS <= ACK_INTERVAL_MS_MAX);
 
 /// The acknowledgement interval a leader asks its followers for, in milliseconds: every commit
 /// when a write waits for `sync_mirrors` mirrors (`--sync-mirrors`), so that coalescing never
@@ -1056,7 +1057,6 @@ mod tests {
     #[test]
     fn a_leader_whose_writes_wait_for_mirrors_asks_for_every_acknowledgement() {
         assert_eq!(ack_interval_ms(0), ACK_INTERVAL_MS);
-        assert!(ACK_INTERVAL_MS > 0 && ACK_INTERVAL_MS <= ACK_INTERVAL_MS_MAX);
         for sync in [1, 2, 5] {
             assert_eq!(ack_interval_ms(sync), 0, "--sync-mirrors {sync}");
         }
