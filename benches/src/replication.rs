@@ -253,6 +253,16 @@ impl Cluster {
         in_process.chain(children).min()
     }
 
+    /// Acknowledgements the leader has taken, from every mirror.
+    fn acks(&self) -> u64 {
+        match self.leader_svc.replication() {
+            cairn_server::service::Replication::Leader(table) => {
+                table.list().iter().map(|m| m.acks).sum()
+            }
+            _ => 0,
+        }
+    }
+
     /// The mirrors' workspaces, in the order they were added.
     pub fn mirrors(&self) -> Vec<Workspace> {
         self.mirrors.iter().map(|m| m.node.ws().clone()).collect()
@@ -573,6 +583,112 @@ impl Sink for LeaderSink<'_> {
     }
 }
 
+/// CPU time this process spent during a run, by kind of thread (from `/proc/self/task`:
+/// scheduler ticks, so each figure is good to about 10 ms per thread).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuSplit {
+    /// The store's writer threads (`cairn-writer`; in-process mirrors' too).
+    pub writer_s: f64,
+    /// Their repliers (`cairn-replier`).
+    pub replier_s: f64,
+    /// The runtime's workers and blocking pool (HTTP, streams, acknowledgements, log reads).
+    pub tokio_s: f64,
+    /// RocksDB's flush and compaction threads.
+    pub rocksdb_s: f64,
+    /// Everything else: the bench's writer threads (which exit before the end, so this is the
+    /// process's total less the threads still there), followers of in-process mirrors.
+    pub other_s: f64,
+}
+
+impl CpuSplit {
+    /// "writer A, replier B, tokio C, rocksdb D, other E ms per 1 000 commands".
+    pub fn describe(&self, commands: f64) -> String {
+        let per = |s: f64| s * 1e3 * 1e3 / commands.max(1.0);
+        format!(
+            "CPU per 1 000 commands: writer {:.1} ms, replier {:.1}, tokio {:.1}, rocksdb {:.1}, \
+             other {:.1} (total {:.1})",
+            per(self.writer_s),
+            per(self.replier_s),
+            per(self.tokio_s),
+            per(self.rocksdb_s),
+            per(self.other_s),
+            per(self.writer_s + self.replier_s + self.tokio_s + self.rocksdb_s + self.other_s)
+        )
+    }
+}
+
+/// This process's CPU seconds (user + system), and each live thread's (id → name, seconds).
+fn cpu_now() -> (f64, std::collections::BTreeMap<u64, (String, f64)>) {
+    // SAFETY: getrusage writes only into `usage`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let total = secs(usage.ru_utime) + secs(usage.ru_stime);
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut threads = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(id) = task.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`: the name may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15, the 12th and 13th after the name.
+        threads.insert(
+            id,
+            (
+                stat[open + 1..close].to_string(),
+                (ticks(11) + ticks(12)) / tick,
+            ),
+        );
+    }
+    (total, threads)
+}
+
+/// The CPU spent between two [`cpu_now`] readings, by kind of thread.
+fn cpu_split(
+    before: &(f64, std::collections::BTreeMap<u64, (String, f64)>),
+    after: &(f64, std::collections::BTreeMap<u64, (String, f64)>),
+) -> CpuSplit {
+    let mut split = CpuSplit::default();
+    let mut counted = 0.0;
+    for (id, (name, secs)) in &after.1 {
+        let spent = secs - before.1.get(id).map_or(0.0, |(_, s)| *s);
+        let slot = if name.starts_with("cairn-writer") {
+            &mut split.writer_s
+        } else if name.starts_with("cairn-replier") {
+            &mut split.replier_s
+        } else if name.starts_with("tokio-") {
+            &mut split.tokio_s
+        } else if name.starts_with("rocksdb") {
+            &mut split.rocksdb_s
+        } else {
+            continue;
+        };
+        *slot += spent;
+        counted += spent;
+    }
+    split.other_s = (after.0 - before.0 - counted).max(0.0);
+    split
+}
+
 /// One run of the kernel sink on a served leader.
 #[derive(Clone, Copy, Debug)]
 pub struct LeaderRun {
@@ -584,6 +700,10 @@ pub struct LeaderRun {
     pub drain_secs: f64,
     /// The leader's commits.
     pub commits: GroupStats,
+    /// This process's CPU while the writers ran (with child mirrors: the leader's alone).
+    pub cpu: CpuSplit,
+    /// Acknowledgements the leader took while the writers ran, per mirror.
+    pub acks: u64,
 }
 
 /// The kernel sink from `threads` writers for `duration` on a fresh served leader in `dir`
@@ -605,8 +725,13 @@ pub fn leader_with_mirrors(
     }
     cluster.wait_mirrors(cluster.leader().applied());
     let sink = LeaderSink(&cluster);
+    let groups_before = sink.groups().unwrap_or_default();
+    let acks_before = cluster.acks();
+    let cpu_before = cpu_now();
     let ops = throughput(&sink, threads, duration);
-    let commits = sink.groups().unwrap_or_default();
+    let cpu = cpu_split(&cpu_before, &cpu_now());
+    let acks = (cluster.acks() - acks_before) / mirrors.max(1) as u64;
+    let commits = since(sink.groups().unwrap_or_default(), groups_before);
     let head = cluster.leader().applied();
     let behind = cluster
         .slowest_mirror()
@@ -618,6 +743,8 @@ pub fn leader_with_mirrors(
         behind,
         drain_secs: drained.elapsed().as_secs_f64(),
         commits,
+        cpu,
+        acks,
     }
 }
 

@@ -480,12 +480,20 @@ fn mirrors_figure(scratch: &Path, sizes: &LogSizes) -> f64 {
                 run.commits.describe(),
                 if mirrors > 0 {
                     format!(
-                        "; slowest mirror {} entries behind at the end, caught up {:.2} s later",
-                        run.behind, run.drain_secs
+                        "; slowest mirror {} entries behind at the end, caught up {:.2} s \
+                         later; {:.0} acknowledgements/s per mirror",
+                        run.behind,
+                        run.drain_secs,
+                        run.acks as f64 / sizes.replication_run.as_secs_f64()
                     )
                 } else {
                     String::new()
                 }
+            );
+            println!(
+                "    leader process {}",
+                run.cpu
+                    .describe(run.ops * sizes.replication_run.as_secs_f64())
             );
             ops[c].push(run.ops);
             let _ = std::fs::remove_dir_all(&dir);

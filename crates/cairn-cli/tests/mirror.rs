@@ -360,6 +360,11 @@ fn only_mirror_tokens_stream_and_a_mirror_token_does_nothing_else() {
         Some("{\"value\": \"x\"}"),
     );
     assert_eq!(status, 403, "{body}");
+    // A leader whose writes do not wait for mirrors asks for coalesced acknowledgements.
+    assert_eq!(
+        ack_interval_asked(&leader.url, &id, &mirror),
+        cairn_mirror::protocol::ACK_INTERVAL_MS.to_string()
+    );
     // A stream of another workspace is refused, naming both ids.
     let other = stream.replace(&id, "6e1f6e1f-0000-4000-8000-000000000000");
     let (status, body) = http("GET", &other, Some(&mirror), None);
@@ -368,6 +373,30 @@ fn only_mirror_tokens_stream_and_a_mirror_token_does_nothing_else() {
         body.contains("wrong_workspace") && body.contains(&id),
         "{body}"
     );
+}
+
+/// Opens a stream of workspace `id` from offset 1 (named `probe`) and says how often the
+/// leader asks the follower to acknowledge (`Cairn-Ack-Interval-Ms`), then drops it.
+fn ack_interval_asked(leader: &str, id: &str, mirror_token: &str) -> String {
+    let hello = cairn_mirror::FollowerHello {
+        workspace_id: id.parse().unwrap(),
+        from: 1,
+        prev: cairn_log::Hash::ZERO,
+        protocol: cairn_mirror::PROTOCOL_VERSION,
+        schema: cairn::kernel::SCHEMA_VERSION,
+        projection: cairn::kernel::PROJECTION_VERSION,
+        name: "probe".into(),
+    };
+    let mut request = ureq::get(&format!("{leader}/v1/replication/stream"))
+        .set("authorization", &format!("Bearer {mirror_token}"));
+    for (k, v) in hello.to_query() {
+        request = request.query(k, &v);
+    }
+    let answer = request.call().expect("the leader admits the stream");
+    answer
+        .header(cairn_mirror::protocol::ACK_INTERVAL_HEADER)
+        .expect("the stream's answer says how often to acknowledge")
+        .to_string()
 }
 
 #[test]
@@ -941,6 +970,15 @@ fn with_sync_mirrors_a_write_is_answered_only_once_a_mirror_applied_it() {
         &["--sync-mirrors", "1", "--sync-timeout-ms", "1500"],
     );
     let token = token_of(&s.ws.admin_token());
+    // Its writes wait for acknowledgements, so it asks for one after every commit.
+    let id = get_json(&format!("{}/v1/status", leader.url), &token)["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        ack_interval_asked(&leader.url, &id, &token_of(&s.mirror_token)),
+        "0"
+    );
     // No mirror yet: committed on the leader, answered 503 not_replicated with its offset.
     let (status, _, body) = put_var(&leader.url, &token, "k0", "alone", Some("s-0"));
     assert_eq!(status, 503, "{body}");

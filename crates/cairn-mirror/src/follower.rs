@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::leader::{now_ms, HEARTBEAT_INTERVAL_MS};
 use crate::protocol::{
-    first_difference, parse_hash, Follower, FollowerHello, Step, PROTOCOL_VERSION,
+    first_difference, parse_ack_interval, parse_hash, AckPacer, AckStep, Follower, FollowerHello,
+    Step, ACK_INTERVAL_HEADER, PROTOCOL_VERSION,
 };
 
 /// Set by a mirror on its `not_leader` answer to a stream request: the leader it follows. A
@@ -417,6 +418,9 @@ impl Session {
             }
             Err(e) => return End::Retry(format!("connect to the leader: {e}")),
         };
+        // How often this leader wants to hear this mirror's offset.
+        self.acker
+            .set_interval(parse_ack_interval(response.header(ACK_INTERVAL_HEADER)));
         let mut reader = BufReader::with_capacity(256 * 1024, response.into_reader());
         let mut follower = Follower::new(self.ws.id(), head);
         let kernel = self.ws.store().machine().0.clone();
@@ -723,8 +727,11 @@ impl<T: InFlight> Pipeline<T> {
 }
 
 /// The acknowledger: a thread that tells the leader the mirror's head (offset and hash) whenever
-/// it is woken and the head moved past what the leader last took. Acknowledgements coalesce: a
-/// burst of commits while one is in flight costs one more, for the latest head.
+/// it is woken and the head moved past what the leader last took, paced by an [`AckPacer`] at
+/// the interval the leader asked for ([`ACK_INTERVAL_HEADER`]): at most one acknowledgement
+/// per interval, for the latest head, and the last head of a burst always goes. With no
+/// interval (a leader whose writes wait for mirrors, or an older leader) every commit is
+/// acknowledged, and a burst of commits while one acknowledgement is in flight costs one more.
 struct Acker {
     shared: Arc<(Mutex<AckerState>, std::sync::Condvar)>,
     thread: Option<JoinHandle<()>>,
@@ -734,6 +741,8 @@ struct Acker {
 struct AckerState {
     woken: bool,
     stop: bool,
+    /// The interval the current stream's leader asked for, until the thread takes it.
+    interval: Option<Duration>,
 }
 
 impl Acker {
@@ -758,6 +767,13 @@ impl Acker {
         cv.notify_one();
     }
 
+    /// Keeps to `interval` from now on (a stream's leader said it).
+    fn set_interval(&self, interval: Duration) {
+        let (state, cv) = &*self.shared;
+        lock(state).interval = Some(interval);
+        cv.notify_one();
+    }
+
     fn run(
         shared: &(Mutex<AckerState>, std::sync::Condvar),
         ws: &Workspace,
@@ -765,27 +781,57 @@ impl Acker {
         options: &FollowerOptions,
     ) {
         let (state, cv) = shared;
-        let mut sent = 0u64;
+        let mut pacer = AckPacer::new(Duration::ZERO);
+        // When the pacer said an acknowledgement is due (decided again then).
+        let mut due: Option<std::time::Instant> = None;
+        // After an acknowledgement got through, decide again at once: the head may have moved
+        // while it was out.
+        let mut again = false;
         loop {
             {
                 let mut s = lock(state);
-                while !s.woken && !s.stop {
-                    s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
+                // Sleeps until woken (a commit landed, the leader was heard), given a new
+                // interval, stopped, or an acknowledgement is due.
+                while !again && !s.stop && s.interval.is_none() && !s.woken {
+                    let now = std::time::Instant::now();
+                    s = match due {
+                        None => cv.wait(s).unwrap_or_else(|p| p.into_inner()),
+                        Some(at) if at > now => {
+                            cv.wait_timeout(s, at - now)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0
+                        }
+                        Some(_) => break,
+                    };
                 }
+                again = false;
                 if s.stop {
                     return;
                 }
-                s.woken = false;
+                if let Some(interval) = s.interval.take() {
+                    pacer.set_interval(interval);
+                }
+                if std::mem::take(&mut s.woken) {
+                    pacer.woken();
+                }
             }
             let head = match ws.head() {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::debug!(error = %e, "reading the head to acknowledge failed");
+                    due = None;
                     continue;
                 }
             };
-            if head.offset <= sent {
-                continue;
+            let now = std::time::Instant::now();
+            due = None;
+            match pacer.step(head.offset, now) {
+                AckStep::Idle => continue,
+                AckStep::WaitUntil(at) => {
+                    due = Some(at);
+                    continue;
+                }
+                AckStep::Send(_) => {}
             }
             let answer = agent
                 .post(&format!(
@@ -797,11 +843,12 @@ impl Acker {
                 .query("applied", &head.offset.to_string())
                 .query("hash", &head.hash.to_string())
                 .call();
-            match answer {
-                Ok(_) => sent = head.offset,
-                // Sent again when next woken (the next commit or heartbeat).
-                Err(e) => tracing::debug!(error = %e, "acknowledging to the leader failed"),
+            // A failed one goes again when next woken (the next commit or heartbeat).
+            if let Err(e) = &answer {
+                tracing::debug!(error = %e, "acknowledging to the leader failed");
             }
+            pacer.sent(head.offset, now, answer.is_ok());
+            again = answer.is_ok();
         }
     }
 }

@@ -2,14 +2,15 @@
 //! the log (backlog, then live, with heartbeats), and keeps the table of mirrors with their
 //! acknowledged offsets.
 //!
-//! The stream reads through a [`cairn::Subscription`]: entries come from the log itself, one
-//! batch at a time, so a slow follower costs one batch and a bounded channel of chunks, is
-//! never dropped and never skips an entry; it simply reads further behind.
+//! Entries come from the log itself, one chunk at a time, so a slow follower costs a bounded
+//! channel of chunks, is never dropped and never skips an entry; it simply reads further
+//! behind. Streams at the head share one read of each commit's entries ([`crate::tail`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use cairn::Workspace;
 use cairn_log::Hash;
 use serde::Serialize;
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{admit, FollowerHello, Frame, LeaderView, Refusal};
+use crate::tail::{Segment, Tail, TailRead};
 
 /// How often an idle stream sends a heartbeat.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 500;
@@ -28,7 +30,7 @@ pub const STREAM_CHUNKS_AHEAD_MAX: usize = 8;
 pub const MIRRORS_MAX: usize = 64;
 
 /// A chunk of the stream's bytes, or the error that ends it.
-pub type Chunk = std::io::Result<Vec<u8>>;
+pub type Chunk = std::io::Result<Bytes>;
 
 /// What the leader knows of one mirror.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -41,6 +43,8 @@ pub struct MirrorRecord {
     pub streams: u32,
     /// When it last connected or acknowledged (ms since the Unix epoch).
     pub last_contact_ms: u64,
+    /// Acknowledgements taken from it since this leader started (each one an HTTP request).
+    pub acks: u64,
 }
 
 /// The table of mirrors a leader serves.
@@ -49,9 +53,22 @@ pub struct Mirrors {
     table: Mutex<BTreeMap<String, MirrorRecord>>,
     /// Woken on every acknowledgement (synchronous mirrors wait on it).
     acked: tokio::sync::Notify,
+    /// The latest entries, read once for every stream at the head.
+    tail: Mutex<Tail>,
+    /// Moved whenever the tail's reader published or gave up (streams waiting on it look
+    /// again).
+    tail_moved: tokio::sync::watch::Sender<u64>,
 }
 
 impl Mirrors {
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tail_moved(&self) {
+        self.tail_moved.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, MirrorRecord>> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -78,6 +95,7 @@ impl Mirrors {
                 applied_offset: 0,
                 streams: 0,
                 last_contact_ms: now_ms,
+                acks: 0,
             });
         record.last_contact_ms = now_ms;
         record
@@ -88,6 +106,7 @@ impl Mirrors {
         let mut table = self.table();
         let record = Self::record(&mut table, name, now_ms);
         record.applied_offset = record.applied_offset.max(applied);
+        record.acks += 1;
         drop(table);
         self.acked.notify_waiters();
     }
@@ -209,87 +228,228 @@ pub async fn open_stream(
         }
         .into());
     }
-    let mut next = hello.from;
     let (tx, rx) = mpsc::channel::<Chunk>(STREAM_CHUNKS_AHEAD_MAX);
     let guard = mirrors.opened(&hello.name, hello.from - 1, now_ms());
     tracing::info!(mirror = %hello.name, from = hello.from, "mirror connected");
+    let mut own = Vec::new();
+    Frame::Hello {
+        workspace_id: leader.workspace_id,
+        head_offset: leader.head.offset,
+        head_epoch: leader.head.epoch,
+        schema: leader.schema,
+        schema_compat: leader.schema_compat,
+    }
+    .write_to(&mut own);
+    let stream = Stream {
+        tail_moved: mirrors.tail_moved.subscribe(),
+        ws,
+        mirrors,
+        tx,
+        stop,
+        next: hello.from,
+        caught_up: false,
+        own,
+    };
     tokio::spawn(async move {
         let _guard = guard;
-        let mut chunk = Vec::new();
-        Frame::Hello {
-            workspace_id: leader.workspace_id,
-            head_offset: leader.head.offset,
-            head_epoch: leader.head.epoch,
-            schema: leader.schema,
-            schema_compat: leader.schema_compat,
-        }
-        .write_to(&mut chunk);
+        let (ended, next) = stream.run().await;
+        tracing::info!(mirror = %hello.name, at = next - 1, "mirror stream ended: {ended}");
+    });
+    Ok(rx)
+}
+
+/// One follower's stream: the entries from `next` on, as they commit, with heartbeats.
+struct Stream {
+    ws: Workspace,
+    mirrors: Arc<Mirrors>,
+    tx: mpsc::Sender<Chunk>,
+    stop: CancellationToken,
+    tail_moved: tokio::sync::watch::Receiver<u64>,
+    /// The next entry to send.
+    next: u64,
+    /// Whether the caught-up marker went out.
+    caught_up: bool,
+    /// Frames for this stream alone (the hello, its backlog, heartbeats), sent before any
+    /// shared frames of the tail.
+    own: Vec<u8>,
+}
+
+/// Why a stream ended (for the log).
+type Ended = &'static str;
+
+impl Stream {
+    /// Streams until the follower goes away, the leader stops or the workspace closes; why,
+    /// and the next offset it would have sent.
+    async fn run(mut self) -> (Ended, u64) {
         let mut beat = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         beat.reset();
-        let mut caught_up = false;
-        let name = hello.name;
         let ended = loop {
-            // Everything already committed goes out in chunks of up to STREAM_CHUNK_BYTES.
-            let mut failed = None;
-            while chunk.len() < STREAM_CHUNK_BYTES && next <= ws.applied() {
-                match ws
-                    .read_log_raw(next, STREAM_CHUNK_BYTES - chunk.len())
-                    .await
-                {
-                    Ok(entries) => {
-                        for (offset, bytes) in entries {
-                            Frame::write_entry(&bytes, &mut chunk);
-                            next = offset + 1;
-                        }
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            match failed {
-                None => {}
-                Some(cairn::Error::Closed) => break "the workspace closed",
-                Some(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                    break "reading the log failed";
-                }
-            }
-            if next > ws.applied() && !caught_up && chunk.len() < STREAM_CHUNK_BYTES {
-                caught_up = true;
-                Frame::CaughtUp {
-                    head_offset: next - 1,
-                }
-                .write_to(&mut chunk);
-            }
-            if !chunk.is_empty() {
-                let out = std::mem::take(&mut chunk);
-                tokio::select! {
-                    sent = tx.send(Ok(out)) => if sent.is_err() { break "the mirror went away" },
-                    _ = stop.cancelled() => break "the leader is shutting down",
-                }
-                continue;
-            }
-            tokio::select! {
-                applied = ws.wait_for(next) => if applied.is_err() { break "the workspace closed" },
-                _ = beat.tick() => {
-                    let head = ws.head().map(|h| (h.offset, h.epoch)).unwrap_or((ws.applied(), 0));
-                    Frame::Heartbeat {
-                        head_offset: head.0,
-                        head_epoch: head.1,
-                        time_ms: now_ms(),
-                    }
-                    .write_to(&mut chunk);
-                }
-                _ = stop.cancelled() => break "the leader is shutting down",
-                _ = tx.closed() => break "the mirror went away",
+            if let Err(ended) = self.step(&mut beat).await {
+                break ended;
             }
         };
-        tracing::info!(mirror = %name, at = next - 1, "mirror stream ended: {ended}");
-    });
-    Ok(rx)
+        (ended, self.next)
+    }
+
+    /// Sends what is committed and not sent yet (then the caught-up marker, once), or waits
+    /// for the next commit or heartbeat.
+    async fn step(&mut self, beat: &mut tokio::time::Interval) -> Result<(), Ended> {
+        let shared = self.take_committed().await?;
+        let mut marker = Vec::new();
+        if self.next > self.ws.applied() && !self.caught_up && self.own.len() < STREAM_CHUNK_BYTES {
+            self.caught_up = true;
+            Frame::CaughtUp {
+                head_offset: self.next - 1,
+            }
+            .write_to(&mut marker);
+        }
+        let outs = [
+            Bytes::from(std::mem::take(&mut self.own)),
+            shared.unwrap_or_default(),
+            Bytes::from(marker),
+        ];
+        if outs.iter().any(|out| !out.is_empty()) {
+            for out in outs.into_iter().filter(|out| !out.is_empty()) {
+                self.send(out).await?;
+            }
+            return Ok(());
+        }
+        tokio::select! {
+            applied = self.ws.wait_for(self.next) => {
+                applied.map_err(|_| "the workspace closed")?;
+            }
+            _ = beat.tick() => {
+                let ws = &self.ws;
+                let head = ws.head().map(|h| (h.offset, h.epoch)).unwrap_or((ws.applied(), 0));
+                Frame::Heartbeat {
+                    head_offset: head.0,
+                    head_epoch: head.1,
+                    time_ms: now_ms(),
+                }
+                .write_to(&mut self.own);
+            }
+            _ = self.stop.cancelled() => return Err("the leader is shutting down"),
+            _ = self.tx.closed() => return Err("the mirror went away"),
+        }
+        Ok(())
+    }
+
+    /// The committed entries from `next` on, if any: frames of the tail, shared with the other
+    /// streams at the head (returned; this stream reads them for everyone when it is first),
+    /// or, further behind, read from the log for this stream alone into `own`.
+    async fn take_committed(&mut self) -> Result<Option<Bytes>, Ended> {
+        loop {
+            if self.next > self.ws.applied() {
+                return Ok(None);
+            }
+            // Seen before asking, so that a publish after the answer ends the wait below.
+            self.tail_moved.borrow_and_update();
+            let read = self.mirrors.tail().read(self.next);
+            match read {
+                TailRead::Hit { frames, last } => {
+                    self.next = last + 1;
+                    return Ok(Some(frames));
+                }
+                TailRead::Read => {
+                    let segment = match read_tail(&self.ws, &self.mirrors, self.next).await {
+                        Ok(segment) => segment,
+                        Err(e) => return Err(self.read_failed(e).await),
+                    };
+                    self.next = segment.last() + 1;
+                    return Ok(Some(segment.frames()));
+                }
+                TailRead::Behind => {
+                    if let Err(e) = read_backlog(&self.ws, &mut self.next, &mut self.own).await {
+                        return Err(self.read_failed(e).await);
+                    }
+                    return Ok(None);
+                }
+                TailRead::Wait => {
+                    // Another stream reads these entries for everyone; what this one has of
+                    // its own goes out meanwhile.
+                    if !self.own.is_empty() {
+                        let own = Bytes::from(std::mem::take(&mut self.own));
+                        self.send(own).await?;
+                    }
+                    tokio::select! {
+                        moved = self.tail_moved.changed() => {
+                            moved.map_err(|_| "the leader is shutting down")?;
+                        }
+                        _ = self.stop.cancelled() => return Err("the leader is shutting down"),
+                        _ = self.tx.closed() => return Err("the mirror went away"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, out: Bytes) -> Result<(), Ended> {
+        tokio::select! {
+            sent = self.tx.send(Ok(out)) => sent.map_err(|_| "the mirror went away"),
+            _ = self.stop.cancelled() => Err("the leader is shutting down"),
+        }
+    }
+
+    /// Tells the follower why reading the log failed (unless the workspace closed).
+    async fn read_failed(&self, e: cairn::Error) -> Ended {
+        if matches!(e, cairn::Error::Closed) {
+            return "the workspace closed";
+        }
+        let _ = self
+            .tx
+            .send(Err(std::io::Error::other(e.to_string())))
+            .await;
+        "reading the log failed"
+    }
+}
+
+/// Reads committed entries from `next` on into `chunk` as entry frames, up to
+/// `STREAM_CHUNK_BYTES` (at least one entry when `next` is committed), for one stream.
+async fn read_backlog(
+    ws: &Workspace,
+    next: &mut u64,
+    chunk: &mut Vec<u8>,
+) -> Result<(), cairn::Error> {
+    while chunk.len() < STREAM_CHUNK_BYTES && *next <= ws.applied() {
+        let entries = ws
+            .read_log_raw(*next, STREAM_CHUNK_BYTES - chunk.len())
+            .await?;
+        for (offset, bytes) in entries {
+            Frame::write_entry(&bytes, chunk);
+            *next = offset + 1;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the committed entries from `next` on (up to `STREAM_CHUNK_BYTES`) for every stream
+/// at the head and publishes them in the tail; if the read fails or this stream's task is
+/// dropped meanwhile, the tail is told, and another stream reads instead.
+async fn read_tail(ws: &Workspace, mirrors: &Mirrors, next: u64) -> Result<Segment, cairn::Error> {
+    /// Gives the read up unless it was published.
+    struct Reading<'a>(&'a Mirrors, bool);
+    impl Drop for Reading<'_> {
+        fn drop(&mut self) {
+            if !self.1 {
+                self.0.tail().abandon();
+                self.0.tail_moved();
+            }
+        }
+    }
+    let mut reading = Reading(mirrors, false);
+    let entries = ws.read_log_raw(next, STREAM_CHUNK_BYTES).await?;
+    if entries.is_empty() {
+        // `next` was committed when asked: only a log that lost it reads nothing there.
+        return Err(cairn::Error::Internal(format!(
+            "the log has no entry {next}, which was committed"
+        )));
+    }
+    let segment = Segment::frame(&entries);
+    mirrors.tail().publish(segment.clone());
+    reading.1 = true;
+    mirrors.tail_moved();
+    Ok(segment)
 }
 
 /// Milliseconds since the Unix epoch.

@@ -5,6 +5,7 @@
 //!   diverge.
 //! - [`leader`]: the leader's stream (backlog from the log, then live, with heartbeats) and
 //!   its table of mirrors.
+//! - [`tail`]: sans-IO: the latest entry frames, read once for every stream at the head.
 //! - [`follower`]: the follower's thread (connect, check, apply in batches, acknowledge,
 //!   reconnect with backoff and jitter).
 //!
@@ -17,6 +18,7 @@
 pub mod follower;
 pub mod leader;
 pub mod protocol;
+pub mod tail;
 
 pub use follower::{
     start, FollowState, FollowStatus, FollowerHandle, FollowerOptions, StatusWatch,

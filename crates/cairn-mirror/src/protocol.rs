@@ -598,6 +598,122 @@ pub fn first_difference<E>(
     Ok(differ)
 }
 
+/// The header of the leader's stream answer that says how often it wants acknowledgements:
+/// at most one per that many milliseconds (`0`: after every commit). A follower that finds no
+/// such header (an older leader) acknowledges every commit.
+pub const ACK_INTERVAL_HEADER: &str = "cairn-ack-interval-ms";
+/// The acknowledgement interval of a leader whose writes do not wait for mirrors: a mirror
+/// applying many small commits sends at most one acknowledgement per this many milliseconds
+/// (the leader's `status` and `/metrics` see its offset that much later).
+pub const ACK_INTERVAL_MS: u64 = 20;
+/// The longest interval a follower accepts from a leader (one heartbeat: a leader's view of
+/// its mirrors is never staler than its own heartbeats).
+pub const ACK_INTERVAL_MS_MAX: u64 = crate::leader::HEARTBEAT_INTERVAL_MS;
+const _: () = assert!(ACK_INTERVAL_MS > 0 && ACK_INTERVAL_MS <= ACK_INTERVAL_MS_MAX);
+
+/// The acknowledgement interval a leader asks its followers for, in milliseconds: every commit
+/// when a write waits for `sync_mirrors` mirrors (`--sync-mirrors`), so that coalescing never
+/// delays a write; otherwise [`ACK_INTERVAL_MS`].
+pub fn ack_interval_ms(sync_mirrors: usize) -> u64 {
+    if sync_mirrors > 0 {
+        0
+    } else {
+        ACK_INTERVAL_MS
+    }
+}
+
+/// The interval a follower keeps to, from the leader's [`ACK_INTERVAL_HEADER`]: none or an
+/// unreadable one is `0` (acknowledge every commit, what an older leader expects), and at
+/// most [`ACK_INTERVAL_MS_MAX`].
+pub fn parse_ack_interval(header: Option<&str>) -> std::time::Duration {
+    let ms = header
+        .and_then(|h| h.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(ACK_INTERVAL_MS_MAX);
+    std::time::Duration::from_millis(ms)
+}
+
+/// What the acknowledger does now (see [`AckPacer::step`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckStep {
+    /// Nothing to send: the leader has this head, or the last attempt failed and nothing
+    /// woke the acknowledger since.
+    Idle,
+    /// Send an acknowledgement of this offset now.
+    Send(u64),
+    /// An acknowledgement is due at this instant (the interval since the last one ends then);
+    /// decide again then, with the head as it is then.
+    WaitUntil(std::time::Instant),
+}
+
+/// When a follower acknowledges, sans-IO (the caller passes the clock): at most one
+/// acknowledgement per interval, for the latest head; the last head of a burst is always sent,
+/// one interval after the one before at the latest. With a zero interval every head that
+/// moved is sent at once.
+///
+/// A failed acknowledgement is not retried on a timer (a leader that is down would be called
+/// in a loop): the next one goes when the acknowledger is woken again (a commit landed, a
+/// heartbeat came), still at most one per interval.
+#[derive(Clone, Debug)]
+pub struct AckPacer {
+    interval: std::time::Duration,
+    /// The highest offset the leader took.
+    acked: u64,
+    /// When the last acknowledgement was sent (whether it got through or not).
+    last_sent: Option<std::time::Instant>,
+    /// The last one failed and nothing woke the acknowledger since.
+    failed: bool,
+}
+
+impl AckPacer {
+    /// A pacer that has sent nothing, keeping to `interval` (zero: every commit).
+    pub fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval,
+            acked: 0,
+            last_sent: None,
+            failed: false,
+        }
+    }
+
+    /// Keeps to `interval` from now on (each stream's leader says its own).
+    pub fn set_interval(&mut self, interval: std::time::Duration) {
+        self.interval = interval;
+    }
+
+    /// The highest offset the leader took.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// The acknowledger was woken (a commit landed, the leader was heard): a failed
+    /// acknowledgement may go again.
+    pub fn woken(&mut self) {
+        self.failed = false;
+    }
+
+    /// What to do, with this mirror's durably applied `head` at `now`.
+    pub fn step(&self, head: u64, now: std::time::Instant) -> AckStep {
+        if head <= self.acked || self.failed {
+            return AckStep::Idle;
+        }
+        match self.last_sent.map(|at| at + self.interval) {
+            Some(due) if due > now => AckStep::WaitUntil(due),
+            _ => AckStep::Send(head),
+        }
+    }
+
+    /// An acknowledgement of `offset` sent at `at` got through (`true`) or failed.
+    pub fn sent(&mut self, offset: u64, at: std::time::Instant, through: bool) {
+        self.last_sent = Some(at);
+        if through {
+            self.acked = self.acked.max(offset);
+        } else {
+            self.failed = true;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -936,7 +1052,145 @@ mod tests {
         assert!(broken("name", "a b").contains("name"));
     }
 
+    const MS: std::time::Duration = std::time::Duration::from_millis(1);
+
+    #[test]
+    fn a_leader_whose_writes_wait_for_mirrors_asks_for_every_acknowledgement() {
+        assert_eq!(ack_interval_ms(0), ACK_INTERVAL_MS);
+        for sync in [1, 2, 5] {
+            assert_eq!(ack_interval_ms(sync), 0, "--sync-mirrors {sync}");
+        }
+        // What the follower makes of the header: none (an older leader) or garbage is every
+        // commit; a leader cannot make its mirrors stay silent longer than a heartbeat.
+        assert_eq!(parse_ack_interval(None), std::time::Duration::ZERO);
+        assert_eq!(parse_ack_interval(Some("soon")), std::time::Duration::ZERO);
+        assert_eq!(parse_ack_interval(Some(" 20 ")), 20 * MS);
+        assert_eq!(
+            parse_ack_interval(Some("3600000")),
+            ACK_INTERVAL_MS_MAX as u32 * MS
+        );
+        let leader_says = ack_interval_ms(0).to_string();
+        assert_eq!(
+            parse_ack_interval(Some(&leader_says)),
+            ACK_INTERVAL_MS as u32 * MS
+        );
+    }
+
+    #[test]
+    fn with_no_interval_every_head_that_moved_is_acknowledged_at_once() {
+        let t = std::time::Instant::now();
+        let mut p = AckPacer::new(std::time::Duration::ZERO);
+        assert_eq!(p.step(0, t), AckStep::Idle);
+        for (head, at) in [(3, t), (4, t), (9, t + MS)] {
+            assert_eq!(p.step(head, at), AckStep::Send(head));
+            p.sent(head, at, true);
+            assert_eq!(p.step(head, at), AckStep::Idle, "nothing new to say");
+        }
+        assert_eq!(p.acked(), 9);
+    }
+
+    #[test]
+    fn a_burst_of_commits_costs_one_acknowledgement_per_interval_and_the_last_head_is_sent() {
+        let t = std::time::Instant::now();
+        let mut p = AckPacer::new(20 * MS);
+        // The first one goes at once.
+        assert_eq!(p.step(5, t), AckStep::Send(5));
+        p.sent(5, t, true);
+        // Commits land 1 ms apart: none is sent until the interval is over, ...
+        for (i, head) in (6..=15).enumerate() {
+            let now = t + (i as u32 + 1) * MS;
+            assert_eq!(p.step(head, now), AckStep::WaitUntil(t + 20 * MS));
+        }
+        // ... then the head as it is then, once.
+        assert_eq!(p.step(15, t + 20 * MS), AckStep::Send(15));
+        p.sent(15, t + 20 * MS, true);
+        assert_eq!(p.step(15, t + 21 * MS), AckStep::Idle);
+        // A head that moves after a quiet spell goes at once.
+        assert_eq!(p.step(16, t + 60 * MS), AckStep::Send(16));
+    }
+
+    #[test]
+    fn an_interval_set_for_a_new_stream_applies_to_the_next_acknowledgement() {
+        let t = std::time::Instant::now();
+        let mut p = AckPacer::new(20 * MS);
+        p.sent(5, t, true);
+        assert_eq!(p.step(6, t + MS), AckStep::WaitUntil(t + 20 * MS));
+        // The stream of a leader with synchronous mirrors asks for every commit.
+        p.set_interval(std::time::Duration::ZERO);
+        assert_eq!(p.step(6, t + MS), AckStep::Send(6));
+    }
+
+    #[test]
+    fn a_failed_acknowledgement_waits_to_be_woken_and_then_for_the_interval() {
+        let t = std::time::Instant::now();
+        let mut p = AckPacer::new(20 * MS);
+        assert_eq!(p.step(5, t), AckStep::Send(5));
+        p.sent(5, t, false);
+        assert_eq!(p.acked(), 0, "the leader did not take it");
+        // No timer retries it: a leader that is down is not called in a loop.
+        assert_eq!(p.step(5, t + 100 * MS), AckStep::Idle);
+        p.woken();
+        assert_eq!(p.step(5, t + 100 * MS), AckStep::Send(5));
+        // Woken again soon after another failure: still one per interval.
+        p.sent(5, t + 100 * MS, false);
+        p.woken();
+        assert_eq!(p.step(6, t + 101 * MS), AckStep::WaitUntil(t + 120 * MS));
+        assert_eq!(p.step(6, t + 120 * MS), AckStep::Send(6));
+        // Without an interval a failed one goes again as soon as it is woken.
+        let mut p = AckPacer::new(std::time::Duration::ZERO);
+        p.sent(5, t, false);
+        assert_eq!(p.step(5, t), AckStep::Idle);
+        p.woken();
+        assert_eq!(p.step(5, t), AckStep::Send(5));
+    }
+
     proptest! {
+        /// Whatever the commits' timing, no two acknowledgements are closer than the interval,
+        /// and once commits stop, the last head is sent within one interval.
+        #[test]
+        fn acknowledgements_keep_to_the_interval_and_the_last_head_always_goes(
+            gaps in proptest::collection::vec(0u64..50, 1..60),
+            interval in 0u64..30,
+        ) {
+            let t0 = std::time::Instant::now();
+            let interval = std::time::Duration::from_millis(interval);
+            let mut p = AckPacer::new(interval);
+            let (mut now, mut head, mut due) = (t0, 0u64, None);
+            let mut sends: Vec<std::time::Instant> = Vec::new();
+            let mut run = |p: &mut AckPacer,
+                           head: u64,
+                           now: std::time::Instant,
+                           due: &mut Option<std::time::Instant>| {
+                match p.step(head, now) {
+                    AckStep::Send(o) => {
+                        p.sent(o, now, true);
+                        sends.push(now);
+                        *due = None;
+                    }
+                    AckStep::WaitUntil(at) => *due = Some(at),
+                    AckStep::Idle => *due = None,
+                }
+            };
+            for gap in gaps {
+                let next = now + std::time::Duration::from_millis(gap);
+                // A timer that was due before this commit fires first.
+                if let Some(at) = due.filter(|at| *at <= next) {
+                    run(&mut p, head, at, &mut due);
+                }
+                now = next;
+                head += 1;
+                run(&mut p, head, now, &mut due);
+            }
+            if let Some(at) = due {
+                prop_assert!(at <= now + interval);
+                run(&mut p, head, at, &mut due);
+            }
+            prop_assert_eq!(p.acked(), head, "the last head was sent");
+            for pair in sends.windows(2) {
+                prop_assert!(pair[1] - pair[0] >= interval);
+            }
+        }
+
         /// Whatever bytes arrive, the follower never accepts an entry that does not continue
         /// its chain, and never panics.
         #[test]

@@ -1388,13 +1388,22 @@ async fn replication_stream(State(app): State<App>, headers: HeaderMap, Query(q)
         Err(cairn_mirror::StreamError::Failed(e)) => return app.reply(Err(e.into())),
     };
     app.svc.metrics().http(200);
-    let chunks =
-        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| {
-            c.map(Bytes::from)
-        });
+    let chunks = tokio_stream::wrappers::ReceiverStream::new(rx);
+    // How often this leader wants the mirror's acknowledgements: every commit when writes
+    // wait for them (`--sync-mirrors`), otherwise coalesced.
+    let ack_interval_ms = cairn_mirror::protocol::ack_interval_ms(app.svc.sync_mirrors().count);
     (
         StatusCode::OK,
-        [("content-type", "application/vnd.cairn.replication")],
+        [
+            (
+                "content-type",
+                "application/vnd.cairn.replication".to_string(),
+            ),
+            (
+                cairn_mirror::protocol::ACK_INTERVAL_HEADER,
+                ack_interval_ms.to_string(),
+            ),
+        ],
         Body::from_stream(chunks),
     )
         .into_response()
