@@ -340,6 +340,9 @@ fn every_command_in_local_and_remote_mode() {
             .ok(),
         "43\n"
     );
+    // The server starts the reinstalled collector and records that it runs: before the
+    // digest, so that no entry lands between it and the backup.
+    wait_daemon_running(&server.url, &admin_token, "netmon", "collector");
 
     // Remote backup streams a checkpoint that opens as a workspace with the same digest.
     let digest_now = server.remote(&admin, &["state", "digest"]).ok();
