@@ -337,10 +337,19 @@ impl Stream {
 
     /// The committed entries from `next` on, if any: frames of the tail, shared with the other
     /// streams at the head (returned; this stream reads them for everyone when it is first),
-    /// or, further behind, read from the log for this stream alone into `own`.
+    /// or, for the backlog (before the caught-up marker) and further behind than the tail,
+    /// read from the log for this stream alone into `own`.
     async fn take_committed(&mut self) -> Result<Option<Bytes>, Ended> {
         loop {
             if self.next > self.ws.applied() {
+                return Ok(None);
+            }
+            if !self.caught_up {
+                // A follower catching up is alone where it reads: keeping its backlog in the
+                // tail would only hold memory.
+                if let Err(e) = read_backlog(&self.ws, &mut self.next, &mut self.own).await {
+                    return Err(self.read_failed(e).await);
+                }
                 return Ok(None);
             }
             // Seen before asking, so that a publish after the answer ends the wait below.
