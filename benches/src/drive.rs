@@ -56,6 +56,17 @@ fn open_sync(dir: &Path) -> (tokio::runtime::Runtime, Workspace) {
     (rt, ws)
 }
 
+/// Defines drive type `name` at version 1 of the bench's schema.
+fn define_type(store: &cairn_store::Store<cairn::KernelMachine>, name: &str) {
+    let op = DriveCommand::SetType {
+        name: name.into(),
+        version: 1,
+        schema: schema(1),
+        migration: None,
+    };
+    run_as_admin(store, 0, op);
+}
+
 /// Runs one drive command as a workspace admin, waiting for its commit.
 fn run_as_admin(store: &cairn_store::Store<cairn::KernelMachine>, i: u64, op: DriveCommand) {
     let command = Command::Drive {
@@ -75,15 +86,7 @@ pub fn drive(dir: &Path, items: u64, threads: u64) -> DriveRun {
     let store = ws.store();
     let run = |i: u64, op: DriveCommand| run_as_admin(store, i, op);
     let path = |s: String| DrivePath::parse(&s).expect("a bench path");
-    run(
-        0,
-        DriveCommand::SetType {
-            name: "item".into(),
-            version: 1,
-            schema: schema(1),
-            migration: None,
-        },
-    );
+    define_type(store, "item");
     run(
         1,
         DriveCommand::Add {
@@ -271,15 +274,7 @@ pub fn lifecycle_under_load(dir: &Path, spec: LoadSpec) -> LoadRun {
     let store = ws.store();
     let run = |i: u64, op: DriveCommand| run_as_admin(store, i, op);
     let path = |s: String| DrivePath::parse(&s).expect("a bench path");
-    run(
-        0,
-        DriveCommand::SetType {
-            name: "doc".into(),
-            version: 1,
-            schema: schema(1),
-            migration: None,
-        },
-    );
+    define_type(store, "doc");
     run(
         1,
         DriveCommand::Add {

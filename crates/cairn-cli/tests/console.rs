@@ -241,6 +241,21 @@ fn with_browser(body: impl AsyncFnOnce(&Cluster, &Client)) {
 
 // ---- page helpers ----
 
+/// Waits until the page's live log has received the entry at `offset` (shown or held back).
+async fn wait_log_received(c: &Client, offset: u64) {
+    wait(async || {
+        let seen = js(
+            c,
+            "return Number(document.querySelector('#log').dataset.lastOffset || 0);",
+        )
+        .await;
+        (seen.as_u64() >= Some(offset))
+            .then_some(())
+            .ok_or(format!("the page received offset {seen}, not yet {offset}"))
+    })
+    .await;
+}
+
 /// Polls `attempt` (every 100 ms) until it gives a value; fails the test with the last reason
 /// after [`WAIT`].
 async fn wait<T>(mut attempt: impl AsyncFnMut() -> Result<T, String>) -> T {
@@ -691,17 +706,7 @@ fn the_live_log_shows_entries_written_after_the_page_loaded() {
         click(c, "#log-pause").await;
         let held = format!("written-while-paused-{}", uuid::Uuid::new_v4());
         let offset = write_offset(cluster, "note", &held);
-        wait(async || {
-            let seen = js(
-                c,
-                "return Number(document.querySelector('#log').dataset.lastOffset || 0);",
-            )
-            .await;
-            (seen.as_u64() >= Some(offset))
-                .then_some(())
-                .ok_or(format!("the page received offset {seen}, not yet {offset}"))
-        })
-        .await;
+        wait_log_received(c, offset).await;
         let rows = text(c, "#log-rows").await.unwrap();
         assert!(
             !rows.contains(&held),
@@ -728,17 +733,7 @@ fn the_live_log_shows_entries_written_after_the_page_loaded() {
         .await;
         let third = format!("written-while-filtered-{}", uuid::Uuid::new_v4());
         let offset = write_offset(cluster, "note", &third);
-        wait(async || {
-            let seen = js(
-                c,
-                "return Number(document.querySelector('#log').dataset.lastOffset || 0);",
-            )
-            .await;
-            (seen.as_u64() >= Some(offset))
-                .then_some(())
-                .ok_or(format!("the page received offset {seen}, not yet {offset}"))
-        })
-        .await;
+        wait_log_received(c, offset).await;
         assert!(!text(c, "#log-rows").await.unwrap().contains(&third));
         type_into(c, "#log-controls input[name=kind]", "var.").await;
         wait_text(c, "#log-rows", &[&held, &third]).await;

@@ -21,19 +21,8 @@ fn setup() -> Ws {
         .ok();
     ws.local(&["drive", "put", "notes/first", r#"{"text": "two"}"#])
         .ok();
-    for (name, role) in [("ann", "read"), ("m", "mirror")] {
-        let out = ws.path(&format!("{name}.token"));
-        ws.local(&[
-            "token",
-            "create",
-            name,
-            "--role",
-            role,
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .ok();
-    }
+    ws.token("ann", "read");
+    ws.token("m", "mirror");
     ws
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{bin, http, poll, wait_daemon_running, wait_until, Server, Ws};
+use common::{bin, http, poll, spawn_listening, wait_daemon_running, wait_until, Server, Ws};
 use serde_json::Value;
 
 /// How long a mirror may take to converge before a test fails.
@@ -55,23 +55,8 @@ impl Mirror {
             .append(true)
             .open(log)
             .unwrap();
-        let mut child = cmd
-            .env_remove("CAIRN_DATA")
-            .env("CAIRN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start cairn mirror");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("mirror printed {line:?}"))
-            .to_string();
+        cmd.env("CAIRN_LOG", "info").stderr(Stdio::from(log));
+        let (child, url) = spawn_listening(&mut cmd, "mirror");
         Mirror {
             child,
             url,

@@ -518,15 +518,14 @@ pub(crate) async fn run(
         }
         DriveRequest::Versions { path } => {
             let path = parse_path(&path)?;
-            let seen = ws.drive_item(actor, &path).await?;
-            let versions = ws.drive_versions(actor, &path).await?;
+            let read = ws.drive_versions(actor, &path).await?;
             Ok(Value::Array(
-                versions
+                read.versions
                     .iter()
                     .map(|v| {
                         json!({
                             "version": v.to_string(),
-                            "current": Some(*v) == seen.item.current,
+                            "current": Some(*v) == read.current,
                         })
                     })
                     .collect(),
@@ -565,14 +564,13 @@ pub(crate) async fn run(
             ))
         }
         DriveRequest::TypeShow { name } => {
-            let types = ws.drive_types().await?;
-            let t = types.iter().find(|t| t.name == name).ok_or_else(|| {
+            let t = ws.drive_type(&name).await?.ok_or_else(|| {
                 ApiError::new(
                     codes::NOT_FOUND,
                     format!("drive type {} does not exist", echo(&name)),
                 )
             })?;
-            Ok(type_json(t, true))
+            Ok(type_json(&t, true))
         }
     }
 }

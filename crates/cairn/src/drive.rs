@@ -37,6 +37,15 @@ pub struct SeenItem {
     pub level: Level,
 }
 
+/// An item's data versions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriveVersions {
+    /// Every stored version, ascending.
+    pub versions: Vec<DataVersion>,
+    /// The current one (`None`: no data).
+    pub current: Option<DataVersion>,
+}
+
 /// One page of a listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriveListing {
@@ -265,16 +274,17 @@ impl Workspace {
         .await
     }
 
-    /// The data versions of `path`, ascending.
+    /// The data versions of `path`, ascending, and its current one (read from one snapshot).
     pub async fn drive_versions(
         &self,
         actor: &DriveActor,
         path: &DrivePath,
-    ) -> Result<Vec<DataVersion>, Error> {
+    ) -> Result<DriveVersions, Error> {
         let (actor, path) = (actor.clone(), path.clone());
         self.drive_read(move |view| {
-            readable(view, &actor, &path)?;
-            drive::versions(view, &path).map_err(Error::from)
+            let current = readable(view, &actor, &path)?.item.current;
+            let versions = drive::versions(view, &path).map_err(Error::from)?;
+            Ok(DriveVersions { versions, current })
         })
         .await
     }
@@ -311,6 +321,13 @@ impl Workspace {
     /// Every drive type.
     pub async fn drive_types(&self) -> Result<Vec<DriveType>, Error> {
         self.drive_read(|view| drive::types(view).map_err(Error::from))
+            .await
+    }
+
+    /// The drive type `name`, if it exists.
+    pub async fn drive_type(&self, name: &str) -> Result<Option<DriveType>, Error> {
+        let name = name.to_string();
+        self.drive_read(move |view| drive::drive_type(view, &name).map_err(Error::from))
             .await
     }
 }

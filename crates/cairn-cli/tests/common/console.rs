@@ -4,12 +4,11 @@
 //! 127.0.0.1 with ports read back. Included with `#[path]` by `tests/console*.rs`.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{bin, http, poll, read_token, Server, Ws};
+use crate::common::{bin, http, poll, read_token, spawn_listening, Server, Ws};
 use serde_json::Value;
 
 /// A value that runs code if a page ever treats it as markup: the script sets a global and the
@@ -41,29 +40,16 @@ impl Mirror {
         log: &Path,
     ) -> Mirror {
         let log = std::fs::File::create(log).unwrap();
-        let mut child = Command::new(bin())
-            .arg("--data")
+        let mut cmd = Command::new(bin());
+        cmd.arg("--data")
             .arg(data)
             .args(["mirror", "--leader", leader, "--leader-token"])
             .arg(token)
             .args(["--listen", "127.0.0.1:0", "--name", name, "--from-backup"])
             .arg(backup)
-            .env_remove("CAIRN_DATA")
             .env("CAIRN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start cairn mirror");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("mirror printed {line:?}"))
-            .to_string();
+            .stderr(Stdio::from(log));
+        let (child, url) = spawn_listening(&mut cmd, "mirror");
         Mirror { child, url }
     }
 }
@@ -88,21 +74,6 @@ pub struct Cluster {
     pub mirror_token: String,
 }
 
-fn create_token(ws: &Ws, name: &str, role: &str) -> PathBuf {
-    let file = ws.path(&format!("{name}.token"));
-    ws.local(&[
-        "token",
-        "create",
-        name,
-        "--role",
-        role,
-        "--out",
-        file.to_str().unwrap(),
-    ])
-    .ok();
-    file
-}
-
 impl Cluster {
     /// Initializes the leader's workspace (packages router, netmon, flaky and xss; netmon
     /// connected to router; flaky's connect failed and undone), starts it, starts a mirror
@@ -111,8 +82,8 @@ impl Cluster {
     /// until the mirror has acknowledged the leader's head.
     pub fn start() -> Cluster {
         let ws = Ws::init();
-        let read = create_token(&ws, "ops", "read");
-        let mirror_token = create_token(&ws, "m", "mirror");
+        let read = ws.token("ops", "read");
+        let mirror_token = ws.token("m", "mirror");
         // Its onload prints the payload: a hook output carrying markup.
         let payload = ws.file("payload.txt", PAYLOAD);
         let xss = ws.file(

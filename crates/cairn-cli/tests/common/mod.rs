@@ -164,6 +164,23 @@ impl Ws {
         p.to_str().unwrap().to_string()
     }
 
+    /// Creates a token `name` with `role` locally; returns the file holding its secret
+    /// (`NAME.token` next to the workspace).
+    pub fn token(&self, name: &str, role: &str) -> PathBuf {
+        let file = self.path(&format!("{name}.token"));
+        self.local(&[
+            "token",
+            "create",
+            name,
+            "--role",
+            role,
+            "--out",
+            file.to_str().unwrap(),
+        ])
+        .ok();
+        file
+    }
+
     /// Starts `cairn serve` on this workspace.
     pub fn serve(&self) -> Server {
         Server::start(&self.data)
@@ -173,6 +190,27 @@ impl Ws {
     pub fn digest(&self) -> String {
         self.local(&["state", "digest"]).ok()
     }
+}
+
+/// Spawns `cmd` (a `cairn serve` or `cairn mirror` listening on port 0, without `CAIRN_DATA`
+/// from the environment, stdin closed) and reads back the URL its first line names.
+pub fn spawn_listening(cmd: &mut Command, what: &str) -> (Child, String) {
+    let mut child = cmd
+        .env_remove("CAIRN_DATA")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start cairn {what}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{what} printed {line:?}"))
+        .to_string();
+    (child, url)
 }
 
 /// A running `cairn serve`; killed on drop if still running.
@@ -188,29 +226,17 @@ impl Server {
 
     /// A server logging at `level` into `stderr`.
     pub fn start_with(data: &Path, level: &str, stderr: Stdio) -> Server {
-        let mut child = Command::new(bin())
-            .args([
-                "--data",
-                data.to_str().unwrap(),
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env_remove("CAIRN_DATA")
-            .env("CAIRN_LOG", level)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("start cairn serve");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("serve printed {line:?}"))
-            .to_string();
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "--data",
+            data.to_str().unwrap(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("CAIRN_LOG", level)
+        .stderr(stderr);
+        let (child, url) = spawn_listening(&mut cmd, "serve");
         Server { child, url }
     }
 
