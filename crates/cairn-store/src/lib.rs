@@ -27,7 +27,7 @@ mod writer;
 
 pub use error::{CommandError, StoreError};
 pub use machine::{ApplyError, CheckOpenError, DecideCtx, DecideError, Event, StateMachine};
-pub use overlay::READ_CACHE_BYTES_MAX;
+pub use overlay::{READ_CACHE_BYTES_MAX, READ_CACHE_ENTRIES_MAX, READ_CACHE_VALUE_BYTES_MAX};
 pub use partial::PartialDir;
 pub use recovery::{WalDamage, QUARANTINE_DIR, WAL_DAMAGE_FILE, WAL_LOSS_ACCEPTED_FILE};
 pub use spin::{ANSWER_YIELD_US_MAX, QUICK_WRITE_NS_MAX};

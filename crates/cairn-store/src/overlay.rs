@@ -2,7 +2,7 @@
 //! each command in a group commit is decided against everything before it.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use cairn_log::{Space, StateError, StateRead, StateWrite};
 
@@ -18,56 +18,150 @@ pub(crate) struct Overlay<'a> {
     bytes: usize,
 }
 
-/// Most bytes of keys and values the writer's [`ReadCache`] holds before it starts over.
+/// Most bytes of keys and values the writer's [`ReadCache`] holds.
 pub const READ_CACHE_BYTES_MAX: usize = 8 << 20;
+/// Most keys the writer's [`ReadCache`] holds; its table is made for this many at open, so it
+/// never grows on the writer's path.
+pub const READ_CACHE_ENTRIES_MAX: usize = 16 << 10;
+/// Largest value the writer's [`ReadCache`] keeps (a larger one is read from RocksDB each time
+/// rather than evict a large part of the cache).
+pub const READ_CACHE_VALUE_BYTES_MAX: usize = 256 << 10;
+
+type CacheKey = (Space, Vec<u8>);
+
+/// A cached value and whether it was read since the clock hand last passed it.
+struct Cached {
+    value: Option<Vec<u8>>,
+    read: std::cell::Cell<bool>,
+}
 
 /// Committed state the writer has read, so that commands about the same entities (a package's
 /// status, a feature) do not go to RocksDB each time. Only the writer commits, and it updates
 /// every cached key it commits, so a cached value is always the committed one.
+///
+/// Bounded by [`READ_CACHE_ENTRIES_MAX`] keys and [`READ_CACHE_BYTES_MAX`] bytes. When full it
+/// evicts with a clock (second chance): a key read since the hand last passed it is skipped
+/// once, so the keys commands read again and again stay while the keys a bulk load reads once
+/// go. Eviction is one entry at a time and the table never grows past its size at creation:
+/// starting over, or rehashing into a bigger table, took the writer tens of milliseconds once
+/// the cache held a bulk load's hundred thousand keys.
 #[derive(Default)]
 pub(crate) struct ReadCache {
-    values: HashMap<(Space, Vec<u8>), Option<Vec<u8>>>,
+    values: indexmap::IndexMap<CacheKey, Cached>,
+    /// The clock hand: the index the next eviction looks at first.
+    hand: usize,
     bytes: usize,
 }
 
+fn cached_size(key: &[u8], value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len)
+}
+
 impl ReadCache {
+    /// An empty cache with its table made for [`READ_CACHE_ENTRIES_MAX`] keys.
+    pub fn new() -> Self {
+        Self {
+            values: indexmap::IndexMap::with_capacity(READ_CACHE_ENTRIES_MAX),
+            hand: 0,
+            bytes: 0,
+        }
+    }
+
     fn get(&self, space: Space, key: &[u8]) -> Option<Option<Vec<u8>>> {
         // The borrowed lookup needs the owned key type; the allocation is small next to a
         // RocksDB read.
-        self.values.get(&(space, key.to_vec())).cloned()
+        let cached = self.values.get(&(space, key.to_vec()))?;
+        cached.read.set(true);
+        Some(cached.value.clone())
     }
 
     fn insert(&mut self, space: Space, key: &[u8], value: Option<Vec<u8>>) {
-        let size = key.len() + value.as_ref().map_or(0, Vec::len);
-        if self.bytes + size > READ_CACHE_BYTES_MAX {
-            self.clear();
+        let size = cached_size(key, &value);
+        if size > READ_CACHE_VALUE_BYTES_MAX {
+            return;
+        }
+        let key = (space, key.to_vec());
+        if let Some(old) = self.values.swap_remove(&key) {
+            self.bytes -= cached_size(&key.1, &old.value);
+        }
+        while !self.values.is_empty()
+            && (self.values.len() >= READ_CACHE_ENTRIES_MAX
+                || self.bytes + size > READ_CACHE_BYTES_MAX)
+        {
+            self.evict_one();
         }
         self.bytes += size;
-        if let Some(old) = self.values.insert((space, key.to_vec()), value) {
-            self.bytes -= key.len() + old.map_or(0, |v| v.len());
+        self.values.insert(
+            key,
+            Cached {
+                value,
+                read: std::cell::Cell::new(false),
+            },
+        );
+    }
+
+    /// Evicts the first entry at or after the hand that was not read since the hand last
+    /// passed it (at most one sweep: the sweep clears the marks it passes).
+    fn evict_one(&mut self) {
+        loop {
+            if self.hand >= self.values.len() {
+                self.hand = 0;
+            }
+            let Some((_, cached)) = self.values.get_index(self.hand) else {
+                return;
+            };
+            if cached.read.replace(false) {
+                self.hand += 1;
+                continue;
+            }
+            // The last entry moves into the hand's place and is looked at next.
+            if let Some((key, old)) = self.values.swap_remove_index(self.hand) {
+                self.bytes -= cached_size(&key.1, &old.value);
+            }
+            return;
         }
     }
 
     /// Records committed writes: a cached key takes its new value (others are not added).
-    pub fn committed(&mut self, writes: &BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>) {
+    pub fn committed(&mut self, writes: &BTreeMap<CacheKey, Option<Vec<u8>>>) {
         for (k, v) in writes {
-            if let Some(slot) = self.values.get_mut(k) {
-                let old = slot.as_ref().map_or(0, Vec::len);
-                let new = v.as_ref().map_or(0, Vec::len);
-                self.bytes = self.bytes + new - old;
-                slot.clone_from(v);
+            let Some(index) = self.values.get_index_of(k) else {
+                continue;
+            };
+            let new = cached_size(&k.1, v);
+            let fits = new <= READ_CACHE_VALUE_BYTES_MAX;
+            if let Some((_, slot)) = self.values.get_index_mut(index) {
+                self.bytes -= cached_size(&k.1, &slot.value);
+                if fits {
+                    self.bytes += new;
+                    slot.value.clone_from(v);
+                }
+            }
+            if !fits {
+                self.values.swap_remove_index(index);
             }
         }
         // Grown values count against the limit too.
-        if self.bytes > READ_CACHE_BYTES_MAX {
-            self.clear();
+        while self.bytes > READ_CACHE_BYTES_MAX && !self.values.is_empty() {
+            self.evict_one();
         }
     }
 
     /// Forgets everything (after a failed write, whose effect on RocksDB is unknown).
     pub fn clear(&mut self) {
         self.values.clear();
+        self.hand = 0;
         self.bytes = 0;
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.values.capacity()
     }
 }
 
@@ -353,7 +447,7 @@ mod tests {
 
     #[test]
     fn the_read_cache_stays_under_its_limit_and_follows_commits() {
-        let mut cache = ReadCache::default();
+        let mut cache = ReadCache::new();
         cache.insert(Space::State, b"a", Some(vec![1; 10]));
         cache.insert(Space::State, b"b", None);
         assert_eq!(cache.bytes, 1 + 10 + 1);
@@ -366,23 +460,71 @@ mod tests {
         assert_eq!(cache.get(Space::State, b"b"), Some(Some(vec![2; 4])));
         assert_eq!(cache.get(Space::State, b"c"), None, "commits add no keys");
         assert_eq!(cache.bytes, 1 + 1 + 4);
-        let big = vec![0; READ_CACHE_BYTES_MAX / 2];
-        cache.insert(Space::State, b"x", Some(big.clone()));
-        cache.insert(Space::State, b"y", Some(big));
-        assert!(cache.bytes <= READ_CACHE_BYTES_MAX);
-        assert_eq!(
-            cache.get(Space::State, b"b"),
-            None,
-            "started over at the limit"
+        let big = vec![0; READ_CACHE_VALUE_BYTES_MAX - 16];
+        for k in 0..(READ_CACHE_BYTES_MAX / READ_CACHE_VALUE_BYTES_MAX + 8) {
+            cache.insert(
+                Space::State,
+                format!("big{k}").as_bytes(),
+                Some(big.clone()),
+            );
+            assert!(
+                cache.bytes <= READ_CACHE_BYTES_MAX,
+                "at {k}: {}",
+                cache.bytes
+            );
+        }
+        cache.insert(
+            Space::State,
+            b"huge",
+            Some(vec![0; READ_CACHE_VALUE_BYTES_MAX + 1]),
         );
-        assert!(cache.get(Space::State, b"y").is_some());
+        assert_eq!(cache.get(Space::State, b"huge"), None, "too big to keep");
         let mut grown = BTreeMap::new();
         grown.insert(
-            (Space::State, b"y".to_vec()),
+            (Space::State, b"big0".to_vec()),
             Some(vec![0; READ_CACHE_BYTES_MAX]),
         );
+        cache.insert(Space::State, b"big0", Some(vec![1]));
         cache.committed(&grown);
         assert!(cache.bytes <= READ_CACHE_BYTES_MAX, "a grown value counts");
+        assert_eq!(
+            cache.get(Space::State, b"big0"),
+            None,
+            "a grown value past the limit goes"
+        );
+    }
+
+    /// The writer's cache must never stall it: however many distinct keys go through it (a bulk
+    /// load reads a new key per command), its table keeps the size it was made with (no rehash
+    /// into a larger one on the writer's path), and a full cache makes room by evicting one
+    /// entry at a time, keeping the keys read again and again (not by dropping everything).
+    #[test]
+    fn a_full_read_cache_evicts_cold_keys_one_at_a_time_and_never_grows() {
+        let mut cache = ReadCache::new();
+        let capacity = cache.capacity();
+        assert!(capacity >= READ_CACHE_ENTRIES_MAX, "made for its limit");
+        cache.insert(Space::State, b"hot", Some(b"status".to_vec()));
+        for k in 0..(4 * READ_CACHE_ENTRIES_MAX) {
+            let before = cache.len();
+            cache.insert(Space::Drive, format!("cold/{k}").as_bytes(), None);
+            assert!(
+                cache.len() <= READ_CACHE_ENTRIES_MAX,
+                "at {k}: {} entries",
+                cache.len()
+            );
+            assert!(
+                cache.len() + 1 >= before,
+                "at {k}: an insert evicted {} entries",
+                before + 1 - cache.len()
+            );
+            assert_eq!(cache.capacity(), capacity, "at {k}: the table was resized");
+            assert_eq!(
+                cache.get(Space::State, b"hot"),
+                Some(Some(b"status".to_vec())),
+                "at {k}: a key read before each insert was evicted"
+            );
+        }
+        assert_eq!(cache.len(), READ_CACHE_ENTRIES_MAX, "full, not emptied");
     }
 
     #[test]

@@ -370,7 +370,7 @@ impl<M: StateMachine> Store<M> {
             epoch,
             stopped: None,
             replier: None,
-            cache: Default::default(),
+            cache: std::cell::RefCell::new(crate::overlay::ReadCache::new()),
         };
         let writer = std::thread::Builder::new()
             .name("cairn-writer".into())
