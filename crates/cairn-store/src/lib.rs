@@ -26,7 +26,7 @@ mod wal;
 mod writer;
 
 pub use error::{CommandError, StoreError};
-pub use machine::{ApplyError, CheckOpenError, DecideCtx, DecideError, Event, StateMachine};
+pub use machine::{ApplyError, CheckOpenError, DecideCtx, DecideError, Event, Lane, StateMachine};
 pub use overlay::{READ_CACHE_BYTES_MAX, READ_CACHE_ENTRIES_MAX, READ_CACHE_VALUE_BYTES_MAX};
 pub use partial::PartialDir;
 pub use recovery::{WalDamage, QUARANTINE_DIR, WAL_DAMAGE_FILE, WAL_LOSS_ACCEPTED_FILE};
@@ -37,4 +37,7 @@ pub use store::{
     INFO_LOG_FILE_BYTES_MAX,
 };
 pub use view::{Digest, Progress, ReadView, VerifyReport};
-pub use writer::{Committed, Spent, WriterHealth, WriterStats};
+pub use writer::{
+    Committed, Spent, WriterHealth, WriterStats, BULK_GROUP_COMMANDS_MAX, BULK_QUEUED_MAX,
+    FOREGROUND_RECENT,
+};

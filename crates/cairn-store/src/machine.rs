@@ -105,12 +105,33 @@ pub trait StateMachine: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The writer's lane for `command`. The default puts every command in the foreground.
+    fn lane(&self, command: &Self::Command) -> Lane {
+        let _ = command;
+        Lane::Foreground
+    }
+
     /// Checked at open, against the committed projection, before anything else runs: a
     /// machine refuses data it cannot serve (e.g. a schema newer than it supports).
     fn check_open(&self, state: &dyn StateRead) -> Result<(), CheckOpenError> {
         let _ = state;
         Ok(())
     }
+}
+
+/// Which of the writer's two lanes a command waits in.
+///
+/// Foreground commands are decided as they come. Bulk commands keep their order among
+/// themselves, but while foreground commands keep coming a group decides only
+/// `BULK_GROUP_COMMANDS_MAX` of them, after the foreground ones queued: a bulk load then
+/// cannot make a foreground command wait for groups of its size. A bulk command may
+/// therefore be committed after a foreground command submitted later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Decided as soon as the writer takes it (the default).
+    Foreground,
+    /// Decided in bounded numbers per group while foreground commands are about.
+    Bulk,
 }
 
 /// Why [`StateMachine::check_open`] refuses a workspace.

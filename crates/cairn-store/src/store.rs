@@ -371,6 +371,8 @@ impl<M: StateMachine> Store<M> {
             stopped: None,
             replier: None,
             cache: std::cell::RefCell::new(crate::overlay::ReadCache::new()),
+            bulk: std::collections::VecDeque::new(),
+            foreground_at: None,
         };
         let writer = std::thread::Builder::new()
             .name("cairn-writer".into())

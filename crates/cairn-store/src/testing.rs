@@ -18,7 +18,8 @@ use crate::{CommandError, Durability, Options, Store};
 /// Commands of [`KvMachine`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KvCommand {
-    /// Sets a key. Keys starting with `d/` live in the drive space, others in state.
+    /// Sets a key. Keys starting with `d/` live in the drive space, others in state; a key
+    /// starting with `bulk/` makes it a bulk command (`Lane::Bulk`).
     Set {
         /// The key.
         key: String,
@@ -89,6 +90,14 @@ impl StateMachine for KvMachine {
 
     fn projection_version(&self) -> u64 {
         self.version
+    }
+
+    /// A set of a key starting with `bulk/` is a bulk command; every other is foreground.
+    fn lane(&self, command: &KvCommand) -> crate::Lane {
+        match command {
+            KvCommand::Set { key, .. } if key.starts_with("bulk/") => crate::Lane::Bulk,
+            _ => crate::Lane::Foreground,
+        }
     }
 
     fn decide(

@@ -25,7 +25,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 use crate::base::Base;
 use crate::error::{CommandError, StoreError};
 use crate::layout::{self, CF_LOG, CF_META};
-use crate::machine::{DecideCtx, DecideError, StateMachine};
+use crate::machine::{DecideCtx, DecideError, Lane, StateMachine};
 use crate::overlay::{Overlay, ReadCache};
 use crate::spin;
 use crate::Options;
@@ -330,7 +330,21 @@ pub(crate) struct Writer<M: StateMachine> {
     pub replier: Option<std::sync::mpsc::Sender<Answers<M>>>,
     /// Committed state read by decide and apply, kept current by `commit`.
     pub cache: std::cell::RefCell<ReadCache>,
+    /// Bulk commands taken from the queue and not decided yet, in their order.
+    pub bulk: std::collections::VecDeque<Request<M>>,
+    /// When the writer last took a foreground command.
+    pub foreground_at: Option<std::time::Instant>,
 }
+
+/// Bulk commands one group decides while foreground commands came within
+/// [`FOREGROUND_RECENT`] (otherwise a group takes them up to `batch_entries_max`).
+pub const BULK_GROUP_COMMANDS_MAX: usize = 8;
+/// How long after a foreground command bulk commands are held to
+/// [`BULK_GROUP_COMMANDS_MAX`] per group.
+pub const FOREGROUND_RECENT: std::time::Duration = std::time::Duration::from_millis(50);
+/// Bulk commands the writer takes from its queue ahead of deciding them; past that it leaves
+/// requests in the queue until it has decided some.
+pub const BULK_QUEUED_MAX: usize = 4096;
 
 impl<M: StateMachine> Writer<M> {
     /// Runs until every sender is gone.
@@ -358,6 +372,14 @@ impl<M: StateMachine> Writer<M> {
             // away: yielding for it saves the writer a sleep and its caller a wake-up call.
             // The credit stops that when requests come too far apart for yielding to pay.
             let mut first = None;
+            if !self.bulk.is_empty() {
+                // Bulk commands are waiting: take whatever came meanwhile, without waiting.
+                // (Once every sender is gone, the queued ones are still decided; the next
+                // blocking `recv` then ends the loop.)
+                requests.extend(rx.try_recv().ok());
+                self.process(requests.drain(..), &rx);
+                continue;
+            }
             if self.shared.answers_quick() && credit.try_yield() {
                 let got = spin::yield_until(|| match rx.try_recv() {
                     Err(TryRecvError::Empty) => None,
@@ -409,44 +431,86 @@ impl<M: StateMachine> Writer<M> {
         let max = self.opts.batch_entries_max;
         let mut taken = 0usize;
         let mut requests = requests.fuse();
-        loop {
-            let request = match requests.next() {
-                Some(r) => r,
-                None if taken < max => match rx.try_recv() {
-                    Ok(r) => r,
-                    Err(_) => break,
-                },
-                None => break,
-            };
+        // Past `BULK_QUEUED_MAX` bulk commands held, the rest stay in the queue.
+        let mut next = |taken: usize, room: bool| match requests.next() {
+            Some(r) => Some(r),
+            None if taken < max && room => rx.try_recv().ok(),
+            None => None,
+        };
+        // Foreground requests are handled as they come; bulk commands wait in `self.bulk`
+        // (in their order) and a group takes a bounded number of them once the foreground
+        // ones queued are in (see `Lane`).
+        while let Some(request) = next(taken, self.bulk.len() < BULK_QUEUED_MAX) {
             taken += 1;
-            if let Some(why) = &self.stopped {
-                fail_request(request, StoreError::Stopped(why.clone()));
-                continue;
-            }
-            match request {
-                Request::Command {
-                    meta,
-                    command,
-                    epoch,
-                    reply,
-                } => {
-                    let outcome = self.command(&mut group, &meta, &command, epoch);
-                    if matches!(outcome, Err(CommandError::Rejected(_))) {
-                        self.shared.stats.rejections.fetch_add(1, Ordering::Relaxed);
+            match self.lane(&request) {
+                Lane::Bulk => {
+                    self.bulk.push_back(request);
+                    continue;
+                }
+                Lane::Foreground => {
+                    if matches!(request, Request::Command { .. }) {
+                        self.foreground_at = Some(std::time::Instant::now());
+                    } else {
+                        // Entries (a mirror's, or the empty fence of a handoff) come after
+                        // every command queued before them, bulk ones included.
+                        while let Some(bulk) = self.bulk.pop_front() {
+                            self.handle(&mut group, bulk);
+                        }
                     }
-                    group
-                        .pending
-                        .push(Pending::Command(reply, (meta, command), outcome));
-                }
-                Request::Entries { entries, reply } => {
-                    let outcome = self.entries(&mut group, entries);
-                    group.pending.push(Pending::Entries(reply, outcome));
                 }
             }
+            self.handle(&mut group, request);
+        }
+        let budget = match self.foreground_at {
+            Some(at) if at.elapsed() < FOREGROUND_RECENT => BULK_GROUP_COMMANDS_MAX,
+            _ => max,
+        };
+        for _ in 0..budget {
+            let Some(bulk) = self.bulk.pop_front() else {
+                break;
+            };
+            self.handle(&mut group, bulk);
         }
         self.commit(&mut group);
         drop(group);
         self.cache = cache;
+    }
+
+    /// The lane `request` waits in: a command's is its machine's choice, entries are
+    /// foreground.
+    fn lane(&self, request: &Request<M>) -> Lane {
+        match request {
+            Request::Command { command, .. } => self.machine.lane(command),
+            Request::Entries { .. } => Lane::Foreground,
+        }
+    }
+
+    /// Decides or checks one request into the group, keeping its answer for after the write.
+    fn handle(&mut self, group: &mut Group<'_, M>, request: Request<M>) {
+        if let Some(why) = &self.stopped {
+            fail_request(request, StoreError::Stopped(why.clone()));
+            return;
+        }
+        match request {
+            Request::Command {
+                meta,
+                command,
+                epoch,
+                reply,
+            } => {
+                let outcome = self.command(group, &meta, &command, epoch);
+                if matches!(outcome, Err(CommandError::Rejected(_))) {
+                    self.shared.stats.rejections.fetch_add(1, Ordering::Relaxed);
+                }
+                group
+                    .pending
+                    .push(Pending::Command(reply, (meta, command), outcome));
+            }
+            Request::Entries { entries, reply } => {
+                let outcome = self.entries(group, entries);
+                group.pending.push(Pending::Entries(reply, outcome));
+            }
+        }
     }
 
     /// Decides one command and adds its entries to the group.

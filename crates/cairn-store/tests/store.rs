@@ -149,6 +149,74 @@ fn commands_in_one_group_see_the_ones_before_them() {
     assert_eq!(store.applied(), 2);
 }
 
+fn submit_bulk(store: &Store<KvMachine>, n: usize) -> Vec<cairn_store::CommandTicket<KvMachine>> {
+    (0..n)
+        .map(|i| {
+            store.submit(
+                meta(10 + i as u64),
+                KvCommand::Set {
+                    key: format!("bulk/{i}"),
+                    value: b"v".to_vec(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// While foreground commands keep coming, a group decides only a few bulk commands, after the
+/// foreground ones: a foreground command submitted behind a thousand bulk ones overtakes them
+/// (one queue in arrival order would commit it last). Bulk commands keep their order.
+#[test]
+fn a_foreground_command_overtakes_queued_bulk_commands_which_keep_their_order() {
+    let dir = fresh();
+    let store = open(dir.path());
+    set(&store, "recent", "a foreground command just before");
+    let bulk = submit_bulk(&store, 1000);
+    let foreground = store.submit(
+        meta(2),
+        KvCommand::Set {
+            key: "fg".into(),
+            value: b"v".to_vec(),
+        },
+    );
+    let foreground = foreground.wait().unwrap().offsets.start;
+    let offsets: Vec<u64> = bulk
+        .into_iter()
+        .map(|t| t.wait().unwrap().offsets.start)
+        .collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "bulk commands committed out of their order"
+    );
+    let after = offsets.iter().filter(|&&o| o > foreground).count();
+    assert!(
+        after > 0,
+        "the foreground command (offset {foreground}) waited for all 1000 bulk commands"
+    );
+    assert_eq!(store.applied(), 1 + 1000 + 1);
+}
+
+/// Entries (a mirror's, or the empty fence a handoff waits on) are committed after every
+/// command queued before them, bulk ones included, so "everything before the fence is
+/// committed" holds.
+#[test]
+fn entries_come_after_every_bulk_command_queued_before_them() {
+    let dir = fresh();
+    let store = open(dir.path());
+    set(&store, "recent", "a foreground command just before");
+    let bulk = submit_bulk(&store, 500);
+    let fence = store.submit_entries(Vec::new()).wait().unwrap().offsets;
+    assert!(fence.is_empty(), "an empty fence writes nothing: {fence:?}");
+    for t in bulk {
+        let at = t.wait().unwrap().offsets.start;
+        assert!(
+            at < fence.start,
+            "a bulk command queued before the fence committed after it ({at} >= {})",
+            fence.start
+        );
+    }
+}
+
 /// 16 threads × 40 commands under `durability`: offsets are dense and unique, and each answer
 /// names the entry its own command wrote. (Under `buffered` and `none`, writes are quick and
 /// waiting threads yield before they sleep: `cairn_store::QUICK_WRITE_NS_MAX`.)

@@ -18,6 +18,15 @@ impl StateMachine for KernelMachine {
         PROJECTION_VERSION
     }
 
+    /// Drive commands are bulk: a drive load must not make lifecycle commands wait for
+    /// groups of its size (`docs/drive.md`, "Storage").
+    fn lane(&self, command: &Command) -> cairn_store::Lane {
+        match command {
+            Command::Drive { .. } => cairn_store::Lane::Bulk,
+            _ => cairn_store::Lane::Foreground,
+        }
+    }
+
     fn decide(
         &self,
         state: &dyn StateRead,
@@ -56,5 +65,34 @@ impl StateMachine for KernelMachine {
             cairn_kernel::OpenError::State(e) => cairn_store::CheckOpenError::State(e),
             other => cairn_store::CheckOpenError::Incompatible(other.to_string()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_kernel::drive::{DriveActor, DriveCommand, DrivePath};
+    use cairn_kernel::model::FeatureState;
+    use cairn_kernel::Command;
+    use cairn_store::{Lane, StateMachine};
+
+    use super::KernelMachine;
+
+    #[test]
+    fn drive_commands_are_bulk_and_lifecycle_commands_foreground() {
+        let machine = KernelMachine::default();
+        let drive = Command::Drive {
+            actor: DriveActor::admin("bench"),
+            op: DriveCommand::Add {
+                path: DrivePath::parse("docs").unwrap(),
+                type_name: None,
+            },
+        };
+        assert_eq!(machine.lane(&drive), Lane::Bulk);
+        let feature = Command::FeatureSet {
+            name: "f".into(),
+            state: FeatureState::Enabled,
+            expect_revision: None,
+        };
+        assert_eq!(machine.lane(&feature), Lane::Foreground);
     }
 }
