@@ -21,10 +21,11 @@ pub(crate) struct Overlay<'a> {
 /// Most bytes of keys and values the writer's [`ReadCache`] holds.
 pub const READ_CACHE_BYTES_MAX: usize = 8 << 20;
 /// Most keys the writer's [`ReadCache`] holds; its table is made for this many at open, so it
-/// never grows on the writer's path.
+/// does not grow on the writer's path (at most its index is rebuilt once in a while, after
+/// many evictions, which costs well under a millisecond).
 pub const READ_CACHE_ENTRIES_MAX: usize = 16 << 10;
-/// Largest value the writer's [`ReadCache`] keeps (a larger one is read from RocksDB each time
-/// rather than evict a large part of the cache).
+/// Largest key and value the writer's [`ReadCache`] keeps together (a larger one is read from
+/// RocksDB each time rather than evict a large part of the cache).
 pub const READ_CACHE_VALUE_BYTES_MAX: usize = 256 << 10;
 
 type CacheKey = (Space, Vec<u8>);
@@ -42,9 +43,9 @@ struct Cached {
 /// Bounded by [`READ_CACHE_ENTRIES_MAX`] keys and [`READ_CACHE_BYTES_MAX`] bytes. When full it
 /// evicts with a clock (second chance): a key read since the hand last passed it is skipped
 /// once, so the keys commands read again and again stay while the keys a bulk load reads once
-/// go. Eviction is one entry at a time and the table never grows past its size at creation:
-/// starting over, or rehashing into a bigger table, took the writer tens of milliseconds once
-/// the cache held a bulk load's hundred thousand keys.
+/// go. Eviction is one entry at a time and the entries never outgrow the room made at
+/// creation: starting over, or rehashing into a bigger table, took the writer tens of
+/// milliseconds once the cache held a bulk load's hundred thousand keys.
 #[derive(Default)]
 pub(crate) struct ReadCache {
     values: indexmap::IndexMap<CacheKey, Cached>,
@@ -77,12 +78,12 @@ impl ReadCache {
 
     fn insert(&mut self, space: Space, key: &[u8], value: Option<Vec<u8>>) {
         let size = cached_size(key, &value);
-        if size > READ_CACHE_VALUE_BYTES_MAX {
-            return;
-        }
         let key = (space, key.to_vec());
         if let Some(old) = self.values.swap_remove(&key) {
             self.bytes -= cached_size(&key.1, &old.value);
+        }
+        if size > READ_CACHE_VALUE_BYTES_MAX {
+            return;
         }
         while !self.values.is_empty()
             && (self.values.len() >= READ_CACHE_ENTRIES_MAX
@@ -114,10 +115,12 @@ impl ReadCache {
                 self.hand += 1;
                 continue;
             }
-            // The last entry moves into the hand's place and is looked at next.
+            // The last entry (the newest) moves into the hand's place; the hand moves on, so
+            // that entry is looked at when the hand comes round, like every other.
             if let Some((key, old)) = self.values.swap_remove_index(self.hand) {
                 self.bytes -= cached_size(&key.1, &old.value);
             }
+            self.hand += 1;
             return;
         }
     }
@@ -525,6 +528,35 @@ mod tests {
             );
         }
         assert_eq!(cache.len(), READ_CACHE_ENTRIES_MAX, "full, not emptied");
+    }
+
+    /// A key first read once the cache is full stays while it is read now and then (here once
+    /// every 100 other keys): eviction goes round the whole cache, not only over the newest keys.
+    #[test]
+    fn a_key_first_read_once_the_cache_is_full_stays_while_it_is_read() {
+        let mut cache = ReadCache::new();
+        for k in 0..READ_CACHE_ENTRIES_MAX + 10 {
+            cache.insert(Space::Drive, format!("old/{k}").as_bytes(), None);
+        }
+        cache.insert(Space::State, b"late", Some(b"status".to_vec()));
+        for k in 0..(4 * READ_CACHE_ENTRIES_MAX) {
+            if k % 100 == 0 {
+                assert_eq!(
+                    cache.get(Space::State, b"late"),
+                    Some(Some(b"status".to_vec())),
+                    "after {k} other keys"
+                );
+            }
+            cache.insert(Space::Drive, format!("new/{k}").as_bytes(), None);
+        }
+        let old = (0..READ_CACHE_ENTRIES_MAX + 10)
+            .filter(|k| {
+                cache
+                    .get(Space::Drive, format!("old/{k}").as_bytes())
+                    .is_some()
+            })
+            .count();
+        assert_eq!(old, 0, "keys never read again are still cached");
     }
 
     #[test]
