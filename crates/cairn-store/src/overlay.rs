@@ -128,19 +128,15 @@ impl ReadCache {
     /// Records committed writes: a cached key takes its new value (others are not added).
     pub fn committed(&mut self, writes: &BTreeMap<CacheKey, Option<Vec<u8>>>) {
         for (k, v) in writes {
-            let Some(index) = self.values.get_index_of(k) else {
+            let Some((index, _, slot)) = self.values.get_full_mut(k) else {
                 continue;
             };
+            self.bytes -= cached_size(&k.1, &slot.value);
             let new = cached_size(&k.1, v);
-            let fits = new <= READ_CACHE_VALUE_BYTES_MAX;
-            if let Some((_, slot)) = self.values.get_index_mut(index) {
-                self.bytes -= cached_size(&k.1, &slot.value);
-                if fits {
-                    self.bytes += new;
-                    slot.value.clone_from(v);
-                }
-            }
-            if !fits {
+            if new <= READ_CACHE_VALUE_BYTES_MAX {
+                self.bytes += new;
+                slot.value.clone_from(v);
+            } else {
                 self.values.swap_remove_index(index);
             }
         }

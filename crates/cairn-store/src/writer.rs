@@ -373,11 +373,10 @@ impl<M: StateMachine> Writer<M> {
             // The credit stops that when requests come too far apart for yielding to pay.
             let mut first = None;
             if !self.bulk.is_empty() {
-                // Bulk commands are waiting: take whatever came meanwhile, without waiting.
-                // (Once every sender is gone, the queued ones are still decided; the next
-                // blocking `recv` then ends the loop.)
-                requests.extend(rx.try_recv().ok());
-                self.process(requests.drain(..), &rx);
+                // Bulk commands are waiting: the group takes whatever came meanwhile, without
+                // waiting. (Once every sender is gone, the held ones are still decided; the
+                // next blocking `recv` then ends the loop.)
+                self.process(std::iter::empty(), &rx);
                 continue;
             }
             if self.shared.answers_quick() && credit.try_yield() {
@@ -440,26 +439,27 @@ impl<M: StateMachine> Writer<M> {
         // Foreground requests are handled as they come; bulk commands wait in `self.bulk`
         // (in their order) and a group takes a bounded number of them once the foreground
         // ones queued are in (see `Lane`).
+        let mut foreground = false;
         while let Some(request) = next(taken, self.bulk.len() < BULK_QUEUED_MAX) {
             taken += 1;
-            match self.lane(&request) {
-                Lane::Bulk => {
+            match (self.lane(&request), &request) {
+                (Lane::Bulk, _) => {
                     self.bulk.push_back(request);
                     continue;
                 }
-                Lane::Foreground => {
-                    if matches!(request, Request::Command { .. }) {
-                        self.foreground_at = Some(std::time::Instant::now());
-                    } else {
-                        // Entries (a mirror's, or the empty fence of a handoff) come after
-                        // every command queued before them, bulk ones included.
-                        while let Some(bulk) = self.bulk.pop_front() {
-                            self.handle(&mut group, bulk);
-                        }
+                (Lane::Foreground, Request::Command { .. }) => foreground = true,
+                (Lane::Foreground, Request::Entries { .. }) => {
+                    // Entries (a mirror's, or the empty fence of a handoff) come after every
+                    // command queued before them, bulk ones included.
+                    while let Some(bulk) = self.bulk.pop_front() {
+                        self.handle(&mut group, bulk);
                     }
                 }
             }
             self.handle(&mut group, request);
+        }
+        if foreground {
+            self.foreground_at = Some(std::time::Instant::now());
         }
         let budget = match self.foreground_at {
             Some(at) if at.elapsed() < FOREGROUND_RECENT => BULK_GROUP_COMMANDS_MAX,
