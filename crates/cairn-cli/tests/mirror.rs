@@ -793,8 +793,12 @@ fn an_entry_damaged_on_the_leader_s_disk_is_refused_by_the_mirror_naming_its_off
         message.contains(&format!("offset {bad}")),
         "the refusal names the damaged entry: {status}"
     );
-    // Everything before it applied; nothing from it on, however often the mirror retries.
-    assert_eq!(status["applied_offset"].as_u64(), Some(bad - 1), "{status}");
+    // Every command before it applied; nothing from it on, however often the mirror retries.
+    // The entry just before it is a command of its own (a var set), but nothing the mirror
+    // received says so (the damaged entry might have continued it, and no head mark came
+    // between them: the backlog is sent without pause), so a mirror, which applies whole
+    // commands only, holds it too.
+    assert_eq!(status["applied_offset"].as_u64(), Some(bad - 2), "{status}");
     assert!(bad - 1 < head);
     let audit = get_json(&format!("{}/v1/audit/verify", m.url), &token);
     assert!(

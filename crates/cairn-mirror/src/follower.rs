@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::leader::{now_ms, HEARTBEAT_INTERVAL_MS};
 use crate::protocol::{
-    first_difference, parse_ack_interval, parse_hash, AckPacer, AckStep, Follower, FollowerHello,
-    Step, ACK_INTERVAL_HEADER, PROTOCOL_VERSION,
+    first_difference, parse_ack_interval, parse_hash, AckPacer, AckStep, Assembler, Follower,
+    FollowerHello, Held, Step, ACK_INTERVAL_HEADER, HELD_COMMAND_BYTES_MAX, PROTOCOL_VERSION,
 };
 
 /// Set by a mirror on its `not_leader` answer to a stream request: the leader it follows. A
@@ -425,20 +425,22 @@ impl Session {
         let mut follower = Follower::new(self.ws.id(), head);
         let kernel = self.ws.store().machine().0.clone();
         let understands = |e: &StoredEntry| kernel.understands(&e.kind, &e.payload);
-        let mut batch: Vec<VerifiedEntry> = Vec::new();
-        let mut batch_bytes = 0usize;
+        // Entries are applied whole commands at a time (see `Assembler`): a reader of this
+        // mirror never sees part of a command, as a reader of the leader never does. What is
+        // held of a command when the stream ends is dropped, and asked for again.
+        let mut held = Assembler::default();
         let mut caught_up = false;
         loop {
             if self.stop.is_cancelled() {
                 return self
-                    .submit(pipeline, &mut batch)
+                    .submit(pipeline, held.take_whole())
                     .err()
                     .unwrap_or(End::Stopped);
             }
             let body = match read_frame(&mut reader) {
                 Ok(b) => b,
                 Err(e) => {
-                    if let Err(end) = self.submit(pipeline, &mut batch) {
+                    if let Err(end) = self.submit(pipeline, held.take_whole()) {
                         return end;
                     }
                     return End::Retry(format!("read the stream: {e}"));
@@ -447,8 +449,9 @@ impl Session {
             let step = match follower.on_frame(&body, &understands) {
                 Ok(step) => step,
                 Err(bad) => {
-                    // What was checked before it still applies; the bad frame never does.
-                    let flushed = self.submit(pipeline, &mut batch);
+                    // The whole commands checked before it still apply; the bad frame never
+                    // does, nor the part of a command before it.
+                    let flushed = self.submit(pipeline, held.take_whole());
                     let offset = bad.offset().map(|o| o.to_string()).unwrap_or("-".into());
                     tracing::warn!(offset, "refused a frame from the leader: {bad}");
                     lock(&self.status).refused_frames += 1;
@@ -466,19 +469,26 @@ impl Session {
                     s.last_contact_ms = now_ms();
                 }
                 Step::Apply(entry) => {
-                    batch_bytes += entry.bytes().len();
-                    batch.push(entry);
-                    // Live, a batch goes as soon as nothing more has arrived, for a short lag.
-                    // Before the caught-up marker the leader is sending its backlog without
+                    let offset = entry.entry().offset;
+                    if let Held::Split { from } = held.push(entry) {
+                        tracing::warn!(
+                            from,
+                            to = offset,
+                            "a command larger than {HELD_COMMAND_BYTES_MAX} bytes is applied \
+                             in parts: readers of this mirror may see part of it"
+                        );
+                    }
+                    // Live, whole commands go as soon as nothing more has arrived, for a short
+                    // lag. Before the caught-up marker the leader is sending its backlog without
                     // pause, so the batch fills up instead: fewer, larger commits (each one an
                     // fsync), while the commits before it are in flight.
                     let more_ready = !caught_up || !reader.buffer().is_empty();
-                    if !more_ready
-                        || batch.len() >= APPLY_BATCH_ENTRIES_MAX
-                        || batch_bytes >= APPLY_BATCH_BYTES_MAX
+                    if held.whole_len() > 0
+                        && (!more_ready
+                            || held.whole_len() >= APPLY_BATCH_ENTRIES_MAX
+                            || held.whole_bytes() >= APPLY_BATCH_BYTES_MAX)
                     {
-                        batch_bytes = 0;
-                        if let Err(end) = self.submit(pipeline, &mut batch) {
+                        if let Err(end) = self.submit(pipeline, held.take_whole()) {
                             return end;
                         }
                         // Live, each commit is waited for before reading on: what arrives
@@ -497,10 +507,10 @@ impl Session {
                     caught_up: marker,
                     ..
                 } => {
-                    if let Err(end) = self.submit(pipeline, &mut batch) {
+                    held.head_at(offset);
+                    if let Err(end) = self.submit(pipeline, held.take_whole()) {
                         return end;
                     }
-                    batch_bytes = 0;
                     caught_up |= marker;
                     // Live (from the marker on), every commit is waited for, and acknowledged
                     // once landed.
@@ -517,16 +527,23 @@ impl Session {
                         s.state = FollowState::Following;
                     }
                 }
-                Step::Unsupported { offset, reason } => {
-                    if let Err(end) = self.submit(pipeline, &mut batch) {
+                Step::Unsupported {
+                    offset,
+                    command,
+                    reason,
+                } => {
+                    // What is held is whole unless this entry continues its command; that
+                    // command is then not applied at all.
+                    held.next_command(&command);
+                    let served = held.first_open().unwrap_or(offset) - 1;
+                    if let Err(end) = self.submit(pipeline, held.take_whole()) {
                         return end;
                     }
                     return End::Halt(FollowState::Stopped {
                         message: format!(
                             "the leader's entry {offset} cannot be applied by this binary \
                              ({reason}): upgrade mirrors first, then the leader; reads are \
-                             served at offset {}",
-                            offset - 1
+                             served at offset {served}"
                         ),
                     });
                 }
@@ -548,14 +565,14 @@ impl Session {
 
     /// Submits the batch as one commit, after waiting for the oldest commit in flight if
     /// there are `APPLY_BATCHES_IN_FLIGHT_MAX`. A commit found failed ends the stream.
-    fn submit(&self, pipeline: &mut Commits, batch: &mut Vec<VerifiedEntry>) -> Result<(), End> {
+    fn submit(&self, pipeline: &mut Commits, batch: Vec<VerifiedEntry>) -> Result<(), End> {
         if batch.is_empty() {
             return Ok(());
         }
         if pipeline.make_room().map_err(|e| self.apply_failed(&e))? > 0 {
             self.ack();
         }
-        match self.ws.submit_replicated(std::mem::take(batch)) {
+        match self.ws.submit_replicated(batch) {
             Ok(ticket) => {
                 pipeline.push(ticket);
                 Ok(())

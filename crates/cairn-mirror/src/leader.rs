@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{admit, FollowerHello, Frame, LeaderView, Refusal};
-use crate::tail::{Segment, Tail, TailRead};
+use crate::tail::{HeadMark, Segment, Tail, TailRead};
 
 /// How often an idle stream sends a heartbeat.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 500;
@@ -247,6 +247,7 @@ pub async fn open_stream(
         tx,
         stop,
         next: hello.from,
+        marked: hello.from - 1,
         caught_up: false,
         own,
     };
@@ -267,6 +268,10 @@ struct Stream {
     tail_moved: tokio::sync::watch::Receiver<u64>,
     /// The next entry to send.
     next: u64,
+    /// The last entry sent that a head mark (a heartbeat or the caught-up marker at it)
+    /// followed: the follower holds the entries of a command until it knows the command is
+    /// whole, so when the stream has sent everything committed, it marks the head.
+    marked: u64,
     /// Whether the caught-up marker went out.
     caught_up: bool,
     /// Frames for this stream alone (the hello, its backlog, heartbeats), sent before any
@@ -297,12 +302,30 @@ impl Stream {
     async fn step(&mut self, beat: &mut tokio::time::Interval) -> Result<(), Ended> {
         let shared = self.take_committed().await?;
         let mut marker = Vec::new();
-        if self.next > self.ws.applied() && !self.caught_up && self.own.len() < STREAM_CHUNK_BYTES {
-            self.caught_up = true;
-            Frame::CaughtUp {
-                head_offset: self.next - 1,
+        if self.next > self.ws.applied() {
+            // Everything committed is sent: what was sent last ends a commit (the head only
+            // moves a commit at a time).
+            if !self.caught_up && self.own.len() < STREAM_CHUNK_BYTES {
+                self.caught_up = true;
+                self.marked = self.next - 1;
+                Frame::CaughtUp {
+                    head_offset: self.next - 1,
+                }
+                .write_to(&mut marker);
+            } else if self.caught_up && self.marked + 1 < self.next {
+                // Not marked yet (a read behind the tail, or a read of the tail that more
+                // commits overtook). A commit since the check above is read next instead.
+                let head = self.ws.head().ok();
+                if let Some(head) = head.filter(|h| h.offset == self.next - 1) {
+                    self.marked = head.offset;
+                    Frame::Heartbeat {
+                        head_offset: head.offset,
+                        head_epoch: head.epoch,
+                        time_ms: now_ms(),
+                    }
+                    .write_to(&mut marker);
+                }
             }
-            .write_to(&mut marker);
         }
         let outs = [
             Bytes::from(std::mem::take(&mut self.own)),
@@ -356,8 +379,15 @@ impl Stream {
             self.tail_moved.borrow_and_update();
             let read = self.mirrors.tail().read(self.next);
             match read {
-                TailRead::Hit { frames, last } => {
+                TailRead::Hit {
+                    frames,
+                    last,
+                    marked,
+                } => {
                     self.next = last + 1;
+                    if marked {
+                        self.marked = last;
+                    }
                     return Ok(Some(frames));
                 }
                 TailRead::Read => {
@@ -366,6 +396,9 @@ impl Stream {
                         Err(e) => return Err(self.read_failed(e).await),
                     };
                     self.next = segment.last() + 1;
+                    if segment.marked() {
+                        self.marked = segment.last();
+                    }
                     return Ok(Some(segment.frames()));
                 }
                 TailRead::Behind => {
@@ -454,7 +487,17 @@ async fn read_tail(ws: &Workspace, mirrors: &Mirrors, next: u64) -> Result<Segme
             "the log has no entry {next}, which was committed"
         )));
     }
-    let segment = Segment::frame(&entries);
+    // Nothing committed since the read: it ended at the head, the end of a commit, which the
+    // segment marks for every stream that sends it.
+    let (last, bytes) = entries.last().expect("not empty");
+    let head = (*last == ws.applied())
+        .then(|| cairn_log::codec::decode(bytes).ok())
+        .flatten()
+        .map(|entry| HeadMark {
+            epoch: entry.epoch,
+            time_ms: now_ms(),
+        });
+    let segment = Segment::frame(&entries, head);
     mirrors.tail().publish(segment.clone());
     reading.1 = true;
     mirrors.tail_moved();

@@ -451,6 +451,8 @@ pub enum Step {
     Unsupported {
         /// The entry's offset.
         offset: u64,
+        /// The command it belongs to (`meta.command`).
+        command: Uuid,
         /// What is missing.
         reason: String,
     },
@@ -538,6 +540,7 @@ impl Follower {
                 if let Err(reason) = understands(entry.entry()) {
                     return Ok(Step::Unsupported {
                         offset: entry.entry().offset,
+                        command: entry.entry().meta.command,
                         reason,
                     });
                 }
@@ -596,6 +599,127 @@ pub fn first_difference<E>(
         }
     }
     Ok(differ)
+}
+
+/// The most bytes of one command a follower holds while waiting for the rest of it. A command
+/// the kernel makes is far smaller (the largest, a drive migration, is bounded by
+/// `DRIVE_MIGRATION_BYTES_MAX`); one larger than this (an embedder's extension events) is
+/// applied in parts, with a warning naming its offsets, rather than held without bound.
+pub const HELD_COMMAND_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Entries a follower accepted, held until the command they belong to is known to be whole,
+/// sans-IO.
+///
+/// A leader commits all the entries of one command in one `WriteBatch`, so its readers never
+/// see part of a command; a mirror applies whole commands only, however the stream's bytes
+/// arrive. The entries of one command share `meta.command`, so the command of the last entry
+/// received is whole once an entry of another command follows it, or once the leader marks its
+/// head there: a heartbeat or caught-up marker whose head offset is that entry's (a leader's
+/// head is always the end of a commit, and a leader marks it whenever it has sent everything
+/// committed). Until then the entries are *open*: not applied, and dropped (asked for again)
+/// if the stream ends.
+#[derive(Debug)]
+pub struct Assembler {
+    whole: Vec<VerifiedEntry>,
+    whole_bytes: usize,
+    open: Vec<VerifiedEntry>,
+    open_bytes: usize,
+    open_bytes_max: usize,
+}
+
+impl Default for Assembler {
+    fn default() -> Self {
+        Self::with_limit(HELD_COMMAND_BYTES_MAX)
+    }
+}
+
+/// What [`Assembler::push`] did with an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// The entry is held with its command's other entries.
+    Open,
+    /// The command grew past the limit ([`HELD_COMMAND_BYTES_MAX`]): what was held of it is released
+    /// as whole, from this offset to the entry just pushed.
+    Split {
+        /// The first offset of the part released.
+        from: u64,
+    },
+}
+
+impl Assembler {
+    /// An assembler that holds at most `open_bytes_max` of one command
+    /// ([`HELD_COMMAND_BYTES_MAX`] by default).
+    pub fn with_limit(open_bytes_max: usize) -> Self {
+        Self {
+            whole: Vec::new(),
+            whole_bytes: 0,
+            open: Vec::new(),
+            open_bytes: 0,
+            open_bytes_max,
+        }
+    }
+
+    /// Adds an accepted entry (entries come in offset order).
+    pub fn push(&mut self, entry: VerifiedEntry) -> Held {
+        self.next_command(&entry.entry().meta.command);
+        self.open_bytes += entry.bytes().len();
+        self.open.push(entry);
+        if self.open_bytes < self.open_bytes_max {
+            return Held::Open;
+        }
+        let from = self.open[0].entry().offset;
+        self.close();
+        Held::Split { from }
+    }
+
+    /// The next entry belongs to `command` (say so before an entry that is not pushed): the
+    /// entries held are whole if they belong to another command.
+    pub fn next_command(&mut self, command: &Uuid) {
+        if self
+            .open
+            .last()
+            .is_some_and(|last| last.entry().meta.command != *command)
+        {
+            self.close();
+        }
+    }
+
+    /// The leader says its head is `offset`: the entries held are whole if the last is there.
+    pub fn head_at(&mut self, offset: u64) {
+        if self
+            .open
+            .last()
+            .is_some_and(|last| last.entry().offset == offset)
+        {
+            self.close();
+        }
+    }
+
+    fn close(&mut self) {
+        self.whole.append(&mut self.open);
+        self.whole_bytes += std::mem::take(&mut self.open_bytes);
+    }
+
+    /// Entries known to be whole commands, waiting to be taken.
+    pub fn whole_len(&self) -> usize {
+        self.whole.len()
+    }
+
+    /// Their bytes.
+    pub fn whole_bytes(&self) -> usize {
+        self.whole_bytes
+    }
+
+    /// The first offset held open (part of a command not known to be whole).
+    pub fn first_open(&self) -> Option<u64> {
+        self.open.first().map(|e| e.entry().offset)
+    }
+
+    /// Takes the entries of whole commands, in order: they end at the end of a command.
+    pub fn take_whole(&mut self) -> Vec<VerifiedEntry> {
+        self.whole_bytes = 0;
+        std::mem::take(&mut self.whole)
+    }
 }
 
 /// The header of the leader's stream answer that says how often it wants acknowledgements:
@@ -928,6 +1052,7 @@ mod tests {
             f.on_frame(&entry_frame(&log[1]), &refuse).unwrap(),
             Step::Unsupported {
                 offset: 2,
+                command: log[1].meta.command,
                 reason: "no decoder for test.thing.v1".into()
             }
         );
@@ -1142,6 +1267,139 @@ mod tests {
         assert_eq!(p.step(5, t), AckStep::Idle);
         p.woken();
         assert_eq!(p.step(5, t), AckStep::Send(5));
+    }
+
+    /// A chain whose commands have these many entries each (command `i` has id `i`).
+    fn commands_chain(sizes: &[usize]) -> Vec<StoredEntry> {
+        let mut out: Vec<StoredEntry> = Vec::new();
+        for (command, size) in sizes.iter().enumerate() {
+            for _ in 0..*size {
+                let prev = out.last().map(|e| e.hash).unwrap_or(Hash::ZERO);
+                let mut draft = EntryDraft {
+                    epoch: 1,
+                    time_ms: 1,
+                    meta: Meta {
+                        actor: "test".into(),
+                        change: None,
+                        command: Uuid::from_u128(command as u128),
+                        idempotency_key: None,
+                    },
+                    kind: "test.thing.v1".into(),
+                    payload: vec![1; 3],
+                };
+                draft.payload.push(out.len() as u8);
+                out.push(draft.seal(out.len() as u64 + 1, prev).unwrap());
+            }
+        }
+        out
+    }
+
+    fn offsets(batch: &[VerifiedEntry]) -> Vec<u64> {
+        batch.iter().map(|e| e.entry().offset).collect()
+    }
+
+    #[test]
+    fn a_command_is_held_until_another_command_or_the_head_mark_follows_it() {
+        // Commands 1..=2, 3..=5, 6.
+        let log = commands_chain(&[2, 3, 1]);
+        let mut a = Assembler::default();
+        a.push(verified(&log[0]));
+        a.push(verified(&log[1]));
+        assert_eq!(a.whole_len(), 0, "the first command may go on");
+        a.head_at(1);
+        assert_eq!(
+            a.whole_len(),
+            0,
+            "a head mark inside the held entries says nothing"
+        );
+        a.push(verified(&log[2]));
+        assert_eq!(offsets(&a.take_whole()), [1, 2], "another command began");
+        a.push(verified(&log[3]));
+        a.head_at(9);
+        assert_eq!(
+            a.whole_len(),
+            0,
+            "a head past the entries held says nothing"
+        );
+        assert_eq!(a.first_open(), Some(3));
+        a.push(verified(&log[4]));
+        a.head_at(5);
+        assert_eq!(
+            a.whole_bytes(),
+            (2..5)
+                .map(|i| verified(&log[i]).bytes().len())
+                .sum::<usize>()
+        );
+        assert_eq!(
+            offsets(&a.take_whole()),
+            [3, 4, 5],
+            "the leader marked its head there"
+        );
+        assert_eq!(a.first_open(), None);
+        a.push(verified(&log[5]));
+        a.next_command(&Uuid::from_u128(2));
+        assert_eq!(a.whole_len(), 0, "the next entry is of the same command");
+        a.next_command(&Uuid::from_u128(3));
+        assert_eq!(offsets(&a.take_whole()), [6]);
+    }
+
+    #[test]
+    fn a_command_larger_than_the_limit_is_released_in_parts() {
+        let log = commands_chain(&[5, 1]);
+        let size = verified(&log[0]).bytes().len();
+        let mut a = Assembler::with_limit(2 * size);
+        assert_eq!(a.push(verified(&log[0])), Held::Open);
+        assert_eq!(a.push(verified(&log[1])), Held::Split { from: 1 });
+        assert_eq!(offsets(&a.take_whole()), [1, 2]);
+        assert_eq!(a.push(verified(&log[2])), Held::Open);
+        assert_eq!(a.push(verified(&log[3])), Held::Split { from: 3 });
+        assert_eq!(a.push(verified(&log[4])), Held::Open);
+        assert_eq!(a.push(verified(&log[5])), Held::Open);
+        assert_eq!(offsets(&a.take_whole()), [3, 4, 5]);
+    }
+
+    proptest! {
+        /// However the entries arrive and whenever the follower takes what is whole, what it
+        /// takes ends at the end of a command, nothing is taken twice or out of order, and
+        /// once the leader marks its last entry everything has been taken.
+        #[test]
+        fn taken_entries_always_end_at_the_end_of_a_command(
+            sizes in proptest::collection::vec(1usize..5, 1..20),
+            actions in proptest::collection::vec(0u8..4, 0..120),
+        ) {
+            let log = commands_chain(&sizes);
+            let ends: std::collections::BTreeSet<u64> = sizes
+                .iter()
+                .scan(0u64, |end, size| { *end += *size as u64; Some(*end) })
+                .collect();
+            let mut a = Assembler::default();
+            let (mut next, mut taken) = (0usize, Vec::new());
+            let take = |a: &mut Assembler, taken: &mut Vec<u64>| {
+                let batch = offsets(&a.take_whole());
+                if let Some(last) = batch.last() {
+                    assert!(ends.contains(last), "a batch ended inside a command at {last}");
+                }
+                taken.extend(batch);
+            };
+            for action in actions {
+                match action {
+                    0 | 1 if next < log.len() => {
+                        a.push(verified(&log[next]));
+                        next += 1;
+                    }
+                    // The leader marks its head only at the end of a commit.
+                    2 if next > 0 && ends.contains(&(next as u64)) => a.head_at(next as u64),
+                    _ => take(&mut a, &mut taken),
+                }
+            }
+            while next < log.len() {
+                a.push(verified(&log[next]));
+                next += 1;
+            }
+            a.head_at(log.len() as u64);
+            take(&mut a, &mut taken);
+            prop_assert_eq!(taken, (1..=log.len() as u64).collect::<Vec<_>>());
+        }
     }
 
     proptest! {

@@ -17,19 +17,33 @@ use crate::protocol::Frame;
 /// kept). A stream further behind reads the log itself.
 pub const TAIL_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// The frames of consecutive entries, as sent on the stream.
+/// The frames of consecutive entries, as sent on the stream, and when they end at the leader's
+/// head, a heartbeat that marks it (the follower then knows their last command is whole).
 #[derive(Clone, Debug)]
 pub struct Segment {
     first: u64,
     /// Where each entry's frame starts in `frames` (entry `first + i` at `starts[i]`).
     starts: Vec<usize>,
     frames: Bytes,
+    /// Whether `frames` ends with a heartbeat whose head is the last entry.
+    marked: bool,
+}
+
+/// The leader's head is a segment's last entry (the end of a commit): the heartbeat that says
+/// so follows its entry frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadMark {
+    /// The epoch of that entry.
+    pub epoch: u64,
+    /// The leader's clock (ms since the Unix epoch).
+    pub time_ms: u64,
 }
 
 impl Segment {
     /// The entry frames of `entries` (stored bytes, with their offsets), which must be
-    /// consecutive and at least one.
-    pub fn frame(entries: &[(u64, Vec<u8>)]) -> Segment {
+    /// consecutive and at least one, followed by a heartbeat at the last one when `head`
+    /// says it is the leader's head.
+    pub fn frame(entries: &[(u64, Vec<u8>)], head: Option<HeadMark>) -> Segment {
         let first = entries
             .first()
             .map(|(o, _)| *o)
@@ -45,11 +59,25 @@ impl Segment {
             starts.push(frames.len());
             Frame::write_entry(bytes, &mut frames);
         }
+        if let Some(head) = head {
+            Frame::Heartbeat {
+                head_offset: first + starts.len() as u64 - 1,
+                head_epoch: head.epoch,
+                time_ms: head.time_ms,
+            }
+            .write_to(&mut frames);
+        }
         Segment {
             first,
             starts,
             frames: Bytes::from(frames),
+            marked: head.is_some(),
         }
+    }
+
+    /// Whether its frames end with a heartbeat at its last entry.
+    pub fn marked(&self) -> bool {
+        self.marked
     }
 
     /// Its first entry's offset.
@@ -83,6 +111,8 @@ pub enum TailRead {
         frames: Bytes,
         /// The last entry in them.
         last: u64,
+        /// Whether they end with a heartbeat at `last` ([`Segment::marked`]).
+        marked: bool,
     },
     /// Another stream is reading the log at the tail's end for everyone: wait until it
     /// publishes (or gives up), then ask again.
@@ -115,6 +145,7 @@ impl Tail {
             return TailRead::Hit {
                 frames: segment.frames_from(next),
                 last: segment.last(),
+                marked: segment.marked,
             };
         }
         let first = self.segments.front().map(|s| s.first).or(self.reading);
@@ -181,7 +212,7 @@ mod tests {
 
     fn read_for_everyone(t: &mut Tail, from: u64, to: u64) {
         assert_eq!(t.read(from), TailRead::Read);
-        t.publish(Segment::frame(&entries(from, to)));
+        t.publish(Segment::frame(&entries(from, to), None));
     }
 
     #[test]
@@ -190,9 +221,9 @@ mod tests {
         // The first stream at the head reads for everyone; the second waits meanwhile.
         assert_eq!(t.read(10), TailRead::Read);
         assert_eq!(t.read(10), TailRead::Wait);
-        t.publish(Segment::frame(&entries(10, 14)));
+        t.publish(Segment::frame(&entries(10, 14), None));
         for next in [10, 12, 14] {
-            let TailRead::Hit { frames, last } = t.read(next) else {
+            let TailRead::Hit { frames, last, .. } = t.read(next) else {
                 panic!("the tail holds {next}");
             };
             assert_eq!(last, 14);
@@ -206,6 +237,36 @@ mod tests {
         read_for_everyone(&mut t, 15, 16);
         assert_eq!(t.held(), Some((10, 16)));
         assert!(matches!(t.read(15), TailRead::Hit { last: 16, .. }));
+    }
+
+    #[test]
+    fn a_segment_at_the_head_ends_with_a_heartbeat_there_for_every_stream() {
+        let mut t = Tail::default();
+        assert_eq!(t.read(10), TailRead::Read);
+        let head = HeadMark {
+            epoch: 3,
+            time_ms: 77,
+        };
+        t.publish(Segment::frame(&entries(10, 12), Some(head)));
+        let mut beat = Vec::new();
+        Frame::Heartbeat {
+            head_offset: 12,
+            head_epoch: 3,
+            time_ms: 77,
+        }
+        .write_to(&mut beat);
+        for next in [10, 12] {
+            let TailRead::Hit {
+                frames,
+                last,
+                marked,
+            } = t.read(next)
+            else {
+                panic!("the tail holds {next}");
+            };
+            assert_eq!((last, marked), (12, true));
+            assert_eq!(frames[..], [framed(next, 12), beat.clone()].concat()[..]);
+        }
     }
 
     #[test]
@@ -227,7 +288,7 @@ mod tests {
         assert_eq!(t.read(10), TailRead::Wait);
         t.abandon();
         assert_eq!(t.read(10), TailRead::Read);
-        t.publish(Segment::frame(&entries(10, 11)));
+        t.publish(Segment::frame(&entries(10, 11), None));
         assert_eq!(t.held(), Some((10, 11)));
     }
 
@@ -249,7 +310,7 @@ mod tests {
         let big = vec![7u8; TAIL_BYTES_MAX / 3 - 5];
         for offset in 1..=5 {
             assert_eq!(t.read(offset), TailRead::Read);
-            t.publish(Segment::frame(&[(offset, big.clone())]));
+            t.publish(Segment::frame(&[(offset, big.clone())], None));
             assert!(t.bytes <= TAIL_BYTES_MAX);
         }
         assert_eq!(t.held(), Some((3, 5)));
@@ -258,7 +319,7 @@ mod tests {
         let quarter = vec![1u8; TAIL_BYTES_MAX / 4];
         let huge: Vec<(u64, Vec<u8>)> = (6..=10).map(|o| (o, quarter.clone())).collect();
         assert_eq!(t.read(6), TailRead::Read);
-        t.publish(Segment::frame(&huge));
+        t.publish(Segment::frame(&huge, None));
         assert_eq!(t.held(), Some((6, 10)));
     }
 
@@ -267,6 +328,6 @@ mod tests {
     fn only_the_read_that_was_asked_for_is_published() {
         let mut t = Tail::default();
         assert_eq!(t.read(10), TailRead::Read);
-        t.publish(Segment::frame(&entries(11, 12)));
+        t.publish(Segment::frame(&entries(11, 12), None));
     }
 }

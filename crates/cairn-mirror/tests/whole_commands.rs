@@ -1,0 +1,491 @@
+//! A mirror shows whole commands only. A leader commits all the entries of one command in one
+//! `WriteBatch`, so its readers never see part of a command; a mirror must not either, however
+//! the stream's bytes happen to arrive. These tests put a scripted leader on 127.0.0.1 in
+//! front of a real follower: the entries are a real leader's (chained, hashed), and the script
+//! decides where the stream pauses, where it breaks, and where it marks the leader's head.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cairn::{CommandOptions, NodeRole, Options, Workspace};
+use cairn_log::StoredEntry;
+use cairn_mirror::protocol::Frame;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A stream connection the follower opened, with the `from` it asked for.
+struct Stream {
+    from: u64,
+    socket: TcpStream,
+}
+
+impl Stream {
+    fn send(&mut self, frames: &[u8]) {
+        self.socket
+            .write_all(frames)
+            .expect("write to the follower");
+        self.socket.flush().expect("flush to the follower");
+    }
+}
+
+/// A scripted leader: stream connections are handed to the test; every other request (the
+/// follower's acknowledgements) is answered `200 {}`.
+fn scripted_leader() -> (String, mpsc::Receiver<Stream>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let url = format!("http://{}", listener.local_addr().expect("local addr"));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(socket) = socket else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(socket.try_clone().expect("clone the socket"));
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                let target = line.split(' ').nth(1).unwrap_or("").to_string();
+                loop {
+                    let mut header = String::new();
+                    match reader.read_line(&mut header) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if header == "\r\n" => break,
+                        Ok(_) => {}
+                    }
+                }
+                let mut socket = socket;
+                if target.starts_with("/v1/replication/stream?") {
+                    let from = target
+                        .split(['?', '&'])
+                        .find_map(|p| p.strip_prefix("from="))
+                        .and_then(|v| v.parse().ok())
+                        .expect("the stream request names from");
+                    socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
+                              cairn-ack-interval-ms: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .expect("answer the stream request");
+                    let _ = tx.send(Stream { from, socket });
+                } else {
+                    let _ = socket.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                          content-length: 2\r\nconnection: close\r\n\r\n{}",
+                    );
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The leader's entries from `from` on, decoded and as stored.
+fn log_from(
+    rt: &tokio::runtime::Runtime,
+    ws: &Workspace,
+    from: u64,
+) -> Vec<(StoredEntry, Vec<u8>)> {
+    let decoded = rt
+        .block_on(ws.read_log(from, usize::MAX))
+        .expect("read the log");
+    let raw = rt
+        .block_on(ws.read_log_raw(from, usize::MAX))
+        .expect("read the log's bytes");
+    assert_eq!(decoded.len(), raw.len());
+    decoded
+        .into_iter()
+        .zip(raw)
+        .map(|(e, (offset, bytes))| {
+            assert_eq!(e.offset, offset);
+            (e, bytes)
+        })
+        .collect()
+}
+
+/// The offset ranges of the commands in `log`, in order (entries of one command share
+/// `meta.command`).
+fn commands(log: &[(StoredEntry, Vec<u8>)]) -> Vec<std::ops::RangeInclusive<u64>> {
+    let mut out: Vec<std::ops::RangeInclusive<u64>> = Vec::new();
+    for (i, (e, _)) in log.iter().enumerate() {
+        let same = i > 0 && log[i - 1].0.meta.command == e.meta.command;
+        match out.last_mut() {
+            Some(r) if same => *r = *r.start()..=e.offset,
+            _ => out.push(e.offset..=e.offset),
+        }
+    }
+    out
+}
+
+fn entry_frames(log: &[(StoredEntry, Vec<u8>)], range: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (e, bytes) in log {
+        if range.contains(&e.offset) {
+            Frame::write_entry(bytes, &mut out);
+        }
+    }
+    out
+}
+
+fn frame(f: Frame) -> Vec<u8> {
+    let mut out = Vec::new();
+    f.write_to(&mut out);
+    out
+}
+
+// Fields drop in this order: the follower stops before the workspaces close, and the
+// runtime and the directory go last.
+struct Setup {
+    _follower: cairn_mirror::FollowerHandle,
+    mirror: Workspace,
+    leader: Workspace,
+    streams: mpsc::Receiver<Stream>,
+    /// Where the mirror's backup ends.
+    base: u64,
+    /// The leader's entries after it.
+    log: Vec<(StoredEntry, Vec<u8>)>,
+    _rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// A leader that installed two packages after the mirror's backup was taken, and a mirror
+    /// following a scripted leader that serves the real leader's entries.
+    fn new() -> Setup {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let leader_dir = dir.path().join("leader");
+        Workspace::init(&leader_dir).expect("init the leader");
+        let leader = rt
+            .block_on(Workspace::open(&leader_dir, Options::default()))
+            .expect("open the leader");
+        let mirror_dir = dir.path().join("mirror");
+        leader
+            .store()
+            .backup(&mirror_dir)
+            .expect("back up the leader");
+        let base = leader.applied();
+        for name in ["alpha", "beta"] {
+            let manifest = format!(
+                "name = \"{name}\"\nversion = \"1.0.0\"\n\n[vars]\na = \"1\"\nb = \"2\"\n\n\
+                 [[queues]]\nname = \"q\"\n\n[[features]]\nname = \"{name}\"\nstate = \"enabled\"\n"
+            );
+            let change = rt
+                .block_on(leader.install_toml(&manifest, &CommandOptions::default()))
+                .expect("install");
+            rt.block_on(async { tokio::time::timeout(WAIT, leader.wait_change(change)).await })
+                .expect("the install finished in time")
+                .expect("wait for the install");
+        }
+        let log = log_from(&rt, &leader, base + 1);
+        let mirror = rt
+            .block_on(Workspace::open(
+                &mirror_dir,
+                Options {
+                    role: NodeRole::Mirror,
+                    ..Options::default()
+                },
+            ))
+            .expect("open the mirror");
+        let (url, streams) = scripted_leader();
+        let follower = cairn_mirror::start(
+            mirror.clone(),
+            rt.handle().clone(),
+            cairn_mirror::FollowerOptions {
+                leader: url,
+                token: "scripted".into(),
+                name: "m1".into(),
+            },
+        )
+        .expect("start the follower");
+        Setup {
+            _follower: follower,
+            mirror,
+            leader,
+            streams,
+            base,
+            log,
+            _rt: rt,
+            _dir: dir,
+        }
+    }
+
+    fn next_stream(&self) -> Stream {
+        self.streams
+            .recv_timeout(WAIT)
+            .expect("the follower opened a stream")
+    }
+
+    fn hello(&self) -> Vec<u8> {
+        let view = cairn_mirror::leader::leader_view(&self.leader).expect("the leader's view");
+        frame(Frame::Hello {
+            workspace_id: view.workspace_id,
+            head_offset: view.head.offset,
+            head_epoch: view.head.epoch,
+            schema: view.schema,
+            schema_compat: view.schema_compat,
+        })
+    }
+
+    fn head_mark(&self, offset: u64) -> Vec<u8> {
+        let epoch = self
+            .log
+            .iter()
+            .find(|(e, _)| e.offset == offset)
+            .map_or(1, |(e, _)| e.epoch);
+        frame(Frame::Heartbeat {
+            head_offset: offset,
+            head_epoch: epoch,
+            time_ms: 1,
+        })
+    }
+
+    /// The first command of several entries, and the next one after it.
+    fn two_commands(&self) -> (std::ops::RangeInclusive<u64>, std::ops::RangeInclusive<u64>) {
+        let commands = commands(&self.log);
+        let several: Vec<_> = commands.iter().filter(|c| c.end() > c.start()).collect();
+        assert!(
+            several.len() >= 2,
+            "the workload makes two commands of several entries: {commands:?}"
+        );
+        (several[0].clone(), several[1].clone())
+    }
+
+    /// Checks that the mirror stays at `offset` for a while (the stream is paused).
+    fn stays_at(&self, offset: u64, what: &str) {
+        let until = Instant::now() + Duration::from_millis(400);
+        while Instant::now() < until {
+            assert_eq!(self.mirror.applied(), offset, "{what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn digests_agree(&self) {
+        let leader = self
+            .leader
+            .view()
+            .expect("leader view")
+            .digest()
+            .expect("digest");
+        let mirror = self
+            .mirror
+            .view()
+            .expect("mirror view")
+            .digest()
+            .expect("digest");
+        assert_eq!(leader, mirror, "the mirror's digest is the leader's");
+    }
+}
+
+#[test]
+fn a_paused_stream_leaves_a_command_unapplied_until_all_its_entries_and_the_head_arrived() {
+    let s = Setup::new();
+    let (c, d) = s.two_commands();
+    let head = s.log.last().expect("entries").0.offset;
+
+    let mut stream = s.next_stream();
+    assert_eq!(stream.from, s.base + 1);
+    let mut out = s.hello();
+    out.extend(entry_frames(&s.log, s.base + 1..=c.start() - 1));
+    out.extend(frame(Frame::CaughtUp {
+        head_offset: c.start() - 1,
+    }));
+    stream.send(&out);
+    wait_until("the mirror applied what came before the command", || {
+        s.mirror.applied() == c.start() - 1
+    });
+
+    // All of the command but its last entry, then a pause: nothing of it may show.
+    stream.send(&entry_frames(&s.log, *c.start()..=c.end() - 1));
+    s.stays_at(
+        c.start() - 1,
+        "the mirror applied part of a command while the rest had not arrived",
+    );
+
+    // Its last entry, on to the first entry of the next command of several: each new command
+    // says the one before is whole, and that next command is held in turn.
+    stream.send(&entry_frames(&s.log, *c.end()..=*d.start()));
+    wait_until("the mirror applied the whole command", || {
+        s.mirror.applied() >= d.start() - 1
+    });
+    s.stays_at(
+        d.start() - 1,
+        "the mirror applied the first entry of a command whose other entries had not arrived",
+    );
+
+    // The rest of the log and the leader's head: everything applies.
+    let mut out = entry_frames(&s.log, d.start() + 1..=head);
+    out.extend(s.head_mark(head));
+    stream.send(&out);
+    wait_until("the mirror applied the leader's head", || {
+        s.mirror.applied() == head
+    });
+    s.digests_agree();
+}
+
+#[test]
+fn a_stream_that_breaks_mid_command_applies_none_of_it_and_asks_for_it_again() {
+    let s = Setup::new();
+    let (c, _) = s.two_commands();
+    let head = s.log.last().expect("entries").0.offset;
+
+    let mut stream = s.next_stream();
+    let mut out = s.hello();
+    out.extend(frame(Frame::CaughtUp {
+        head_offset: s.base,
+    }));
+    out.extend(entry_frames(&s.log, s.base + 1..=c.end() - 1));
+    stream.send(&out);
+    wait_until("the mirror applied what came before the command", || {
+        s.mirror.applied() >= c.start() - 1
+    });
+    drop(stream);
+
+    let mut stream = s.next_stream();
+    assert_eq!(
+        stream.from,
+        *c.start(),
+        "after a break the mirror asks again for the command it held part of"
+    );
+    let mut out = s.hello();
+    out.extend(entry_frames(&s.log, *c.start()..=head));
+    out.extend(s.head_mark(head));
+    stream.send(&out);
+    wait_until("the mirror applied the leader's head", || {
+        s.mirror.applied() == head
+    });
+    s.digests_agree();
+}
+
+/// Frames of a leader stream opened in process, in order.
+struct Frames {
+    rx: tokio::sync::mpsc::Receiver<cairn_mirror::leader::Chunk>,
+    buf: Vec<u8>,
+}
+
+impl Frames {
+    async fn next(&mut self) -> Frame {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+                if self.buf.len() >= 4 + len {
+                    let frame = Frame::decode(&self.buf[4..4 + len]).expect("a well-formed frame");
+                    self.buf.drain(..4 + len);
+                    return frame;
+                }
+            }
+            let chunk = tokio::time::timeout(WAIT, self.rx.recv())
+                .await
+                .expect("the stream sent more in time")
+                .expect("the stream is open")
+                .expect("the stream read the log");
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+}
+
+#[test]
+fn the_leader_marks_its_head_after_the_entries_of_each_commit_before_the_next_one() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    Workspace::init(dir.path()).expect("init");
+    rt.block_on(async {
+        let leader = Workspace::open(dir.path(), Options::default())
+            .await
+            .expect("open the leader");
+        let opts = CommandOptions::default();
+        let manifest = "name = \"alpha\"\nversion = \"1.0.0\"\n[vars]\nk = \"0\"\n";
+        let change = leader.install_toml(manifest, &opts).await.expect("install");
+        tokio::time::timeout(WAIT, leader.wait_change(change))
+            .await
+            .expect("the install finished in time")
+            .expect("wait for the install");
+        let head = leader.head().expect("head");
+        let hello = cairn_mirror::FollowerHello {
+            workspace_id: leader.id(),
+            from: head.offset + 1,
+            prev: head.hash,
+            protocol: cairn_mirror::PROTOCOL_VERSION,
+            schema: cairn::kernel::SCHEMA_VERSION,
+            projection: cairn::kernel::PROJECTION_VERSION,
+            name: "t".into(),
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let rx = cairn_mirror::open_stream(
+            leader.clone(),
+            hello,
+            std::sync::Arc::new(cairn_mirror::Mirrors::default()),
+            stop.clone(),
+        )
+        .await
+        .expect("open a stream");
+        let mut frames = Frames {
+            rx,
+            buf: Vec::new(),
+        };
+        assert!(matches!(frames.next().await, Frame::Hello { .. }));
+        assert_eq!(
+            frames.next().await,
+            Frame::CaughtUp {
+                head_offset: head.offset
+            }
+        );
+        let set = |i: usize| {
+            let leader = leader.clone();
+            let opts = opts.clone();
+            async move {
+                let value = format!("{i}");
+                let committed = leader
+                    .var_set("alpha", "k", value.as_bytes(), None, &opts)
+                    .await
+                    .expect("set a var");
+                committed.offsets.end - 1
+            }
+        };
+        let mut last = set(0).await;
+        for i in 1..=10 {
+            loop {
+                match frames.next().await {
+                    Frame::Entry(bytes) => {
+                        let entry = cairn_log::codec::decode(&bytes).expect("an entry");
+                        if entry.offset == last {
+                            break;
+                        }
+                    }
+                    // A heartbeat of the idle stream may come before the commit's entries.
+                    Frame::Heartbeat { .. } => {}
+                    other => panic!("unexpected frame {other:?}"),
+                }
+            }
+            // The next commit is made at once: the mark must come before its entries.
+            let next = set(i).await;
+            match frames.next().await {
+                Frame::Heartbeat { head_offset, .. } => assert_eq!(head_offset, last),
+                Frame::Entry(_) => panic!(
+                    "after the entries of the commit ending at {last}, the stream sent the \
+                     next commit's entries without marking its head there"
+                ),
+                other => panic!("unexpected frame {other:?}"),
+            }
+            last = next;
+        }
+        stop.cancel();
+    });
+}
