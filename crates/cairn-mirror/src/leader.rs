@@ -454,13 +454,12 @@ async fn read_backlog(
     chunk: &mut Vec<u8>,
 ) -> Result<(), cairn::Error> {
     while chunk.len() < STREAM_CHUNK_BYTES && *next <= ws.applied() {
-        let entries = ws
-            .read_log_raw(*next, STREAM_CHUNK_BYTES - chunk.len())
+        let room = STREAM_CHUNK_BYTES - chunk.len();
+        let read = ws
+            .read_log_into(*next, room, std::mem::take(chunk), Frame::write_entry)
             .await?;
-        for (offset, bytes) in entries {
-            Frame::write_entry(&bytes, chunk);
-            *next = offset + 1;
-        }
+        *chunk = read.bytes;
+        *next += read.starts.len() as u64;
     }
     Ok(())
 }
@@ -480,24 +479,22 @@ async fn read_tail(ws: &Workspace, mirrors: &Mirrors, next: u64) -> Result<Segme
         }
     }
     let mut reading = Reading(mirrors, false);
-    let entries = ws.read_log_raw(next, STREAM_CHUNK_BYTES).await?;
-    if entries.is_empty() {
+    let read = ws
+        .read_log_into(next, STREAM_CHUNK_BYTES, Vec::new(), Frame::write_entry)
+        .await?;
+    if read.starts.is_empty() {
         // `next` was committed when asked: only a log that lost it reads nothing there.
         return Err(cairn::Error::Internal(format!(
             "the log has no entry {next}, which was committed"
         )));
     }
-    // Nothing committed since the read: it ended at the head, the end of a commit, which the
-    // segment marks for every stream that sends it.
-    let (last, bytes) = entries.last().expect("not empty");
-    let head = (*last == ws.applied())
-        .then(|| cairn_log::codec::decode(bytes).ok())
-        .flatten()
-        .map(|entry| HeadMark {
-            epoch: entry.epoch,
-            time_ms: now_ms(),
-        });
-    let segment = Segment::frame(&entries, head);
+    // A read that reached the head ended at the end of a commit, which the segment marks for
+    // every stream that sends it.
+    let head = read.head.map(|head| HeadMark {
+        epoch: head.epoch,
+        time_ms: now_ms(),
+    });
+    let segment = Segment::of_frames(read.first, read.starts, read.bytes, head);
     mirrors.tail().publish(segment.clone());
     reading.1 = true;
     mirrors.tail_moved();

@@ -59,6 +59,22 @@ impl Segment {
             starts.push(frames.len());
             Frame::write_entry(bytes, &mut frames);
         }
+        Self::of_frames(first, starts, frames, head)
+    }
+
+    /// The segment of entry frames already written one after the other into `frames`, entry
+    /// `first + i` from `starts[i]` (at least one), followed by a heartbeat at the last one
+    /// when `head` says it is the leader's head.
+    pub fn of_frames(
+        first: u64,
+        starts: Vec<usize>,
+        mut frames: Vec<u8>,
+        head: Option<HeadMark>,
+    ) -> Segment {
+        assert!(
+            starts.first() == Some(&0) && starts.is_sorted(),
+            "a segment holds an entry and its frames start at 0, in order"
+        );
         if let Some(head) = head {
             Frame::Heartbeat {
                 head_offset: first + starts.len() as u64 - 1,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cairn_log::{
     codec, ChainCursor, CorruptReason, Hash, Head, Space, StateError, StateRead, StoredEntry,
 };
-use rocksdb::{Direction, IteratorMode, DB};
+use rocksdb::{IteratorMode, DB};
 
 use crate::base::{Base, Snapshot};
 use crate::error::StoreError;
@@ -180,12 +180,13 @@ impl ReadView {
 
     /// Visits the stored bytes of entries from `from` up to the applied offset until `visit`
     /// returns false, without decoding them: for streaming the log to mirrors, which verify
-    /// every entry themselves. Only the keys are checked (dense, from `from` to the last one
-    /// visited); a missing entry is `Corrupt` with its offset.
+    /// every entry themselves. The bytes are the iterator's, lent for the call. Only the keys
+    /// are checked (dense, from `from` to the last one visited); a missing entry is `Corrupt`
+    /// with its offset.
     pub fn visit_log_raw(
         &self,
         from: u64,
-        mut visit: impl FnMut(u64, Box<[u8]>) -> bool,
+        mut visit: impl FnMut(u64, &[u8]) -> bool,
     ) -> Result<(), StoreError> {
         visit_raw_at(
             self.base(),
@@ -293,7 +294,7 @@ pub(crate) fn visit_log_at(
 ) -> Result<(), StoreError> {
     let mut cursor: Option<ChainCursor> = None;
     visit_raw_at(base, first, last, from, &mut |_, k, v| {
-        let entry = decode_stored(k, &v)?;
+        let entry = decode_stored(k, v)?;
         let cur = cursor.get_or_insert_with(|| {
             ChainCursor::new(Head {
                 offset: entry.offset - 1,
@@ -309,13 +310,14 @@ pub(crate) fn visit_log_at(
     })
 }
 
-/// What [`visit_raw_at`] calls with each entry: its offset, key and stored value; `Ok(false)`
-/// stops the visit.
-type RawVisit<'a> = dyn FnMut(u64, &[u8], Box<[u8]>) -> Result<bool, StoreError> + 'a;
+/// What [`visit_raw_at`] calls with each entry: its offset, key and stored value (borrowed
+/// from the iterator, valid for the call); `Ok(false)` stops the visit.
+type RawVisit<'a> = dyn FnMut(u64, &[u8], &[u8]) -> Result<bool, StoreError> + 'a;
 
 /// Visits the stored values of log entries `from..=last` through `base`, with their offsets
 /// and keys, until `visit` returns false or fails; checks only that the keys are dense
 /// (a gap is `Corrupt` `Missing` at the first absent offset), not what the values hold.
+/// Nothing is copied or allocated per entry: the visitor sees the iterator's own slices.
 fn visit_raw_at(
     base: Base<'_>,
     first: u64,
@@ -332,22 +334,21 @@ fn visit_raw_at(
     if from > last {
         return Ok(());
     }
-    let iter = base.db.iterator_cf_opt(
-        base.cf(CF_LOG),
-        base.read_opts(),
-        IteratorMode::From(&layout::log_key(from), Direction::Forward),
-    );
+    let mut opts = base.read_opts();
+    // The iterator stops at `last` rather than looking at what a later commit wrote.
+    opts.set_iterate_upper_bound(layout::log_key(last + 1).to_vec());
+    let mut iter = base.db.raw_iterator_cf_opt(base.cf(CF_LOG), opts);
+    iter.seek(layout::log_key(from));
     let missing = |offset| StoreError::Corrupt {
         offset,
         reason: CorruptReason::Missing,
     };
     let mut expected = from;
-    for item in iter {
-        if expected > last {
-            return Ok(());
-        }
-        let (k, v) = item.map_err(StoreError::db("read log"))?;
-        match layout::parse_log_key(&k) {
+    while expected <= last {
+        let (Some(k), Some(v)) = (iter.key(), iter.value()) else {
+            break;
+        };
+        match layout::parse_log_key(k) {
             Some(offset) if offset == expected => {}
             Some(_) => return Err(missing(expected)),
             None => {
@@ -358,10 +359,12 @@ fn visit_raw_at(
             }
         }
         expected += 1;
-        if !visit(expected - 1, &k, v)? {
+        if !visit(expected - 1, k, v)? {
             return Ok(());
         }
+        iter.next();
     }
+    iter.status().map_err(StoreError::db("read log"))?;
     if expected <= last {
         return Err(missing(expected));
     }

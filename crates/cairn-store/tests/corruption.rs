@@ -235,7 +235,7 @@ fn a_raw_log_read_gives_the_stored_bytes_and_names_a_missing_entry() {
     let entries = view.read_log(1, ENTRIES as usize).unwrap();
     let mut raw = Vec::new();
     view.visit_log_raw(3, |offset, bytes| {
-        raw.push((offset, bytes));
+        raw.push((offset, bytes.to_vec()));
         raw.len() < 4
     })
     .unwrap();

@@ -36,6 +36,6 @@ pub use error::Error;
 pub use machine::KernelMachine;
 pub use subscribe::{Subscription, SUBSCRIBER_BATCH_ENTRIES};
 pub use workspace::{
-    Access, CommandOptions, Daemons, HookContext, HookHandler, HookRunStats, NodeRole, Onloads,
-    Options, Workspace, MIRROR_MARKER_FILE, VAULT_KEY_FILE,
+    Access, CommandOptions, Daemons, HookContext, HookHandler, HookRunStats, LogBytes, NodeRole,
+    Onloads, Options, Workspace, MIRROR_MARKER_FILE, VAULT_KEY_FILE,
 };

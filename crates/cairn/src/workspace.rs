@@ -1213,26 +1213,79 @@ impl Workspace {
         from: u64,
         bytes_max: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+        let read = self
+            .read_log_into(from, bytes_max, Vec::new(), |entry, out| {
+                out.extend_from_slice(entry)
+            })
+            .await?;
+        let ends = read
+            .starts
+            .iter()
+            .skip(1)
+            .copied()
+            .chain([read.bytes.len()]);
+        Ok((read.first..)
+            .zip(read.starts.iter().zip(ends))
+            .map(|(offset, (&start, end))| (offset, read.bytes[start..end].to_vec()))
+            .collect())
+    }
+
+    /// Like [`Workspace::read_log_raw`], but each entry's stored bytes are handed to `write`,
+    /// which appends them (framed, say) to `buf`, so a stream's chunk is built without an
+    /// allocation or a copy per entry; `buf` comes back in [`LogBytes::bytes`] (what it held
+    /// before stays in front), and `bytes_max` counts what the read appends.
+    pub async fn read_log_into(
+        &self,
+        from: u64,
+        bytes_max: usize,
+        mut buf: Vec<u8>,
+        write: fn(&[u8], &mut Vec<u8>),
+    ) -> Result<LogBytes, Error> {
         let inner = Arc::clone(self.inner());
         tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            let mut bytes = 0usize;
-            let visited = inner.store.read()?.visit_log_raw(from, |offset, v| {
-                bytes += v.len();
-                out.push((offset, v.into_vec()));
-                bytes < bytes_max
+            let view = inner.store.read()?;
+            let mut starts = Vec::new();
+            let base = buf.len();
+            let mut last = None;
+            let visited = view.visit_log_raw(from, |offset, v| {
+                starts.push(buf.len());
+                write(v, &mut buf);
+                last = Some(offset);
+                buf.len() - base < bytes_max
             });
             match visited {
-                Ok(()) => Ok(out),
+                Ok(()) => {}
                 Err(cairn_store::StoreError::Compacted { requested, first }) => {
-                    Err(Error::Compacted { requested, first })
+                    return Err(Error::Compacted { requested, first })
                 }
-                Err(e) => Err(e.into()),
+                Err(e) => return Err(e.into()),
             }
+            let head = view.head();
+            Ok(LogBytes {
+                bytes: buf,
+                starts,
+                first: from,
+                head: (last == Some(head.offset)).then_some(head),
+            })
         })
         .await
         .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
     }
+}
+
+/// Entries read by [`Workspace::read_log_into`], one after the other in one buffer.
+#[derive(Debug)]
+pub struct LogBytes {
+    /// The buffer, with what `write` appended for each entry.
+    pub bytes: Vec<u8>,
+    /// Where each entry's bytes start in `bytes` (entry `first + i` at `starts[i]`; none when
+    /// nothing was committed at `first`).
+    pub starts: Vec<usize>,
+    /// The offset asked for.
+    pub first: u64,
+    /// The head of the log as the read saw it, when the read reached it: the last entry read
+    /// ends a commit.
+    pub head: Option<cairn_log::Head>,
 }
 
 /// The file that marks a data directory as a mirror's: a leader-role open that could write
