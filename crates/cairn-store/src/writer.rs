@@ -337,7 +337,8 @@ pub(crate) struct Writer<M: StateMachine> {
 }
 
 /// Bulk commands one group decides while foreground commands came within
-/// [`FOREGROUND_RECENT`] (otherwise a group takes them up to `batch_entries_max`).
+/// [`FOREGROUND_RECENT`] (otherwise a group takes them up to `batch_entries_max`). A group
+/// that holds a foreground command decides none: its write waits for no bulk decide.
 pub const BULK_GROUP_COMMANDS_MAX: usize = 8;
 /// How long after a foreground command bulk commands are held to
 /// [`BULK_GROUP_COMMANDS_MAX`] per group.
@@ -461,7 +462,11 @@ impl<M: StateMachine> Writer<M> {
         if foreground {
             self.foreground_at = Some(std::time::Instant::now());
         }
+        // A group with foreground commands is written as soon as they are decided: a bulk
+        // command's decide (a drive put validates its data) would delay all of them. Bulk
+        // commands go in the groups between, a few at a time while foreground ones come.
         let budget = match self.foreground_at {
+            _ if foreground => 0,
             Some(at) if at.elapsed() < FOREGROUND_RECENT => BULK_GROUP_COMMANDS_MAX,
             _ => max,
         };

@@ -196,6 +196,37 @@ fn a_foreground_command_overtakes_queued_bulk_commands_which_keep_their_order() 
     assert_eq!(store.applied(), 1 + 1000 + 1);
 }
 
+/// A group that holds a foreground command decides no bulk command, so its write waits for no
+/// bulk decide: the command's commit ends at its own entry.
+#[test]
+fn a_foreground_command_commits_in_a_group_without_bulk_commands() {
+    let dir = fresh();
+    let store = open(dir.path());
+    set(&store, "recent", "a foreground command just before");
+    let bulk = submit_bulk(&store, 1000);
+    let foreground = store
+        .submit(
+            meta(2),
+            KvCommand::Set {
+                key: "fg".into(),
+                value: b"v".to_vec(),
+            },
+        )
+        .wait()
+        .unwrap();
+    let own = foreground.offsets.end - 1;
+    assert_eq!(
+        foreground.applied, own,
+        "bulk commands were decided into the foreground command's group (it ended at {} \
+         after the command's entry {own})",
+        foreground.applied
+    );
+    for t in bulk {
+        t.wait().unwrap();
+    }
+    assert_eq!(store.applied(), 1 + 1000 + 1);
+}
+
 /// Entries (a mirror's, or the empty fence a handoff waits on) are committed after every
 /// command queued before them, bulk ones included, so "everything before the fence is
 /// committed" holds.
