@@ -350,6 +350,17 @@ fn only_mirror_tokens_stream_and_a_mirror_token_does_nothing_else() {
         ack_interval_asked(&leader.url, &id, &mirror),
         cairn_mirror::protocol::ACK_INTERVAL_MS.to_string()
     );
+    // It marks its head, so its followers apply whole commands only.
+    assert_eq!(
+        stream_header(
+            &leader.url,
+            &id,
+            &mirror,
+            cairn_mirror::protocol::HEAD_MARKS_HEADER
+        )
+        .as_deref(),
+        Some("1")
+    );
     // A stream of another workspace is refused, naming both ids.
     let other = stream.replace(&id, "6e1f6e1f-0000-4000-8000-000000000000");
     let (status, body) = http("GET", &other, Some(&mirror), None);
@@ -363,6 +374,18 @@ fn only_mirror_tokens_stream_and_a_mirror_token_does_nothing_else() {
 /// Opens a stream of workspace `id` from offset 1 (named `probe`) and says how often the
 /// leader asks the follower to acknowledge (`Cairn-Ack-Interval-Ms`), then drops it.
 fn ack_interval_asked(leader: &str, id: &str, mirror_token: &str) -> String {
+    stream_header(
+        leader,
+        id,
+        mirror_token,
+        cairn_mirror::protocol::ACK_INTERVAL_HEADER,
+    )
+    .expect("the stream's answer says how often to acknowledge")
+}
+
+/// Opens a stream of workspace `id` from offset 1 (named `probe`) and returns the header
+/// `name` of the leader's answer, then drops it.
+fn stream_header(leader: &str, id: &str, mirror_token: &str, name: &str) -> Option<String> {
     let hello = cairn_mirror::FollowerHello {
         workspace_id: id.parse().unwrap(),
         from: 1,
@@ -378,10 +401,7 @@ fn ack_interval_asked(leader: &str, id: &str, mirror_token: &str) -> String {
         request = request.query(k, &v);
     }
     let answer = request.call().expect("the leader admits the stream");
-    answer
-        .header(cairn_mirror::protocol::ACK_INTERVAL_HEADER)
-        .expect("the stream's answer says how often to acknowledge")
-        .to_string()
+    answer.header(name).map(str::to_string)
 }
 
 #[test]

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::leader::{now_ms, HEARTBEAT_INTERVAL_MS};
 use crate::protocol::{
     first_difference, parse_ack_interval, parse_hash, AckPacer, AckStep, Assembler, Follower,
-    FollowerHello, Held, Step, ACK_INTERVAL_HEADER, HELD_COMMAND_BYTES_MAX, PROTOCOL_VERSION,
+    FollowerHello, Held, Step, ACK_INTERVAL_HEADER, HEAD_MARKS_HEADER, HELD_COMMAND_BYTES_MAX,
+    PROTOCOL_VERSION,
 };
 
 /// Set by a mirror on its `not_leader` answer to a stream request: the leader it follows. A
@@ -421,6 +422,10 @@ impl Session {
         // How often this leader wants to hear this mirror's offset.
         self.acker
             .set_interval(parse_ack_interval(response.header(ACK_INTERVAL_HEADER)));
+        // Whether it marks its head, so that a command can be held until it is whole.
+        let marks = response
+            .header(HEAD_MARKS_HEADER)
+            .is_some_and(|v| v.trim() == "1");
         let mut reader = BufReader::with_capacity(256 * 1024, response.into_reader());
         let mut follower = Follower::new(self.ws.id(), head);
         let kernel = self.ws.store().machine().0.clone();
@@ -483,6 +488,10 @@ impl Session {
                     // pause, so the batch fills up instead: fewer, larger commits (each one an
                     // fsync), while the commits before it are in flight.
                     let more_ready = !caught_up || !reader.buffer().is_empty();
+                    if !more_ready && !marks {
+                        // A leader of an earlier build: no mark will say the command is whole.
+                        held.release();
+                    }
                     if held.whole_len() > 0
                         && (!more_ready
                             || held.whole_len() >= APPLY_BATCH_ENTRIES_MAX

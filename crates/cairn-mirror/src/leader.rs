@@ -302,21 +302,26 @@ impl Stream {
     async fn step(&mut self, beat: &mut tokio::time::Interval) -> Result<(), Ended> {
         let shared = self.take_committed().await?;
         let mut marker = Vec::new();
-        if self.next > self.ws.applied() {
-            // Everything committed is sent: what was sent last ends a commit (the head only
-            // moves a commit at a time).
-            if !self.caught_up && self.own.len() < STREAM_CHUNK_BYTES {
-                self.caught_up = true;
-                self.marked = self.next - 1;
-                Frame::CaughtUp {
-                    head_offset: self.next - 1,
+        if self.next > self.ws.applied() && (!self.caught_up || self.marked + 1 < self.next) {
+            // Everything committed is sent, as far as `applied` says. What was sent last ends
+            // a commit only if it is the head: a commit is readable a moment before `applied`
+            // moves past it, so a read capped by size may have stopped inside one. Then this
+            // step marks nothing; the rest is read next (a reading at the head marks it).
+            let head = self.ws.head().ok().filter(|h| h.offset == self.next - 1);
+            match head {
+                // The backlog is sent: the caught-up marker (once what this stream holds of
+                // its own has gone out).
+                Some(head) if !self.caught_up && self.own.len() < STREAM_CHUNK_BYTES => {
+                    self.caught_up = true;
+                    self.marked = head.offset;
+                    Frame::CaughtUp {
+                        head_offset: head.offset,
+                    }
+                    .write_to(&mut marker);
                 }
-                .write_to(&mut marker);
-            } else if self.caught_up && self.marked + 1 < self.next {
-                // Not marked yet (a read behind the tail, or a read of the tail that more
-                // commits overtook). A commit since the check above is read next instead.
-                let head = self.ws.head().ok();
-                if let Some(head) = head.filter(|h| h.offset == self.next - 1) {
+                // Caught up by reading the log itself (behind the tail), or after a read of
+                // the tail that more commits overtook.
+                Some(head) if self.caught_up => {
                     self.marked = head.offset;
                     Frame::Heartbeat {
                         head_offset: head.offset,
@@ -325,6 +330,7 @@ impl Stream {
                     }
                     .write_to(&mut marker);
                 }
+                _ => {}
             }
         }
         let outs = [

@@ -601,6 +601,14 @@ pub fn first_difference<E>(
     Ok(differ)
 }
 
+/// The header of the leader's stream answer (value `1`) that says it marks its head whenever
+/// the stream has sent everything committed (a heartbeat at that offset follows the last
+/// entry), so a follower may hold a command until it knows it is whole ([`Assembler`]). Behind
+/// a leader without it (an earlier build), a follower applies what it holds whenever nothing
+/// more has arrived, as that build's followers did: it may then show part of a command, but a
+/// write never waits for an idle heartbeat while mirrors are upgraded ahead of their leader.
+pub const HEAD_MARKS_HEADER: &str = "cairn-head-marks";
+
 /// The most bytes of one command a follower holds while waiting for the rest of it. A command
 /// the kernel makes is far smaller (the largest, a drive migration, is bounded by
 /// `DRIVE_MIGRATION_BYTES_MAX`); one larger than this (an embedder's extension events) is
@@ -693,6 +701,12 @@ impl Assembler {
         {
             self.close();
         }
+    }
+
+    /// Takes the entries held as whole without knowing it (behind a leader that sends no head
+    /// marks: [`HEAD_MARKS_HEADER`]).
+    pub fn release(&mut self) {
+        self.close();
     }
 
     fn close(&mut self) {

@@ -31,8 +31,9 @@ impl Stream {
 }
 
 /// A scripted leader: stream connections are handed to the test; every other request (the
-/// follower's acknowledgements) is answered `200 {}`.
-fn scripted_leader() -> (String, mpsc::Receiver<Stream>) {
+/// follower's acknowledgements) is answered `200 {}`. With `marks`, its stream answer says it
+/// marks its head (`HEAD_MARKS_HEADER`), as this build's leaders do.
+fn scripted_leader(marks: bool) -> (String, mpsc::Receiver<Stream>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     let url = format!("http://{}", listener.local_addr().expect("local addr"));
     let (tx, rx) = mpsc::channel();
@@ -62,11 +63,17 @@ fn scripted_leader() -> (String, mpsc::Receiver<Stream>) {
                         .find_map(|p| p.strip_prefix("from="))
                         .and_then(|v| v.parse().ok())
                         .expect("the stream request names from");
+                    let marks = if marks {
+                        format!("{}: 1\r\n", cairn_mirror::protocol::HEAD_MARKS_HEADER)
+                    } else {
+                        String::new()
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
+                         cairn-ack-interval-ms: 0\r\n{marks}connection: close\r\n\r\n"
+                    );
                     socket
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
-                              cairn-ack-interval-ms: 0\r\nconnection: close\r\n\r\n",
-                        )
+                        .write_all(answer.as_bytes())
                         .expect("answer the stream request");
                     let _ = tx.send(Stream { from, socket });
                 } else {
@@ -159,8 +166,9 @@ struct Setup {
 
 impl Setup {
     /// A leader that installed two packages after the mirror's backup was taken, and a mirror
-    /// following a scripted leader that serves the real leader's entries.
-    fn new() -> Setup {
+    /// following a scripted leader that serves the real leader's entries (and says it marks
+    /// its head when `marks`).
+    fn new(marks: bool) -> Setup {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -200,7 +208,7 @@ impl Setup {
                 },
             ))
             .expect("open the mirror");
-        let (url, streams) = scripted_leader();
+        let (url, streams) = scripted_leader(marks);
         let follower = cairn_mirror::start(
             mirror.clone(),
             rt.handle().clone(),
@@ -273,6 +281,19 @@ impl Setup {
         }
     }
 
+    /// Sends the leader's entries from `from` on and the mark of its head, and checks that
+    /// the mirror applies them all and has the leader's digest.
+    fn finish(&self, stream: &mut Stream, from: u64) {
+        let head = self.log.last().expect("entries").0.offset;
+        let mut out = entry_frames(&self.log, from..=head);
+        out.extend(self.head_mark(head));
+        stream.send(&out);
+        wait_until("the mirror applied the leader's head", || {
+            self.mirror.applied() == head
+        });
+        self.digests_agree();
+    }
+
     fn digests_agree(&self) {
         let leader = self
             .leader
@@ -292,9 +313,8 @@ impl Setup {
 
 #[test]
 fn a_paused_stream_leaves_a_command_unapplied_until_all_its_entries_and_the_head_arrived() {
-    let s = Setup::new();
+    let s = Setup::new(true);
     let (c, d) = s.two_commands();
-    let head = s.log.last().expect("entries").0.offset;
 
     let mut stream = s.next_stream();
     assert_eq!(stream.from, s.base + 1);
@@ -327,20 +347,13 @@ fn a_paused_stream_leaves_a_command_unapplied_until_all_its_entries_and_the_head
     );
 
     // The rest of the log and the leader's head: everything applies.
-    let mut out = entry_frames(&s.log, d.start() + 1..=head);
-    out.extend(s.head_mark(head));
-    stream.send(&out);
-    wait_until("the mirror applied the leader's head", || {
-        s.mirror.applied() == head
-    });
-    s.digests_agree();
+    s.finish(&mut stream, d.start() + 1);
 }
 
 #[test]
 fn a_stream_that_breaks_mid_command_applies_none_of_it_and_asks_for_it_again() {
-    let s = Setup::new();
+    let s = Setup::new(true);
     let (c, _) = s.two_commands();
-    let head = s.log.last().expect("entries").0.offset;
 
     let mut stream = s.next_stream();
     let mut out = s.hello();
@@ -360,14 +373,28 @@ fn a_stream_that_breaks_mid_command_applies_none_of_it_and_asks_for_it_again() {
         *c.start(),
         "after a break the mirror asks again for the command it held part of"
     );
+    stream.send(&s.hello());
+    s.finish(&mut stream, *c.start());
+}
+
+#[test]
+fn behind_a_leader_that_marks_no_head_a_paused_stream_applies_what_it_has() {
+    // A leader of an earlier build sends no head marks: a mirror that held a command until a
+    // mark came would make every write wait for an idle heartbeat. It applies what it holds
+    // whenever nothing more has arrived, as that build's followers did.
+    let s = Setup::new(false);
+    let (c, _) = s.two_commands();
+    let mut stream = s.next_stream();
     let mut out = s.hello();
-    out.extend(entry_frames(&s.log, *c.start()..=head));
-    out.extend(s.head_mark(head));
+    out.extend(frame(Frame::CaughtUp {
+        head_offset: s.base,
+    }));
+    out.extend(entry_frames(&s.log, s.base + 1..=c.end() - 1));
     stream.send(&out);
-    wait_until("the mirror applied the leader's head", || {
-        s.mirror.applied() == head
+    wait_until("the mirror applied what it had", || {
+        s.mirror.applied() == c.end() - 1
     });
-    s.digests_agree();
+    s.finish(&mut stream, *c.end());
 }
 
 /// Frames of a leader stream opened in process, in order.
@@ -398,7 +425,7 @@ impl Frames {
 }
 
 #[test]
-fn the_leader_marks_its_head_after_the_entries_of_each_commit_before_the_next_one() {
+fn a_leader_stream_that_sent_everything_marks_the_head_before_the_next_commit() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

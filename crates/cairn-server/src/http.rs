@@ -1403,6 +1403,8 @@ async fn replication_stream(State(app): State<App>, headers: HeaderMap, Query(q)
                 cairn_mirror::protocol::ACK_INTERVAL_HEADER,
                 ack_interval_ms.to_string(),
             ),
+            // Its streams mark the head whenever they have sent everything committed.
+            (cairn_mirror::protocol::HEAD_MARKS_HEADER, "1".to_string()),
         ],
         Body::from_stream(chunks),
     )
