@@ -281,6 +281,23 @@ impl Setup {
         }
     }
 
+    /// The follower's stream, sent the hello, the caught-up marker at the backlog's end, and
+    /// the leader's entries from there up to all but the last entry of command `c`.
+    fn caught_up_then_all_but_the_last_entry_of(
+        &self,
+        c: &std::ops::RangeInclusive<u64>,
+    ) -> Stream {
+        let mut stream = self.next_stream();
+        assert_eq!(stream.from, self.base + 1);
+        let mut out = self.hello();
+        out.extend(frame(Frame::CaughtUp {
+            head_offset: self.base,
+        }));
+        out.extend(entry_frames(&self.log, self.base + 1..=c.end() - 1));
+        stream.send(&out);
+        stream
+    }
+
     /// Sends the leader's entries from `from` on and the mark of its head, and checks that
     /// the mirror applies them all and has the leader's digest.
     fn finish(&self, stream: &mut Stream, from: u64) {
@@ -355,13 +372,7 @@ fn a_stream_that_breaks_mid_command_applies_none_of_it_and_asks_for_it_again() {
     let s = Setup::new(true);
     let (c, _) = s.two_commands();
 
-    let mut stream = s.next_stream();
-    let mut out = s.hello();
-    out.extend(frame(Frame::CaughtUp {
-        head_offset: s.base,
-    }));
-    out.extend(entry_frames(&s.log, s.base + 1..=c.end() - 1));
-    stream.send(&out);
+    let stream = s.caught_up_then_all_but_the_last_entry_of(&c);
     wait_until("the mirror applied what came before the command", || {
         s.mirror.applied() >= c.start() - 1
     });
@@ -384,13 +395,7 @@ fn behind_a_leader_that_marks_no_head_a_paused_stream_applies_what_it_has() {
     // whenever nothing more has arrived, as that build's followers did.
     let s = Setup::new(false);
     let (c, _) = s.two_commands();
-    let mut stream = s.next_stream();
-    let mut out = s.hello();
-    out.extend(frame(Frame::CaughtUp {
-        head_offset: s.base,
-    }));
-    out.extend(entry_frames(&s.log, s.base + 1..=c.end() - 1));
-    stream.send(&out);
+    let mut stream = s.caught_up_then_all_but_the_last_entry_of(&c);
     wait_until("the mirror applied what it had", || {
         s.mirror.applied() == c.end() - 1
     });
