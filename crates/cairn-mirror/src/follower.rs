@@ -516,7 +516,13 @@ impl Session {
                     caught_up: marker,
                     ..
                 } => {
-                    held.head_at(offset);
+                    if marks {
+                        held.head_at(offset);
+                    } else {
+                        // A leader of an earlier build: its followers applied what they had
+                        // at every heartbeat.
+                        held.release();
+                    }
                     if let Err(end) = self.submit(pipeline, held.take_whole()) {
                         return end;
                     }

@@ -605,7 +605,7 @@ pub fn first_difference<E>(
 /// the stream has sent everything committed (a heartbeat at that offset follows the last
 /// entry), so a follower may hold a command until it knows it is whole ([`Assembler`]). Behind
 /// a leader without it (an earlier build), a follower applies what it holds whenever nothing
-/// more has arrived, as that build's followers did: it may then show part of a command, but a
+/// more has arrived or a heartbeat comes, as that build's followers did: it may then show part of a command, but a
 /// write never waits for an idle heartbeat while mirrors are upgraded ahead of their leader.
 pub const HEAD_MARKS_HEADER: &str = "cairn-head-marks";
 

@@ -88,6 +88,15 @@ fn scripted_leader(marks: bool) -> (String, mpsc::Receiver<Stream>) {
     (url, rx)
 }
 
+/// A two-worker runtime for the workspaces and the follower.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !done() {
@@ -96,24 +105,18 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// The leader's entries from `from` on, decoded and as stored.
+/// The leader's entries from `from` on, decoded and as stored (the canonical encoding: the
+/// store decodes strictly).
 fn log_from(
     rt: &tokio::runtime::Runtime,
     ws: &Workspace,
     from: u64,
 ) -> Vec<(StoredEntry, Vec<u8>)> {
-    let decoded = rt
-        .block_on(ws.read_log(from, usize::MAX))
-        .expect("read the log");
-    let raw = rt
-        .block_on(ws.read_log_raw(from, usize::MAX))
-        .expect("read the log's bytes");
-    assert_eq!(decoded.len(), raw.len());
-    decoded
+    rt.block_on(ws.read_log(from, usize::MAX))
+        .expect("read the log")
         .into_iter()
-        .zip(raw)
-        .map(|(e, (offset, bytes))| {
-            assert_eq!(e.offset, offset);
+        .map(|e| {
+            let bytes = cairn_log::codec::encode(&e);
             (e, bytes)
         })
         .collect()
@@ -152,7 +155,7 @@ fn frame(f: Frame) -> Vec<u8> {
 // Fields drop in this order: the follower stops before the workspaces close, and the
 // runtime and the directory go last.
 struct Setup {
-    _follower: cairn_mirror::FollowerHandle,
+    follower: cairn_mirror::FollowerHandle,
     mirror: Workspace,
     leader: Workspace,
     streams: mpsc::Receiver<Stream>,
@@ -160,7 +163,9 @@ struct Setup {
     base: u64,
     /// The leader's entries after it.
     log: Vec<(StoredEntry, Vec<u8>)>,
-    _rt: tokio::runtime::Runtime,
+    /// Heartbeats sent by [`Setup::processed`].
+    beats: std::cell::Cell<u64>,
+    rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
 }
 
@@ -169,11 +174,7 @@ impl Setup {
     /// following a scripted leader that serves the real leader's entries (and says it marks
     /// its head when `marks`).
     fn new(marks: bool) -> Setup {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let dir = tempfile::tempdir().expect("tempdir");
         let leader_dir = dir.path().join("leader");
         Workspace::init(&leader_dir).expect("init the leader");
@@ -220,13 +221,14 @@ impl Setup {
         )
         .expect("start the follower");
         Setup {
-            _follower: follower,
+            follower,
             mirror,
             leader,
             streams,
             base,
             log,
-            _rt: rt,
+            beats: std::cell::Cell::new(0),
+            rt,
             _dir: dir,
         }
     }
@@ -272,13 +274,29 @@ impl Setup {
         (several[0].clone(), several[1].clone())
     }
 
-    /// Checks that the mirror stays at `offset` for a while (the stream is paused).
-    fn stays_at(&self, offset: u64, what: &str) {
-        let until = Instant::now() + Duration::from_millis(400);
-        while Instant::now() < until {
-            assert_eq!(self.mirror.applied(), offset, "{what}");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+    /// Returns once the follower has taken every frame sent before: a heartbeat with a head
+    /// past anything the log holds follows them (it marks no entry as a command's end), and
+    /// the follower shows that head in its status only after it submitted what it held as
+    /// whole and those commits landed. Then `applied` says exactly what was applied.
+    fn processed(&self, stream: &mut Stream) {
+        let head = self.log.last().expect("entries").0.offset + 1_000 + self.beats.get();
+        self.beats.set(self.beats.get() + 1);
+        stream.send(&frame(Frame::Heartbeat {
+            head_offset: head,
+            head_epoch: 1,
+            time_ms: 1,
+        }));
+        wait_until("the follower took the heartbeat", || {
+            self.follower.status().leader_head >= head
+        });
+    }
+
+    /// Waits until the mirror applied `offset`.
+    fn applied_reaches(&self, offset: u64) {
+        self.rt
+            .block_on(async { tokio::time::timeout(WAIT, self.mirror.wait_for(offset)).await })
+            .expect("the mirror applied the offset in time")
+            .expect("the mirror is open");
     }
 
     /// The follower's stream, sent the hello, the caught-up marker at the backlog's end, and
@@ -305,9 +323,8 @@ impl Setup {
         let mut out = entry_frames(&self.log, from..=head);
         out.extend(self.head_mark(head));
         stream.send(&out);
-        wait_until("the mirror applied the leader's head", || {
-            self.mirror.applied() == head
-        });
+        self.applied_reaches(head);
+        assert_eq!(self.mirror.applied(), head);
         self.digests_agree();
     }
 
@@ -341,26 +358,27 @@ fn a_paused_stream_leaves_a_command_unapplied_until_all_its_entries_and_the_head
         head_offset: c.start() - 1,
     }));
     stream.send(&out);
-    wait_until("the mirror applied what came before the command", || {
-        s.mirror.applied() == c.start() - 1
-    });
+    s.processed(&mut stream);
+    assert_eq!(s.mirror.applied(), c.start() - 1);
 
     // All of the command but its last entry, then a pause: nothing of it may show.
     stream.send(&entry_frames(&s.log, *c.start()..=c.end() - 1));
-    s.stays_at(
+    s.processed(&mut stream);
+    assert_eq!(
+        s.mirror.applied(),
         c.start() - 1,
-        "the mirror applied part of a command while the rest had not arrived",
+        "the mirror applied part of a command while the rest had not arrived"
     );
 
     // Its last entry, on to the first entry of the next command of several: each new command
     // says the one before is whole, and that next command is held in turn.
     stream.send(&entry_frames(&s.log, *c.end()..=*d.start()));
-    wait_until("the mirror applied the whole command", || {
-        s.mirror.applied() >= d.start() - 1
-    });
-    s.stays_at(
+    s.processed(&mut stream);
+    assert_eq!(
+        s.mirror.applied(),
         d.start() - 1,
-        "the mirror applied the first entry of a command whose other entries had not arrived",
+        "the mirror applied the first entry of a command whose other entries had not arrived, \
+         or not the whole commands before it"
     );
 
     // The rest of the log and the leader's head: everything applies.
@@ -372,10 +390,9 @@ fn a_stream_that_breaks_mid_command_applies_none_of_it_and_asks_for_it_again() {
     let s = Setup::new(true);
     let (c, _) = s.two_commands();
 
-    let stream = s.caught_up_then_all_but_the_last_entry_of(&c);
-    wait_until("the mirror applied what came before the command", || {
-        s.mirror.applied() >= c.start() - 1
-    });
+    let mut stream = s.caught_up_then_all_but_the_last_entry_of(&c);
+    s.processed(&mut stream);
+    assert_eq!(s.mirror.applied(), c.start() - 1);
     drop(stream);
 
     let mut stream = s.next_stream();
@@ -392,13 +409,16 @@ fn a_stream_that_breaks_mid_command_applies_none_of_it_and_asks_for_it_again() {
 fn behind_a_leader_that_marks_no_head_a_paused_stream_applies_what_it_has() {
     // A leader of an earlier build sends no head marks: a mirror that held a command until a
     // mark came would make every write wait for an idle heartbeat. It applies what it holds
-    // whenever nothing more has arrived, as that build's followers did.
+    // whenever nothing more has arrived, or a heartbeat came, as that build's followers did.
     let s = Setup::new(false);
     let (c, _) = s.two_commands();
     let mut stream = s.caught_up_then_all_but_the_last_entry_of(&c);
-    wait_until("the mirror applied what it had", || {
-        s.mirror.applied() == c.end() - 1
-    });
+    s.processed(&mut stream);
+    assert_eq!(
+        s.mirror.applied(),
+        c.end() - 1,
+        "behind a leader that marks no head the mirror held what it had"
+    );
     s.finish(&mut stream, *c.end());
 }
 
@@ -431,11 +451,7 @@ impl Frames {
 
 #[test]
 fn a_leader_stream_that_sent_everything_marks_the_head_before_the_next_commit() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     Workspace::init(dir.path()).expect("init");
     rt.block_on(async {

@@ -122,10 +122,11 @@ pub trait StateMachine: Send + Sync + 'static {
 /// Which of the writer's two lanes a command waits in.
 ///
 /// Foreground commands are decided as they come. Bulk commands keep their order among
-/// themselves, but while foreground commands keep coming a group decides only
-/// `BULK_GROUP_COMMANDS_MAX` of them, after the foreground ones queued: a bulk load then
-/// cannot make a foreground command wait for groups of its size. A bulk command may
-/// therefore be committed after a foreground command submitted later.
+/// themselves, but while foreground commands keep coming a group that holds foreground
+/// commands decides none of them, and a group without at most `BULK_GROUP_COMMANDS_MAX`: a
+/// bulk load then cannot make a foreground command wait for groups of its size, nor for its
+/// decides. A bulk command may therefore be committed after a foreground command submitted
+/// later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
     /// Decided as soon as the writer takes it (the default).

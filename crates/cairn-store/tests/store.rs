@@ -163,23 +163,39 @@ fn submit_bulk(store: &Store<KvMachine>, n: usize) -> Vec<cairn_store::CommandTi
         .collect()
 }
 
-/// While foreground commands keep coming, a group decides only a few bulk commands, after the
-/// foreground ones: a foreground command submitted behind a thousand bulk ones overtakes them
+/// A foreground command (just after another, so foreground traffic is recent) submitted
+/// behind `n` bulk commands; its answer, and the bulk commands' tickets.
+fn foreground_behind_bulk(
+    store: &Store<KvMachine>,
+    n: usize,
+) -> (
+    cairn_store::Committed,
+    Vec<cairn_store::CommandTicket<KvMachine>>,
+) {
+    set(store, "recent", "a foreground command just before");
+    let bulk = submit_bulk(store, n);
+    let foreground = store
+        .submit(
+            meta(2),
+            KvCommand::Set {
+                key: "fg".into(),
+                value: b"v".to_vec(),
+            },
+        )
+        .wait()
+        .unwrap();
+    (foreground, bulk)
+}
+
+/// While foreground commands keep coming, a group decides only a few bulk commands, in groups
+/// of their own: a foreground command submitted behind a thousand bulk ones overtakes them
 /// (one queue in arrival order would commit it last). Bulk commands keep their order.
 #[test]
 fn a_foreground_command_overtakes_queued_bulk_commands_which_keep_their_order() {
     let dir = fresh();
     let store = open(dir.path());
-    set(&store, "recent", "a foreground command just before");
-    let bulk = submit_bulk(&store, 1000);
-    let foreground = store.submit(
-        meta(2),
-        KvCommand::Set {
-            key: "fg".into(),
-            value: b"v".to_vec(),
-        },
-    );
-    let foreground = foreground.wait().unwrap().offsets.start;
+    let (foreground, bulk) = foreground_behind_bulk(&store, 1000);
+    let foreground = foreground.offsets.start;
     let offsets: Vec<u64> = bulk
         .into_iter()
         .map(|t| t.wait().unwrap().offsets.start)
@@ -202,18 +218,7 @@ fn a_foreground_command_overtakes_queued_bulk_commands_which_keep_their_order() 
 fn a_foreground_command_commits_in_a_group_without_bulk_commands() {
     let dir = fresh();
     let store = open(dir.path());
-    set(&store, "recent", "a foreground command just before");
-    let bulk = submit_bulk(&store, 1000);
-    let foreground = store
-        .submit(
-            meta(2),
-            KvCommand::Set {
-                key: "fg".into(),
-                value: b"v".to_vec(),
-            },
-        )
-        .wait()
-        .unwrap();
+    let (foreground, bulk) = foreground_behind_bulk(&store, 1000);
     let own = foreground.offsets.end - 1;
     assert_eq!(
         foreground.applied, own,

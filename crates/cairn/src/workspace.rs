@@ -1205,35 +1205,12 @@ impl Workspace {
     }
 
     /// The stored bytes of entries from `from` on (at least one when `from` is applied, then
-    /// up to `bytes_max` in all), with their offsets, not decoded: what a leader streams to
-    /// its mirrors, which verify every entry. A missing entry is an integrity error with its
-    /// offset; below the first retained offset is `Compacted`.
-    pub async fn read_log_raw(
-        &self,
-        from: u64,
-        bytes_max: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, Error> {
-        let read = self
-            .read_log_into(from, bytes_max, Vec::new(), |entry, out| {
-                out.extend_from_slice(entry)
-            })
-            .await?;
-        let ends = read
-            .starts
-            .iter()
-            .skip(1)
-            .copied()
-            .chain([read.bytes.len()]);
-        Ok((read.first..)
-            .zip(read.starts.iter().zip(ends))
-            .map(|(offset, (&start, end))| (offset, read.bytes[start..end].to_vec()))
-            .collect())
-    }
-
-    /// Like [`Workspace::read_log_raw`], but each entry's stored bytes are handed to `write`,
-    /// which appends them (framed, say) to `buf`, so a stream's chunk is built without an
-    /// allocation or a copy per entry; `buf` comes back in [`LogBytes::bytes`] (what it held
-    /// before stays in front), and `bytes_max` counts what the read appends.
+    /// up to `bytes_max` of what `write` appends in all), not decoded: what a leader streams to
+    /// its mirrors, which verify every entry. Each entry's bytes are handed to `write`, which
+    /// appends them (framed, say) to `buf`, so a stream's chunk is built without an allocation
+    /// per entry; `buf` comes back in [`LogBytes::bytes`] (what it held before stays in front).
+    /// A missing entry is an integrity error with its offset; below the first retained offset
+    /// is `Compacted`.
     pub async fn read_log_into(
         &self,
         from: u64,
